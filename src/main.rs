@@ -1,3 +1,76 @@
-fn main() {
-    println!("Hello, world!");
+//! flocon: share pacman package caches across a LAN. This file only dispatches the command
+//! line: the daemon (daemon.rs) or `flocon status`, which asks the running daemon.
+
+use flocon::{config, daemon, log};
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// `flocon status` gives up on a daemon that does not answer within this time.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let cmd = match config::parse_args(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flocon: {e}");
+            eprintln!("Try 'flocon --help'.");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        config::Command::Help => {
+            print!("{}", config::usage());
+            ExitCode::SUCCESS
+        }
+        config::Command::Version => {
+            println!("flocon {} ({})", env!("CARGO_PKG_VERSION"), env!("FLOCON_GIT_REV"));
+            ExitCode::SUCCESS
+        }
+        config::Command::Status { config, json } => status(&config, json),
+        config::Command::Daemon(config) => {
+            log::set_debug(config.debug);
+            match daemon::Daemon::new(config) {
+                Ok(mut d) => ExitCode::from(d.run() as u8),
+                Err(e) => {
+                    eprintln!("flocon: {}", e.0);
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// Asks the running daemon over its loopback listener and prints the answer.
+fn status(config: &config::Config, json: bool) -> ExitCode {
+    let path = if json { "/.flocon/status.json" } else { "/.flocon/status" };
+    let mut last_err = String::from("no --listen address");
+    for addr in &config.listen {
+        match fetch_status(addr, path) {
+            Ok(body) => {
+                print!("{body}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => last_err = format!("{addr}: {e}"),
+        }
+    }
+    eprintln!("flocon: status: cannot reach the daemon ({last_err}); is it running?");
+    ExitCode::from(1)
+}
+
+fn fetch_status(addr: &std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(addr, STATUS_TIMEOUT)?;
+    s.set_read_timeout(Some(STATUS_TIMEOUT))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut resp = Vec::new();
+    s.take(16 << 20).read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(std::io::Error::other("malformed answer"));
+    };
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(head.lines().next().unwrap_or("").to_string()));
+    }
+    Ok(body.to_string())
 }

@@ -1,0 +1,783 @@
+//! Discovery's sockets (SPEC §3, docs/PROTOCOL.md): the multicast memberships per interface
+//! and family, the unicast sockets that carry queries and answers, announcements, and the
+//! "who has this file?" lookups. The wire format is protocol.rs; the peer table, rate limits,
+//! bans and lookup decisions are peers.rs. This module only moves datagrams and keeps the
+//! memberships in step with the interfaces, which it rescans cheaply (getifaddrs) because
+//! interfaces and addresses come and go under a running daemon.
+
+use crate::peers::{AnnounceTimer, Bans, Candidate, Lookup, PeerEvent, PeerTable, RateLimiter};
+use crate::protocol::{self, Announce, Answer, Header, Message, Query};
+use crate::sys::{self, IfAddr};
+use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::time::{Duration, Instant};
+
+/// Fixed tokens: the two unicast sockets, then one per membership.
+pub const UNICAST_V4: Token = Token(32);
+pub const UNICAST_V6: Token = Token(33);
+const MEMBERSHIP_TOKEN_BASE: usize = 64;
+/// Interfaces × families we keep memberships for; a host with more is unusual, and past it
+/// the rest are ignored with a warning rather than growing without bound.
+pub const MAX_MEMBERSHIPS: usize = 128;
+/// How often interfaces are re-read: a new address is used within this time.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+/// Backoff bounds for a membership that failed to join: retried forever.
+const JOIN_RETRY_MIN: Duration = Duration::from_secs(1);
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Lookups in flight at once; each is small, but a flood of local requests must not grow
+/// the table without end.
+pub const MAX_LOOKUPS: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// One (interface, family) multicast membership, joined or waiting to be.
+struct Membership {
+    ifname: String,
+    index: u32,
+    family: Family,
+    /// The interface address used as the IPv4 multicast source interface.
+    local_v4: Option<Ipv4Addr>,
+    socket: Option<UdpSocket>,
+    token: Token,
+    failures: u32,
+    retry_at: Instant,
+}
+
+/// What happened to a lookup, for the daemon.
+pub struct Decided {
+    pub id: u32,
+    pub candidates: Vec<Candidate>,
+    pub asked: usize,
+    pub answered: usize,
+}
+
+pub struct Discovery {
+    instance: u64,
+    seq: u32,
+    port: u16,
+    only_interfaces: Vec<String>,
+    name: String,
+    distro: String,
+    archs: Vec<String>,
+    u4: Option<UdpSocket>,
+    u6: Option<UdpSocket>,
+    memberships: Vec<Membership>,
+    free_tokens: Vec<Token>,
+    next_token: usize,
+    pub peers: PeerTable,
+    pub bans: Bans,
+    limiter: RateLimiter,
+    /// Addresses of our own interfaces with their prefix, for the on-link check.
+    local_nets: Vec<IfAddr>,
+    lookups: HashMap<u32, Lookup>,
+    next_lookup: u32,
+    buf: Vec<u8>,
+    /// Uploads in flight, reported in announcements and answers.
+    pub uploads: u16,
+    pub stats: DiscoveryStats,
+    announce_timer: AnnounceTimer,
+    rng: u64,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct DiscoveryStats {
+    pub datagrams_in: u64,
+    pub rejected: u64,
+    pub queries_answered: u64,
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = io::Read::read_exact(&mut f, &mut b);
+    }
+    let v = u64::from_ne_bytes(b);
+    if v != 0 {
+        return v;
+    }
+    // /dev/urandom unavailable (odd sandbox): time and pid still make collisions unlikely
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32)
+}
+
+fn udp_socket(domain: Domain) -> io::Result<Socket> {
+    let s = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    // several daemons on one host (tests, --peer-addr) each get every multicast datagram
+    s.set_reuse_port(true)?;
+    Ok(s)
+}
+
+pub struct Identity {
+    pub port: u16,
+    pub peer_addr: Option<IpAddr>,
+    pub interfaces: Vec<String>,
+    pub name: String,
+    pub distro: String,
+    pub archs: Vec<String>,
+}
+
+impl Discovery {
+    pub fn new(id: Identity, registry: &Registry) -> io::Result<Discovery> {
+        let instance = random_u64();
+        let (u4, u6) = Self::unicast_sockets(id.port, id.peer_addr)?;
+        let mut d = Discovery {
+            instance,
+            seq: 0,
+            port: id.port,
+            only_interfaces: id.interfaces,
+            name: id.name,
+            distro: id.distro,
+            archs: id.archs,
+            u4: u4.map(UdpSocket::from_std),
+            u6: u6.map(UdpSocket::from_std),
+            memberships: Vec::new(),
+            free_tokens: Vec::new(),
+            next_token: MEMBERSHIP_TOKEN_BASE,
+            peers: PeerTable::new(instance),
+            bans: Bans::new(),
+            limiter: RateLimiter::new(),
+            local_nets: Vec::new(),
+            lookups: HashMap::new(),
+            next_lookup: 1,
+            buf: Vec::with_capacity(protocol::MAX_DATAGRAM),
+            uploads: 0,
+            stats: DiscoveryStats::default(),
+            announce_timer: AnnounceTimer::new(Instant::now()),
+            rng: instance | 1,
+        };
+        if let Some(s) = &mut d.u4 {
+            registry.register(s, UNICAST_V4, Interest::READABLE)?;
+        }
+        if let Some(s) = &mut d.u6 {
+            registry.register(s, UNICAST_V6, Interest::READABLE)?;
+        }
+        Ok(d)
+    }
+
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// The sockets queries and answers travel on, bound to the peer port. Their multicast
+    /// reception is switched off: memberships have sockets of their own.
+    fn unicast_sockets(
+        port: u16,
+        peer_addr: Option<IpAddr>,
+    ) -> io::Result<(Option<std::net::UdpSocket>, Option<std::net::UdpSocket>)> {
+        let bind_err = |addr: SocketAddr, e: io::Error| {
+            let hint = if e.kind() == io::ErrorKind::AddrInUse { " (is another flocon running?)" } else { "" };
+            io::Error::new(e.kind(), format!("cannot bind UDP {addr} for peers: {e}{hint}"))
+        };
+        let v4_addr = match peer_addr {
+            Some(IpAddr::V4(a)) => Some(a),
+            Some(IpAddr::V6(_)) => None,
+            None => Some(Ipv4Addr::UNSPECIFIED),
+        };
+        let v6_addr = match peer_addr {
+            Some(IpAddr::V6(a)) => Some(a),
+            Some(IpAddr::V4(_)) => None,
+            None => Some(Ipv6Addr::UNSPECIFIED),
+        };
+        let u4 = match v4_addr {
+            Some(a) => {
+                let s = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+                s.set_reuse_address(true)?;
+                let _ = s.set_multicast_all_v4(false);
+                s.set_multicast_ttl_v4(1)?;
+                s.set_multicast_loop_v4(true)?;
+                let addr = SocketAddr::new(IpAddr::V4(a), port);
+                s.bind(&addr.into()).map_err(|e| bind_err(addr, e))?;
+                Some(s.into())
+            }
+            None => None,
+        };
+        let u6 = match v6_addr {
+            Some(a) => {
+                let s = Socket::new(Domain::IPV6, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+                s.set_reuse_address(true)?;
+                s.set_only_v6(true)?;
+                let _ = s.set_multicast_all_v6(false);
+                s.set_multicast_hops_v6(1)?;
+                s.set_multicast_loop_v6(true)?;
+                let addr = SocketAddr::new(IpAddr::V6(a), port);
+                match s.bind(&addr.into()) {
+                    Ok(()) => Some(s.into()),
+                    // a host with IPv6 disabled still discovers over IPv4
+                    Err(e) if peer_addr.is_none() && e.kind() == io::ErrorKind::AddrNotAvailable => None,
+                    Err(e) => return Err(bind_err(addr, e)),
+                }
+            }
+            None => None,
+        };
+        Ok((u4, u6))
+    }
+
+    fn next_seq(&mut self) -> Header {
+        self.seq = self.seq.wrapping_add(1);
+        Header { instance: self.instance, seq: self.seq }
+    }
+
+    fn wanted_interface(&self, a: &IfAddr) -> bool {
+        if !a.up || !a.multicast && !a.loopback {
+            return false;
+        }
+        if self.only_interfaces.is_empty() {
+            // the loopback interface only when asked for: it reaches no other host
+            !a.loopback
+        } else {
+            self.only_interfaces.iter().any(|n| *n == a.name)
+        }
+    }
+
+    /// Re-reads interfaces and joins or leaves memberships to match. Cheap enough to run
+    /// every RESCAN_INTERVAL. Returns true when a membership was newly joined (announce).
+    pub fn rescan(&mut self, registry: &Registry, now: Instant) -> bool {
+        let addrs = match sys::interface_addresses() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("reading interfaces: {e}");
+                return false;
+            }
+        };
+        // which (ifname, family) we want, with the IPv4 address to send from
+        let mut wanted: Vec<(String, u32, Family, Option<Ipv4Addr>)> = Vec::new();
+        for a in addrs.iter().filter(|a| self.wanted_interface(a)) {
+            let family = match a.addr {
+                IpAddr::V4(_) if self.u4.is_some() => Family::V4,
+                // IPv6 multicast on ff02:: needs a link-local address on the interface
+                // (the source the kernel picks); loopback has none but still loops back
+                IpAddr::V6(v6) if self.u6.is_some() && (is_link_local(&v6) || a.loopback) => Family::V6,
+                _ => continue,
+            };
+            let local_v4 = match a.addr {
+                IpAddr::V4(v4) => Some(v4),
+                _ => None,
+            };
+            if !wanted.iter().any(|(n, _, f, _)| *n == a.name && *f == family) {
+                wanted.push((a.name.clone(), a.index, family, local_v4));
+            }
+        }
+        for name in &self.only_interfaces {
+            if !addrs.iter().any(|a| a.name == *name) && sys::if_nametoindex(name).is_none() {
+                debug!("interface {name} not present (yet)");
+            }
+        }
+        self.local_nets = addrs;
+        // leave what is no longer wanted (interface gone, down, address removed, index changed)
+        let mut i = 0;
+        while i < self.memberships.len() {
+            let m = &self.memberships[i];
+            let keep = wanted.iter().any(|(n, idx, f, v4)| {
+                *n == m.ifname && *idx == m.index && *f == m.family && (m.family == Family::V6 || *v4 == m.local_v4)
+            });
+            if keep {
+                i += 1;
+            } else {
+                let mut m = self.memberships.swap_remove(i);
+                if let Some(mut s) = m.socket.take() {
+                    let _ = registry.deregister(&mut s);
+                    info!("left multicast on {} ({:?})", m.ifname, m.family);
+                }
+                self.free_tokens.push(m.token);
+            }
+        }
+        for (ifname, index, family, local_v4) in wanted {
+            if self.memberships.iter().any(|m| m.ifname == ifname && m.family == family) {
+                continue;
+            }
+            if self.memberships.len() >= MAX_MEMBERSHIPS {
+                warn!("too many interfaces; not joining on {ifname}");
+                break;
+            }
+            let token = self.free_tokens.pop().unwrap_or_else(|| {
+                self.next_token += 1;
+                Token(self.next_token - 1)
+            });
+            self.memberships.push(Membership {
+                ifname,
+                index,
+                family,
+                local_v4,
+                socket: None,
+                token,
+                failures: 0,
+                retry_at: now,
+            });
+        }
+        let mut joined = false;
+        for i in 0..self.memberships.len() {
+            if self.memberships[i].socket.is_none() && self.memberships[i].retry_at <= now {
+                joined |= self.join(i, registry, now);
+            }
+        }
+        joined
+    }
+
+    fn join(&mut self, i: usize, registry: &Registry, now: Instant) -> bool {
+        let m = &mut self.memberships[i];
+        let result = (|| -> io::Result<UdpSocket> {
+            let sock = match m.family {
+                Family::V4 => {
+                    let s = udp_socket(Domain::IPV4)?;
+                    let _ = s.set_multicast_all_v4(false);
+                    s.bind(&SocketAddr::V4(SocketAddrV4::new(protocol::GROUP_V4, self.port)).into())?;
+                    s.join_multicast_v4_n(&protocol::GROUP_V4, &socket2::InterfaceIndexOrAddress::Index(m.index))?;
+                    s
+                }
+                Family::V6 => {
+                    let s = udp_socket(Domain::IPV6)?;
+                    s.set_only_v6(true)?;
+                    let _ = s.set_multicast_all_v6(false);
+                    // a link-local group is bound together with its interface
+                    s.bind(&SocketAddr::V6(SocketAddrV6::new(protocol::GROUP_V6, self.port, 0, m.index)).into())?;
+                    s.join_multicast_v6(&protocol::GROUP_V6, m.index)?;
+                    s
+                }
+            };
+            let mut sock = UdpSocket::from_std(sock.into());
+            registry.register(&mut sock, m.token, Interest::READABLE)?;
+            Ok(sock)
+        })();
+        match result {
+            Ok(s) => {
+                info!("joined multicast on {} ({:?})", m.ifname, m.family);
+                m.socket = Some(s);
+                m.failures = 0;
+                true
+            }
+            Err(e) => {
+                m.failures = m.failures.saturating_add(1);
+                let backoff = JOIN_RETRY_MIN.saturating_mul(1 << m.failures.min(6)).min(JOIN_RETRY_MAX);
+                m.retry_at = now + backoff;
+                if m.failures <= 3 || m.failures % 10 == 0 {
+                    warn!("joining multicast on {} ({:?}) failed: {e}; retrying in {:?}", m.ifname, m.family, backoff);
+                }
+                false
+            }
+        }
+    }
+
+    /// SIGUSR2: drop every membership and join again at once.
+    pub fn rejoin(&mut self, registry: &Registry, now: Instant) {
+        for m in &mut self.memberships {
+            if let Some(mut s) = m.socket.take() {
+                let _ = registry.deregister(&mut s);
+            }
+            m.failures = 0;
+            m.retry_at = now;
+        }
+        self.rescan(registry, now);
+    }
+
+    pub fn joined(&self) -> Vec<String> {
+        self.memberships
+            .iter()
+            .filter(|m| m.socket.is_some())
+            .map(|m| format!("{}/{}", m.ifname, if m.family == Family::V4 { "ipv4" } else { "ipv6" }))
+            .collect()
+    }
+
+    fn announce_message(&self) -> Message {
+        Message::Announce(Announce {
+            tcp_port: self.port,
+            uploads: self.uploads,
+            name: self.name.clone(),
+            distro: self.distro.clone(),
+            archs: self.archs.clone(),
+        })
+    }
+
+    /// Sends `msg` to the groups on every joined interface.
+    fn multicast(&mut self, msg: &Message) {
+        let h = self.next_seq();
+        protocol::encode(&h, msg, &mut self.buf);
+        for m in &self.memberships {
+            if m.socket.is_none() {
+                continue;
+            }
+            let r = match m.family {
+                Family::V4 => match (&self.u4, m.local_v4) {
+                    (Some(u4), Some(local)) => set_mcast_if_v4(u4, local)
+                        .and_then(|_| u4.send_to(&self.buf, SocketAddr::V4(SocketAddrV4::new(protocol::GROUP_V4, self.port)))),
+                    _ => continue,
+                },
+                Family::V6 => match &self.u6 {
+                    Some(u6) => set_mcast_if_v6(u6, m.index).and_then(|_| {
+                        u6.send_to(&self.buf, SocketAddr::V6(SocketAddrV6::new(protocol::GROUP_V6, self.port, 0, m.index)))
+                    }),
+                    None => continue,
+                },
+            };
+            if let Err(e) = r {
+                debug!("multicast on {} ({:?}): {e}", m.ifname, m.family);
+            }
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift: jitter only needs to differ between hosts, not to be unpredictable
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// When the loop should next call `announce_if_due`.
+    pub fn announce_deadline(&self) -> Instant {
+        self.announce_timer.deadline()
+    }
+
+    /// Announces on every joined interface if the timer says so (start-up burst, then
+    /// every 30 s ± 25 %, or sooner after `hurry`).
+    pub fn announce_if_due(&mut self, now: Instant) -> bool {
+        if !self.announce_timer.is_due(now) {
+            return false;
+        }
+        let msg = self.announce_message();
+        self.multicast(&msg);
+        let r = self.random();
+        self.announce_timer.sent(now, r);
+        true
+    }
+
+    /// Someone new should hear from us soon (by multicast: never a unicast reply to an
+    /// announcement, which a spoofed source could turn into amplification).
+    pub fn hurry_announce(&mut self, now: Instant) {
+        let r = self.random();
+        self.announce_timer.hurry(now, r);
+    }
+
+    pub fn goodbye(&mut self) {
+        self.multicast(&Message::Goodbye);
+    }
+
+    fn send_unicast(&mut self, to: SocketAddr, msg: &Message) {
+        let h = self.next_seq();
+        protocol::encode(&h, msg, &mut self.buf);
+        let sock = if to.is_ipv4() { &self.u4 } else { &self.u6 };
+        if let Some(s) = sock
+            && let Err(e) = s.send_to(&self.buf, to)
+        {
+            debug!("send to {to}: {e}");
+        }
+    }
+
+    /// Whether `src` is on one of our links: loopback, an IPv6 link-local address, or inside
+    /// the prefix of one of our interface addresses. Datagrams from elsewhere are ignored.
+    fn on_link(&self, src: &SocketAddr) -> bool {
+        let ip = canonical_ip(src.ip());
+        if ip.is_loopback() {
+            return true;
+        }
+        if let IpAddr::V6(v6) = ip
+            && is_link_local(&v6)
+        {
+            return true;
+        }
+        self.local_nets.iter().any(|n| same_prefix(&n.addr, &ip, n.prefix_len))
+    }
+
+    /// Reads every pending datagram on `token`'s socket. Returns lookups that completed.
+    pub fn on_readable(
+        &mut self,
+        token: Token,
+        now: Instant,
+        has_file: &mut dyn FnMut(&str) -> Option<u64>,
+        events: &mut Vec<DiscoveryEvent>,
+    ) {
+        let mut buf = [0u8; protocol::MAX_DATAGRAM + 1];
+        loop {
+            let recv = {
+                let sock = match token {
+                    UNICAST_V4 => self.u4.as_ref(),
+                    UNICAST_V6 => self.u6.as_ref(),
+                    t => self.memberships.iter().find(|m| m.token == t).and_then(|m| m.socket.as_ref()),
+                };
+                let Some(sock) = sock else { return };
+                sock.recv_from(&mut buf)
+            };
+            match recv {
+                Ok((n, src)) => self.on_datagram(&buf[..n], src, now, has_file, events),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // ICMP errors surface here on UDP sockets; they are not fatal
+                    debug!("recv: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_datagram(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        now: Instant,
+        has_file: &mut dyn FnMut(&str) -> Option<u64>,
+        events: &mut Vec<DiscoveryEvent>,
+    ) {
+        self.stats.datagrams_in += 1;
+        let src = canonical_addr(src);
+        if !self.on_link(&src) {
+            self.stats.rejected += 1;
+            return;
+        }
+        let (h, msg) = match protocol::decode(data) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.rejected += 1;
+                debug!("bad datagram from {src}: {e:?}");
+                return;
+            }
+        };
+        if h.instance == self.instance {
+            return;
+        }
+        // answers are matched to our own queries; everything else costs tokens per source
+        if !matches!(msg, Message::Answer(_)) && !self.limiter.allow(src.ip(), now) {
+            self.stats.rejected += 1;
+            return;
+        }
+        match msg {
+            Message::Announce(a) => match self.peers.on_announce(src, &h, &a, now) {
+                PeerEvent::New { dropped } => {
+                    info!("peer {} ({}, {} {}) at {}", a.name, short_id(h.instance), a.distro, a.archs.join(","), src);
+                    if let Some(old) = dropped {
+                        self.dropped(&old, events, now);
+                    }
+                    self.hurry_announce(now);
+                    events.push(DiscoveryEvent::PeerUp);
+                }
+                PeerEvent::Updated { dropped } => {
+                    if let Some(old) = dropped {
+                        self.dropped(&old, events, now);
+                    }
+                }
+                PeerEvent::Ignored(why) => debug!("announcement from {src} ignored: {why:?}"),
+            },
+            Message::Goodbye => {
+                if let Some(p) = self.peers.on_goodbye(src, &h) {
+                    info!("peer {} ({}) said goodbye", p.name, short_id(p.instance));
+                    self.forget_in_lookups(p.instance, events, now);
+                }
+            }
+            Message::Query(q) => self.answer_query(src, &q, data.len(), has_file),
+            Message::Answer(a) => {
+                let Some(peer) = self.peers.by_addr(&src).map(|p| p.instance) else {
+                    debug!("answer from unknown {src} ignored");
+                    return;
+                };
+                if peer != h.instance {
+                    return;
+                }
+                if let Some(l) = self.lookups.get_mut(&a.id)
+                    && l.on_answer(peer, &a)
+                {
+                    self.finish_lookup(a.id, events);
+                }
+            }
+        }
+    }
+
+    fn answer_query(&mut self, src: SocketAddr, q: &Query, query_len: usize, has_file: &mut dyn FnMut(&str) -> Option<u64>) {
+        let size = has_file(&q.name);
+        let answer = Message::Answer(Answer {
+            id: q.id,
+            have: size.is_some(),
+            size: size.unwrap_or(0),
+            sha256: None,
+            uploads: self.uploads,
+        });
+        let h = Header { instance: self.instance, seq: self.seq.wrapping_add(1) };
+        protocol::encode(&h, &answer, &mut self.buf);
+        // never amplify: an answer larger than its query is not sent (the codec makes this
+        // impossible for valid queries; this is the belt to its braces)
+        if self.buf.len() > query_len {
+            return;
+        }
+        self.stats.queries_answered += 1;
+        self.send_unicast(src, &answer);
+    }
+
+    /// Starts "who has `name`?" among the live, unbanned peers. Returns its id, or None when
+    /// too many lookups are in flight. With no peer to ask it completes at once.
+    pub fn start_lookup(
+        &mut self,
+        name: &str,
+        expected: Option<(u64, Option<[u8; 32]>)>,
+        budget: Duration,
+        now: Instant,
+        events: &mut Vec<DiscoveryEvent>,
+    ) -> Option<u32> {
+        if self.lookups.len() >= MAX_LOOKUPS {
+            return None;
+        }
+        let id = self.next_lookup;
+        self.next_lookup = self.next_lookup.wrapping_add(1).max(1);
+        let targets: Vec<(u64, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter(|p| !self.bans.is_banned(p.instance, now))
+            .map(|p| (p.instance, p.addr))
+            .collect();
+        let asked = targets.iter().map(|(i, _)| *i).collect();
+        self.lookups.insert(id, Lookup::new(id, name.to_string(), expected, asked, now + budget));
+        let q = Message::Query(Query {
+            id,
+            name: name.to_string(),
+            size: expected.map(|e| e.0),
+            sha256: expected.and_then(|e| e.1),
+        });
+        for (_, addr) in &targets {
+            self.send_unicast(*addr, &q);
+        }
+        if targets.is_empty() {
+            self.finish_lookup(id, events);
+        }
+        Some(id)
+    }
+
+    fn finish_lookup(&mut self, id: u32, events: &mut Vec<DiscoveryEvent>) {
+        if let Some(l) = self.lookups.remove(&id) {
+            events.push(DiscoveryEvent::Decided(Decided {
+                id,
+                candidates: l.candidates(),
+                asked: l.asked_count(),
+                answered: l.answered_count(),
+            }));
+        }
+    }
+
+    /// A lookup's deadline passed: decide with what arrived.
+    pub fn lookup_deadline(&mut self, id: u32, now: Instant, events: &mut Vec<DiscoveryEvent>) {
+        if self.lookups.get(&id).is_some_and(|l| l.is_done(now)) {
+            self.finish_lookup(id, events);
+        }
+    }
+
+    fn forget_in_lookups(&mut self, instance: u64, events: &mut Vec<DiscoveryEvent>, now: Instant) {
+        let ids: Vec<u32> = self
+            .lookups
+            .iter_mut()
+            .filter_map(|(id, l)| (l.forget(instance) && l.is_done(now)).then_some(*id))
+            .collect();
+        for id in ids {
+            self.finish_lookup(id, events);
+        }
+    }
+
+    fn dropped(&mut self, old: &crate::peers::Peer, events: &mut Vec<DiscoveryEvent>, now: Instant) {
+        info!("peer {} ({}) replaced", old.name, short_id(old.instance));
+        self.forget_in_lookups(old.instance, events, now);
+    }
+
+    /// Expires silent peers; lookups waiting on them stop waiting.
+    pub fn expire(&mut self, now: Instant, events: &mut Vec<DiscoveryEvent>) {
+        for p in self.peers.expire(now) {
+            info!("peer {} ({}) expired", p.name, short_id(p.instance));
+            self.forget_in_lookups(p.instance, events, now);
+        }
+    }
+
+    pub fn ban(&mut self, instance: u64, now: Instant, reason: &str) -> Duration {
+        let d = self.bans.ban(instance, now, reason);
+        let name = self.peers.get(instance).map(|p| p.name.clone()).unwrap_or_default();
+        warn!("banned peer {} ({}) for {:?}: {}", name, short_id(instance), d, reason);
+        d
+    }
+}
+
+pub enum DiscoveryEvent {
+    PeerUp,
+    Decided(Decided),
+}
+
+pub fn short_id(instance: u64) -> String {
+    format!("{:08x}", (instance >> 32) as u32)
+}
+
+fn is_link_local(v6: &Ipv6Addr) -> bool {
+    (v6.segments()[0] & 0xffc0) == 0xfe80
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn canonical_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(a.ip()), a.port()).to_owned_with_scope(a)
+}
+
+trait WithScope {
+    fn to_owned_with_scope(self, orig: SocketAddr) -> SocketAddr;
+}
+
+impl WithScope for SocketAddr {
+    /// Keeps an IPv6 scope id (link-local peers are only reachable through it).
+    fn to_owned_with_scope(self, orig: SocketAddr) -> SocketAddr {
+        match (self, orig) {
+            (SocketAddr::V6(mut a), SocketAddr::V6(o)) => {
+                a.set_scope_id(o.scope_id());
+                SocketAddr::V6(a)
+            }
+            (a, _) => a,
+        }
+    }
+}
+
+fn same_prefix(net: &IpAddr, ip: &IpAddr, prefix_len: u8) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let p = prefix_len.min(32) as u32;
+            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+            u32::from(*n) & mask == u32::from(*i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let p = prefix_len.min(128) as u32;
+            let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+            u128::from(*n) & mask == u128::from(*i) & mask
+        }
+        _ => false,
+    }
+}
+
+fn set_mcast_if_v4(s: &UdpSocket, local: Ipv4Addr) -> io::Result<()> {
+    socket2::SockRef::from(s).set_multicast_if_v4(&local)
+}
+
+fn set_mcast_if_v6(s: &UdpSocket, index: u32) -> io::Result<()> {
+    socket2::SockRef::from(s).set_multicast_if_v6(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_link_prefix_math() {
+        let n: IpAddr = "10.77.0.1".parse().unwrap();
+        assert!(same_prefix(&n, &"10.77.0.200".parse().unwrap(), 24));
+        assert!(!same_prefix(&n, &"10.77.1.2".parse().unwrap(), 24));
+        assert!(same_prefix(&n, &"1.2.3.4".parse().unwrap(), 0));
+        let n6: IpAddr = "fd77::1".parse().unwrap();
+        assert!(same_prefix(&n6, &"fd77::ab".parse().unwrap(), 64));
+        assert!(!same_prefix(&n6, &"fd78::1".parse().unwrap(), 64));
+        assert!(!same_prefix(&n, &n6, 0));
+        assert!(is_link_local(&"fe80::1".parse().unwrap()));
+        assert!(!is_link_local(&"fd77::1".parse().unwrap()));
+        assert_eq!(canonical_ip("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+}

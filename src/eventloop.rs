@@ -1,0 +1,241 @@
+//! The parts of the single-threaded event loop that are not sockets: the slot table that maps
+//! mio tokens to connections (with generations, so an event for a closed and reused slot is
+//! recognised as stale), and the timer heap that feeds poll's timeout.
+
+use mio::Token;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+/// Tokens below this are fixed (listeners, UDP sockets, signalfd, waker); slots start here.
+pub const FIXED_TOKENS: usize = 1024;
+/// Slot indexes and generations share a token: 16 bits each, so tokens fit a 32-bit usize.
+const INDEX_BITS: u32 = 16;
+const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
+/// Most slots the table will ever hold (index space above FIXED_TOKENS).
+pub const MAX_SLOTS: usize = INDEX_MASK + 1 - FIXED_TOKENS;
+
+struct Entry<T> {
+    generation: u16,
+    value: Option<T>,
+}
+
+/// A slab whose tokens carry a generation: `get_mut` on a token whose slot was freed (and
+/// maybe reused) returns None instead of the new occupant.
+pub struct Slots<T> {
+    entries: Vec<Entry<T>>,
+    free: Vec<usize>,
+    len: usize,
+    limit: usize,
+}
+
+impl<T> Slots<T> {
+    pub fn new(limit: usize) -> Self {
+        Slots { entries: Vec::new(), free: Vec::new(), len: 0, limit: limit.min(MAX_SLOTS) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len >= self.limit
+    }
+
+    fn token(index: usize, generation: u16) -> Token {
+        Token(((generation as usize) << INDEX_BITS) | (index + FIXED_TOKENS))
+    }
+
+    fn index(token: Token) -> Option<(usize, u16)> {
+        let raw = token.0 & INDEX_MASK;
+        let index = raw.checked_sub(FIXED_TOKENS)?;
+        Some((index, (token.0 >> INDEX_BITS) as u16))
+    }
+
+    /// Stores the value `make` builds for its own token; None when the table is full.
+    pub fn insert_with(&mut self, make: impl FnOnce(Token) -> T) -> Option<Token> {
+        if self.is_full() {
+            return None;
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.entries.push(Entry { generation: 0, value: None });
+                self.entries.len() - 1
+            }
+        };
+        let entry = &mut self.entries[index];
+        let token = Self::token(index, entry.generation);
+        entry.value = Some(make(token));
+        self.len += 1;
+        Some(token)
+    }
+
+    pub fn get_mut(&mut self, token: Token) -> Option<&mut T> {
+        let (index, generation) = Self::index(token)?;
+        let entry = self.entries.get_mut(index)?;
+        if entry.generation != generation {
+            return None;
+        }
+        entry.value.as_mut()
+    }
+
+    pub fn get(&self, token: Token) -> Option<&T> {
+        let (index, generation) = Self::index(token)?;
+        let entry = self.entries.get(index)?;
+        if entry.generation != generation {
+            return None;
+        }
+        entry.value.as_ref()
+    }
+
+    /// Frees the slot and bumps its generation so that old tokens no longer match.
+    pub fn remove(&mut self, token: Token) -> Option<T> {
+        let (index, generation) = Self::index(token)?;
+        let entry = self.entries.get_mut(index)?;
+        if entry.generation != generation || entry.value.is_none() {
+            return None;
+        }
+        entry.generation = entry.generation.wrapping_add(1);
+        self.free.push(index);
+        self.len -= 1;
+        entry.value.take()
+    }
+
+    /// Tokens of every occupied slot (a snapshot, so the caller may remove while iterating).
+    pub fn tokens(&self) -> Vec<Token> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.value.is_some())
+            .map(|(i, e)| Self::token(i, e.generation))
+            .collect()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().filter_map(|e| e.value.as_ref())
+    }
+}
+
+/// A min-heap of deadlines. Timers are never cancelled: whoever handles one checks whether it
+/// still matters (a lookup that finished early, a connection already gone), which keeps the
+/// heap simple and is cheap because stale timers are few.
+pub struct Timers<K> {
+    heap: BinaryHeap<Reverse<(Instant, u64, K)>>,
+    seq: u64,
+}
+
+/// The loop wakes at least this often even with nothing scheduled, so that sweeps of idle
+/// connections and interface rescans never depend on a timer having been set.
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
+/// Bound on timers so that a flood of lookups cannot grow the heap without end.
+pub const MAX_TIMERS: usize = 65536;
+
+impl<K: Ord + Clone> Timers<K> {
+    pub fn new() -> Self {
+        Timers { heap: BinaryHeap::new(), seq: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Schedules `kind` at `at`; false when the heap is full (the caller degrades gracefully).
+    pub fn at(&mut self, at: Instant, kind: K) -> bool {
+        if self.heap.len() >= MAX_TIMERS {
+            return false;
+        }
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq, kind)));
+        true
+    }
+
+    /// Removes and returns every timer due at `now`, in deadline order.
+    pub fn expired(&mut self, now: Instant) -> Vec<K> {
+        let mut out = Vec::new();
+        while let Some(Reverse((at, _, _))) = self.heap.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some(Reverse((_, _, k))) = self.heap.pop() {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    /// How long poll may sleep: until the next deadline, at most MAX_POLL_WAIT.
+    pub fn poll_timeout(&self, now: Instant) -> Duration {
+        match self.heap.peek() {
+            Some(Reverse((at, _, _))) => at.saturating_duration_since(now).min(MAX_POLL_WAIT),
+            None => MAX_POLL_WAIT,
+        }
+    }
+}
+
+impl<K: Ord + Clone> Default for Timers<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_tokens_do_not_reach_a_reused_slot() {
+        let mut s = Slots::new(10);
+        let a = s.insert_with(|_| "a").unwrap();
+        assert_eq!(s.get(a), Some(&"a"));
+        assert_eq!(s.remove(a), Some("a"));
+        let b = s.insert_with(|_| "b").unwrap();
+        assert_ne!(a, b, "same index, new generation");
+        assert_eq!(s.get(a), None);
+        assert_eq!(s.remove(a), None);
+        assert_eq!(s.get(b), Some(&"b"));
+        assert!(a.0 >= FIXED_TOKENS && b.0 & INDEX_MASK >= FIXED_TOKENS);
+    }
+
+    #[test]
+    fn fixed_tokens_never_match_a_slot() {
+        let mut s: Slots<u8> = Slots::new(10);
+        s.insert_with(|_| 1).unwrap();
+        for t in 0..FIXED_TOKENS {
+            assert!(s.get(Token(t)).is_none());
+        }
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut s = Slots::new(3);
+        let toks: Vec<_> = (0..3).map(|i| s.insert_with(|_| i).unwrap()).collect();
+        assert!(s.insert_with(|_| 9).is_none());
+        s.remove(toks[1]);
+        assert!(s.insert_with(|_| 9).is_some());
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.tokens().len(), 3);
+    }
+
+    #[test]
+    fn the_token_passed_to_make_is_the_returned_one() {
+        let mut s = Slots::new(3);
+        let t = s.insert_with(|t| t).unwrap();
+        assert_eq!(s.get(t), Some(&t));
+    }
+
+    #[test]
+    fn timers_fire_in_order_and_feed_the_poll_timeout() {
+        let now = Instant::now();
+        let mut t = Timers::new();
+        assert_eq!(t.poll_timeout(now), MAX_POLL_WAIT);
+        t.at(now + Duration::from_millis(30), 3);
+        t.at(now + Duration::from_millis(10), 1);
+        t.at(now + Duration::from_millis(20), 2);
+        assert_eq!(t.poll_timeout(now), Duration::from_millis(10));
+        assert!(t.expired(now).is_empty());
+        assert_eq!(t.expired(now + Duration::from_millis(25)), vec![1, 2]);
+        assert_eq!(t.expired(now + Duration::from_secs(5)), vec![3]);
+        assert_eq!(t.len(), 0);
+    }
+}

@@ -1,0 +1,440 @@
+//! The loopback front's connections (SPEC §4): the HTTP shell that pacman talks to. A `Conn`
+//! reads request heads and hands each one to the daemon, which decides where the bytes come
+//! from and answers through one of the `answer_*` calls: a small in-memory body, a file
+//! (the verified staged copy, with sendfile), or a stream fed by an upstream fetch. After any
+//! failure once the head is out, the connection is closed, never ended cleanly (a short
+//! body must look like an error to pacman).
+
+use crate::http::{self, HttpError, Method, Request, Version};
+use crate::sys;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// pacman holds up to ParallelDownloads (default 5) connections per host; a few hosts'
+/// worth of local tools is still far below this.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Local clients send their head at once; a slow one is broken, not busy.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// pacman keeps connections alive between files of one transaction, then drops them.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Nothing taken by the client for this long: it is gone.
+pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on bytes buffered for a streaming answer before we stop reading the upstream.
+pub const MAX_STREAM_BUFFER: usize = 1 << 20;
+const SENDFILE_CHUNK: usize = 1 << 20;
+const SENDFILE_CALLS_PER_TURN: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Reading a request head.
+    WaitingForHead,
+    /// A request was handed to the daemon; nothing to send yet.
+    WaitingForSource,
+    /// Writing `out` (head and maybe a small body).
+    SendingHead,
+    /// sendfile of `file[offset..end]`.
+    SendingFile,
+    /// Writing bytes pushed by a fetch; `stream_left` more are promised.
+    Streaming,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Blocked,
+    Yielded,
+    /// A complete request head is ready: the daemon should `take_request()`.
+    Request,
+    Close,
+}
+
+pub struct Conn<S> {
+    pub stream: S,
+    state: State,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    file: Option<File>,
+    offset: u64,
+    end: u64,
+    /// Body bytes still promised by a streaming answer (None: until the source ends).
+    stream_left: Option<u64>,
+    stream_done: bool,
+    keep_alive: bool,
+    pending: Option<Request>,
+    pub version: Version,
+    pub method: Method,
+    last_active: Instant,
+    head_started: Instant,
+    head_bytes: bool,
+    pub body_bytes: u64,
+}
+
+impl<S: Read + Write + AsRawFd> Conn<S> {
+    pub fn new(stream: S, now: Instant) -> Self {
+        Conn {
+            stream,
+            state: State::WaitingForHead,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            file: None,
+            offset: 0,
+            end: 0,
+            stream_left: None,
+            stream_done: false,
+            keep_alive: false,
+            pending: None,
+            version: Version::Http11,
+            method: Method::Get,
+            last_active: now,
+            head_started: now,
+            head_bytes: false,
+            body_bytes: 0,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn timed_out(&self, now: Instant) -> bool {
+        match self.state {
+            State::WaitingForHead if self.head_bytes => now.duration_since(self.head_started) > HEAD_TIMEOUT,
+            State::WaitingForHead => now.duration_since(self.last_active) > IDLE_TIMEOUT,
+            // the daemon owns the deadline while it looks for the bytes
+            State::WaitingForSource => false,
+            State::SendingHead | State::SendingFile => now.duration_since(self.last_active) > SEND_STALL_TIMEOUT,
+            State::Streaming => self.out_pos < self.out.len() && now.duration_since(self.last_active) > SEND_STALL_TIMEOUT,
+            State::Done => true,
+        }
+    }
+
+    /// The request the last `Progress::Request` announced.
+    pub fn take_request(&mut self) -> Option<Request> {
+        self.pending.take()
+    }
+
+    /// Room for more streamed bytes (backpressure on the upstream read).
+    pub fn stream_room(&self) -> usize {
+        MAX_STREAM_BUFFER.saturating_sub(self.out.len() - self.out_pos)
+    }
+
+    pub fn drive(&mut self, now: Instant) -> Progress {
+        loop {
+            let step = match self.state {
+                State::WaitingForHead => self.read_head(now),
+                State::WaitingForSource => Ok(Some(self.watch_close())),
+                State::SendingHead => self.send_out(now),
+                State::SendingFile => self.send_file(now),
+                State::Streaming => self.send_stream(now),
+                State::Done => return Progress::Close,
+            };
+            match step {
+                Ok(None) => continue,
+                Ok(Some(p)) => return p,
+                Err(_) => return Progress::Close,
+            }
+        }
+    }
+
+    /// While the daemon looks for the bytes, notice a client that hung up.
+    fn watch_close(&mut self) -> Progress {
+        let mut b = [0u8; 512];
+        loop {
+            match self.stream.read(&mut b) {
+                Ok(0) => return Progress::Close,
+                // pipelined bytes: keep them for after this answer, within the head bound
+                Ok(n) if self.inbuf.len() + n <= http::MAX_HEAD => self.inbuf.extend_from_slice(&b[..n]),
+                Ok(_) => return Progress::Close,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Progress::Close,
+            }
+        }
+    }
+
+    fn read_head(&mut self, now: Instant) -> io::Result<Option<Progress>> {
+        loop {
+            match http::parse_request(&self.inbuf) {
+                Ok(Some(req)) => {
+                    self.inbuf.drain(..req.head_len);
+                    self.version = req.version;
+                    self.method = req.method;
+                    self.keep_alive = req.keep_alive;
+                    self.pending = Some(req);
+                    self.state = State::WaitingForSource;
+                    return Ok(Some(Progress::Request));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.answer_error(e.status());
+                    self.keep_alive = false;
+                    return Ok(None);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(Some(Progress::Close)),
+                Ok(n) => {
+                    if !self.head_bytes {
+                        self.head_bytes = true;
+                        self.head_started = now;
+                    }
+                    self.last_active = now;
+                    self.inbuf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Progress::Blocked)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn begin(&mut self) {
+        self.out.clear();
+        self.out_pos = 0;
+        self.file = None;
+        self.stream_left = None;
+        self.stream_done = false;
+    }
+
+    /// An error status with a small text body; keep-alive kept when the request allows it.
+    pub fn answer_error(&mut self, status: u16) {
+        self.begin();
+        http::error_response(&mut self.out, self.version, status, self.keep_alive);
+        self.state = State::SendingHead;
+    }
+
+    /// A complete in-memory answer (status pages, redirects, 304, 416).
+    pub fn answer_bytes(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        self.begin();
+        let len = body.len().to_string();
+        let mut h: Vec<(&str, &str)> = headers.to_vec();
+        h.push(("Content-Length", &len));
+        http::write_head(&mut self.out, self.version, status, &h, self.keep_alive);
+        if self.method == Method::Get {
+            self.out.extend_from_slice(body);
+        }
+        self.state = State::SendingHead;
+    }
+
+    /// `file[start..end]` after `headers` (which must carry Content-Length = end - start).
+    pub fn answer_file(&mut self, status: u16, headers: &[(&str, &str)], file: File, start: u64, end: u64) {
+        self.begin();
+        http::write_head(&mut self.out, self.version, status, headers, self.keep_alive);
+        if self.method == Method::Get && end > start {
+            self.file = Some(file);
+            self.offset = start;
+            self.end = end;
+        }
+        self.state = State::SendingHead;
+    }
+
+    /// Starts a streamed answer: the head now, the body through `push_stream`.
+    /// `length` is the promised body length (None: close-delimited, HTTP/1.0 style).
+    pub fn answer_stream(&mut self, status: u16, headers: &[(&str, &str)], length: Option<u64>) {
+        self.begin();
+        if length.is_none() {
+            self.keep_alive = false;
+        }
+        http::write_head(&mut self.out, self.version, status, headers, self.keep_alive);
+        self.stream_left = if self.method == Method::Head { Some(0) } else { length };
+        self.stream_done = self.method == Method::Head;
+        self.state = State::Streaming;
+    }
+
+    /// Appends streamed body bytes (never more than promised).
+    pub fn push_stream(&mut self, data: &[u8]) {
+        if self.state != State::Streaming || self.stream_done {
+            return;
+        }
+        let take = match self.stream_left {
+            Some(left) => (left.min(data.len() as u64)) as usize,
+            None => data.len(),
+        };
+        self.out.extend_from_slice(&data[..take]);
+        if let Some(left) = &mut self.stream_left {
+            *left -= take as u64;
+        }
+    }
+
+    /// The source ended. `complete`: it delivered everything it promised; otherwise the
+    /// connection must be cut so the client sees the failure.
+    pub fn end_stream(&mut self, complete: bool) {
+        if self.state != State::Streaming {
+            return;
+        }
+        let all_promised = self.stream_left.is_none_or(|l| l == 0);
+        if !complete || !all_promised {
+            self.keep_alive = false;
+            // drop what is queued: a clean-looking tail of a broken body helps nobody
+            self.out.clear();
+            self.out_pos = 0;
+            self.state = State::Done;
+            return;
+        }
+        self.stream_done = true;
+    }
+
+    pub fn is_streaming(&self) -> bool {
+        self.state == State::Streaming
+    }
+
+    fn send_out(&mut self, now: Instant) -> io::Result<Option<Progress>> {
+        if let Some(p) = self.write_out(now)? {
+            return Ok(Some(p));
+        }
+        self.state = if self.file.is_some() { State::SendingFile } else { self.finish(now) };
+        Ok(None)
+    }
+
+    fn write_out(&mut self, now: Instant) -> io::Result<Option<Progress>> {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Ok(Some(Progress::Close)),
+                Ok(n) => {
+                    self.out_pos += n;
+                    self.last_active = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Progress::Blocked)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(None)
+    }
+
+    fn send_file(&mut self, now: Instant) -> io::Result<Option<Progress>> {
+        let Some(file) = &self.file else {
+            self.state = self.finish(now);
+            return Ok(None);
+        };
+        for _ in 0..SENDFILE_CALLS_PER_TURN {
+            if self.offset >= self.end {
+                self.file = None;
+                self.state = self.finish(now);
+                return Ok(None);
+            }
+            let want = (self.end - self.offset).min(SENDFILE_CHUNK as u64) as usize;
+            match sys::sendfile(self.stream.as_raw_fd(), file.as_raw_fd(), &mut self.offset, want) {
+                Ok(0) => return Ok(Some(Progress::Close)),
+                Ok(n) => {
+                    self.body_bytes += n as u64;
+                    self.last_active = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Progress::Blocked)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(Progress::Yielded))
+    }
+
+    fn send_stream(&mut self, now: Instant) -> io::Result<Option<Progress>> {
+        let before = self.out.len() - self.out_pos;
+        let r = self.write_out(now)?;
+        self.body_bytes += (before - (self.out.len() - self.out_pos)) as u64;
+        if let Some(p) = r {
+            return Ok(Some(p));
+        }
+        if self.stream_done {
+            self.state = self.finish(now);
+            return Ok(None);
+        }
+        // everything queued is out; wait for the source to push more
+        Ok(Some(Progress::Blocked))
+    }
+
+    fn finish(&mut self, now: Instant) -> State {
+        if !self.keep_alive {
+            return State::Done;
+        }
+        self.head_bytes = !self.inbuf.is_empty();
+        self.head_started = now;
+        self.last_active = now;
+        State::WaitingForHead
+    }
+}
+
+/// The fixed answer for a connection accepted while the table is full.
+pub fn busy_response() -> Vec<u8> {
+    let mut out = Vec::new();
+    http::error_response(&mut out, Version::Http11, 503, false);
+    out
+}
+
+impl From<HttpError> for u16 {
+    fn from(e: HttpError) -> u16 {
+        e.status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (Conn<UnixStream>, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (Conn::new(a, Instant::now()), b)
+    }
+
+    fn read_all(mut b: UnixStream) -> String {
+        let mut s = Vec::new();
+        b.read_to_end(&mut s).unwrap();
+        String::from_utf8_lossy(&s).into_owned()
+    }
+
+    #[test]
+    fn a_request_is_handed_over_then_answered() {
+        let (mut c, mut b) = pair();
+        b.write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        assert_eq!(c.drive(Instant::now()), Progress::Request);
+        assert_eq!(c.take_request().unwrap().target, "/x");
+        c.answer_bytes(200, &[("Content-Type", "text/plain")], b"hello");
+        assert_eq!(c.drive(Instant::now()), Progress::Close);
+        drop(c);
+        let text = read_all(b);
+        assert!(text.starts_with("HTTP/1.1 200"));
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    }
+
+    #[test]
+    fn a_broken_stream_is_cut_not_ended() {
+        let (mut c, b) = pair();
+        let mut w = b.try_clone().unwrap();
+        w.write_all(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(c.drive(Instant::now()), Progress::Request);
+        c.take_request();
+        c.answer_stream(200, &[("Content-Length", "10")], Some(10));
+        c.push_stream(b"12345");
+        assert_eq!(c.drive(Instant::now()), Progress::Blocked);
+        c.end_stream(false);
+        assert_eq!(c.drive(Instant::now()), Progress::Close);
+        drop(c);
+        drop(w);
+        let text = read_all(b);
+        assert!(text.ends_with("12345"), "{text}");
+    }
+
+    #[test]
+    fn a_stream_never_exceeds_its_promise() {
+        let (mut c, b) = pair();
+        let mut w = b.try_clone().unwrap();
+        w.write_all(b"GET /x HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!(c.drive(Instant::now()), Progress::Request);
+        c.answer_stream(200, &[("Content-Length", "3")], Some(3));
+        c.push_stream(b"abcdef");
+        c.end_stream(true);
+        assert_eq!(c.drive(Instant::now()), Progress::Close);
+        drop(c);
+        drop(w);
+        assert!(read_all(b).ends_with("\r\n\r\nabc"));
+    }
+}

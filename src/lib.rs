@@ -1,0 +1,23 @@
+//! flocon: share pacman package caches across a LAN, verified against the local sync dbs.
+//! The modules, in the order a request meets them: see README.md's layout table and
+//! docs/DESIGN.md for the why.
+
+#[macro_use]
+pub mod log;
+
+pub mod config;
+pub mod daemon;
+pub mod dbload;
+pub mod discovery;
+pub mod eventloop;
+pub mod fetch;
+pub mod front;
+pub mod http;
+pub mod peers;
+pub mod protocol;
+pub mod resolver;
+pub mod route;
+pub mod server;
+pub mod syncdb;
+pub mod sys;
+pub mod transfer;

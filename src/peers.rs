@@ -1,0 +1,1258 @@
+//! Discovery state without sockets or clocks: the bounded peer table, the announcement
+//! schedule, per-source rate limiting, peer bans and one "who has this file?" lookup round.
+//! Every function takes `now`, so the event loop (discovery.rs) owns time and tests move it.
+
+use crate::protocol::{Announce, Answer, Header, Query, VERSION};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::time::{Duration, Instant};
+
+/// Peers kept at once; a LAN with more flocon daemons is not expected, and a bound keeps
+/// forged announcements (random instance ids) from growing memory.
+pub const MAX_PEERS: usize = 256;
+/// Mean spacing of periodic announcements: cheap (one ~100-byte datagram per host), and
+/// departures without a goodbye are still noticed within ~2 minutes.
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
+/// ±25 % of the interval, uniform: hosts booted together (power cut) drift apart instead of
+/// announcing in lockstep.
+pub const ANNOUNCE_JITTER: Duration = Duration::from_millis(7_500);
+/// Longest gap between two periodic announcements of a live peer.
+pub const ANNOUNCE_INTERVAL_MAX: Duration = Duration::from_millis(37_500);
+/// Three missed announcements at the longest interval (112.5 s) plus slack for a busy loop.
+pub const PEER_EXPIRY: Duration = Duration::from_secs(120);
+/// Announcements sent 1 s apart at start (the first may go out before every join has
+/// settled, or be lost); then the periodic schedule takes over.
+pub const STARTUP_ANNOUNCES: u8 = 3;
+pub const STARTUP_GAP: Duration = Duration::from_secs(1);
+/// Hearing a new peer makes us announce within this (random) delay so it learns about us
+/// at once instead of after a full interval; random so N hosts do not answer in a burst.
+pub const HURRY_DELAY_MAX: Duration = Duration::from_millis(250);
+/// No two announcements closer than this: forged "new peers" cannot make us flood the link.
+pub const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
+/// A peer's recorded address changes to another one it announces from only after the
+/// recorded one has been silent this long: dual-stack hosts announce on both families and
+/// must not flap between them, but a host whose address changed must move.
+pub const ADDR_FAILOVER: Duration = ANNOUNCE_INTERVAL_MAX;
+/// Default lookup budget (issue 3: ≤ 50 ms); a lookup normally ends much sooner, when
+/// every asked peer has answered.
+pub const LOOKUP_BUDGET: Duration = Duration::from_millis(50);
+
+/// Delay until the next periodic announcement, uniform in interval ± jitter; `random` is any
+/// random u64 from the caller (no RNG in here, so tests are deterministic).
+pub fn next_announce_delay(random: u64) -> Duration {
+    let span = 2 * ANNOUNCE_JITTER.as_millis() as u64 + 1;
+    ANNOUNCE_INTERVAL - ANNOUNCE_JITTER + Duration::from_millis(random % span)
+}
+
+/// When to announce next: at start, STARTUP_ANNOUNCES times STARTUP_GAP apart, then every
+/// `next_announce_delay`; `hurry` brings it forward when someone new needs to hear from us.
+#[derive(Debug, Clone)]
+pub struct AnnounceTimer {
+    next: Instant,
+    last_sent: Option<Instant>,
+    startup_left: u8,
+}
+
+impl AnnounceTimer {
+    /// Due at once.
+    pub fn new(now: Instant) -> Self {
+        AnnounceTimer {
+            next: now,
+            last_sent: None,
+            startup_left: STARTUP_ANNOUNCES,
+        }
+    }
+
+    /// The instant the loop should wake up for the next announcement.
+    pub fn deadline(&self) -> Instant {
+        self.next
+    }
+
+    pub fn is_due(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+
+    /// Records an announcement round sent at `now` and schedules the next.
+    pub fn sent(&mut self, now: Instant, random: u64) {
+        self.last_sent = Some(now);
+        self.startup_left = self.startup_left.saturating_sub(1);
+        let delay = if self.startup_left > 0 {
+            STARTUP_GAP
+        } else {
+            next_announce_delay(random)
+        };
+        self.next = now + delay;
+    }
+
+    /// Announce soon (a new peer appeared, an interface was joined): within
+    /// HURRY_DELAY_MAX, but never sooner than MIN_ANNOUNCE_GAP after the last one.
+    pub fn hurry(&mut self, now: Instant, random: u64) {
+        let jitter = Duration::from_millis(random % (HURRY_DELAY_MAX.as_millis() as u64 + 1));
+        let mut at = now + jitter;
+        if let Some(last) = self.last_sent {
+            at = at.max(last + MIN_ANNOUNCE_GAP);
+        }
+        self.next = self.next.min(at);
+    }
+}
+
+/// One known daemon on the LAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub instance: u64,
+    /// UDP source of its announcements: where queries go. IPv6 keeps the scope id (needed
+    /// for link-local addresses); IPv4-mapped IPv6 is stored as IPv4; flowinfo is cleared.
+    pub addr: SocketAddr,
+    pub tcp_port: u16,
+    pub name: String,
+    pub distro: String,
+    pub archs: Vec<String>,
+    pub version: u8,
+    /// Last accepted announcement (from any of its addresses): drives expiry.
+    pub last_seen: Instant,
+    pub first_seen: Instant,
+    /// Last datagram from `addr` itself: drives ADDR_FAILOVER.
+    pub addr_heard: Instant,
+    pub uploads: u16,
+    pub last_seq: u32,
+}
+
+impl Peer {
+    /// Where its file server listens.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addr.ip(), self.tcp_port)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// Our own datagram, looped back.
+    Own,
+    /// Source address that no real peer can have (multicast, unspecified, port 0).
+    BadSource,
+    /// Sequence number not newer than the last accepted one: a copy via another family or
+    /// interface, a reordered or a replayed datagram.
+    Stale,
+    /// Table full of peers that are all alive.
+    TableFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A peer not in the table before. `dropped`: an entry removed to make room — an earlier
+    /// incarnation at the same address (the daemon restarted), or the stalest peer.
+    New {
+        dropped: Option<Box<Peer>>,
+    },
+    /// A known peer's announcement was accepted (or a copy of it removed an earlier
+    /// incarnation at the same address, reported in `dropped`).
+    Updated {
+        dropped: Option<Box<Peer>>,
+    },
+    Ignored(IgnoreReason),
+}
+
+/// Serial-number comparison (RFC 1982) so a long-lived sender's wrap to 0 is still "newer".
+pub fn seq_newer(a: u32, b: u32) -> bool {
+    let d = a.wrapping_sub(b);
+    d != 0 && d < 0x8000_0000
+}
+
+/// The form addresses are stored and compared in (see `Peer::addr`).
+pub fn normalize_addr(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => addr,
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => SocketAddr::V6(SocketAddrV6::new(*a.ip(), a.port(), 0, a.scope_id())),
+        },
+    }
+}
+
+/// Whether a datagram source could be a peer at all. The on-link check (source within a
+/// subnet of the receiving interface) needs interface data and belongs to the socket layer.
+pub fn plausible_source(addr: &SocketAddr) -> bool {
+    let ip = normalize_addr(*addr).ip();
+    addr.port() != 0
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && ip != IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+}
+
+/// The peers we currently believe alive, at most MAX_PEERS, in order of arrival.
+#[derive(Debug)]
+pub struct PeerTable {
+    own: u64,
+    peers: Vec<Peer>,
+}
+
+impl PeerTable {
+    pub fn new(own_instance: u64) -> Self {
+        PeerTable {
+            own: own_instance,
+            peers: Vec::new(),
+        }
+    }
+
+    /// Applies an ANNOUNCE from `src`. Policies (PROTOCOL.md "Peer table"): own instance
+    /// ignored; only a newer seq updates a peer; another instance at the same address is an
+    /// earlier incarnation and is replaced; when full, the stalest peer is evicted only if it
+    /// has missed an announcement (silent > ANNOUNCE_INTERVAL_MAX), else the newcomer is
+    /// refused, so live peers cannot be pushed out by a flood of forged instances.
+    pub fn on_announce(
+        &mut self,
+        src: SocketAddr,
+        h: &Header,
+        a: &Announce,
+        now: Instant,
+    ) -> PeerEvent {
+        let src = normalize_addr(src);
+        if h.instance == self.own {
+            return PeerEvent::Ignored(IgnoreReason::Own);
+        }
+        if !plausible_source(&src) {
+            return PeerEvent::Ignored(IgnoreReason::BadSource);
+        }
+        let known = self.peers.iter().position(|p| p.instance == h.instance);
+        if let Some(i) = known {
+            let p = &self.peers[i];
+            if seq_newer(p.last_seq, h.seq) {
+                return PeerEvent::Ignored(IgnoreReason::Stale);
+            }
+        }
+        // From here the datagram is a current statement "instance X is at src".
+        let mut dropped = self
+            .peers
+            .iter()
+            .position(|p| p.addr == src && p.instance != h.instance)
+            .map(|j| Box::new(self.peers.remove(j)));
+        match self.peers.iter_mut().find(|p| p.instance == h.instance) {
+            Some(p) => {
+                let newer = seq_newer(h.seq, p.last_seq);
+                if p.addr == src {
+                    p.addr_heard = now;
+                } else if newer && now.saturating_duration_since(p.addr_heard) >= ADDR_FAILOVER {
+                    p.addr = src;
+                    p.addr_heard = now;
+                }
+                if !newer {
+                    return match dropped {
+                        Some(_) => PeerEvent::Updated { dropped },
+                        None => PeerEvent::Ignored(IgnoreReason::Stale),
+                    };
+                }
+                p.tcp_port = a.tcp_port;
+                p.uploads = a.uploads;
+                p.name.clone_from(&a.name);
+                p.distro.clone_from(&a.distro);
+                p.archs.clone_from(&a.archs);
+                p.last_seen = now;
+                p.last_seq = h.seq;
+                PeerEvent::Updated { dropped }
+            }
+            None => {
+                if dropped.is_none() && self.peers.len() >= MAX_PEERS {
+                    let stalest = self
+                        .peers
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, p)| p.last_seen)
+                        .map(|(i, p)| (i, now.saturating_duration_since(p.last_seen)));
+                    match stalest {
+                        Some((i, silent)) if silent > ANNOUNCE_INTERVAL_MAX => {
+                            dropped = Some(Box::new(self.peers.remove(i)));
+                        }
+                        _ => return PeerEvent::Ignored(IgnoreReason::TableFull),
+                    }
+                }
+                self.peers.push(Peer {
+                    instance: h.instance,
+                    addr: src,
+                    tcp_port: a.tcp_port,
+                    name: a.name.clone(),
+                    distro: a.distro.clone(),
+                    archs: a.archs.clone(),
+                    version: VERSION,
+                    last_seen: now,
+                    first_seen: now,
+                    addr_heard: now,
+                    uploads: a.uploads,
+                    last_seq: h.seq,
+                });
+                PeerEvent::New { dropped }
+            }
+        }
+    }
+
+    /// Applies a GOODBYE: removes the peer only when it comes from the peer's recorded
+    /// address and is not older than its last announcement, so a forged goodbye from
+    /// elsewhere on the link cannot hide a live peer.
+    pub fn on_goodbye(&mut self, src: SocketAddr, h: &Header) -> Option<Peer> {
+        let src = normalize_addr(src);
+        let i = self.peers.iter().position(|p| {
+            p.instance == h.instance && p.addr == src && !seq_newer(p.last_seq, h.seq)
+        })?;
+        Some(self.peers.remove(i))
+    }
+
+    /// Removes and returns the peers silent for PEER_EXPIRY or longer.
+    pub fn expire(&mut self, now: Instant) -> Vec<Peer> {
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < self.peers.len() {
+            if now.saturating_duration_since(self.peers[i].last_seen) >= PEER_EXPIRY {
+                gone.push(self.peers.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        gone
+    }
+
+    /// When `expire` next has work: the loop's timer for it.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.peers.iter().map(|p| p.last_seen + PEER_EXPIRY).min()
+    }
+
+    pub fn get(&self, instance: u64) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.instance == instance)
+    }
+
+    pub fn by_addr(&self, addr: &SocketAddr) -> Option<&Peer> {
+        let addr = normalize_addr(*addr);
+        self.peers.iter().find(|p| p.addr == addr)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    pub fn own_instance(&self) -> u64 {
+        self.own
+    }
+}
+
+/// Sources tracked at once; beyond that, the least-limited entry is forgotten (which only
+/// resets that source to a full bucket).
+pub const RATE_SOURCES: usize = 1024;
+/// Sustained datagrams per second per source IP: a pacman -Syu from one peer asks one query
+/// per package, in parallel downloads; 100/s is far above that and bounds our reply traffic
+/// to one source at ~7 KB/s.
+pub const RATE_PER_SEC: u32 = 100;
+/// Burst allowed on top of the rate (a quick run of lookups after a db refresh).
+pub const RATE_BURST: u32 = 200;
+
+/// Per-source-IP token bucket, in its GCRA form: one "theoretical arrival time" per source.
+/// Charge it for unsolicited datagrams (ANNOUNCE, GOODBYE, QUERY), not for ANSWERs: those
+/// are matched against our own lookups, and a busy asker must not drop its own answers.
+#[derive(Debug)]
+pub struct RateLimiter {
+    interval: Duration,
+    tolerance: Duration,
+    sources: HashMap<IpAddr, Instant>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RateLimiter {
+    pub fn new() -> Self {
+        Self::with_limits(RATE_PER_SEC, RATE_BURST)
+    }
+
+    pub fn with_limits(per_sec: u32, burst: u32) -> Self {
+        let interval = Duration::from_secs(1) / per_sec.max(1);
+        RateLimiter {
+            interval,
+            tolerance: interval * (burst.max(1) - 1),
+            sources: HashMap::new(),
+        }
+    }
+
+    /// Whether a datagram from `ip` may be handled now (and charges it if so).
+    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let tat = self.sources.get(&ip).map_or(now, |&t| t.max(now));
+        if tat.saturating_duration_since(now) > self.tolerance {
+            return false;
+        }
+        if !self.sources.contains_key(&ip) && self.sources.len() >= RATE_SOURCES {
+            // Entries whose bucket is full again carry no information.
+            self.sources.retain(|_, t| *t > now);
+            if self.sources.len() >= RATE_SOURCES {
+                let least = self
+                    .sources
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(k, _)| *k);
+                if let Some(k) = least {
+                    self.sources.remove(&k);
+                }
+            }
+        }
+        self.sources
+            .insert(ip, tat.checked_add(self.interval).unwrap_or(tat));
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+}
+
+/// First ban: long enough to finish the current pacman transaction without that peer.
+pub const BAN_FIRST: Duration = Duration::from_secs(10 * 60);
+/// Longest ban: a fixed or reinstalled host gets another chance at least daily.
+pub const BAN_MAX: Duration = Duration::from_secs(24 * 3600);
+/// A record is forgotten (strikes reset) this long after its ban ended.
+pub const BAN_MEMORY: Duration = Duration::from_secs(24 * 3600);
+/// Records kept; bans come from our own failed verifications (a whole transfer each), so
+/// this is never reached in practice, but the table must still be bounded.
+pub const MAX_BANS: usize = 1024;
+/// Reasons are shown in logs and `flocon status`; one line is enough.
+pub const MAX_REASON_LEN: usize = 200;
+
+/// What a ban is attached to: a daemon incarnation, or a host address (a peer that restarts
+/// gets a new instance id but usually keeps its address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BanKey {
+    Instance(u64),
+    Ip(IpAddr),
+}
+
+impl From<u64> for BanKey {
+    fn from(instance: u64) -> Self {
+        BanKey::Instance(instance)
+    }
+}
+
+impl From<IpAddr> for BanKey {
+    fn from(ip: IpAddr) -> Self {
+        BanKey::Ip(normalize_addr(SocketAddr::new(ip, 1)).ip())
+    }
+}
+
+impl std::fmt::Display for BanKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BanKey::Instance(i) => write!(f, "instance {i:016x}"),
+            BanKey::Ip(ip) => write!(f, "address {ip}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    /// Offences counted into the current length (1 for a first ban).
+    pub strikes: u32,
+    pub since: Instant,
+    pub until: Instant,
+    pub reason: String,
+}
+
+impl Ban {
+    pub fn is_active(&self, now: Instant) -> bool {
+        now < self.until
+    }
+}
+
+/// Bans with growing length: BAN_FIRST, doubled for each repeat, capped at BAN_MAX.
+#[derive(Debug, Default)]
+pub struct Bans {
+    records: Vec<(BanKey, Ban)>,
+}
+
+impl Bans {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bans `key` from `now` and returns the ban's length. An offence while already banned
+    /// (other transfers from the same peer failing) does not lengthen the ban: it was one
+    /// bad state of that peer, not a repeat.
+    pub fn ban(&mut self, key: impl Into<BanKey>, now: Instant, reason: &str) -> Duration {
+        let key = key.into();
+        let reason = truncate(reason, MAX_REASON_LEN);
+        if let Some((_, b)) = self.records.iter_mut().find(|(k, _)| *k == key) {
+            if b.is_active(now) {
+                b.reason = reason;
+                return b.until.saturating_duration_since(now);
+            }
+            let forgiven = now.saturating_duration_since(b.until) >= BAN_MEMORY;
+            b.strikes = if forgiven {
+                1
+            } else {
+                b.strikes.saturating_add(1)
+            };
+            let length = ban_length(b.strikes);
+            b.since = now;
+            b.until = now + length;
+            b.reason = reason;
+            return length;
+        }
+        if self.records.len() >= MAX_BANS {
+            self.prune(now);
+        }
+        if self.records.len() >= MAX_BANS {
+            // The record closest to its end is the one whose loss matters least.
+            let soonest = self
+                .records
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, b))| b.until);
+            if let Some((i, _)) = soonest {
+                self.records.remove(i);
+            }
+        }
+        let length = ban_length(1);
+        self.records.push((
+            key,
+            Ban {
+                strikes: 1,
+                since: now,
+                until: now + length,
+                reason,
+            },
+        ));
+        length
+    }
+
+    /// `key`: a `BanKey`, an instance id (u64) or an `IpAddr`.
+    pub fn is_banned(&self, key: impl Into<BanKey>, now: Instant) -> bool {
+        self.get(key).is_some_and(|b| b.is_active(now))
+    }
+
+    pub fn get(&self, key: impl Into<BanKey>) -> Option<&Ban> {
+        let key = key.into();
+        self.records.iter().find(|(k, _)| *k == key).map(|(_, b)| b)
+    }
+
+    /// The bans in force at `now`, for status output: key, time left, reason.
+    pub fn iter(&self, now: Instant) -> impl Iterator<Item = (BanKey, Duration, &str)> + '_ {
+        self.records
+            .iter()
+            .filter(move |(_, b)| b.is_active(now))
+            .map(move |(k, b)| {
+                (
+                    *k,
+                    b.until.saturating_duration_since(now),
+                    b.reason.as_str(),
+                )
+            })
+    }
+
+    /// Every record, including ended bans still remembered for escalation.
+    pub fn records(&self) -> impl Iterator<Item = (&BanKey, &Ban)> {
+        self.records.iter().map(|(k, b)| (k, b))
+    }
+
+    /// Forgets records whose memory has run out.
+    pub fn prune(&mut self, now: Instant) {
+        self.records
+            .retain(|(_, b)| now.saturating_duration_since(b.until) < BAN_MEMORY);
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+fn ban_length(strikes: u32) -> Duration {
+    // 2^8 × 10 min already exceeds a day; the cap keeps the shift and product small.
+    let doublings = strikes.saturating_sub(1).min(8);
+    (BAN_FIRST * (1u32 << doublings)).min(BAN_MAX)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].chars().filter(|c| !c.is_control()).collect()
+}
+
+/// A peer able to serve the file, as returned by `Lookup::candidates`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub instance: u64,
+    pub size: u64,
+    pub sha256: Option<[u8; 32]>,
+    pub uploads: u16,
+}
+
+/// One "who has this file?" round: the peers asked, their answers in arrival order, and the
+/// deadline. Ends when every asked peer has answered or the deadline passes.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    id: u32,
+    name: String,
+    expected: Option<(u64, Option<[u8; 32]>)>,
+    /// (instance, answered), duplicates removed, at most MAX_PEERS.
+    asked: Vec<(u64, bool)>,
+    answers: Vec<(u64, Answer)>,
+    deadline: Instant,
+}
+
+impl Lookup {
+    pub fn new(
+        id: u32,
+        name: String,
+        expected: Option<(u64, Option<[u8; 32]>)>,
+        asked: Vec<u64>,
+        deadline: Instant,
+    ) -> Self {
+        let mut list: Vec<(u64, bool)> = Vec::with_capacity(asked.len().min(MAX_PEERS));
+        for inst in asked {
+            if list.len() < MAX_PEERS && !list.iter().any(|(i, _)| *i == inst) {
+                list.push((inst, false));
+            }
+        }
+        Lookup {
+            id,
+            name,
+            expected,
+            asked: list,
+            answers: Vec::new(),
+            deadline,
+        }
+    }
+
+    /// The QUERY to send to every asked peer.
+    pub fn query(&self) -> Query {
+        Query {
+            id: self.id,
+            name: self.name.clone(),
+            size: self.expected.map(|(size, _)| size),
+            sha256: self.expected.and_then(|(_, sha)| sha),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Records an answer if it is for this lookup and from a peer that was asked and has not
+    /// answered yet (the caller has checked that its source is that peer's address). Returns
+    /// whether every asked peer has now answered.
+    pub fn on_answer(&mut self, from_instance: u64, a: &Answer) -> bool {
+        if a.id != self.id {
+            return self.all_answered();
+        }
+        let slot = self
+            .asked
+            .iter_mut()
+            .find(|(inst, answered)| *inst == from_instance && !answered);
+        if let Some(slot) = slot {
+            slot.1 = true;
+            self.answers.push((from_instance, a.clone()));
+        }
+        self.all_answered()
+    }
+
+    /// The peer left (goodbye, expiry, eviction): stop waiting for it. Returns whether it
+    /// was still awaited.
+    pub fn forget(&mut self, instance: u64) -> bool {
+        let before = self.asked.len();
+        self.asked
+            .retain(|(i, answered)| *i != instance || *answered);
+        self.asked.len() != before
+    }
+
+    pub fn asked_count(&self) -> usize {
+        self.asked.len()
+    }
+
+    pub fn answered_count(&self) -> usize {
+        self.answers.len()
+    }
+
+    pub fn all_answered(&self) -> bool {
+        self.asked.iter().all(|(_, answered)| *answered)
+    }
+
+    /// Every asked peer answered, or the deadline passed.
+    pub fn is_done(&self, now: Instant) -> bool {
+        self.all_answered() || now >= self.deadline
+    }
+
+    /// `is_done`, or the best possible candidate is already known: an idle peer (0 uploads)
+    /// that answered first among idle ones cannot be beaten by a later answer.
+    pub fn can_decide(&self, now: Instant) -> bool {
+        self.is_done(now)
+            || self
+                .answers
+                .iter()
+                .any(|(_, a)| a.uploads == 0 && self.matches(a))
+    }
+
+    /// Instances asked that have not answered (for logging unresponsive peers).
+    pub fn pending(&self) -> impl Iterator<Item = u64> + '_ {
+        self.asked
+            .iter()
+            .filter(|(_, answered)| !answered)
+            .map(|(i, _)| *i)
+    }
+
+    fn matches(&self, a: &Answer) -> bool {
+        a.have
+            && match self.expected {
+                None => true,
+                Some((size, sha)) => {
+                    a.size == size
+                        && match (sha, a.sha256) {
+                            (Some(want), Some(got)) => want == got,
+                            _ => true,
+                        }
+                }
+            }
+    }
+
+    /// "Have" answers that fit the expected size (and SHA-256 when both sides know it), least
+    /// busy first, then in answer order (a faster answer suggests a closer or idler peer).
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let mut out: Vec<Candidate> = self
+            .answers
+            .iter()
+            .filter(|(_, a)| self.matches(a))
+            .map(|(inst, a)| Candidate {
+                instance: *inst,
+                size: a.size,
+                sha256: a.sha256,
+                uploads: a.uploads,
+            })
+            .collect();
+        // Stable, so equal upload counts keep answer order.
+        out.sort_by_key(|c| c.uploads);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const OWN: u64 = 0xaaaa;
+
+    fn v4(last: u8) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)), 19432)
+    }
+
+    fn ann(name: &str) -> Announce {
+        Announce {
+            tcp_port: 19432,
+            uploads: 0,
+            name: name.into(),
+            distro: "arch".into(),
+            archs: vec!["x86_64".into()],
+        }
+    }
+
+    fn h(instance: u64, seq: u32) -> Header {
+        Header { instance, seq }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn new_update_stale_own() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new(OWN);
+        assert_eq!(
+            t.on_announce(v4(1), &h(OWN, 1), &ann("me"), t0),
+            PeerEvent::Ignored(IgnoreReason::Own)
+        );
+        assert_eq!(
+            t.on_announce(v4(1), &h(1, 5), &ann("a"), t0),
+            PeerEvent::New { dropped: None }
+        );
+        let mut b = ann("a2");
+        b.uploads = 3;
+        let t1 = t0 + secs(30);
+        assert_eq!(
+            t.on_announce(v4(1), &h(1, 6), &b, t1),
+            PeerEvent::Updated { dropped: None }
+        );
+        let p = t.get(1).unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.uploads, p.last_seen, p.first_seen),
+            ("a2", 3, t1, t0)
+        );
+        assert_eq!(p.version, VERSION);
+        assert_eq!(p.tcp_addr(), v4(1));
+        // Replayed and duplicate announcements change nothing.
+        for seq in [6, 5, 0] {
+            assert_eq!(
+                t.on_announce(v4(1), &h(1, seq), &ann("old"), t1 + secs(1)),
+                PeerEvent::Ignored(IgnoreReason::Stale)
+            );
+        }
+        assert_eq!(t.get(1).unwrap().name, "a2");
+        assert_eq!(t.by_addr(&v4(1)).unwrap().instance, 1);
+        assert_eq!(t.len(), 1);
+        let bad = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 194, 32)), 19432);
+        assert_eq!(
+            t.on_announce(bad, &h(2, 1), &ann("m"), t1),
+            PeerEvent::Ignored(IgnoreReason::BadSource)
+        );
+        assert_eq!(
+            t.on_announce(SocketAddr::new(v4(3).ip(), 0), &h(2, 1), &ann("m"), t1),
+            PeerEvent::Ignored(IgnoreReason::BadSource)
+        );
+    }
+
+    #[test]
+    fn seq_wraps() {
+        assert!(seq_newer(0, u32::MAX));
+        assert!(seq_newer(5, 4));
+        assert!(!seq_newer(4, 4));
+        assert!(!seq_newer(4, 5));
+        let t0 = Instant::now();
+        let mut t = PeerTable::new(OWN);
+        t.on_announce(v4(1), &h(1, u32::MAX), &ann("a"), t0);
+        assert!(matches!(
+            t.on_announce(v4(1), &h(1, 0), &ann("b"), t0),
+            PeerEvent::Updated { .. }
+        ));
+    }
+
+    #[test]
+    fn expiry() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new(OWN);
+        t.on_announce(v4(1), &h(1, 1), &ann("a"), t0);
+        t.on_announce(v4(2), &h(2, 1), &ann("b"), t0 + secs(60));
+        assert_eq!(t.next_expiry(), Some(t0 + PEER_EXPIRY));
+        assert!(
+            t.expire(t0 + PEER_EXPIRY - Duration::from_millis(1))
+                .is_empty()
+        );
+        let gone = t.expire(t0 + PEER_EXPIRY);
+        assert_eq!(gone.iter().map(|p| p.instance).collect::<Vec<_>>(), [1]);
+        assert_eq!(t.len(), 1);
+        // Keeping on announcing keeps it alive.
+        t.on_announce(v4(2), &h(2, 2), &ann("b"), t0 + secs(150));
+        assert!(t.expire(t0 + secs(200)).is_empty());
+        assert_eq!(t.expire(t0 + secs(270)).len(), 1);
+        assert!(t.is_empty());
+        assert_eq!(t.next_expiry(), None);
+    }
+
+    #[test]
+    fn goodbye_needs_the_recorded_address() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new(OWN);
+        t.on_announce(v4(1), &h(1, 10), &ann("a"), t0);
+        assert_eq!(t.on_goodbye(v4(9), &h(1, 11)), None, "spoofed source");
+        let other_port = SocketAddr::new(v4(1).ip(), 4000);
+        assert_eq!(t.on_goodbye(other_port, &h(1, 11)), None, "other port");
+        assert_eq!(
+            t.on_goodbye(v4(1), &h(1, 9)),
+            None,
+            "replayed older goodbye"
+        );
+        assert_eq!(t.on_goodbye(v4(1), &h(2, 11)), None, "unknown instance");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.on_goodbye(v4(1), &h(1, 11)).map(|p| p.instance), Some(1));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn restart_at_same_address_replaces() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new(OWN);
+        t.on_announce(v4(1), &h(1, 50), &ann("a"), t0);
+        match t.on_announce(v4(1), &h(7, 0), &ann("a"), t0 + secs(5)) {
+            PeerEvent::New { dropped: Some(p) } => assert_eq!(p.instance, 1),
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.by_addr(&v4(1)).unwrap().instance, 7);
+    }
+
+    fn v6(last: u16, scope: u32) -> SocketAddr {
+        let ip = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, last);
+        SocketAddr::V6(SocketAddrV6::new(ip, 19432, 7, scope))
+    }
+
+    #[test]
+    fn dual_stack_does_not_flap_but_moves_when_silent() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new(OWN);
+        t.on_announce(v4(1), &h(1, 1), &ann("a"), t0);
+        // The IPv6 copy of the same round is a duplicate.
+        assert_eq!(
+            t.on_announce(v6(1, 3), &h(1, 1), &ann("a"), t0),
+            PeerEvent::Ignored(IgnoreReason::Stale)
+        );
+        // Next round the IPv6 copy arrives first: accepted, address kept.
+        let t1 = t0 + secs(30);
+        assert!(matches!(
+            t.on_announce(v6(1, 3), &h(1, 2), &ann("a"), t1),
+            PeerEvent::Updated { .. }
+        ));
+        t.on_announce(v4(1), &h(1, 2), &ann("a"), t1);
+        assert_eq!(t.get(1).unwrap().addr, v4(1));
+        assert_eq!(t.get(1).unwrap().last_seen, t1);
+        // The IPv4 address goes away: after ADDR_FAILOVER of silence the peer moves to IPv6,
+        // keeping its scope id and losing the flowinfo.
+        let t2 = t1 + ADDR_FAILOVER + secs(1);
+        t.on_announce(v6(1, 3), &h(1, 3), &ann("a"), t2);
+        let p = t.get(1).unwrap();
+        assert_eq!(p.addr, normalize_addr(v6(1, 3)));
+        match p.addr {
+            SocketAddr::V6(a) => assert_eq!((a.scope_id(), a.flowinfo()), (3, 0)),
+            SocketAddr::V4(_) => panic!(),
+        }
+        // Goodbye must come from the new address.
+        assert!(t.on_goodbye(v4(1), &h(1, 4)).is_none());
+        assert!(t.on_goodbye(v6(1, 3), &h(1, 4)).is_some());
+    }
+
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let mapped = SocketAddr::new(
+            IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()),
+            19432,
+        );
+        assert_eq!(normalize_addr(mapped), v4(1));
+        let mut t = PeerTable::new(OWN);
+        t.on_announce(mapped, &h(1, 1), &ann("a"), Instant::now());
+        assert!(t.by_addr(&v4(1)).is_some());
+        assert!(t.on_goodbye(v4(1), &h(1, 2)).is_some());
+    }
+
+    fn fill(t: &mut PeerTable, at: Instant) {
+        for i in 0..MAX_PEERS as u64 {
+            let ip = Ipv4Addr::from(0x0a00_0000 + i as u32 + 1);
+            let src = SocketAddr::new(IpAddr::V4(ip), 19432);
+            assert!(matches!(
+                t.on_announce(
+                    src,
+                    &h(100 + i, 1),
+                    &ann("p"),
+                    at + Duration::from_millis(i)
+                ),
+                PeerEvent::New { dropped: None }
+            ));
+        }
+    }
+
+    #[test]
+    fn full_table_keeps_live_peers() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new(OWN);
+        fill(&mut t, t0);
+        assert_eq!(t.len(), MAX_PEERS);
+        let newcomer = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1)), 19432);
+        // All peers announced recently: the newcomer is refused.
+        let t1 = t0 + ANNOUNCE_INTERVAL_MAX;
+        assert_eq!(
+            t.on_announce(newcomer, &h(9999, 1), &ann("n"), t1),
+            PeerEvent::Ignored(IgnoreReason::TableFull)
+        );
+        // Everyone but peer 100 (the stalest) re-announces; once 100 has missed an
+        // announcement, it is the one evicted.
+        let t2 = t0 + secs(40);
+        for i in 1..MAX_PEERS as u64 {
+            let src = SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i as u32 + 1)),
+                19432,
+            );
+            t.on_announce(src, &h(100 + i, 2), &ann("p"), t2);
+        }
+        match t.on_announce(newcomer, &h(9999, 1), &ann("n"), t2) {
+            PeerEvent::New { dropped: Some(p) } => assert_eq!(p.instance, 100),
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(t.len(), MAX_PEERS);
+        assert!(t.get(9999).is_some());
+        assert!(t.get(100).is_none());
+    }
+
+    #[test]
+    fn announce_schedule() {
+        let t0 = Instant::now();
+        let mut a = AnnounceTimer::new(t0);
+        assert!(a.is_due(t0));
+        a.sent(t0, 0);
+        assert_eq!(a.deadline(), t0 + STARTUP_GAP);
+        a.sent(t0 + secs(1), 0);
+        a.sent(t0 + secs(2), u64::MAX);
+        let d = a.deadline() - (t0 + secs(2));
+        assert!(
+            d >= ANNOUNCE_INTERVAL - ANNOUNCE_JITTER && d <= ANNOUNCE_INTERVAL_MAX,
+            "{d:?}"
+        );
+        // Hurry: never sooner than MIN_ANNOUNCE_GAP after the last round.
+        a.hurry(t0 + secs(2), 0);
+        assert_eq!(a.deadline(), t0 + secs(2) + MIN_ANNOUNCE_GAP);
+        a.hurry(t0 + secs(10), 250);
+        assert_eq!(
+            a.deadline(),
+            t0 + secs(2) + MIN_ANNOUNCE_GAP,
+            "hurry never delays"
+        );
+        a.sent(t0 + secs(3), 0);
+        a.hurry(t0 + secs(10), 100);
+        assert_eq!(a.deadline(), t0 + secs(10) + Duration::from_millis(100));
+        let (mut lo, mut hi) = (Duration::MAX, Duration::ZERO);
+        for r in (0..100_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+            let d = next_announce_delay(r);
+            lo = lo.min(d);
+            hi = hi.max(d);
+        }
+        assert!(
+            lo >= secs(22) && lo < Duration::from_millis(22_600),
+            "{lo:?}"
+        );
+        assert!(hi <= ANNOUNCE_INTERVAL_MAX && hi > secs(37), "{hi:?}");
+    }
+
+    #[test]
+    fn rate_limiter() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::with_limits(10, 5);
+        let a = v4(1).ip();
+        let b = v4(2).ip();
+        for _ in 0..5 {
+            assert!(r.allow(a, t0));
+        }
+        assert!(!r.allow(a, t0), "burst exhausted");
+        assert!(r.allow(b, t0), "other sources unaffected");
+        assert!(!r.allow(a, t0 + Duration::from_millis(50)));
+        assert!(
+            r.allow(a, t0 + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
+        assert!(!r.allow(a, t0 + Duration::from_millis(100)));
+        // Denied attempts do not dig the hole deeper.
+        for _ in 0..1000 {
+            r.allow(a, t0 + Duration::from_millis(150));
+        }
+        assert!(r.allow(a, t0 + Duration::from_millis(200)));
+        // Idle long enough: full burst again.
+        let later = t0 + secs(10);
+        for _ in 0..5 {
+            assert!(r.allow(a, later));
+        }
+        assert!(!r.allow(a, later));
+        // Sustained rate over 10 s is ~10/s.
+        let mut r = RateLimiter::with_limits(10, 5);
+        let ok = (0..10_000)
+            .filter(|i| r.allow(a, t0 + Duration::from_millis(*i)))
+            .count();
+        assert!((100..=106).contains(&ok), "{ok}");
+    }
+
+    #[test]
+    fn rate_limiter_is_bounded() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::with_limits(1, 3);
+        let busy = v4(1).ip();
+        for _ in 0..3 {
+            assert!(r.allow(busy, t0));
+        }
+        for i in 0..(RATE_SOURCES as u32 * 3) {
+            r.allow(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), t0);
+            assert!(r.len() <= RATE_SOURCES);
+        }
+        // The busiest source is the last to be forgotten.
+        assert!(!r.allow(busy, t0));
+    }
+
+    #[test]
+    fn bans_double_and_expire() {
+        let t0 = Instant::now();
+        let mut b = Bans::new();
+        let k = BanKey::Instance(5);
+        assert!(!b.is_banned(k, t0));
+        assert_eq!(b.ban(k, t0, "sha256 mismatch"), BAN_FIRST);
+        assert!(b.is_banned(k, t0 + BAN_FIRST - secs(1)));
+        assert!(!b.is_banned(BanKey::Instance(6), t0));
+        // Second failure during the same ban: no escalation.
+        assert_eq!(b.ban(k, t0 + secs(60), "again"), BAN_FIRST - secs(60));
+        assert_eq!(b.get(k).unwrap().strikes, 1);
+        assert_eq!(b.get(k).unwrap().reason, "again");
+        let mut t = t0 + BAN_FIRST;
+        assert!(!b.is_banned(k, t));
+        let mut expected = BAN_FIRST * 2;
+        for _ in 0..10 {
+            assert_eq!(b.ban(k, t, "repeat"), expected);
+            assert!(b.is_banned(k, t + expected - secs(1)));
+            t += expected;
+            assert!(!b.is_banned(k, t));
+            expected = (expected * 2).min(BAN_MAX);
+        }
+        assert_eq!(b.get(k).unwrap().until - b.get(k).unwrap().since, BAN_MAX);
+        // After BAN_MEMORY of good behaviour, back to a first offence.
+        assert_eq!(b.ban(k, t + BAN_MEMORY, "new"), BAN_FIRST);
+        let ip = BanKey::Ip(v4(1).ip());
+        b.ban(ip, t0, "x\ny");
+        assert_eq!(b.get(ip).unwrap().reason, "xy");
+        assert_eq!(b.records().count(), 2);
+        let mut fresh = Bans::new();
+        fresh.ban(ip, t0, "xy");
+        fresh.ban(k, t0, "old");
+        let active: Vec<_> = fresh.iter(t0 + BAN_FIRST - secs(1)).collect();
+        assert_eq!(active.len(), 2);
+        assert_eq!(active[0], (ip, secs(1), "xy"));
+        assert_eq!(fresh.iter(t0 + BAN_FIRST).count(), 0);
+        assert_eq!(ip.to_string(), "address 10.0.0.1");
+        assert_eq!(
+            BanKey::Instance(255).to_string(),
+            "instance 00000000000000ff"
+        );
+        b.prune(t0 + BAN_FIRST + BAN_MEMORY);
+        assert!(b.get(ip).is_none());
+        assert_eq!(b.len(), 1);
+        // Plain instance ids and addresses are keys too; IPv4-mapped is the IPv4 host.
+        b.ban(77u64, t0, "r");
+        assert!(b.is_banned(BanKey::Instance(77), t0));
+        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 9).to_ipv6_mapped());
+        b.ban(mapped, t0, "r");
+        assert!(b.is_banned(v4(9).ip(), t0));
+    }
+
+    #[test]
+    fn bans_are_bounded() {
+        let t0 = Instant::now();
+        let mut b = Bans::new();
+        for i in 0..(MAX_BANS as u64 + 10) {
+            b.ban(BanKey::Instance(i), t0 + secs(i), &"r".repeat(1000));
+            assert!(b.len() <= MAX_BANS);
+        }
+        // The oldest (soonest-ending) went; the latest stays.
+        assert!(b.get(BanKey::Instance(0)).is_none());
+        assert!(b.is_banned(
+            BanKey::Instance(MAX_BANS as u64 + 9),
+            t0 + secs(MAX_BANS as u64 + 9)
+        ));
+        assert!(
+            b.records()
+                .all(|(_, ban)| ban.reason.len() <= MAX_REASON_LEN)
+        );
+    }
+
+    fn have(id: u32, size: u64, sha: Option<[u8; 32]>, uploads: u16) -> Answer {
+        Answer {
+            id,
+            have: true,
+            size,
+            sha256: sha,
+            uploads,
+        }
+    }
+
+    #[test]
+    fn lookup_completes_when_all_answered() {
+        let t0 = Instant::now();
+        let dl = t0 + LOOKUP_BUDGET;
+        let mut l = Lookup::new(9, "f.pkg.tar.zst".into(), None, vec![1, 2, 2, 3], dl);
+        assert!(!l.is_done(t0));
+        assert!(!l.on_answer(1, &Answer::dont_have(9, 0)));
+        assert!(
+            !l.on_answer(1, &have(9, 1, None, 0)),
+            "second answer from 1 ignored"
+        );
+        assert!(!l.on_answer(4, &have(9, 1, None, 0)), "not asked");
+        assert!(!l.on_answer(2, &have(8, 1, None, 0)), "other lookup");
+        assert_eq!(l.pending().collect::<Vec<_>>(), [2, 3]);
+        assert!(!l.on_answer(2, &Answer::dont_have(9, 0)));
+        assert!(l.on_answer(3, &Answer::dont_have(9, 0)));
+        assert!(l.is_done(t0));
+        assert!(l.candidates().is_empty(), "a miss");
+        assert_eq!((l.asked_count(), l.answered_count()), (3, 3));
+        let mut l = Lookup::new(9, "f".into(), None, vec![1, 2], dl);
+        l.on_answer(1, &Answer::dont_have(9, 0));
+        assert!(!l.forget(1), "already answered");
+        assert!(!l.is_done(t0));
+        assert!(l.forget(2));
+        assert!(!l.forget(2));
+        assert!(l.is_done(t0), "nobody left to wait for");
+        let empty = Lookup::new(1, "f".into(), None, vec![], dl);
+        assert!(empty.is_done(t0));
+    }
+
+    #[test]
+    fn lookup_deadline() {
+        let t0 = Instant::now();
+        let mut l = Lookup::new(1, "f".into(), None, vec![1, 2], t0 + LOOKUP_BUDGET);
+        l.on_answer(2, &have(1, 10, None, 4));
+        assert!(!l.is_done(t0 + LOOKUP_BUDGET - Duration::from_millis(1)));
+        assert!(l.is_done(t0 + LOOKUP_BUDGET));
+        assert_eq!(l.deadline(), t0 + LOOKUP_BUDGET);
+        assert_eq!(l.candidates().len(), 1);
+    }
+
+    #[test]
+    fn lookup_filters_and_orders() {
+        let t0 = Instant::now();
+        let sha = [7u8; 32];
+        let expected = Some((100, Some(sha)));
+        let mut l = Lookup::new(
+            1,
+            "f".into(),
+            expected,
+            vec![1, 2, 3, 4, 5, 6, 7],
+            t0 + secs(1),
+        );
+        assert_eq!(l.query().size, Some(100));
+        assert_eq!(l.query().sha256, Some(sha));
+        l.on_answer(1, &have(1, 99, Some(sha), 0)); // wrong size
+        l.on_answer(2, &have(1, 100, Some([8; 32]), 0)); // wrong sha
+        l.on_answer(3, &have(1, 100, Some(sha), 5));
+        l.on_answer(4, &have(1, 100, None, 2)); // peer has not hashed it: still a candidate
+        l.on_answer(5, &Answer::dont_have(1, 0));
+        l.on_answer(6, &have(1, 100, Some(sha), 2));
+        assert!(!l.can_decide(t0), "no idle candidate yet");
+        l.on_answer(7, &have(1, 100, Some(sha), 0));
+        assert!(l.can_decide(t0));
+        let order: Vec<(u64, u16)> = l
+            .candidates()
+            .iter()
+            .map(|c| (c.instance, c.uploads))
+            .collect();
+        assert_eq!(order, [(7, 0), (4, 2), (6, 2), (3, 5)]);
+        // Size only: the hash is not compared.
+        let mut l = Lookup::new(2, "f".into(), Some((100, None)), vec![1, 2], t0 + secs(1));
+        l.on_answer(1, &have(2, 100, Some([1; 32]), 1));
+        l.on_answer(2, &have(2, 101, None, 0));
+        assert_eq!(
+            l.candidates()
+                .iter()
+                .map(|c| c.instance)
+                .collect::<Vec<_>>(),
+            [1]
+        );
+        assert_eq!(l.query().sha256, None);
+    }
+}

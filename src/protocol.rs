@@ -1,0 +1,928 @@
+//! The discovery wire format: encoding and strict, bounded decoding of the four UDP datagrams
+//! (ANNOUNCE, GOODBYE, QUERY, ANSWER), plus the well-known groups and port. No sockets here.
+//! docs/PROTOCOL.md is the normative description; this file and that one change together.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// First bytes of every datagram, so stray traffic on the port is dropped cheaply.
+pub const MAGIC: [u8; 4] = *b"FLCN";
+/// Protocol version; a receiver drops every other value (no negotiation, see PROTOCOL.md).
+pub const VERSION: u8 = 1;
+/// UDP port for discovery; the same number as the peer TCP port (SPEC §3).
+pub const PORT: u16 = 19432;
+/// Administratively scoped (RFC 2365); "194.32" recalls the port 19432.
+pub const GROUP_V4: Ipv4Addr = Ipv4Addr::new(239, 255, 194, 32);
+/// Link-local scope; group id 0x0019_0432 lies outside every IANA ff02:: assignment (see
+/// PROTOCOL.md), and its MAC 33:33:00:19:04:32 outside the solicited-node 33:33:ff:… range.
+pub const GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0x19, 0x432);
+/// Multicast TTL / hop limit: discovery never leaves the link.
+pub const MULTICAST_HOPS: u32 = 1;
+
+/// magic 4 + version 1 + type 1 + flags 2 + instance 8 + seq 4.
+pub const HEADER_LEN: usize = 20;
+/// Human host name: Linux HOST_NAME_MAX is 64.
+pub const MAX_NAME_LEN: usize = 64;
+/// os-release `ID` values are short ("arch", "archarm"); 32 leaves room without waste.
+pub const MAX_DISTRO_LEN: usize = 32;
+/// pacman.conf hosts rarely list more than two; 4 bounds the announcement.
+pub const MAX_ARCHS: usize = 4;
+/// Longest real pacman arch names are ~9 bytes ("x86_64_v3", "pentium4").
+pub const MAX_ARCH_LEN: usize = 16;
+/// NAME_MAX of Linux file systems: a cache file name cannot be longer.
+pub const MAX_FILE_NAME_LEN: usize = 255;
+/// Every ANSWER has exactly this size: header + id 4 + status 1 + flags 1 + size 8 +
+/// sha256 32 + uploads 2.
+pub const ANSWER_LEN: usize = HEADER_LEN + 4 + 1 + 1 + 8 + 32 + 2;
+/// A QUERY is padded to at least this, so the answer it causes is never larger (no
+/// amplification, by construction).
+pub const MIN_QUERY_LEN: usize = ANSWER_LEN;
+/// Largest legal ANNOUNCE: port, uploads, name, distro, arch count and arches.
+pub const MAX_ANNOUNCE_LEN: usize =
+    HEADER_LEN + 2 + 2 + 1 + MAX_NAME_LEN + 1 + MAX_DISTRO_LEN + 1 + MAX_ARCHS * (1 + MAX_ARCH_LEN);
+/// Largest legal QUERY: id, flags, size, sha256, name.
+pub const MAX_QUERY_LEN: usize = HEADER_LEN + 4 + 1 + 8 + 32 + 1 + MAX_FILE_NAME_LEN;
+/// Upper bound on any datagram we accept. Far below 576 (IPv4 minimum reassembly size) and
+/// the IPv6 minimum MTU, so no datagram is ever fragmented; room left for later versions.
+pub const MAX_DATAGRAM: usize = 512;
+/// Receive buffer size: one byte more than MAX_DATAGRAM so an oversized datagram is seen as
+/// such (it fills the buffer) instead of being silently truncated into a valid-looking one.
+pub const RECV_BUFFER: usize = MAX_DATAGRAM + 1;
+
+const _: () = assert!(MAX_ANNOUNCE_LEN <= MAX_DATAGRAM && MAX_QUERY_LEN <= MAX_DATAGRAM);
+const _: () = assert!(ANSWER_LEN <= MIN_QUERY_LEN);
+
+const TYPE_ANNOUNCE: u8 = 1;
+const TYPE_GOODBYE: u8 = 2;
+const TYPE_QUERY: u8 = 3;
+const TYPE_ANSWER: u8 = 4;
+
+/// Header flag bit reserved for the optional group key (a MAC trailer); never set in v1.
+pub const FLAG_AUTH: u16 = 0x0001;
+const QUERY_HAS_SIZE: u8 = 0x01;
+const QUERY_HAS_SHA: u8 = 0x02;
+const ANSWER_HAS_SHA: u8 = 0x01;
+const STATUS_DONT_HAVE: u8 = 0;
+const STATUS_HAVE: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Random, non-zero, chosen once per daemon start; identifies the sender.
+    pub instance: u64,
+    /// Incremented (wrapping) for each datagram round the sender emits.
+    pub seq: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Announce(Announce),
+    Goodbye,
+    Query(Query),
+    Answer(Answer),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    pub tcp_port: u16,
+    pub uploads: u16,
+    pub name: String,
+    pub distro: String,
+    pub archs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub id: u32,
+    pub name: String,
+    pub size: Option<u64>,
+    pub sha256: Option<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub id: u32,
+    pub have: bool,
+    /// 0 when `have` is false.
+    pub size: u64,
+    /// Always None when `have` is false.
+    pub sha256: Option<[u8; 32]>,
+    pub uploads: u16,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    TooShort,
+    TooLong,
+    BadMagic,
+    BadVersion(u8),
+    BadType(u8),
+    BadField(&'static str),
+    Trailing,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::TooShort => write!(f, "datagram too short"),
+            DecodeError::TooLong => write!(f, "datagram too long"),
+            DecodeError::BadMagic => write!(f, "bad magic"),
+            DecodeError::BadVersion(v) => write!(f, "unsupported protocol version {v}"),
+            DecodeError::BadType(t) => write!(f, "unknown message type {t}"),
+            DecodeError::BadField(name) => write!(f, "invalid field: {name}"),
+            DecodeError::Trailing => write!(f, "trailing bytes"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl Answer {
+    /// The canonical "don't have" answer (size 0, no hash), the only form decoders accept.
+    pub fn dont_have(id: u32, uploads: u16) -> Answer {
+        Answer {
+            id,
+            have: false,
+            size: 0,
+            sha256: None,
+            uploads,
+        }
+    }
+}
+
+impl Announce {
+    /// Builds an announcement that always passes validation from raw host facts (hostname,
+    /// os-release ID, pacman arches), which are local configuration and may be odd: control
+    /// characters are dropped, strings cut to their limits, invalid arches skipped.
+    pub fn from_host(
+        tcp_port: u16,
+        uploads: u16,
+        name: &str,
+        distro: &str,
+        archs: &[&str],
+    ) -> Announce {
+        let mut clean_name = String::new();
+        for c in name.chars().filter(|c| !c.is_control()) {
+            if clean_name.len() + c.len_utf8() > MAX_NAME_LEN {
+                break;
+            }
+            clean_name.push(c);
+        }
+        if clean_name.is_empty() {
+            clean_name.push_str("flocon");
+        }
+        let mut clean_distro: String = distro
+            .chars()
+            .map(|c| c.to_ascii_lowercase())
+            .filter(|&c| c.is_ascii() && valid_distro_byte(c as u8))
+            .take(MAX_DISTRO_LEN)
+            .collect();
+        if clean_distro.is_empty() {
+            // os-release(5): ID defaults to "linux" when absent.
+            clean_distro.push_str("linux");
+        }
+        let mut clean_archs: Vec<String> = Vec::new();
+        for a in archs {
+            if clean_archs.len() == MAX_ARCHS {
+                break;
+            }
+            if valid_arch(a.as_bytes()) && !clean_archs.iter().any(|x| x == a) {
+                clean_archs.push((*a).to_string());
+            }
+        }
+        Announce {
+            tcp_port: tcp_port.max(1),
+            uploads,
+            name: clean_name,
+            distro: clean_distro,
+            archs: clean_archs,
+        }
+    }
+}
+
+/// The file-name rule of QUERY (and of the peer server): printable ASCII without space,
+/// no '/', no leading '.', 1..=255 bytes. Keeps names usable as a single path component.
+pub fn valid_file_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FILE_NAME_LEN
+        && name[0] != b'.'
+        && name
+            .iter()
+            .all(|&b| (0x21..=0x7e).contains(&b) && b != b'/')
+}
+
+fn valid_distro_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+}
+
+fn valid_distro(s: &[u8]) -> bool {
+    !s.is_empty() && s.len() <= MAX_DISTRO_LEN && s.iter().all(|&b| valid_distro_byte(b))
+}
+
+fn valid_arch(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ARCH_LEN
+        && s.iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Encodes one datagram into `out` (cleared first). Writes the message as given, except that
+/// strings and lists are cut to their wire limits so the output stays well-formed and bounded;
+/// use `check` (or the constructors) to be sure the receiver will accept it.
+pub fn encode(h: &Header, m: &Message, out: &mut Vec<u8>) {
+    out.clear();
+    let ty = match m {
+        Message::Announce(_) => TYPE_ANNOUNCE,
+        Message::Goodbye => TYPE_GOODBYE,
+        Message::Query(_) => TYPE_QUERY,
+        Message::Answer(_) => TYPE_ANSWER,
+    };
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(ty);
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&h.instance.to_be_bytes());
+    out.extend_from_slice(&h.seq.to_be_bytes());
+    match m {
+        Message::Announce(a) => {
+            out.extend_from_slice(&a.tcp_port.to_be_bytes());
+            out.extend_from_slice(&a.uploads.to_be_bytes());
+            put_str(out, &a.name, MAX_NAME_LEN);
+            put_str(out, &a.distro, MAX_DISTRO_LEN);
+            let n = a.archs.len().min(MAX_ARCHS);
+            out.push(n as u8);
+            for arch in &a.archs[..n] {
+                put_str(out, arch, MAX_ARCH_LEN);
+            }
+        }
+        Message::Goodbye => {}
+        Message::Query(q) => {
+            out.extend_from_slice(&q.id.to_be_bytes());
+            let mut flags = 0;
+            if q.size.is_some() {
+                flags |= QUERY_HAS_SIZE;
+            }
+            if q.sha256.is_some() {
+                flags |= QUERY_HAS_SHA;
+            }
+            out.push(flags);
+            out.extend_from_slice(&q.size.unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(&q.sha256.unwrap_or([0; 32]));
+            put_str(out, &q.name, MAX_FILE_NAME_LEN);
+            if out.len() < MIN_QUERY_LEN {
+                out.resize(MIN_QUERY_LEN, 0);
+            }
+        }
+        Message::Answer(a) => {
+            out.extend_from_slice(&a.id.to_be_bytes());
+            out.push(if a.have {
+                STATUS_HAVE
+            } else {
+                STATUS_DONT_HAVE
+            });
+            out.push(if a.sha256.is_some() {
+                ANSWER_HAS_SHA
+            } else {
+                0
+            });
+            out.extend_from_slice(&a.size.to_be_bytes());
+            out.extend_from_slice(&a.sha256.unwrap_or([0; 32]));
+            out.extend_from_slice(&a.uploads.to_be_bytes());
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str, max: usize) {
+    let b = s.as_bytes();
+    let n = b.len().min(max);
+    out.push(n as u8);
+    out.extend_from_slice(&b[..n]);
+}
+
+/// Whether a receiver would accept `m` exactly as given (encode, decode, compare). For
+/// messages whose fields come from configuration or the file system.
+pub fn check(h: &Header, m: &Message) -> Result<(), DecodeError> {
+    let mut buf = Vec::with_capacity(MAX_DATAGRAM);
+    encode(h, m, &mut buf);
+    let (h2, m2) = decode(&buf)?;
+    if &h2 == h && &m2 == m {
+        Ok(())
+    } else {
+        Err(DecodeError::BadField("not representable"))
+    }
+}
+
+/// Bounds-checked reader over a datagram; every read past the end is `TooShort`.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::TooShort)?;
+        let s = self.buf.get(self.pos..end).ok_or(DecodeError::TooShort)?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// A u8 length then that many bytes; the length must be 1..=max.
+    fn short_bytes(&mut self, max: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        let n = self.u8()? as usize;
+        if n == 0 || n > max {
+            return Err(DecodeError::BadField(field));
+        }
+        self.bytes(n)
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+}
+
+/// Decodes one datagram, accepting only the exact v1 layout (see PROTOCOL.md "Validation").
+pub fn decode(buf: &[u8]) -> Result<(Header, Message), DecodeError> {
+    if buf.len() > MAX_DATAGRAM {
+        return Err(DecodeError::TooLong);
+    }
+    if buf.len() < HEADER_LEN {
+        return Err(DecodeError::TooShort);
+    }
+    let mut r = Reader { buf, pos: 0 };
+    if r.array::<4>()? != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(DecodeError::BadVersion(version));
+    }
+    let ty = r.u8()?;
+    if !(TYPE_ANNOUNCE..=TYPE_ANSWER).contains(&ty) {
+        return Err(DecodeError::BadType(ty));
+    }
+    // v1 defines no header flag; FLAG_AUTH would change the layout (MAC trailer), so a v1
+    // receiver cannot interpret any flagged datagram.
+    if r.u16()? != 0 {
+        return Err(DecodeError::BadField("flags"));
+    }
+    let instance = r.u64()?;
+    if instance == 0 {
+        return Err(DecodeError::BadField("instance"));
+    }
+    let seq = r.u32()?;
+    let header = Header { instance, seq };
+    let msg = match ty {
+        TYPE_ANNOUNCE => Message::Announce(decode_announce(&mut r)?),
+        TYPE_GOODBYE => Message::Goodbye,
+        TYPE_QUERY => Message::Query(decode_query(&mut r)?),
+        _ => Message::Answer(decode_answer(&mut r)?),
+    };
+    if r.remaining() != 0 {
+        return Err(DecodeError::Trailing);
+    }
+    Ok((header, msg))
+}
+
+fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeError> {
+    let tcp_port = r.u16()?;
+    if tcp_port == 0 {
+        return Err(DecodeError::BadField("tcp port"));
+    }
+    let uploads = r.u16()?;
+    let name = std::str::from_utf8(r.short_bytes(MAX_NAME_LEN, "name")?)
+        .map_err(|_| DecodeError::BadField("name"))?;
+    // Control characters would let a peer forge log lines or garble `flocon status`.
+    if name.chars().any(char::is_control) {
+        return Err(DecodeError::BadField("name"));
+    }
+    let distro = r.short_bytes(MAX_DISTRO_LEN, "distro")?;
+    if !valid_distro(distro) {
+        return Err(DecodeError::BadField("distro"));
+    }
+    let count = r.u8()? as usize;
+    if count > MAX_ARCHS {
+        return Err(DecodeError::BadField("arch count"));
+    }
+    let mut archs: Vec<String> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let a = r.short_bytes(MAX_ARCH_LEN, "arch")?;
+        if !valid_arch(a) || archs.iter().any(|x| x.as_bytes() == a) {
+            return Err(DecodeError::BadField("arch"));
+        }
+        // valid_arch admits ASCII only, so this is lossless.
+        archs.push(String::from_utf8_lossy(a).into_owned());
+    }
+    Ok(Announce {
+        tcp_port,
+        uploads,
+        name: name.to_string(),
+        // valid_distro admits ASCII only.
+        distro: String::from_utf8_lossy(distro).into_owned(),
+        archs,
+    })
+}
+
+fn decode_query(r: &mut Reader<'_>) -> Result<Query, DecodeError> {
+    let id = r.u32()?;
+    let flags = r.u8()?;
+    if flags & !(QUERY_HAS_SIZE | QUERY_HAS_SHA) != 0 {
+        return Err(DecodeError::BadField("query flags"));
+    }
+    let size = r.u64()?;
+    let sha = r.array::<32>()?;
+    // Absent values must be zero so every query has exactly one encoding.
+    if flags & QUERY_HAS_SIZE == 0 && size != 0 {
+        return Err(DecodeError::BadField("size"));
+    }
+    if flags & QUERY_HAS_SHA == 0 && sha != [0; 32] {
+        return Err(DecodeError::BadField("sha256"));
+    }
+    let name = r.short_bytes(MAX_FILE_NAME_LEN, "file name")?;
+    if !valid_file_name(name) {
+        return Err(DecodeError::BadField("file name"));
+    }
+    // Exactly the zero padding that brings the datagram to MIN_QUERY_LEN: a shorter query
+    // could earn an answer larger than itself.
+    let pad = MIN_QUERY_LEN.saturating_sub(r.pos);
+    if r.bytes(pad)?.iter().any(|&b| b != 0) {
+        return Err(DecodeError::BadField("padding"));
+    }
+    Ok(Query {
+        id,
+        // valid_file_name admits ASCII only.
+        name: String::from_utf8_lossy(name).into_owned(),
+        size: (flags & QUERY_HAS_SIZE != 0).then_some(size),
+        sha256: (flags & QUERY_HAS_SHA != 0).then_some(sha),
+    })
+}
+
+fn decode_answer(r: &mut Reader<'_>) -> Result<Answer, DecodeError> {
+    let id = r.u32()?;
+    let status = r.u8()?;
+    let flags = r.u8()?;
+    let size = r.u64()?;
+    let sha = r.array::<32>()?;
+    let uploads = r.u16()?;
+    if flags & !ANSWER_HAS_SHA != 0 {
+        return Err(DecodeError::BadField("answer flags"));
+    }
+    if flags & ANSWER_HAS_SHA == 0 && sha != [0; 32] {
+        return Err(DecodeError::BadField("sha256"));
+    }
+    let have = match status {
+        STATUS_HAVE => true,
+        STATUS_DONT_HAVE => {
+            if size != 0 || flags != 0 {
+                return Err(DecodeError::BadField("dont-have answer"));
+            }
+            false
+        }
+        _ => return Err(DecodeError::BadField("status")),
+    };
+    Ok(Answer {
+        id,
+        have,
+        size,
+        sha256: (flags & ANSWER_HAS_SHA != 0).then_some(sha),
+        uploads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr() -> Header {
+        Header {
+            instance: 0x0123_4567_89ab_cdef,
+            seq: 0xfedc_ba98,
+        }
+    }
+
+    fn long(c: char, n: usize) -> String {
+        std::iter::repeat_n(c, n).collect()
+    }
+
+    /// One valid example of every message type and edge of every field.
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Announce(Announce {
+                tcp_port: 19432,
+                uploads: 3,
+                name: "pi-kitchen".into(),
+                distro: "archarm".into(),
+                archs: vec!["aarch64".into()],
+            }),
+            Message::Announce(Announce {
+                tcp_port: 65535,
+                uploads: u16::MAX,
+                name: long('é', MAX_NAME_LEN / 2),
+                distro: long('a', MAX_DISTRO_LEN),
+                archs: vec![long('a', 16), long('b', 16), long('c', 16), long('d', 16)],
+            }),
+            Message::Announce(Announce {
+                tcp_port: 1,
+                uploads: 0,
+                name: "x".into(),
+                distro: "arch".into(),
+                archs: vec![],
+            }),
+            Message::Goodbye,
+            Message::Query(Query {
+                id: 7,
+                name: "a".into(),
+                size: None,
+                sha256: None,
+            }),
+            Message::Query(Query {
+                id: u32::MAX,
+                name: "linux-6.9.1.arch1-1-x86_64.pkg.tar.zst".into(),
+                size: Some(140_000_000),
+                sha256: Some([0xab; 32]),
+            }),
+            Message::Query(Query {
+                id: 0,
+                name: long('z', MAX_FILE_NAME_LEN),
+                size: Some(0),
+                sha256: None,
+            }),
+            Message::Query(Query {
+                id: 1,
+                name: "b.sig".into(),
+                size: None,
+                sha256: Some([1; 32]),
+            }),
+            Message::Answer(Answer {
+                id: 42,
+                have: true,
+                size: u64::MAX,
+                sha256: Some([0x5a; 32]),
+                uploads: 2,
+            }),
+            Message::Answer(Answer {
+                id: 43,
+                have: true,
+                size: 1234,
+                sha256: None,
+                uploads: 0,
+            }),
+            Message::Answer(Answer::dont_have(44, 9)),
+        ]
+    }
+
+    fn enc(h: &Header, m: &Message) -> Vec<u8> {
+        let mut out = vec![0xff; 3]; // encode must clear it
+        encode(h, m, &mut out);
+        out
+    }
+
+    #[test]
+    fn round_trips() {
+        for m in samples() {
+            let buf = enc(&hdr(), &m);
+            assert!(buf.len() <= MAX_DATAGRAM);
+            assert_eq!(decode(&buf), Ok((hdr(), m.clone())), "{m:?}");
+            assert_eq!(check(&hdr(), &m), Ok(()));
+        }
+    }
+
+    #[test]
+    fn exact_layouts() {
+        let g = enc(
+            &Header {
+                instance: 1,
+                seq: 2,
+            },
+            &Message::Goodbye,
+        );
+        assert_eq!(
+            g,
+            [
+                b'F', b'L', b'C', b'N', 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2
+            ]
+        );
+        let a = enc(&hdr(), &Message::Answer(Answer::dont_have(5, 1)));
+        assert_eq!(a.len(), ANSWER_LEN);
+        assert_eq!(&a[20..26], &[0, 0, 0, 5, 0, 0]);
+        assert_eq!(&a[66..], &[0, 1]);
+    }
+
+    #[test]
+    fn limits_add_up() {
+        let mut lens = vec![];
+        for m in samples() {
+            lens.push(enc(&hdr(), &m).len());
+        }
+        assert!(lens.contains(&MAX_ANNOUNCE_LEN));
+        assert!(lens.contains(&MAX_QUERY_LEN));
+        assert!(lens.contains(&MIN_QUERY_LEN));
+        assert!(lens.contains(&HEADER_LEN));
+    }
+
+    #[test]
+    fn no_amplification() {
+        let smallest_query = Message::Query(Query {
+            id: 1,
+            name: "a".into(),
+            size: None,
+            sha256: None,
+        });
+        let q = enc(&hdr(), &smallest_query);
+        assert_eq!(q.len(), MIN_QUERY_LEN);
+        let largest_answer = Message::Answer(Answer {
+            id: 1,
+            have: true,
+            size: u64::MAX,
+            sha256: Some([0xff; 32]),
+            uploads: u16::MAX,
+        });
+        assert!(enc(&hdr(), &largest_answer).len() <= q.len());
+        // The unpadded query is shorter than an answer: dropping the padding must fail.
+        let unpadded = &q[..q.len() - 1];
+        assert_eq!(decode(unpadded), Err(DecodeError::TooShort));
+        // Every accepted query, whatever its name, is at least one answer long.
+        for n in 1..=MAX_FILE_NAME_LEN {
+            let m = Message::Query(Query {
+                id: 1,
+                name: long('q', n),
+                size: None,
+                sha256: None,
+            });
+            assert!(enc(&hdr(), &m).len() >= ANSWER_LEN);
+        }
+    }
+
+    #[test]
+    fn every_truncation_fails() {
+        for m in samples() {
+            let buf = enc(&hdr(), &m);
+            for cut in 0..buf.len() {
+                assert!(decode(&buf[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_fail() {
+        for m in samples() {
+            let mut buf = enc(&hdr(), &m);
+            buf.push(0);
+            assert_eq!(decode(&buf), Err(DecodeError::Trailing), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn header_checks() {
+        let good = enc(&hdr(), &Message::Goodbye);
+        let mut b = good.clone();
+        b[0] = b'X';
+        assert_eq!(decode(&b), Err(DecodeError::BadMagic));
+        let mut b = good.clone();
+        b[4] = 2;
+        assert_eq!(decode(&b), Err(DecodeError::BadVersion(2)));
+        for ty in [0u8, 5, 255] {
+            let mut b = good.clone();
+            b[5] = ty;
+            assert_eq!(decode(&b), Err(DecodeError::BadType(ty)));
+        }
+        let mut b = good.clone();
+        b[7] = FLAG_AUTH as u8;
+        assert_eq!(decode(&b), Err(DecodeError::BadField("flags")));
+        let zero = enc(
+            &Header {
+                instance: 0,
+                seq: 0,
+            },
+            &Message::Goodbye,
+        );
+        assert_eq!(decode(&zero), Err(DecodeError::BadField("instance")));
+        assert_eq!(decode(&[0; MAX_DATAGRAM + 1]), Err(DecodeError::TooLong));
+        let mut huge = good.clone();
+        huge.resize(RECV_BUFFER, 0);
+        assert_eq!(decode(&huge), Err(DecodeError::TooLong));
+    }
+
+    fn announce(name: &str, distro: &str, archs: &[&str]) -> Message {
+        Message::Announce(Announce {
+            tcp_port: 1,
+            uploads: 0,
+            name: name.into(),
+            distro: distro.into(),
+            archs: archs.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn oversized_or_invalid_fields() {
+        let bad = |m: Message| check(&hdr(), &m).is_err();
+        assert!(bad(announce(&long('n', MAX_NAME_LEN + 1), "arch", &[])));
+        assert!(bad(announce("", "arch", &[])));
+        assert!(bad(announce("a\nb", "arch", &[])));
+        assert!(bad(announce("a\u{7f}", "arch", &[])));
+        assert!(bad(announce("n", &long('d', MAX_DISTRO_LEN + 1), &[])));
+        assert!(bad(announce("n", "Arch", &[])));
+        assert!(bad(announce("n", "", &[])));
+        assert!(bad(announce("n", "arch", &["a", "b", "c", "d", "e"])));
+        assert!(bad(announce("n", "arch", &[&long('a', MAX_ARCH_LEN + 1)])));
+        assert!(bad(announce("n", "arch", &["x86 64"])));
+        assert!(bad(announce("n", "arch", &["any", "any"])));
+        assert!(bad(Message::Announce(Announce {
+            tcp_port: 0,
+            uploads: 0,
+            name: "n".into(),
+            distro: "arch".into(),
+            archs: vec![],
+        })));
+        for name in ["", ".hidden", "a/b", "a b", "é", "a\0", &long('x', 256)] {
+            let q = Message::Query(Query {
+                id: 1,
+                name: name.into(),
+                size: None,
+                sha256: None,
+            });
+            assert!(bad(q), "{name:?}");
+        }
+        let dont_have_with_size = Message::Answer(Answer {
+            id: 1,
+            have: false,
+            size: 3,
+            sha256: None,
+            uploads: 0,
+        });
+        assert!(bad(dont_have_with_size));
+
+        // Raw-byte violations that the encoder can never produce.
+        let q = enc(
+            &hdr(),
+            &Message::Query(Query {
+                id: 1,
+                name: "a".into(),
+                size: None,
+                sha256: None,
+            }),
+        );
+        let mut b = q.clone();
+        b[24] = 0x04; // unknown query flag
+        assert_eq!(decode(&b), Err(DecodeError::BadField("query flags")));
+        let mut b = q.clone();
+        b[32] = 1; // size present though flagged absent
+        assert_eq!(decode(&b), Err(DecodeError::BadField("size")));
+        let mut b = q.clone();
+        b[40] = 1; // sha present though flagged absent
+        assert_eq!(decode(&b), Err(DecodeError::BadField("sha256")));
+        let mut b = q.clone();
+        b[67] = 1; // non-zero padding
+        assert_eq!(decode(&b), Err(DecodeError::BadField("padding")));
+        let mut b = q.clone();
+        b[65] = 0; // zero-length name
+        assert_eq!(decode(&b), Err(DecodeError::BadField("file name")));
+
+        let a = enc(&hdr(), &Message::Answer(Answer::dont_have(1, 0)));
+        let mut b = a.clone();
+        b[24] = 2;
+        assert_eq!(decode(&b), Err(DecodeError::BadField("status")));
+        let mut b = a.clone();
+        b[25] = 2;
+        assert_eq!(decode(&b), Err(DecodeError::BadField("answer flags")));
+        let mut b = a.clone();
+        b[24] = 1;
+        b[40] = 9; // hash bytes without the hash flag
+        assert_eq!(decode(&b), Err(DecodeError::BadField("sha256")));
+        let mut b = a.clone();
+        b[25] = 1; // "don't have" cannot carry a hash
+        assert_eq!(decode(&b), Err(DecodeError::BadField("dont-have answer")));
+
+        let an = enc(&hdr(), &announce("n", "arch", &[]));
+        let mut b = an.clone();
+        b[25] = 0xff; // name: invalid UTF-8
+        assert_eq!(decode(&b), Err(DecodeError::BadField("name")));
+        let mut b = an.clone();
+        *b.last_mut().unwrap() = (MAX_ARCHS + 1) as u8;
+        assert_eq!(decode(&b), Err(DecodeError::BadField("arch count")));
+    }
+
+    #[test]
+    fn from_host_always_valid() {
+        let weird = [
+            ("", "", vec![]),
+            (
+                "host\nname\u{1b}[31m",
+                "Arch Linux!",
+                vec!["x86_64", "x86_64", "BAD"],
+            ),
+            (
+                &*long('é', 100),
+                &*long('a', 100),
+                vec!["a", "b", "c", "d", "e", "f"],
+            ),
+        ];
+        for (name, distro, archs) in weird {
+            let a = Announce::from_host(0, 1, name, distro, &archs);
+            assert_eq!(
+                check(&hdr(), &Message::Announce(a.clone())),
+                Ok(()),
+                "{a:?}"
+            );
+        }
+        let a = Announce::from_host(19432, 0, "pi", "archarm", &["armv7h"]);
+        assert_eq!((a.name.as_str(), a.distro.as_str()), ("pi", "archarm"));
+        assert_eq!(a.archs, ["armv7h"]);
+        let a = Announce::from_host(1, 0, "h", "Arch Linux!", &["x86_64", "x86_64", "BAD"]);
+        assert_eq!((a.distro.as_str(), a.archs.len()), ("archlinux", 1));
+    }
+
+    #[test]
+    fn file_names() {
+        assert!(valid_file_name(b"zstd-1.5.6-1-x86_64.pkg.tar.zst.sig"));
+        assert!(valid_file_name(b"a"));
+        assert!(!valid_file_name(b".."));
+        assert!(!valid_file_name(b"x/y"));
+        assert!(!valid_file_name(b"x\x7f"));
+        assert!(!valid_file_name(&[b'a'; 256]));
+    }
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+    }
+
+    /// Whatever decode accepts must re-encode to the same bytes: one encoding per message.
+    fn decode_is_canonical(buf: &[u8]) -> bool {
+        match decode(buf) {
+            Ok((h, m)) => {
+                assert_eq!(enc(&h, &m), buf);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    #[test]
+    fn mini_fuzz() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        // Random buffers, some starting with a valid magic/version/type so the body
+        // decoders get exercised, not only the magic check.
+        for i in 0..10_000 {
+            let len = (rng.next() % (RECV_BUFFER as u64 + 1)) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            if i % 2 == 0 && len >= HEADER_LEN {
+                buf[..4].copy_from_slice(&MAGIC);
+                buf[4] = VERSION;
+                buf[5] = 1 + (rng.next() % 4) as u8;
+                buf[6] = 0;
+                buf[7] = 0;
+            }
+            decode_is_canonical(&buf);
+        }
+        // Mutations of valid messages: flipped bytes, inserted and removed bytes.
+        let valid: Vec<Vec<u8>> = samples().iter().map(|m| enc(&hdr(), m)).collect();
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut buf = valid[(rng.next() % valid.len() as u64) as usize].clone();
+            for _ in 0..1 + rng.next() % 4 {
+                let pos = (rng.next() % (buf.len() as u64 + 1)) as usize;
+                match rng.next() % 4 {
+                    0 if pos < buf.len() => buf[pos] ^= 1 << (rng.next() % 8),
+                    1 if pos < buf.len() => buf[pos] = rng.next() as u8,
+                    2 => buf.insert(pos, rng.next() as u8),
+                    _ if pos < buf.len() => {
+                        buf.remove(pos);
+                    }
+                    _ => {}
+                }
+            }
+            accepted += usize::from(decode_is_canonical(&buf));
+        }
+        // Mutations that stay valid (ids, counters) must exist, or the body decoders were
+        // never reached past their first check.
+        assert!(accepted > 100, "{accepted}");
+    }
+}
