@@ -105,9 +105,11 @@ impl Daemon {
         }
     }
 
+    /// Answers a front request (now or later: the connection is queued to be driven).
     fn answer(&mut self, t: Token, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         if let Some(Slot::Front(c)) = self.slots.get_mut(t) {
             c.answer_bytes(status, headers, body);
+            self.ready.push_back(t);
         }
         self.waiting.remove(&t);
     }
@@ -115,6 +117,7 @@ impl Daemon {
     fn answer_error(&mut self, t: Token, status: u16) {
         if let Some(Slot::Front(c)) = self.slots.get_mut(t) {
             c.answer_error(status);
+            self.ready.push_back(t);
         }
         self.waiting.remove(&t);
     }
