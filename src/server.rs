@@ -440,7 +440,7 @@ mod tests {
         let f = fixture("416");
         let resp = exchange(&f.dirs, b"GET /a-1-1-any.pkg.tar.zst HTTP/1.0\r\nRange: bytes=100000-\r\n\r\n");
         let text = String::from_utf8_lossy(&resp);
-        assert!(text.starts_with("HTTP/1.0 416"), "{text}");
+        assert!(text.starts_with("HTTP/1.1 416"), "{text}");
         assert!(text.contains("Content-Range: bytes */100000"));
     }
 
