@@ -34,6 +34,8 @@ pub const DEFAULT_DISTRO: &str = "unknown";
 /// How long a request waits for peers to answer before going upstream: a LAN round trip is
 /// well under a millisecond, a busy Raspberry Pi on Wi-Fi a few tens.
 pub const DEFAULT_LOOKUP_MS: u64 = 50;
+/// Default mean seconds between announcements (docs/PROTOCOL.md).
+pub const DEFAULT_ANNOUNCE_SECS: u64 = 30;
 /// Upper bound of `--lookup-ms`: the lookup happens before pacman sees its first body byte,
 /// and pacman aborts after 10 s without one, so the wait must stay far below that.
 pub const MAX_LOOKUP_MS: u64 = 5000;
@@ -101,6 +103,8 @@ pub struct Config {
     pub key_file: Option<PathBuf>,
     pub debug: bool,
     pub lookup_budget: Duration,
+    /// `--announce-interval`: mean time between announcements (peers expire after 4×).
+    pub announce_interval: Duration,
     pub name: String,
     pub distro: String,
     /// pacman architecture names, `auto` resolved, never empty.
@@ -128,6 +132,7 @@ impl Default for Config {
             key_file: None,
             debug: false,
             lookup_budget: Duration::from_millis(DEFAULT_LOOKUP_MS),
+            announce_interval: Duration::from_secs(DEFAULT_ANNOUNCE_SECS),
             name: DEFAULT_NAME.to_string(),
             distro: DEFAULT_DISTRO.to_string(),
             architectures: vec![machine_arch().to_string()],
@@ -210,10 +215,11 @@ enum Opt {
     KeyFile,
     Debug,
     LookupMs,
+    AnnounceInterval,
     Name,
 }
 
-const KEYS: [(&str, Opt); 13] = [
+const KEYS: [(&str, Opt); 14] = [
     ("config", Opt::Config),
     ("pacman-conf", Opt::PacmanConf),
     ("cache-dir", Opt::CacheDir),
@@ -226,6 +232,7 @@ const KEYS: [(&str, Opt); 13] = [
     ("key-file", Opt::KeyFile),
     ("debug", Opt::Debug),
     ("lookup-ms", Opt::LookupMs),
+    ("announce-interval", Opt::AnnounceInterval),
     ("name", Opt::Name),
 ];
 
@@ -248,6 +255,7 @@ struct Overrides {
     key_file: Option<PathBuf>,
     debug: Option<bool>,
     lookup_ms: Option<u64>,
+    announce_secs: Option<u64>,
     name: Option<String>,
 }
 
@@ -267,6 +275,7 @@ impl Overrides {
             Opt::KeyFile => self.key_file = Some(parse_path(value)?),
             Opt::Debug => self.debug = Some(parse_bool(utf8(value)?)?),
             Opt::LookupMs => self.lookup_ms = Some(parse_lookup_ms(utf8(value)?)?),
+            Opt::AnnounceInterval => self.announce_secs = Some(parse_announce_secs(utf8(value)?)?),
             Opt::Name => self.name = Some(parse_name(utf8(value)?)?),
         }
         Ok(())
@@ -287,6 +296,7 @@ impl Overrides {
             key_file: self.key_file.or(lower.key_file),
             debug: self.debug.or(lower.debug),
             lookup_ms: self.lookup_ms.or(lower.lookup_ms),
+            announce_secs: self.announce_secs.or(lower.announce_secs),
             name: self.name.or(lower.name),
         }
     }
@@ -390,6 +400,18 @@ fn parse_bool(s: &str) -> Result<bool, String> {
         "no" | "false" | "off" | "0" => Ok(false),
         _ => Err(format!(
             "invalid value '{}' (expected yes, no, true or false)",
+            shown(s)
+        )),
+    }
+}
+
+/// Seconds between announcements; peers expire after four missed ones. Short values are for
+/// tests (a killed daemon is forgotten quickly); long ones cost nothing but slower expiry.
+fn parse_announce_secs(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (1..=3600).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "invalid value '{}' (expected seconds, 1-3600)",
             shown(s)
         )),
     }
@@ -657,6 +679,9 @@ fn build(cli: &CliArgs) -> Result<Config, ConfigError> {
     config.debug = o.debug.unwrap_or(false);
     if let Some(ms) = o.lookup_ms {
         config.lookup_budget = Duration::from_millis(ms);
+    }
+    if let Some(secs) = o.announce_secs {
+        config.announce_interval = Duration::from_secs(secs);
     }
     config.name = match o.name {
         Some(name) => name,
@@ -1256,6 +1281,7 @@ Options (each is also a `key = value` line in the config file; the command line 
       --interface IFACE    LAN interface for discovery, repeatable (default: every multicast-capable one)
       --key-file FILE      group key shared by the peers (optional)
       --lookup-ms N        how long a request waits for peers, in ms (1-5000, default 50)
+      --announce-interval S  seconds between announcements, peers expire after 4x (1-3600, default 30)
       --name NAME          name announced to peers (default: the hostname)
       --debug              log more
       --json               (status only) print JSON

@@ -58,7 +58,11 @@ pub(crate) struct FetchSlot {
 /// Why a fetch runs.
 pub(crate) enum Purpose {
     /// Copying a package from a peer into the staging dir (shared by its waiters).
-    PeerCopy { file: String, instance: u64, resume: u64 },
+    PeerCopy {
+        file: String,
+        instance: u64,
+        resume: u64,
+    },
     /// Streaming a source's answer to one front request.
     Proxy(Box<Proxy>),
 }
@@ -134,10 +138,15 @@ fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
         let _ = sock.set_only_v6(!addr.ip().is_unspecified());
     }
     sock.bind(&addr.into()).map_err(|e| {
-        let hint = if e.kind() == io::ErrorKind::AddrInUse { " (is another flocon running?)" } else { "" };
+        let hint = if e.kind() == io::ErrorKind::AddrInUse {
+            " (is another flocon running?)"
+        } else {
+            ""
+        };
         StartError(format!("cannot listen on {addr} for {what}: {e}{hint}"))
     })?;
-    sock.listen(1024).map_err(|e| StartError(format!("{what} {addr}: {e}")))?;
+    sock.listen(1024)
+        .map_err(|e| StartError(format!("{what} {addr}: {e}")))?;
     Ok(TcpListener::from_std(sock.into()))
 }
 
@@ -146,13 +155,21 @@ impl Daemon {
         let _ = sys::raise_nofile_limit();
         let signals = sys::signalfd().map_err(|e| StartError(format!("signalfd: {e}")))?;
         let poll = Poll::new().map_err(|e| StartError(format!("epoll: {e}")))?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| StartError(format!("waker: {e}")))?);
-        let resolver = Resolver::new(waker.clone()).map_err(|e| StartError(format!("resolver thread: {e}")))?;
-        let dbload = DbLoader::new(waker.clone()).map_err(|e| StartError(format!("db thread: {e}")))?;
-        let peer_ip = cfg.peer_addr.unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        let waker = Arc::new(
+            Waker::new(poll.registry(), WAKER).map_err(|e| StartError(format!("waker: {e}")))?,
+        );
+        let resolver = Resolver::new(waker.clone())
+            .map_err(|e| StartError(format!("resolver thread: {e}")))?;
+        let dbload =
+            DbLoader::new(waker.clone()).map_err(|e| StartError(format!("db thread: {e}")))?;
+        let peer_ip = cfg
+            .peer_addr
+            .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
         let mut peer_listener = bind_tcp(SocketAddr::new(peer_ip, cfg.port), "peers")?;
         if cfg.listen.len() > MAX_FRONT_LISTENERS {
-            return Err(StartError(format!("--listen: at most {MAX_FRONT_LISTENERS} addresses")));
+            return Err(StartError(format!(
+                "--listen: at most {MAX_FRONT_LISTENERS} addresses"
+            )));
         }
         let mut front_listeners = Vec::new();
         for addr in &cfg.listen {
@@ -164,22 +181,30 @@ impl Daemon {
             }
         }
         let reg = poll.registry();
-        reg.register(&mut SourceFd(&signals.as_raw_fd()), SIGNAL, Interest::READABLE)
-            .and_then(|_| reg.register(&mut peer_listener, PEER_LISTENER, Interest::READABLE))
-            .map_err(|e| StartError(format!("epoll: {e}")))?;
+        reg.register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNAL,
+            Interest::READABLE,
+        )
+        .and_then(|_| reg.register(&mut peer_listener, PEER_LISTENER, Interest::READABLE))
+        .map_err(|e| StartError(format!("epoll: {e}")))?;
         for (i, l) in front_listeners.iter_mut().enumerate() {
             reg.register(l, Token(FRONT_LISTENER_BASE + i), Interest::READABLE)
                 .map_err(|e| StartError(format!("epoll: {e}")))?;
         }
         let cache = CacheDirs::new(&cfg.cache_dirs);
         for d in cache.missing() {
-            warn!("cache dir {} does not exist; serving it as empty", d.display());
+            warn!(
+                "cache dir {} does not exist; serving it as empty",
+                d.display()
+            );
         }
         for w in &cfg.warnings {
             warn!("{w}");
         }
         let discovery = Discovery::new(
             Identity {
+                announce_interval: cfg.announce_interval,
                 port: cfg.port,
                 peer_addr: cfg.peer_addr,
                 interfaces: cfg.interfaces.clone(),
@@ -192,7 +217,10 @@ impl Daemon {
         .map_err(|e| StartError(e.to_string()))?;
         let staging = cfg.state_dir.join("staging");
         if let Err(e) = transfer::prepare_staging(&staging) {
-            warn!("staging dir {}: {e}; every request goes upstream", staging.display());
+            warn!(
+                "staging dir {}: {e}; every request goes upstream",
+                staging.display()
+            );
         }
         let now = Instant::now();
         let mut timers = Timers::new();
@@ -239,14 +267,22 @@ impl Daemon {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         info!(
             "started: peers on {}, pacman on {}, cache {}",
-            self.peer_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            self.peer_listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             self.front_listeners
                 .iter()
                 .filter_map(|l| l.local_addr().ok())
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
                 .join(" "),
-            self.cfg.cache_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" ")
+            self.cfg
+                .cache_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         loop {
             self.now = Instant::now();
@@ -260,10 +296,17 @@ impl Daemon {
             if let Some(deadline) = self.stopping
                 && self.now >= deadline
             {
-                info!("stopped with {} transfers cut short", self.busy_connections());
+                info!(
+                    "stopped with {} transfers cut short",
+                    self.busy_connections()
+                );
                 return 0;
             }
-            let timeout = if self.ready.is_empty() { self.timers.poll_timeout(self.now) } else { Duration::ZERO };
+            let timeout = if self.ready.is_empty() {
+                self.timers.poll_timeout(self.now)
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -290,7 +333,10 @@ impl Daemon {
             WAKER => self.on_wake(),
             PEER_LISTENER => self.accept_peers(),
             discovery::UNICAST_V4 | discovery::UNICAST_V6 => self.on_discovery_readable(token),
-            Token(t) if (FRONT_LISTENER_BASE..FRONT_LISTENER_BASE + MAX_FRONT_LISTENERS).contains(&t) => {
+            Token(t)
+                if (FRONT_LISTENER_BASE..FRONT_LISTENER_BASE + MAX_FRONT_LISTENERS)
+                    .contains(&t) =>
+            {
                 self.accept_front(t - FRONT_LISTENER_BASE)
             }
             Token(t) if t < crate::eventloop::FIXED_TOKENS => self.on_discovery_readable(token),
@@ -303,7 +349,8 @@ impl Daemon {
         let cache = &self.cache;
         let mut has_file = |name: &str| cache.size_of(name);
         self.discovery.uploads = self.uploads_in_flight();
-        self.discovery.on_readable(token, self.now, &mut has_file, &mut events);
+        self.discovery
+            .on_readable(token, self.now, &mut has_file, &mut events);
         self.on_discovery_events(events);
     }
 
@@ -327,7 +374,10 @@ impl Daemon {
                 }
                 Err(e) => {
                     let path = self.sync_dir().join(format!("{repo}.db"));
-                    warn!("sync db {}: {e}; keeping the previous index", path.display());
+                    warn!(
+                        "sync db {}: {e}; keeping the previous index",
+                        path.display()
+                    );
                     self.index.keep_old(&repo, crate::syncdb::stamp(&path));
                 }
             }
@@ -366,17 +416,20 @@ impl Daemon {
             }
             Timer::StopDeadline => {}
             Timer::Rescan => {
-                if self.stopping.is_none() && self.discovery.rescan(self.poll.registry(), self.now) {
+                if self.stopping.is_none() && self.discovery.rescan(self.poll.registry(), self.now)
+                {
                     self.announce_soon();
                 }
                 self.check_dbs();
-                self.timers.at(self.now + discovery::RESCAN_INTERVAL, Timer::Rescan);
+                self.timers
+                    .at(self.now + discovery::RESCAN_INTERVAL, Timer::Rescan);
             }
             Timer::Announce => {
                 if self.stopping.is_none() {
                     self.discovery.uploads = self.uploads_in_flight();
                     if self.discovery.announce_if_due(self.now) {
-                        self.timers.at(self.discovery.announce_deadline(), Timer::Announce);
+                        self.timers
+                            .at(self.discovery.announce_deadline(), Timer::Announce);
                     }
                 }
             }
@@ -390,13 +443,15 @@ impl Daemon {
     }
 
     pub(crate) fn on_peer_up(&mut self) {
-        self.timers.at(self.discovery.announce_deadline(), Timer::Announce);
+        self.timers
+            .at(self.discovery.announce_deadline(), Timer::Announce);
     }
 
     /// A new membership or a new peer: announce within a fraction of a second.
     fn announce_soon(&mut self) {
         self.discovery.hurry_announce(self.now);
-        self.timers.at(self.discovery.announce_deadline(), Timer::Announce);
+        self.timers
+            .at(self.discovery.announce_deadline(), Timer::Announce);
     }
 
     fn on_signals(&mut self) {
@@ -511,11 +566,15 @@ impl Daemon {
                     }
                     let now = self.now;
                     let reg = self.poll.registry();
-                    let token = self.slots.insert_with(|_| Slot::Peer(server::Conn::new(stream, now)));
+                    let token = self
+                        .slots
+                        .insert_with(|_| Slot::Peer(server::Conn::new(stream, now)));
                     if let Some(t) = token {
                         self.peer_conns += 1;
                         if let Some(Slot::Peer(c)) = self.slots.get_mut(t)
-                            && reg.register(&mut c.stream, t, Interest::READABLE | Interest::WRITABLE).is_err()
+                            && reg
+                                .register(&mut c.stream, t, Interest::READABLE | Interest::WRITABLE)
+                                .is_err()
                         {
                             self.close(t);
                             continue;
@@ -537,7 +596,9 @@ impl Daemon {
 
     fn accept_front(&mut self, i: usize) {
         loop {
-            let Some(listener) = self.front_listeners.get(i) else { return };
+            let Some(listener) = self.front_listeners.get(i) else {
+                return;
+            };
             match listener.accept() {
                 Ok((mut stream, _)) => {
                     if self.slots.is_full() || self.front_conns >= front::MAX_CONNECTIONS {
@@ -547,11 +608,15 @@ impl Daemon {
                     }
                     let now = self.now;
                     let reg = self.poll.registry();
-                    let token = self.slots.insert_with(|_| Slot::Front(front::Conn::new(stream, now)));
+                    let token = self
+                        .slots
+                        .insert_with(|_| Slot::Front(front::Conn::new(stream, now)));
                     if let Some(t) = token {
                         self.front_conns += 1;
                         if let Some(Slot::Front(c)) = self.slots.get_mut(t)
-                            && reg.register(&mut c.stream, t, Interest::READABLE | Interest::WRITABLE).is_err()
+                            && reg
+                                .register(&mut c.stream, t, Interest::READABLE | Interest::WRITABLE)
+                                .is_err()
                         {
                             self.close(t);
                             continue;
@@ -658,8 +723,14 @@ impl Daemon {
             now.duration_since(self.started).as_secs(),
             sys::rss_kib().unwrap_or(0)
         ));
-        s.push_str(&format!("multicast: {}\n", self.discovery.joined().join(" ")));
-        s.push_str(&format!("sync dbs: {} packages indexed\n", self.index.len()));
+        s.push_str(&format!(
+            "multicast: {}\n",
+            self.discovery.joined().join(" ")
+        ));
+        s.push_str(&format!(
+            "sync dbs: {} packages indexed\n",
+            self.index.len()
+        ));
         s.push_str(&format!("peers: {}\n", self.discovery.peers.len()));
         for p in self.discovery.peers.iter() {
             s.push_str(&format!(
@@ -677,7 +748,9 @@ impl Daemon {
             s.push_str(&format!(
                 "  {} from {} {}/{} bytes {:.1} MB/s {:?}\n",
                 t.file,
-                t.source.map(|x| x.1.to_string()).unwrap_or_else(|| "-".into()),
+                t.source
+                    .map(|x| x.1.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 t.received,
                 t.expected.size,
                 t.rate(now) / 1e6,
@@ -687,7 +760,12 @@ impl Daemon {
         let bans: Vec<_> = self.discovery.bans.iter(now).collect();
         s.push_str(&format!("bans: {}\n", bans.len()));
         for b in bans {
-            s.push_str(&format!("  {} for {} s more: {}\n", b.0, b.1.as_secs(), b.2));
+            s.push_str(&format!(
+                "  {} for {} s more: {}\n",
+                b.0,
+                b.1.as_secs(),
+                b.2
+            ));
         }
         s.push_str(&format!(
             "served: {} LAN hits ({} bytes), {} bytes upstream, {} copies rejected, {} bytes to peers, {} refused (busy)\n",
@@ -756,7 +834,12 @@ impl Daemon {
             self.discovery.instance(),
             now.duration_since(self.started).as_secs(),
             sys::rss_kib().unwrap_or(0),
-            self.discovery.joined().iter().map(|j| json_str(j)).collect::<Vec<_>>().join(","),
+            self.discovery
+                .joined()
+                .iter()
+                .map(|j| json_str(j))
+                .collect::<Vec<_>>()
+                .join(","),
             self.index.len(),
             peers.join(","),
             transfers.join(","),

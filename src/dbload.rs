@@ -23,16 +23,22 @@ impl DbLoader {
     pub fn new(waker: Arc<mio::Waker>) -> std::io::Result<Self> {
         let (tx, jobs) = mpsc::sync_channel::<(String, PathBuf)>(QUEUE);
         let (done, rx) = mpsc::sync_channel::<Loaded>(QUEUE);
-        std::thread::Builder::new().name("flocon-db".into()).spawn(move || {
-            for (repo, path) in jobs {
-                let r = syncdb::load_db_stamped(&path);
-                if done.send((repo, r)).is_err() {
-                    return;
+        std::thread::Builder::new()
+            .name("flocon-db".into())
+            .spawn(move || {
+                for (repo, path) in jobs {
+                    let r = syncdb::load_db_stamped(&path);
+                    if done.send((repo, r)).is_err() {
+                        return;
+                    }
+                    let _ = waker.wake();
                 }
-                let _ = waker.wake();
-            }
-        })?;
-        Ok(DbLoader { tx, rx, in_flight: Vec::new() })
+            })?;
+        Ok(DbLoader {
+            tx,
+            rx,
+            in_flight: Vec::new(),
+        })
     }
 
     pub fn load(&mut self, repo: &str, path: PathBuf) {

@@ -104,12 +104,18 @@ fn random_u64() -> u64 {
         return v;
     }
     // /dev/urandom unavailable (odd sandbox): time and pid still make collisions unlikely
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32)
 }
 
 fn udp_socket(domain: Domain) -> io::Result<Socket> {
-    let s = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+    let s = Socket::new(
+        domain,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
     s.set_reuse_address(true)?;
     // several daemons on one host (tests, --peer-addr) each get every multicast datagram
     s.set_reuse_port(true)?;
@@ -117,6 +123,7 @@ fn udp_socket(domain: Domain) -> io::Result<Socket> {
 }
 
 pub struct Identity {
+    pub announce_interval: Duration,
     pub port: u16,
     pub peer_addr: Option<IpAddr>,
     pub interfaces: Vec<String>,
@@ -151,9 +158,11 @@ impl Discovery {
             buf: Vec::with_capacity(protocol::MAX_DATAGRAM),
             uploads: 0,
             stats: DiscoveryStats::default(),
-            announce_timer: AnnounceTimer::new(Instant::now()),
+            announce_timer: AnnounceTimer::with_interval(Instant::now(), id.announce_interval),
             rng: instance | 1,
         };
+        d.peers
+            .set_expiry(id.announce_interval * crate::peers::EXPIRY_INTERVALS);
         if let Some(s) = &mut d.u4 {
             registry.register(s, UNICAST_V4, Interest::READABLE)?;
         }
@@ -174,8 +183,15 @@ impl Discovery {
         peer_addr: Option<IpAddr>,
     ) -> io::Result<(Option<std::net::UdpSocket>, Option<std::net::UdpSocket>)> {
         let bind_err = |addr: SocketAddr, e: io::Error| {
-            let hint = if e.kind() == io::ErrorKind::AddrInUse { " (is another flocon running?)" } else { "" };
-            io::Error::new(e.kind(), format!("cannot bind UDP {addr} for peers: {e}{hint}"))
+            let hint = if e.kind() == io::ErrorKind::AddrInUse {
+                " (is another flocon running?)"
+            } else {
+                ""
+            };
+            io::Error::new(
+                e.kind(),
+                format!("cannot bind UDP {addr} for peers: {e}{hint}"),
+            )
         };
         let v4_addr = match peer_addr {
             Some(IpAddr::V4(a)) => Some(a),
@@ -189,7 +205,11 @@ impl Discovery {
         };
         let u4 = match v4_addr {
             Some(a) => {
-                let s = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+                let s = Socket::new(
+                    Domain::IPV4,
+                    Type::DGRAM.nonblocking().cloexec(),
+                    Some(Protocol::UDP),
+                )?;
                 s.set_reuse_address(true)?;
                 let _ = s.set_multicast_all_v4(false);
                 s.set_multicast_ttl_v4(1)?;
@@ -202,7 +222,11 @@ impl Discovery {
         };
         let u6 = match v6_addr {
             Some(a) => {
-                let s = Socket::new(Domain::IPV6, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+                let s = Socket::new(
+                    Domain::IPV6,
+                    Type::DGRAM.nonblocking().cloexec(),
+                    Some(Protocol::UDP),
+                )?;
                 s.set_reuse_address(true)?;
                 s.set_only_v6(true)?;
                 let _ = s.set_multicast_all_v6(false);
@@ -212,7 +236,11 @@ impl Discovery {
                 match s.bind(&addr.into()) {
                     Ok(()) => Some(s.into()),
                     // a host with IPv6 disabled still discovers over IPv4
-                    Err(e) if peer_addr.is_none() && e.kind() == io::ErrorKind::AddrNotAvailable => None,
+                    Err(e)
+                        if peer_addr.is_none() && e.kind() == io::ErrorKind::AddrNotAvailable =>
+                    {
+                        None
+                    }
                     Err(e) => return Err(bind_err(addr, e)),
                 }
             }
@@ -223,7 +251,10 @@ impl Discovery {
 
     fn next_seq(&mut self) -> Header {
         self.seq = self.seq.wrapping_add(1);
-        Header { instance: self.instance, seq: self.seq }
+        Header {
+            instance: self.instance,
+            seq: self.seq,
+        }
     }
 
     fn wanted_interface(&self, a: &IfAddr) -> bool {
@@ -255,14 +286,19 @@ impl Discovery {
                 IpAddr::V4(_) if self.u4.is_some() => Family::V4,
                 // IPv6 multicast on ff02:: needs a link-local address on the interface
                 // (the source the kernel picks); loopback has none but still loops back
-                IpAddr::V6(v6) if self.u6.is_some() && (is_link_local(&v6) || a.loopback) => Family::V6,
+                IpAddr::V6(v6) if self.u6.is_some() && (is_link_local(&v6) || a.loopback) => {
+                    Family::V6
+                }
                 _ => continue,
             };
             let local_v4 = match a.addr {
                 IpAddr::V4(v4) => Some(v4),
                 _ => None,
             };
-            if !wanted.iter().any(|(n, _, f, _)| *n == a.name && *f == family) {
+            if !wanted
+                .iter()
+                .any(|(n, _, f, _)| *n == a.name && *f == family)
+            {
                 wanted.push((a.name.clone(), a.index, family, local_v4));
             }
         }
@@ -277,7 +313,10 @@ impl Discovery {
         while i < self.memberships.len() {
             let m = &self.memberships[i];
             let keep = wanted.iter().any(|(n, idx, f, v4)| {
-                *n == m.ifname && *idx == m.index && *f == m.family && (m.family == Family::V6 || *v4 == m.local_v4)
+                *n == m.ifname
+                    && *idx == m.index
+                    && *f == m.family
+                    && (m.family == Family::V6 || *v4 == m.local_v4)
             });
             if keep {
                 i += 1;
@@ -291,7 +330,11 @@ impl Discovery {
             }
         }
         for (ifname, index, family, local_v4) in wanted {
-            if self.memberships.iter().any(|m| m.ifname == ifname && m.family == family) {
+            if self
+                .memberships
+                .iter()
+                .any(|m| m.ifname == ifname && m.family == family)
+            {
                 continue;
             }
             if self.memberships.len() >= MAX_MEMBERSHIPS {
@@ -329,8 +372,13 @@ impl Discovery {
                 Family::V4 => {
                     let s = udp_socket(Domain::IPV4)?;
                     let _ = s.set_multicast_all_v4(false);
-                    s.bind(&SocketAddr::V4(SocketAddrV4::new(protocol::GROUP_V4, self.port)).into())?;
-                    s.join_multicast_v4_n(&protocol::GROUP_V4, &socket2::InterfaceIndexOrAddress::Index(m.index))?;
+                    s.bind(
+                        &SocketAddr::V4(SocketAddrV4::new(protocol::GROUP_V4, self.port)).into(),
+                    )?;
+                    s.join_multicast_v4_n(
+                        &protocol::GROUP_V4,
+                        &socket2::InterfaceIndexOrAddress::Index(m.index),
+                    )?;
                     s
                 }
                 Family::V6 => {
@@ -338,7 +386,15 @@ impl Discovery {
                     s.set_only_v6(true)?;
                     let _ = s.set_multicast_all_v6(false);
                     // a link-local group is bound together with its interface
-                    s.bind(&SocketAddr::V6(SocketAddrV6::new(protocol::GROUP_V6, self.port, 0, m.index)).into())?;
+                    s.bind(
+                        &SocketAddr::V6(SocketAddrV6::new(
+                            protocol::GROUP_V6,
+                            self.port,
+                            0,
+                            m.index,
+                        ))
+                        .into(),
+                    )?;
                     s.join_multicast_v6(&protocol::GROUP_V6, m.index)?;
                     s
                 }
@@ -356,10 +412,15 @@ impl Discovery {
             }
             Err(e) => {
                 m.failures = m.failures.saturating_add(1);
-                let backoff = JOIN_RETRY_MIN.saturating_mul(1 << m.failures.min(6)).min(JOIN_RETRY_MAX);
+                let backoff = JOIN_RETRY_MIN
+                    .saturating_mul(1 << m.failures.min(6))
+                    .min(JOIN_RETRY_MAX);
                 m.retry_at = now + backoff;
                 if m.failures <= 3 || m.failures % 10 == 0 {
-                    warn!("joining multicast on {} ({:?}) failed: {e}; retrying in {:?}", m.ifname, m.family, backoff);
+                    warn!(
+                        "joining multicast on {} ({:?}) failed: {e}; retrying in {:?}",
+                        m.ifname, m.family, backoff
+                    );
                 }
                 false
             }
@@ -382,7 +443,17 @@ impl Discovery {
         self.memberships
             .iter()
             .filter(|m| m.socket.is_some())
-            .map(|m| format!("{}/{}", m.ifname, if m.family == Family::V4 { "ipv4" } else { "ipv6" }))
+            .map(|m| {
+                format!(
+                    "{}/{}",
+                    m.ifname,
+                    if m.family == Family::V4 {
+                        "ipv4"
+                    } else {
+                        "ipv6"
+                    }
+                )
+            })
             .collect()
     }
 
@@ -406,13 +477,25 @@ impl Discovery {
             }
             let r = match m.family {
                 Family::V4 => match (&self.u4, m.local_v4) {
-                    (Some(u4), Some(local)) => set_mcast_if_v4(u4, local)
-                        .and_then(|_| u4.send_to(&self.buf, SocketAddr::V4(SocketAddrV4::new(protocol::GROUP_V4, self.port)))),
+                    (Some(u4), Some(local)) => set_mcast_if_v4(u4, local).and_then(|_| {
+                        u4.send_to(
+                            &self.buf,
+                            SocketAddr::V4(SocketAddrV4::new(protocol::GROUP_V4, self.port)),
+                        )
+                    }),
                     _ => continue,
                 },
                 Family::V6 => match &self.u6 {
                     Some(u6) => set_mcast_if_v6(u6, m.index).and_then(|_| {
-                        u6.send_to(&self.buf, SocketAddr::V6(SocketAddrV6::new(protocol::GROUP_V6, self.port, 0, m.index)))
+                        u6.send_to(
+                            &self.buf,
+                            SocketAddr::V6(SocketAddrV6::new(
+                                protocol::GROUP_V6,
+                                self.port,
+                                0,
+                                m.index,
+                            )),
+                        )
                     }),
                     None => continue,
                 },
@@ -483,7 +566,9 @@ impl Discovery {
         {
             return true;
         }
-        self.local_nets.iter().any(|n| same_prefix(&n.addr, &ip, n.prefix_len))
+        self.local_nets
+            .iter()
+            .any(|n| same_prefix(&n.addr, &ip, n.prefix_len))
     }
 
     /// Reads every pending datagram on `token`'s socket. Returns lookups that completed.
@@ -500,7 +585,11 @@ impl Discovery {
                 let sock = match token {
                     UNICAST_V4 => self.u4.as_ref(),
                     UNICAST_V6 => self.u6.as_ref(),
-                    t => self.memberships.iter().find(|m| m.token == t).and_then(|m| m.socket.as_ref()),
+                    t => self
+                        .memberships
+                        .iter()
+                        .find(|m| m.token == t)
+                        .and_then(|m| m.socket.as_ref()),
                 };
                 let Some(sock) = sock else { return };
                 sock.recv_from(&mut buf)
@@ -551,7 +640,14 @@ impl Discovery {
         match msg {
             Message::Announce(a) => match self.peers.on_announce(src, &h, &a, now) {
                 PeerEvent::New { dropped } => {
-                    info!("peer {} ({}, {} {}) at {}", a.name, short_id(h.instance), a.distro, a.archs.join(","), src);
+                    info!(
+                        "peer {} ({}, {} {}) at {}",
+                        a.name,
+                        short_id(h.instance),
+                        a.distro,
+                        a.archs.join(","),
+                        src
+                    );
                     if let Some(old) = dropped {
                         self.dropped(&old, events, now);
                     }
@@ -589,7 +685,13 @@ impl Discovery {
         }
     }
 
-    fn answer_query(&mut self, src: SocketAddr, q: &Query, query_len: usize, has_file: &mut dyn FnMut(&str) -> Option<u64>) {
+    fn answer_query(
+        &mut self,
+        src: SocketAddr,
+        q: &Query,
+        query_len: usize,
+        has_file: &mut dyn FnMut(&str) -> Option<u64>,
+    ) {
         let size = has_file(&q.name);
         let answer = Message::Answer(Answer {
             id: q.id,
@@ -598,7 +700,10 @@ impl Discovery {
             sha256: None,
             uploads: self.uploads,
         });
-        let h = Header { instance: self.instance, seq: self.seq.wrapping_add(1) };
+        let h = Header {
+            instance: self.instance,
+            seq: self.seq.wrapping_add(1),
+        };
         protocol::encode(&h, &answer, &mut self.buf);
         // never amplify: an answer larger than its query is not sent (the codec makes this
         // impossible for valid queries; this is the belt to its braces)
@@ -631,7 +736,10 @@ impl Discovery {
             .map(|p| (p.instance, p.addr))
             .collect();
         let asked = targets.iter().map(|(i, _)| *i).collect();
-        self.lookups.insert(id, Lookup::new(id, name.to_string(), expected, asked, now + budget));
+        self.lookups.insert(
+            id,
+            Lookup::new(id, name.to_string(), expected, asked, now + budget),
+        );
         let q = Message::Query(Query {
             id,
             name: name.to_string(),
@@ -676,7 +784,12 @@ impl Discovery {
         }
     }
 
-    fn dropped(&mut self, old: &crate::peers::Peer, events: &mut Vec<DiscoveryEvent>, now: Instant) {
+    fn dropped(
+        &mut self,
+        old: &crate::peers::Peer,
+        events: &mut Vec<DiscoveryEvent>,
+        now: Instant,
+    ) {
         info!("peer {} ({}) replaced", old.name, short_id(old.instance));
         self.forget_in_lookups(old.instance, events, now);
     }
@@ -691,8 +804,18 @@ impl Discovery {
 
     pub fn ban(&mut self, instance: u64, now: Instant, reason: &str) -> Duration {
         let d = self.bans.ban(instance, now, reason);
-        let name = self.peers.get(instance).map(|p| p.name.clone()).unwrap_or_default();
-        warn!("banned peer {} ({}) for {:?}: {}", name, short_id(instance), d, reason);
+        let name = self
+            .peers
+            .get(instance)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        warn!(
+            "banned peer {} ({}) for {:?}: {}",
+            name,
+            short_id(instance),
+            d,
+            reason
+        );
         d
     }
 }
@@ -778,6 +901,9 @@ mod tests {
         assert!(!same_prefix(&n, &n6, 0));
         assert!(is_link_local(&"fe80::1".parse().unwrap()));
         assert!(!is_link_local(&"fd77::1".parse().unwrap()));
-        assert_eq!(canonical_ip("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            canonical_ip("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -31,7 +31,12 @@ pub struct Slots<T> {
 
 impl<T> Slots<T> {
     pub fn new(limit: usize) -> Self {
-        Slots { entries: Vec::new(), free: Vec::new(), len: 0, limit: limit.min(MAX_SLOTS) }
+        Slots {
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            limit: limit.min(MAX_SLOTS),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -60,7 +65,10 @@ impl<T> Slots<T> {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.entries.push(Entry { generation: 0, value: None });
+                self.entries.push(Entry {
+                    generation: 0,
+                    value: None,
+                });
                 self.entries.len() - 1
             }
         };
@@ -133,7 +141,10 @@ pub const MAX_TIMERS: usize = 65536;
 
 impl<K: Ord + Clone> Timers<K> {
     pub fn new() -> Self {
-        Timers { heap: BinaryHeap::new(), seq: 0 }
+        Timers {
+            heap: BinaryHeap::new(),
+            seq: 0,
+        }
     }
 
     pub fn len(&self) -> usize {

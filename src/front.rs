@@ -102,12 +102,19 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
 
     pub fn timed_out(&self, now: Instant) -> bool {
         match self.state {
-            State::WaitingForHead if self.head_bytes => now.duration_since(self.head_started) > HEAD_TIMEOUT,
+            State::WaitingForHead if self.head_bytes => {
+                now.duration_since(self.head_started) > HEAD_TIMEOUT
+            }
             State::WaitingForHead => now.duration_since(self.last_active) > IDLE_TIMEOUT,
             // the daemon owns the deadline while it looks for the bytes
             State::WaitingForSource => false,
-            State::SendingHead | State::SendingFile => now.duration_since(self.last_active) > SEND_STALL_TIMEOUT,
-            State::Streaming => self.out_pos < self.out.len() && now.duration_since(self.last_active) > SEND_STALL_TIMEOUT,
+            State::SendingHead | State::SendingFile => {
+                now.duration_since(self.last_active) > SEND_STALL_TIMEOUT
+            }
+            State::Streaming => {
+                self.out_pos < self.out.len()
+                    && now.duration_since(self.last_active) > SEND_STALL_TIMEOUT
+            }
             State::Done => true,
         }
     }
@@ -147,7 +154,9 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             match self.stream.read(&mut b) {
                 Ok(0) => return Progress::Close,
                 // pipelined bytes: keep them for after this answer, within the head bound
-                Ok(n) if self.inbuf.len() + n <= http::MAX_HEAD => self.inbuf.extend_from_slice(&b[..n]),
+                Ok(n) if self.inbuf.len() + n <= http::MAX_HEAD => {
+                    self.inbuf.extend_from_slice(&b[..n])
+                }
                 Ok(_) => return Progress::Close,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Blocked,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -186,7 +195,9 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                     self.last_active = now;
                     self.inbuf.extend_from_slice(&chunk[..n]);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Progress::Blocked)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Some(Progress::Blocked));
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -222,9 +233,22 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     /// `file[start..end]` after `headers` (which must carry Content-Length = end - start).
-    pub fn answer_file(&mut self, status: u16, headers: &[(&str, &str)], file: File, start: u64, end: u64) {
+    pub fn answer_file(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        file: File,
+        start: u64,
+        end: u64,
+    ) {
         self.begin();
-        http::write_head(&mut self.out, self.version, status, headers, self.keep_alive);
+        http::write_head(
+            &mut self.out,
+            self.version,
+            status,
+            headers,
+            self.keep_alive,
+        );
         if self.method == Method::Get && end > start {
             self.file = Some(file);
             self.offset = start;
@@ -240,8 +264,18 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         if length.is_none() {
             self.keep_alive = false;
         }
-        http::write_head(&mut self.out, self.version, status, headers, self.keep_alive);
-        self.stream_left = if self.method == Method::Head { Some(0) } else { length };
+        http::write_head(
+            &mut self.out,
+            self.version,
+            status,
+            headers,
+            self.keep_alive,
+        );
+        self.stream_left = if self.method == Method::Head {
+            Some(0)
+        } else {
+            length
+        };
         self.stream_done = self.method == Method::Head;
         self.state = State::Streaming;
     }
@@ -287,7 +321,11 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         if let Some(p) = self.write_out(now)? {
             return Ok(Some(p));
         }
-        self.state = if self.file.is_some() { State::SendingFile } else { self.finish(now) };
+        self.state = if self.file.is_some() {
+            State::SendingFile
+        } else {
+            self.finish(now)
+        };
         Ok(None)
     }
 
@@ -299,7 +337,9 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                     self.out_pos += n;
                     self.last_active = now;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Progress::Blocked)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Some(Progress::Blocked));
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -321,13 +361,20 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                 return Ok(None);
             }
             let want = (self.end - self.offset).min(SENDFILE_CHUNK as u64) as usize;
-            match sys::sendfile(self.stream.as_raw_fd(), file.as_raw_fd(), &mut self.offset, want) {
+            match sys::sendfile(
+                self.stream.as_raw_fd(),
+                file.as_raw_fd(),
+                &mut self.offset,
+                want,
+            ) {
                 Ok(0) => return Ok(Some(Progress::Close)),
                 Ok(n) => {
                     self.body_bytes += n as u64;
                     self.last_active = now;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Progress::Blocked)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Some(Progress::Blocked));
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -394,7 +441,8 @@ mod tests {
     #[test]
     fn a_request_is_handed_over_then_answered() {
         let (mut c, mut b) = pair();
-        b.write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        b.write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
         assert_eq!(c.drive(Instant::now()), Progress::Request);
         assert_eq!(c.take_request().unwrap().target, "/x");
         c.answer_bytes(200, &[("Content-Type", "text/plain")], b"hello");

@@ -25,7 +25,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         config::Command::Version => {
-            println!("flocon {} ({})", env!("CARGO_PKG_VERSION"), env!("FLOCON_GIT_REV"));
+            println!(
+                "flocon {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                env!("FLOCON_GIT_REV")
+            );
             ExitCode::SUCCESS
         }
         config::Command::Status { config, json } => status(&config, json),
@@ -44,7 +48,11 @@ fn main() -> ExitCode {
 
 /// Asks the running daemon over its loopback listener and prints the answer.
 fn status(config: &config::Config, json: bool) -> ExitCode {
-    let path = if json { "/.flocon/status.json" } else { "/.flocon/status" };
+    let path = if json {
+        "/.flocon/status.json"
+    } else {
+        "/.flocon/status"
+    };
     let mut last_err = String::from("no --listen address");
     for addr in &config.listen {
         match fetch_status(addr, path) {
@@ -70,7 +78,9 @@ fn fetch_status(addr: &std::net::SocketAddr, path: &str) -> std::io::Result<Stri
         return Err(std::io::Error::other("malformed answer"));
     };
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(head.lines().next().unwrap_or("").to_string()));
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("").to_string(),
+        ));
     }
     Ok(body.to_string())
 }

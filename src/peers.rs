@@ -40,14 +40,24 @@ pub const LOOKUP_BUDGET: Duration = Duration::from_millis(50);
 /// Delay until the next periodic announcement, uniform in interval ± jitter; `random` is any
 /// random u64 from the caller (no RNG in here, so tests are deterministic).
 pub fn next_announce_delay(random: u64) -> Duration {
-    let span = 2 * ANNOUNCE_JITTER.as_millis() as u64 + 1;
-    ANNOUNCE_INTERVAL - ANNOUNCE_JITTER + Duration::from_millis(random % span)
+    announce_delay_for(ANNOUNCE_INTERVAL, random)
 }
+
+/// The same for another mean interval (`--announce-interval`): interval ± 25 %.
+pub fn announce_delay_for(interval: Duration, random: u64) -> Duration {
+    let jitter = interval / 4;
+    let span = 2 * jitter.as_millis() as u64 + 1;
+    interval - jitter + Duration::from_millis(random % span)
+}
+
+/// Peers expire after this many mean intervals of silence (3 missed + slack).
+pub const EXPIRY_INTERVALS: u32 = 4;
 
 /// When to announce next: at start, STARTUP_ANNOUNCES times STARTUP_GAP apart, then every
 /// `next_announce_delay`; `hurry` brings it forward when someone new needs to hear from us.
 #[derive(Debug, Clone)]
 pub struct AnnounceTimer {
+    interval: Duration,
     next: Instant,
     last_sent: Option<Instant>,
     startup_left: u8,
@@ -57,9 +67,18 @@ impl AnnounceTimer {
     /// Due at once.
     pub fn new(now: Instant) -> Self {
         AnnounceTimer {
+            interval: ANNOUNCE_INTERVAL,
             next: now,
             last_sent: None,
             startup_left: STARTUP_ANNOUNCES,
+        }
+    }
+
+    /// A mean interval other than ANNOUNCE_INTERVAL (`--announce-interval`).
+    pub fn with_interval(now: Instant, interval: Duration) -> Self {
+        AnnounceTimer {
+            interval,
+            ..AnnounceTimer::new(now)
         }
     }
 
@@ -79,7 +98,7 @@ impl AnnounceTimer {
         let delay = if self.startup_left > 0 {
             STARTUP_GAP
         } else {
-            next_announce_delay(random)
+            announce_delay_for(self.interval, random)
         };
         self.next = now + delay;
     }
@@ -184,6 +203,7 @@ pub fn plausible_source(addr: &SocketAddr) -> bool {
 pub struct PeerTable {
     own: u64,
     peers: Vec<Peer>,
+    expiry: Duration,
 }
 
 impl PeerTable {
@@ -191,7 +211,13 @@ impl PeerTable {
         PeerTable {
             own: own_instance,
             peers: Vec::new(),
+            expiry: PEER_EXPIRY,
         }
+    }
+
+    /// Peers expire after `expiry` of silence instead of PEER_EXPIRY.
+    pub fn set_expiry(&mut self, expiry: Duration) {
+        self.expiry = expiry;
     }
 
     /// Applies an ANNOUNCE from `src`. Policies (PROTOCOL.md "Peer table"): own instance
@@ -300,7 +326,7 @@ impl PeerTable {
         let mut gone = Vec::new();
         let mut i = 0;
         while i < self.peers.len() {
-            if now.saturating_duration_since(self.peers[i].last_seen) >= PEER_EXPIRY {
+            if now.saturating_duration_since(self.peers[i].last_seen) >= self.expiry {
                 gone.push(self.peers.remove(i));
             } else {
                 i += 1;
@@ -311,7 +337,7 @@ impl PeerTable {
 
     /// When `expire` next has work: the loop's timer for it.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.peers.iter().map(|p| p.last_seen + PEER_EXPIRY).min()
+        self.peers.iter().map(|p| p.last_seen + self.expiry).min()
     }
 
     pub fn get(&self, instance: u64) -> Option<&Peer> {

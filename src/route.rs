@@ -47,6 +47,8 @@ pub struct Proxy {
     /// Status of the last source that answered with an error, passed on if none succeeds.
     pub last_status: Option<u16>,
     pub label: String,
+    /// The URL now being fetched (for relative redirects).
+    pub current: String,
 }
 
 /// What a front connection is waiting for, so events can find it.
@@ -63,12 +65,22 @@ impl Daemon {
         match path.as_str() {
             "/.flocon/status" => {
                 let body = self.status_text();
-                self.answer(t, 200, &[("Content-Type", "text/plain; charset=utf-8")], body.as_bytes());
+                self.answer(
+                    t,
+                    200,
+                    &[("Content-Type", "text/plain; charset=utf-8")],
+                    body.as_bytes(),
+                );
                 return;
             }
             "/.flocon/status.json" => {
                 let body = self.status_json();
-                self.answer(t, 200, &[("Content-Type", "application/json")], body.as_bytes());
+                self.answer(
+                    t,
+                    200,
+                    &[("Content-Type", "application/json")],
+                    body.as_bytes(),
+                );
                 return;
             }
             _ => {}
@@ -81,7 +93,10 @@ impl Daemon {
             Err(e) => return self.answer_error(t, e.status()),
         };
         let kind = http::classify(&file);
-        debug!("{} /{repo}/os/{arch}/{file} ({kind:?})", req.method.as_str());
+        debug!(
+            "{} /{repo}/os/{arch}/{file} ({kind:?})",
+            req.method.as_str()
+        );
         match kind {
             FileKind::Package => {
                 if let Some(info) = self.index.lookup(&repo, &file) {
@@ -100,7 +115,9 @@ impl Daemon {
                 self.serve_upstream(t, &req, &repo, &arch, &file, first);
             }
             // databases never come from peers: a peer's db can be stale (rollback)
-            FileKind::Database | FileKind::DatabaseSig => self.serve_upstream(t, &req, &repo, &arch, &file, Vec::new()),
+            FileKind::Database | FileKind::DatabaseSig => {
+                self.serve_upstream(t, &req, &repo, &arch, &file, Vec::new())
+            }
             FileKind::Other => self.answer_error(t, 404),
         }
     }
@@ -134,7 +151,13 @@ impl Daemon {
             .and_then(|(_, s)| s.parse::<u64>().ok());
         let mut events = Vec::new();
         let budget = self.cfg.lookup_budget;
-        match self.discovery.start_lookup(name, size.map(|s| (s, None)), budget, self.now, &mut events) {
+        match self.discovery.start_lookup(
+            name,
+            size.map(|s| (s, None)),
+            budget,
+            self.now,
+            &mut events,
+        ) {
             Some(id) => {
                 self.waiting.insert(t, Waiting::Lookup(id));
                 self.debug_lookups.insert(id, (t, self.now));
@@ -145,12 +168,24 @@ impl Daemon {
         }
     }
 
-    fn serve_from_lan(&mut self, t: Token, req: &Request, repo: &str, arch: &str, file: &str, info: crate::syncdb::PkgInfo) {
+    fn serve_from_lan(
+        &mut self,
+        t: Token,
+        req: &Request,
+        repo: &str,
+        arch: &str,
+        file: &str,
+        info: crate::syncdb::PkgInfo,
+    ) {
         if req.method == Method::Head {
             // a HEAD needs no bytes: answer from the db's size without asking anyone
             let len = info.size.to_string();
             if let Some(Slot::Front(c)) = self.slots.get_mut(t) {
-                c.answer_stream(200, &[("Content-Length", &len), ("Accept-Ranges", "bytes")], Some(0));
+                c.answer_stream(
+                    200,
+                    &[("Content-Length", &len), ("Accept-Ranges", "bytes")],
+                    Some(0),
+                );
                 c.end_stream(true);
             }
             return;
@@ -164,7 +199,8 @@ impl Daemon {
                 }
                 Phase::Looking | Phase::Fetching => {
                     self.waiting.insert(t, Waiting::Transfer(file.to_string()));
-                    self.timers.at(self.now + transfer::REDIRECT_AFTER, Timer::Redirect(t));
+                    self.timers
+                        .at(self.now + transfer::REDIRECT_AFTER, Timer::Redirect(t));
                     return;
                 }
                 Phase::Failed => return self.serve_upstream(t, req, repo, arch, file, Vec::new()),
@@ -175,10 +211,24 @@ impl Daemon {
             return self.serve_upstream(t, req, repo, arch, file, Vec::new());
         }
         self.serial += 1;
-        let mut tr = Transfer::new(file, repo, arch, info, &self.staging_dir(), self.serial, self.now);
+        let mut tr = Transfer::new(
+            file,
+            repo,
+            arch,
+            info,
+            &self.staging_dir(),
+            self.serial,
+            self.now,
+        );
         let mut events = Vec::new();
         let budget = self.cfg.lookup_budget;
-        let Some(id) = self.discovery.start_lookup(file, Some((info.size, info.sha256)), budget, self.now, &mut events) else {
+        let Some(id) = self.discovery.start_lookup(
+            file,
+            Some((info.size, info.sha256)),
+            budget,
+            self.now,
+            &mut events,
+        ) else {
             return self.serve_upstream(t, req, repo, arch, file, Vec::new());
         };
         tr.lookup = Some(id);
@@ -187,7 +237,8 @@ impl Daemon {
         self.waiting.insert(t, Waiting::Transfer(file.to_string()));
         self.requests.insert(t, req.clone());
         self.timers.at(self.now + budget, Timer::Lookup(id));
-        self.timers.at(self.now + transfer::REDIRECT_AFTER, Timer::Redirect(t));
+        self.timers
+            .at(self.now + transfer::REDIRECT_AFTER, Timer::Redirect(t));
         self.on_discovery_events(events);
     }
 
@@ -208,7 +259,12 @@ impl Daemon {
                 d.asked, d.answered, micros
             );
             for (i, c) in d.candidates.iter().enumerate() {
-                let name = self.discovery.peers.get(c.instance).map(|p| p.name.clone()).unwrap_or_default();
+                let name = self
+                    .discovery
+                    .peers
+                    .get(c.instance)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
                 body.push_str(&format!(
                     "{}{{\"peer\":{},\"size\":{},\"uploads\":{}}}",
                     if i > 0 { "," } else { "" },
@@ -218,11 +274,20 @@ impl Daemon {
                 ));
             }
             body.push_str("]}\n");
-            self.answer(t, 200, &[("Content-Type", "application/json")], body.as_bytes());
+            self.answer(
+                t,
+                200,
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            );
             return;
         }
-        let Some(file) = self.lookup_owner.remove(&d.id) else { return };
-        let Some(tr) = self.transfers.get_mut(&file) else { return };
+        let Some(file) = self.lookup_owner.remove(&d.id) else {
+            return;
+        };
+        let Some(tr) = self.transfers.get_mut(&file) else {
+            return;
+        };
         tr.lookup = None;
         for c in d.candidates {
             if let Some(p) = self.discovery.peers.get(c.instance) {
@@ -230,15 +295,26 @@ impl Daemon {
                 tr.candidates.push_back((c, addr));
             }
         }
-        debug!("lookup for {file}: {} asked, {} answered, {} have it", d.asked, d.answered, tr.candidates.len());
+        debug!(
+            "lookup for {file}: {} asked, {} answered, {} have it",
+            d.asked,
+            d.answered,
+            tr.candidates.len()
+        );
         self.next_peer(&file);
     }
 
     /// Starts the copy from the next candidate peer, or gives up on the LAN.
     fn next_peer(&mut self, file: &str) {
         loop {
-            let Some(tr) = self.transfers.get_mut(file) else { return };
-            let next = if tr.attempts < transfer::MAX_PEER_ATTEMPTS { tr.candidates.pop_front() } else { None };
+            let Some(tr) = self.transfers.get_mut(file) else {
+                return;
+            };
+            let next = if tr.attempts < transfer::MAX_PEER_ATTEMPTS {
+                tr.candidates.pop_front()
+            } else {
+                None
+            };
             let Some((cand, addr)) = next else {
                 tr.phase = Phase::Failed;
                 debug!("{file}: no peer can deliver; upstream");
@@ -266,8 +342,22 @@ impl Daemon {
             };
             match Fetch::connect(req, self.now) {
                 Ok(f) => {
-                    info!("fetching {file} from peer {addr}{}", if resume > 0 { format!(" (from byte {resume})") } else { String::new() });
-                    self.add_fetch(f, Purpose::PeerCopy { file: file.to_string(), instance: cand.instance, resume });
+                    info!(
+                        "fetching {file} from peer {addr}{}",
+                        if resume > 0 {
+                            format!(" (from byte {resume})")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    self.add_fetch(
+                        f,
+                        Purpose::PeerCopy {
+                            file: file.to_string(),
+                            instance: cand.instance,
+                            resume,
+                        },
+                    );
                     return;
                 }
                 Err(e) => debug!("connect {addr}: {e}"),
@@ -276,9 +366,19 @@ impl Daemon {
     }
 
     pub(crate) fn add_fetch(&mut self, f: Fetch, purpose: Purpose) -> Option<Token> {
-        let tok = self.slots.insert_with(|_| Slot::Fetch(Box::new(FetchSlot { fetch: f, purpose })))?;
+        let tok = self
+            .slots
+            .insert_with(|_| Slot::Fetch(Box::new(FetchSlot { fetch: f, purpose })))?;
         if let Some(Slot::Fetch(fs)) = self.slots.get_mut(tok)
-            && self.poll.registry().register(&mut fs.fetch.stream, tok, Interest::READABLE | Interest::WRITABLE).is_err()
+            && self
+                .poll
+                .registry()
+                .register(
+                    &mut fs.fetch.stream,
+                    tok,
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
         {
             self.slots.remove(tok);
             return None;
@@ -302,14 +402,19 @@ impl Daemon {
         self.transfers.remove(file);
         for t in waiters {
             self.waiting.remove(&t);
-            let req = self.requests.remove(&t).unwrap_or_else(|| synthetic_get(&repo, &arch, file));
+            let req = self
+                .requests
+                .remove(&t)
+                .unwrap_or_else(|| synthetic_get(&repo, &arch, file));
             self.serve_upstream(t, &req, &repo, &arch, file, Vec::new());
         }
     }
 
     /// A verified copy is ready: every waiter gets it (with its own Range).
     fn hand_out(&mut self, file: &str) {
-        let Some(tr) = self.transfers.get(file) else { return };
+        let Some(tr) = self.transfers.get(file) else {
+            return;
+        };
         let path = tr.staged_path.clone();
         let len = tr.expected.size;
         let waiters: Vec<Token> = self
@@ -327,16 +432,38 @@ impl Daemon {
                 continue;
             };
             let lm = http::http_date(UNIX_EPOCH + Duration::from_secs(crate::server::unix_now()));
-            let Some(Slot::Front(c)) = self.slots.get_mut(t) else { continue };
+            let Some(Slot::Front(c)) = self.slots.get_mut(t) else {
+                continue;
+            };
             match http::resolve_range(range.as_deref(), len) {
                 RangeOutcome::Full => {
                     let l = len.to_string();
-                    c.answer_file(200, &[("Content-Length", &l), ("Accept-Ranges", "bytes"), ("Last-Modified", &lm)], f, 0, len);
+                    c.answer_file(
+                        200,
+                        &[
+                            ("Content-Length", &l),
+                            ("Accept-Ranges", "bytes"),
+                            ("Last-Modified", &lm),
+                        ],
+                        f,
+                        0,
+                        len,
+                    );
                 }
                 RangeOutcome::Partial { start, end } => {
                     let l = (end + 1 - start).to_string();
                     let cr = http::content_range(start, end, len);
-                    c.answer_file(206, &[("Content-Length", &l), ("Content-Range", &cr), ("Accept-Ranges", "bytes")], f, start, end + 1);
+                    c.answer_file(
+                        206,
+                        &[
+                            ("Content-Length", &l),
+                            ("Content-Range", &cr),
+                            ("Accept-Ranges", "bytes"),
+                        ],
+                        f,
+                        start,
+                        end + 1,
+                    );
                 }
                 RangeOutcome::Unsatisfiable => {
                     let cr = http::content_range_unsatisfied(len);
@@ -357,9 +484,13 @@ impl Daemon {
     /// (pacman's 10 s no-progress clock restarts) while the copy can still finish in time,
     /// else upstream.
     pub(crate) fn on_redirect_timer(&mut self, t: Token) {
-        let Some(Waiting::Transfer(file)) = self.waiting.get(&t) else { return };
+        let Some(Waiting::Transfer(file)) = self.waiting.get(&t) else {
+            return;
+        };
         let file = file.clone();
-        let Some(tr) = self.transfers.get_mut(&file) else { return };
+        let Some(tr) = self.transfers.get_mut(&file) else {
+            return;
+        };
         if tr.phase == Phase::Ready {
             return;
         }
@@ -370,7 +501,10 @@ impl Daemon {
                 Some(r) => r.target.clone(),
                 None => format!("/{}/os/{}/{}", tr.repo, tr.arch, file),
             };
-            info!("{file}: {} of {} bytes verified-pending; asking pacman to come back", tr.received, tr.expected.size);
+            info!(
+                "{file}: {} of {} bytes verified-pending; asking pacman to come back",
+                tr.received, tr.expected.size
+            );
             self.requests.remove(&t);
             self.answer(t, 307, &[("Location", &loc), ("Retry-After", "0")], b"");
             self.ready.push_back(t);
@@ -379,16 +513,31 @@ impl Daemon {
         // no progress from the LAN: this request goes upstream, the copy may still finish
         let (repo, arch) = (tr.repo.clone(), tr.arch.clone());
         self.waiting.remove(&t);
-        let req = self.requests.remove(&t).unwrap_or_else(|| synthetic_get(&repo, &arch, &file));
+        let req = self
+            .requests
+            .remove(&t)
+            .unwrap_or_else(|| synthetic_get(&repo, &arch, &file));
         self.serve_upstream(t, &req, &repo, &arch, &file, Vec::new());
     }
 
     /// Answers from the sources: `first` (peers) then the repo's upstreams.
-    fn serve_upstream(&mut self, t: Token, req: &Request, repo: &str, arch: &str, file: &str, first: Vec<Source>) {
+    fn serve_upstream(
+        &mut self,
+        t: Token,
+        req: &Request,
+        repo: &str,
+        arch: &str,
+        file: &str,
+        first: Vec<Source>,
+    ) {
         let mut sources: VecDeque<Source> = first.into();
         if let Some(r) = self.cfg.repos.iter().find(|r| r.name == repo) {
             for url in r.upstreams(arch, self.cfg.front_port()) {
-                sources.push_back(Source::Url(format!("{}/{}", url.trim_end_matches('/'), file)));
+                sources.push_back(Source::Url(format!(
+                    "{}/{}",
+                    url.trim_end_matches('/'),
+                    file
+                )));
             }
         }
         if sources.is_empty() {
@@ -404,6 +553,7 @@ impl Daemon {
             answered: false,
             last_status: None,
             label: file.to_string(),
+            current: String::new(),
         };
         self.next_source(p);
     }
@@ -415,6 +565,10 @@ impl Daemon {
                 let status = p.last_status.unwrap_or(502);
                 debug!("{}: no source left, answering {status}", p.label);
                 return self.answer_error(p.client, status);
+            };
+            p.current = match &src {
+                Source::Peer(addr, path) => format!("http://{addr}{path}"),
+                Source::Url(u) => u.clone(),
             };
             let (addr, host_header, path) = match src {
                 Source::Peer(addr, path) => (addr, addr.to_string(), path),
@@ -432,7 +586,11 @@ impl Daemon {
                         warn!("unusable upstream URL {url}");
                         continue;
                     };
-                    let host_header = if port == 80 { host.clone() } else { format!("{host}:{port}") };
+                    let host_header = if port == 80 {
+                        host.clone()
+                    } else {
+                        format!("{host}:{port}")
+                    };
                     match self.resolve_now(&host, port) {
                         Some(addr) => (addr, host_header, path),
                         None => {
@@ -458,7 +616,13 @@ impl Daemon {
             if let Some(ims) = &p.if_modified_since {
                 headers.push(("If-Modified-Since".to_string(), ims.clone()));
             }
-            let req = fetch::Request { method: p.method, addr, host_header, path, headers };
+            let req = fetch::Request {
+                method: p.method,
+                addr,
+                host_header,
+                path,
+                headers,
+            };
             match Fetch::connect(req, self.now) {
                 Ok(f) => {
                     let client = p.client;
@@ -488,7 +652,9 @@ impl Daemon {
     }
 
     pub(crate) fn on_resolved(&mut self, id: u64, result: std::io::Result<Vec<SocketAddr>>) {
-        let Some((mut p, host, port)) = self.resolving.remove(&id) else { return };
+        let Some((mut p, host, port)) = self.resolving.remove(&id) else {
+            return;
+        };
         if !matches!(self.waiting.get(&p.client), Some(Waiting::Resolve(i)) if *i == id) {
             return; // the client left meanwhile
         }
@@ -530,9 +696,15 @@ impl Daemon {
                 fs.fetch.pause(room < fetch::MAX_BODY_BUFFER);
             }
         }
-        let Some(Slot::Fetch(fs)) = self.slots.get_mut(tok) else { return };
+        let Some(Slot::Fetch(fs)) = self.slots.get_mut(tok) else {
+            return;
+        };
         fs.fetch.drive(now, &mut events);
         let finished = fs.fetch.is_finished();
+        // it stopped at its per-turn bound with bytes left in the socket: no event will come
+        if !finished && fs.fetch.wants_drive() {
+            self.ready.push_back(tok);
+        }
         for ev in events {
             self.on_fetch_event(tok, ev);
         }
@@ -557,9 +729,15 @@ impl Daemon {
     }
 
     fn on_fetch_event(&mut self, tok: Token, ev: fetch::Event) {
-        let Some(Slot::Fetch(fs)) = self.slots.get_mut(tok) else { return };
+        let Some(Slot::Fetch(fs)) = self.slots.get_mut(tok) else {
+            return;
+        };
         match &mut fs.purpose {
-            Purpose::PeerCopy { file, instance, resume } => {
+            Purpose::PeerCopy {
+                file,
+                instance,
+                resume,
+            } => {
                 let (file, instance, resume) = (file.clone(), *instance, *resume);
                 self.on_peer_copy_event(tok, &file, instance, resume, ev);
             }
@@ -567,7 +745,14 @@ impl Daemon {
         }
     }
 
-    fn on_peer_copy_event(&mut self, tok: Token, file: &str, instance: u64, resume: u64, ev: fetch::Event) {
+    fn on_peer_copy_event(
+        &mut self,
+        tok: Token,
+        file: &str,
+        instance: u64,
+        resume: u64,
+        ev: fetch::Event,
+    ) {
         let now = self.now;
         let Some(tr) = self.transfers.get_mut(file) else {
             self.remove_fetch(tok);
@@ -576,9 +761,16 @@ impl Daemon {
         match ev {
             fetch::Event::Head(h) => {
                 let want = tr.expected.size - resume;
-                let ok_status = if resume > 0 { h.status == 206 } else { h.status == 200 };
+                let ok_status = if resume > 0 {
+                    h.status == 206
+                } else {
+                    h.status == 200
+                };
                 if !ok_status || h.content_length != Some(want) {
-                    let why = format!("answered {} with {:?} bytes for {} expected", h.status, h.content_length, want);
+                    let why = format!(
+                        "answered {} with {:?} bytes for {} expected",
+                        h.status, h.content_length, want
+                    );
                     self.remove_fetch(tok);
                     if h.status == 404 {
                         // the file went away since the lookup: not a lie
@@ -607,7 +799,11 @@ impl Daemon {
             fetch::Event::Done => {
                 let verdict = tr.verify();
                 let elapsed = now.duration_since(tr.started);
-                let (size, contributors, addr) = (tr.expected.size, tr.contributors.clone(), tr.source.map(|s| s.1));
+                let (size, contributors, addr) = (
+                    tr.expected.size,
+                    tr.contributors.clone(),
+                    tr.source.map(|s| s.1),
+                );
                 self.remove_fetch(tok);
                 match verdict {
                     Verdict::Verified => {
@@ -660,17 +856,22 @@ impl Daemon {
             fetch::Event::Head(h) => {
                 let redirect = matches!(h.status, 301 | 302 | 303 | 307 | 308);
                 if redirect && let Some(loc) = h.location.clone() {
-                    let Some(Purpose::Proxy(mut p)) = self.remove_fetch(tok) else { return };
+                    let Some(Purpose::Proxy(mut p)) = self.remove_fetch(tok) else {
+                        return;
+                    };
                     p.redirects += 1;
                     if p.redirects > MAX_UPSTREAM_REDIRECTS {
                         p.last_status = Some(502);
                     } else {
-                        p.sources.push_front(Source::Url(loc));
+                        p.sources
+                            .push_front(Source::Url(absolute_location(&p.current, &loc)));
                     }
                     return self.next_source(*p);
                 }
                 if !matches!(h.status, 200 | 206 | 304 | 416) {
-                    let Some(Purpose::Proxy(mut p)) = self.remove_fetch(tok) else { return };
+                    let Some(Purpose::Proxy(mut p)) = self.remove_fetch(tok) else {
+                        return;
+                    };
                     debug!("{}: upstream answered {}", p.label, h.status);
                     p.last_status = Some(h.status);
                     return self.next_source(*p);
@@ -699,7 +900,10 @@ impl Daemon {
                     headers.push(("Last-Modified".into(), lm.clone()));
                 }
                 headers.push(("Accept-Ranges".into(), "bytes".into()));
-                let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let refs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 let length = if h.status == 416 { Some(0) } else { length };
                 if let Some(Slot::Front(c)) = self.slots.get_mut(client) {
                     c.answer_stream(h.status, &refs, length);
@@ -729,7 +933,9 @@ impl Daemon {
                 self.ready.push_back(client);
             }
             fetch::Event::Failed(why) => {
-                let Some(Purpose::Proxy(mut p)) = self.remove_fetch(tok) else { return };
+                let Some(Purpose::Proxy(mut p)) = self.remove_fetch(tok) else {
+                    return;
+                };
                 debug!("{}: source failed: {why}", p.label);
                 if p.answered {
                     // bytes already went out: cut, so pacman resumes on its next server
@@ -778,6 +984,27 @@ impl Daemon {
             }
         }
     }
+}
+
+/// A Location header made absolute against the URL that answered with it.
+fn absolute_location(base: &str, loc: &str) -> String {
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        return loc.to_string();
+    }
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    if loc.starts_with('/') {
+        return format!("{}{}", &base[..authority_end], loc);
+    }
+    let dir_end = base
+        .rfind('/')
+        .filter(|i| *i >= authority_end)
+        .map(|i| i + 1)
+        .unwrap_or(base.len());
+    format!("{}{}", &base[..dir_end], loc)
 }
 
 /// A GET for a file when the original request is gone (it only matters for Range).

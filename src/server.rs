@@ -61,18 +61,32 @@ pub struct CacheDirs {
 
 impl CacheDirs {
     pub fn new(dirs: &[PathBuf]) -> Self {
-        CacheDirs { dirs: dirs.iter().map(|d| (d.clone(), std::fs::canonicalize(d).ok())).collect() }
+        CacheDirs {
+            dirs: dirs
+                .iter()
+                .map(|d| (d.clone(), std::fs::canonicalize(d).ok()))
+                .collect(),
+        }
     }
 
     /// Directories that do not exist (yet): served as empty, with a warning from the caller.
     pub fn missing(&self) -> Vec<&Path> {
-        self.dirs.iter().filter(|(_, c)| c.is_none()).map(|(d, _)| d.as_path()).collect()
+        self.dirs
+            .iter()
+            .filter(|(_, c)| c.is_none())
+            .map(|(d, _)| d.as_path())
+            .collect()
     }
 
     /// Opens a shared file by (already validated) name: a regular file whose real path is
     /// inside its cache dir. O_NONBLOCK so that a FIFO cannot block the loop at open.
     pub fn open(&self, name: &str) -> Option<(File, std::fs::Metadata)> {
-        if !http::is_safe_name(name) || !matches!(http::classify(name), FileKind::Package | FileKind::PackageSig) {
+        if !http::is_safe_name(name)
+            || !matches!(
+                http::classify(name),
+                FileKind::Package | FileKind::PackageSig
+            )
+        {
             return None;
         }
         for (dir, canonical) in &self.dirs {
@@ -163,9 +177,13 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     /// or a receiver that stopped taking bytes.
     pub fn timed_out(&self, now: Instant) -> bool {
         match self.state {
-            State::WaitingForHead if self.head_bytes => now.duration_since(self.head_started) > HEAD_TIMEOUT,
+            State::WaitingForHead if self.head_bytes => {
+                now.duration_since(self.head_started) > HEAD_TIMEOUT
+            }
             State::WaitingForHead => now.duration_since(self.last_active) > IDLE_TIMEOUT,
-            State::SendingHead | State::SendingFile => now.duration_since(self.last_active) > SEND_STALL_TIMEOUT,
+            State::SendingHead | State::SendingFile => {
+                now.duration_since(self.last_active) > SEND_STALL_TIMEOUT
+            }
             State::Done => true,
         }
     }
@@ -215,7 +233,9 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                     self.last_active = now;
                     self.inbuf.extend_from_slice(&chunk[..n]);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Progress::Blocked)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Some(Progress::Blocked));
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -252,7 +272,11 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                     &mut self.out,
                     req.version,
                     416,
-                    &[("Content-Length", "0"), ("Content-Range", &cr), ("Last-Modified", &lm)],
+                    &[
+                        ("Content-Length", "0"),
+                        ("Content-Range", &cr),
+                        ("Last-Modified", &lm),
+                    ],
                     self.keep_alive,
                 );
                 self.file = None;
@@ -270,7 +294,13 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         if status == 206 {
             headers.push(("Content-Range", &cr));
         }
-        http::write_head(&mut self.out, req.version, status, &headers, self.keep_alive);
+        http::write_head(
+            &mut self.out,
+            req.version,
+            status,
+            &headers,
+            self.keep_alive,
+        );
         if req.method == Method::Get && end > start {
             self.file = Some(file);
             self.offset = start;
@@ -289,14 +319,20 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                     self.out_pos += n;
                     self.last_active = now;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Progress::Blocked)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Some(Progress::Blocked));
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
         self.out.clear();
         self.out_pos = 0;
-        self.state = if self.file.is_some() { State::SendingFile } else { self.finish_response(now) };
+        self.state = if self.file.is_some() {
+            State::SendingFile
+        } else {
+            self.finish_response(now)
+        };
         Ok(None)
     }
 
@@ -313,14 +349,21 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                 return Ok(None);
             }
             let want = (self.end - self.offset).min(SENDFILE_CHUNK as u64) as usize;
-            match sys::sendfile(self.stream.as_raw_fd(), file.as_raw_fd(), &mut self.offset, want) {
+            match sys::sendfile(
+                self.stream.as_raw_fd(),
+                file.as_raw_fd(),
+                &mut self.offset,
+                want,
+            ) {
                 // the file shrank under us: the promised length can no longer be kept
                 Ok(0) => return Ok(Some(Progress::Close)),
                 Ok(n) => {
                     self.body_bytes += n as u64;
                     self.last_active = now;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Progress::Blocked)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Some(Progress::Blocked));
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -349,7 +392,10 @@ pub fn busy_response() -> Vec<u8> {
 
 /// Seconds since the epoch, for logs that compare with other hosts.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -369,15 +415,24 @@ mod tests {
     }
 
     fn fixture(tag: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("flocon-server-{}-{}", tag, std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("flocon-server-{}-{}", tag, std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("cache")).unwrap();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(dir.join("cache/a-1-1-any.pkg.tar.zst"), &data).unwrap();
         std::fs::write(dir.join("cache/a-1-1-any.pkg.tar.zst.part"), &data).unwrap();
         std::fs::write(dir.join("secret.pkg.tar.zst"), b"secret").unwrap();
-        std::os::unix::fs::symlink(dir.join("secret.pkg.tar.zst"), dir.join("cache/out-1-1-any.pkg.tar.zst")).unwrap();
-        std::os::unix::fs::symlink("a-1-1-any.pkg.tar.zst", dir.join("cache/in-1-1-any.pkg.tar.zst")).unwrap();
+        std::os::unix::fs::symlink(
+            dir.join("secret.pkg.tar.zst"),
+            dir.join("cache/out-1-1-any.pkg.tar.zst"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "a-1-1-any.pkg.tar.zst",
+            dir.join("cache/in-1-1-any.pkg.tar.zst"),
+        )
+        .unwrap();
         let dirs = CacheDirs::new(&[dir.join("cache")]);
         Fixture { dir, dirs }
     }
@@ -408,7 +463,10 @@ mod tests {
     #[test]
     fn get_sends_the_whole_file() {
         let f = fixture("get");
-        let resp = exchange(&f.dirs, b"GET /a-1-1-any.pkg.tar.zst HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let resp = exchange(
+            &f.dirs,
+            b"GET /a-1-1-any.pkg.tar.zst HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
         assert_eq!(status_of(&resp), 200);
         let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let head = String::from_utf8_lossy(&resp[..head_end]).to_lowercase();
@@ -438,7 +496,10 @@ mod tests {
     #[test]
     fn unsatisfiable_range_gets_416() {
         let f = fixture("416");
-        let resp = exchange(&f.dirs, b"GET /a-1-1-any.pkg.tar.zst HTTP/1.0\r\nRange: bytes=100000-\r\n\r\n");
+        let resp = exchange(
+            &f.dirs,
+            b"GET /a-1-1-any.pkg.tar.zst HTTP/1.0\r\nRange: bytes=100000-\r\n\r\n",
+        );
         let text = String::from_utf8_lossy(&resp);
         assert!(text.starts_with("HTTP/1.1 416"), "{text}");
         assert!(text.contains("Content-Range: bytes */100000"));
@@ -456,10 +517,16 @@ mod tests {
             let req = format!("GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n");
             let resp = exchange(&f.dirs, req.as_bytes());
             let got = status_of(&resp);
-            assert!(got == want || (got == 400 && want == 404), "{target}: {got}");
+            assert!(
+                got == want || (got == 400 && want == 404),
+                "{target}: {got}"
+            );
         }
         // a symlink that stays inside the cache dir is fine
-        let resp = exchange(&f.dirs, b"HEAD /in-1-1-any.pkg.tar.zst HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let resp = exchange(
+            &f.dirs,
+            b"HEAD /in-1-1-any.pkg.tar.zst HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
         assert_eq!(status_of(&resp), 200);
     }
 

@@ -69,10 +69,20 @@ pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
     // SAFETY: we read at most `size` bytes into `info`, which is exactly that large.
-    let n = unsafe { libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    };
     if n < 0 {
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(e)
+        };
     }
     if (n as usize) < size {
         return Ok(None);
@@ -109,7 +119,9 @@ pub fn interface_addresses() -> io::Result<Vec<IfAddr>> {
             continue;
         }
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
         // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
         let family = unsafe { (*ifa.ifa_addr).sa_family } as libc::c_int;
         let (addr, prefix_len) = match family {
@@ -135,7 +147,11 @@ pub fn interface_addresses() -> io::Result<Vec<IfAddr>> {
                 } else {
                     // SAFETY: as above.
                     let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in6) };
-                    m.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum::<u32>() as u8
+                    m.sin6_addr
+                        .s6_addr
+                        .iter()
+                        .map(|b| b.count_ones())
+                        .sum::<u32>() as u8
                 };
                 (IpAddr::V6(ip), plen)
             }
@@ -219,7 +235,11 @@ mod tests {
     #[test]
     fn loopback_is_listed() {
         let addrs = interface_addresses().unwrap();
-        assert!(addrs.iter().any(|a| a.loopback && a.addr == IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert!(
+            addrs
+                .iter()
+                .any(|a| a.loopback && a.addr == IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
         assert!(if_nametoindex("lo").is_some());
         assert!(if_nametoindex("no-such-if0").is_none());
     }

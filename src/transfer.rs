@@ -67,7 +67,15 @@ pub enum Verdict {
 }
 
 impl Transfer {
-    pub fn new(file: &str, repo: &str, arch: &str, expected: PkgInfo, staging: &Path, serial: u64, now: Instant) -> Self {
+    pub fn new(
+        file: &str,
+        repo: &str,
+        arch: &str,
+        expected: PkgInfo,
+        staging: &Path,
+        serial: u64,
+        now: Instant,
+    ) -> Self {
         Transfer {
             file: file.to_string(),
             repo: repo.to_string(),
@@ -90,9 +98,17 @@ impl Transfer {
     }
 
     /// Opens the staging file (first source) or keeps it (a later source resumes it).
-    pub fn begin_source(&mut self, instance: u64, addr: SocketAddr, now: Instant) -> io::Result<()> {
+    pub fn begin_source(
+        &mut self,
+        instance: u64,
+        addr: SocketAddr,
+        now: Instant,
+    ) -> io::Result<()> {
         if self.staged.is_none() {
-            let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&self.staged_path)?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.staged_path)?;
             self.staged = Some(f);
         }
         self.source = Some((instance, addr));
@@ -108,9 +124,14 @@ impl Transfer {
     /// Appends body bytes, hashing them. More bytes than the db's size is a lie: error.
     pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
         if self.received + data.len() as u64 > self.expected.size {
-            return Err(io::Error::other("peer sent more bytes than the sync db's size"));
+            return Err(io::Error::other(
+                "peer sent more bytes than the sync db's size",
+            ));
         }
-        let f = self.staged.as_mut().ok_or_else(|| io::Error::other("no staging file"))?;
+        let f = self
+            .staged
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no staging file"))?;
         f.write_all(data)?;
         self.hasher.update(data);
         self.received += data.len() as u64;
@@ -122,7 +143,9 @@ impl Transfer {
         if self.received != self.expected.size {
             return Verdict::WrongSize { got: self.received };
         }
-        let digest: [u8; 32] = std::mem::replace(&mut self.hasher, Sha256::new()).finalize().into();
+        let digest: [u8; 32] = std::mem::replace(&mut self.hasher, Sha256::new())
+            .finalize()
+            .into();
         self.staged = None;
         match self.expected.sha256 {
             Some(want) if want != digest => Verdict::WrongHash,
@@ -203,7 +226,18 @@ mod tests {
     fn verified_when_size_and_hash_match() {
         let dir = staging("ok");
         let data = b"hello package".to_vec();
-        let mut t = Transfer::new("a.pkg.tar.zst", "core", "x86_64", PkgInfo { size: 13, sha256: Some(sha(&data)) }, &dir, 1, Instant::now());
+        let mut t = Transfer::new(
+            "a.pkg.tar.zst",
+            "core",
+            "x86_64",
+            PkgInfo {
+                size: 13,
+                sha256: Some(sha(&data)),
+            },
+            &dir,
+            1,
+            Instant::now(),
+        );
         t.begin_source(7, addr(), Instant::now()).unwrap();
         t.append(&data[..5]).unwrap();
         t.append(&data[5..]).unwrap();
@@ -219,8 +253,19 @@ mod tests {
     fn corrupt_or_short_or_long_is_refused() {
         let dir = staging("bad");
         let good = b"0123456789".to_vec();
-        let info = PkgInfo { size: 10, sha256: Some(sha(&good)) };
-        let mut t = Transfer::new("b.pkg.tar.zst", "core", "x86_64", info, &dir, 2, Instant::now());
+        let info = PkgInfo {
+            size: 10,
+            sha256: Some(sha(&good)),
+        };
+        let mut t = Transfer::new(
+            "b.pkg.tar.zst",
+            "core",
+            "x86_64",
+            info,
+            &dir,
+            2,
+            Instant::now(),
+        );
         t.begin_source(1, addr(), Instant::now()).unwrap();
         t.append(b"0123456788").unwrap();
         assert_eq!(t.verify(), Verdict::WrongHash);

@@ -50,14 +50,23 @@ fn resume_gets_206_with_the_right_tail_and_416_past_the_end() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&st.stdout), "206", "{st:?}");
-    assert!(std::fs::read(&part).unwrap() == data, "resumed file differs");
+    assert!(
+        std::fs::read(&part).unwrap() == data,
+        "resumed file differs"
+    );
     let (r, body) = get(d.peer, &format!("/{BIG}"), &[("Range", "bytes=1048570-")]);
     assert_eq!(r.status, 206);
-    assert_eq!(r.header("content-range").as_deref(), Some("bytes 1048570-1048575/1048576"));
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes 1048570-1048575/1048576")
+    );
     assert_eq!(body, &data[1048570..]);
     let (r, _) = get(d.peer, &format!("/{BIG}"), &[("Range", "bytes=1048576-")]);
     assert_eq!(r.status, 416);
-    assert_eq!(r.header("content-range").as_deref(), Some("bytes */1048576"));
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes */1048576")
+    );
     let (r, body) = get(d.peer, &format!("/{BIG}"), &[("Range", "bytes=-10")]);
     assert_eq!((r.status, body.as_slice()), (206, &data[data.len() - 10..]));
 }
@@ -69,13 +78,23 @@ fn hostile_names_and_special_files_are_refused() {
     cache_with_big(&t, 1000);
     let cache = t.join("cache");
     std::fs::write(t.join("secret-1-1-any.pkg.tar.zst"), b"outside").unwrap();
-    std::os::unix::fs::symlink(t.join("secret-1-1-any.pkg.tar.zst"), cache.join("link-1-1-any.pkg.tar.zst")).unwrap();
+    std::os::unix::fs::symlink(
+        t.join("secret-1-1-any.pkg.tar.zst"),
+        cache.join("link-1-1-any.pkg.tar.zst"),
+    )
+    .unwrap();
     std::fs::write(cache.join("part-1-1-any.pkg.tar.zst.part"), b"partial").unwrap();
     std::fs::create_dir(cache.join("dir-1-1-any.pkg.tar.zst")).unwrap();
     std::fs::write(cache.join("notes.txt"), b"not a package").unwrap();
     std::fs::write(cache.join(".hidden-1-1-any.pkg.tar.zst"), b"dot").unwrap();
     let fifo = cache.join("fifo-1-1-any.pkg.tar.zst");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let d = Daemon::start(DaemonOpts::new(t.path(), &cache));
     let hostile = [
         "/../secret-1-1-any.pkg.tar.zst",
@@ -103,7 +122,10 @@ fn hostile_names_and_special_files_are_refused() {
     for path in hostile {
         let (r, body) = get(d.peer, path, &[]);
         assert!(matches!(r.status, 400 | 404), "{path}: {}", r.head);
-        assert!(!body.windows(7).any(|w| w == b"outside"), "{path} leaked the file outside");
+        assert!(
+            !body.windows(7).any(|w| w == b"outside"),
+            "{path} leaked the file outside"
+        );
     }
     let long = format!("/{}.pkg.tar.zst", "a".repeat(300));
     assert!(matches!(get(d.peer, &long, &[]).0.status, 400 | 404 | 414));
@@ -128,12 +150,20 @@ fn oversized_head_gets_431_and_slow_senders_are_dropped() {
     for _ in 0..5 {
         assert_eq!(get(d.peer, &format!("/{BIG}"), &[]).0.status, 200);
     }
-    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut buf = [0u8; 64];
     let n = slow.read(&mut buf).unwrap_or(0);
     let waited = t0.elapsed();
-    assert!(n == 0 || buf.starts_with(b"HTTP/1.1 408"), "slow sender got an answer: {:?}", &buf[..n]);
-    assert!(waited < Duration::from_secs(19), "slow sender not dropped ({waited:?})");
+    assert!(
+        n == 0 || buf.starts_with(b"HTTP/1.1 408"),
+        "slow sender got an answer: {:?}",
+        &buf[..n]
+    );
+    assert!(
+        waited < Duration::from_secs(19),
+        "slow sender not dropped ({waited:?})"
+    );
 }
 
 #[test]
@@ -193,15 +223,29 @@ fn sigterm_exits_zero_promptly() {
 #[test]
 fn bad_options_exit_2_with_one_clear_line() {
     // no daemon starts: no namespace needed
-    for args in [&["--port", "abc"][..], &["--listen", "10.0.0.1:19433"], &["--bogus"], &["--lookup-ms", "-1"]] {
+    for args in [
+        &["--port", "abc"][..],
+        &["--listen", "10.0.0.1:19433"],
+        &["--bogus"],
+        &["--lookup-ms", "-1"],
+    ] {
         let out = std::process::Command::new(BIN).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("flocon: "), "{args:?}: {err}");
-        assert!(err.contains(args[0]), "{args:?}: the message names the option: {err}");
+        assert!(
+            err.contains(args[0]),
+            "{args:?}: the message names the option: {err}"
+        );
     }
-    let out = std::process::Command::new(BIN).arg("--version").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("flocon "));
-    let out = std::process::Command::new(BIN).arg("--help").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--cache-dir"));
 }

@@ -26,10 +26,19 @@ pub fn enter_netns(test: &str) -> bool {
     } else {
         cmd.args(["--user", "--map-root-user", "--net"]);
     }
-    cmd.args(["--", "sh", "-c", "ip link set lo up && ip link set lo multicast on && exec \"$@\"", "sh"]);
-    cmd.arg(exe).args([test, "--exact", "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        "--",
+        "sh",
+        "-c",
+        "ip link set lo up && ip link set lo multicast on && exec \"$@\"",
+        "sh",
+    ]);
+    cmd.arg(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"]);
     cmd.env("FLOCON_IN_NETNS", "1");
-    let out = cmd.output().expect("unshare (util-linux) must be installed");
+    let out = cmd
+        .output()
+        .expect("unshare (util-linux) must be installed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -43,7 +52,11 @@ fn unsafe_is_root() -> bool {
     // /proc/self/status "Uid:" first field; avoids libc in tests
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -55,7 +68,11 @@ macro_rules! netns {
         }
         // the namespace must really be private: only `lo`
         let links = std::fs::read_to_string("/proc/net/dev").unwrap();
-        assert_eq!(links.lines().skip(2).count(), 1, "not in a private netns: {links}");
+        assert_eq!(
+            links.lines().skip(2).count(),
+            1,
+            "not in a private netns: {links}"
+        );
     };
 }
 
@@ -64,7 +81,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("flocon-it-{tag}-{}-{:?}", std::process::id(), Instant::now()));
+        let p = std::env::temp_dir().join(format!(
+            "flocon-it-{tag}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
         let p = PathBuf::from(p.to_string_lossy().replace([' ', '{', '}', ':', ','], ""));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -104,7 +125,16 @@ pub struct DaemonOpts<'a> {
 
 impl<'a> DaemonOpts<'a> {
     pub fn new(dir: &'a Path, cache: &'a Path) -> Self {
-        DaemonOpts { dir, peer_ip: "127.0.0.1", front_port: 19433, cache, pacman_conf: None, db_path: None, extra: vec![], name: "t" }
+        DaemonOpts {
+            dir,
+            peer_ip: "127.0.0.1",
+            front_port: 19433,
+            cache,
+            pacman_conf: None,
+            db_path: None,
+            extra: vec![],
+            name: "t",
+        }
     }
 }
 
@@ -112,7 +142,8 @@ impl Daemon {
     pub fn start(o: DaemonOpts) -> Daemon {
         let state = o.dir.join(format!("state-{}", o.name));
         let log = o.dir.join(format!("{}.log", o.name));
-        let front: SocketAddr = format!("127.0.0.1:{}", o.front_port).parse().unwrap();
+        // each daemon's front on its own loopback address, next to its peer port
+        let front: SocketAddr = format!("{}:{}", o.peer_ip, o.front_port).parse().unwrap();
         let empty_conf = o.dir.join("empty-pacman.conf");
         if o.pacman_conf.is_none() {
             std::fs::write(&empty_conf, "[options]\n").unwrap();
@@ -120,20 +151,104 @@ impl Daemon {
         let mut cmd = Command::new(BIN);
         let conf = o.dir.join("flocon.conf");
         if !conf.exists() {
-            std::fs::write(&conf, "# empty: every setting comes from the command line\n").unwrap();
+            std::fs::write(
+                &conf,
+                "# empty: every setting comes from the command line\n",
+            )
+            .unwrap();
         }
         cmd.arg("--config").arg(&conf);
-        cmd.arg("--pacman-conf").arg(o.pacman_conf.unwrap_or(&empty_conf));
+        cmd.arg("--pacman-conf")
+            .arg(o.pacman_conf.unwrap_or(&empty_conf));
         cmd.arg("--cache-dir").arg(o.cache);
         cmd.arg("--state-dir").arg(&state);
-        cmd.arg("--db-path").arg(o.db_path.map(|p| p.to_path_buf()).unwrap_or_else(|| o.dir.join("db")));
-        cmd.args(["--listen", &front.to_string(), "--peer-addr", o.peer_ip, "--interface", "lo", "--name", o.name, "--debug"]);
+        cmd.arg("--db-path").arg(
+            o.db_path
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|| o.dir.join("db")),
+        );
+        cmd.args([
+            "--listen",
+            &front.to_string(),
+            "--peer-addr",
+            o.peer_ip,
+            "--interface",
+            "lo",
+            "--name",
+            o.name,
+            "--debug",
+        ]);
         cmd.args(&o.extra);
-        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().expect("start flocon");
-        let d = Daemon { child: Some(child), log, front, peer: format!("{}:19432", o.peer_ip).parse().unwrap() };
+        let d = Daemon {
+            child: Some(child),
+            log,
+            front,
+            peer: format!("{}:19432", o.peer_ip).parse().unwrap(),
+        };
         d.wait_ready();
         d
+    }
+
+    /// Names of the peers this daemon lists (from `flocon status --json`).
+    pub fn peer_names(&self) -> Vec<String> {
+        let out = std::process::Command::new(BIN)
+            .args(["status", "--json", "--listen", &self.front.to_string()])
+            .output()
+            .unwrap();
+        let json = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Some(peers) = json.split("\"peers\":[").nth(1) else {
+            return vec![];
+        };
+        let peers = peers.split("],\"transfers\"").next().unwrap_or("");
+        peers
+            .split("\"name\":\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next().map(str::to_string))
+            .collect()
+    }
+
+    /// This daemon's instance id (hex) from its status.
+    pub fn instance(&self) -> u64 {
+        let json = self.status_json();
+        let hex = json
+            .split("\"instance\":\"")
+            .nth(1)
+            .and_then(|s| s.get(..16))
+            .unwrap();
+        u64::from_str_radix(hex, 16).unwrap()
+    }
+
+    /// Asks the daemon's debug lookup endpoint: (asked, answered, names that have it, micros).
+    pub fn lookup(&self, name: &str, size: Option<u64>) -> (usize, usize, Vec<String>, u64) {
+        let q = match size {
+            Some(s) => format!("/.flocon/lookup/{name}?size={s}"),
+            None => format!("/.flocon/lookup/{name}"),
+        };
+        let (r, body) = get(self.front, &q, &[]);
+        assert_eq!(r.status, 200, "{}", r.head);
+        let j = String::from_utf8_lossy(&body).into_owned();
+        let num = |k: &str| -> u64 {
+            j.split(&format!("\"{k}\":"))
+                .nth(1)
+                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let have = j
+            .split("\"peer\":\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next().map(str::to_string))
+            .collect();
+        (
+            num("asked") as usize,
+            num("answered") as usize,
+            have,
+            num("micros"),
+        )
     }
 
     fn wait_ready(&self) {
@@ -156,7 +271,10 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: &str) {
-        Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
     }
 
     /// Waits for exit; returns the exit code and how long it took.
@@ -209,7 +327,12 @@ pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (Resp, Vec
     request(addr, "GET", path, headers)
 }
 
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> (Resp, Vec<u8>) {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (Resp, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
@@ -224,7 +347,11 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
 }
 
 pub fn split_response(all: &[u8]) -> (Resp, Vec<u8>) {
-    let end = all.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(all.len());
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(all.len());
     let head = String::from_utf8_lossy(&all[..end]).into_owned();
     let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     (Resp { status, head }, all[end..].to_vec())
