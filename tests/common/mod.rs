@@ -100,6 +100,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::env::var_os("FLOCON_KEEP_TMP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -380,4 +384,339 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// One package of a test repo: file name, size in bytes of its payload.
+pub struct Pkg {
+    pub name: String,
+    pub file: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Builds real package files (bsdtar, with a .PKGINFO) and a sync db with `repo-add`, in
+/// `dir/repo/`. Returns the packages; `dir/repo/flocontest.db` is the db.
+pub fn make_repo(dir: &Path, specs: &[(&str, usize, &str)]) -> Vec<Pkg> {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let mut out = Vec::new();
+    for (i, (name, size, arch)) in specs.iter().enumerate() {
+        let root = dir.join(format!("pkgroot-{name}"));
+        std::fs::create_dir_all(root.join("usr/share").join(name)).unwrap();
+        std::fs::write(
+            root.join("usr/share").join(name).join("blob"),
+            pattern(*size, 1000 + i as u64),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join(".PKGINFO"),
+            format!("pkgname = {name}\npkgbase = {name}\npkgver = 1.0-1\npkgdesc = flocon test\nurl = https://example.invalid\nbuilddate = 1700000000\npackager = test\nsize = {size}\narch = {arch}\nlicense = MIT\n"),
+        )
+        .unwrap();
+        let file = format!("{name}-1.0-1-{arch}.pkg.tar.zst");
+        let st = Command::new("bsdtar")
+            .arg("--zstd")
+            .arg("-cf")
+            .arg(repo.join(&file))
+            .arg("-C")
+            .arg(&root)
+            .args([".PKGINFO", "usr"])
+            .status()
+            .expect("bsdtar (libarchive-tools) is needed");
+        assert!(st.success());
+        out.push(Pkg {
+            name: name.to_string(),
+            bytes: std::fs::read(repo.join(&file)).unwrap(),
+            file,
+        });
+    }
+    let mut cmd = Command::new("repo-add");
+    cmd.arg("-q").arg(repo.join("flocontest.db.tar.gz"));
+    for p in &out {
+        cmd.arg(repo.join(&p.file));
+    }
+    let o = cmd
+        .output()
+        .expect("repo-add (pacman-package-manager) is needed");
+    assert!(
+        o.status.success(),
+        "repo-add: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// A pacman.conf for one host: its own DBPath with the repo's db, flocon first, `upstream`s after.
+pub fn host_conf(dir: &Path, host: &str, front_port: u16, upstreams: &[String]) -> PathBuf {
+    let h = dir.join(host);
+    std::fs::create_dir_all(h.join("db/sync")).unwrap();
+    std::fs::create_dir_all(h.join("cache")).unwrap();
+    std::fs::copy(
+        dir.join("repo/flocontest.db.tar.gz"),
+        h.join("db/sync/flocontest.db"),
+    )
+    .unwrap();
+    let mut conf = format!(
+        "[options]\nDBPath = {}/db/\nCacheDir = {}/cache/\nArchitecture = x86_64\n\n[flocontest]\nServer = http://localhost:{front_port}/$repo/os/$arch\n",
+        h.display(),
+        h.display()
+    );
+    for u in upstreams {
+        conf.push_str(&format!("Server = {u}\n"));
+    }
+    let p = h.join("pacman.conf");
+    std::fs::write(&p, conf).unwrap();
+    p
+}
+
+/// A tiny HTTP/1.1 mirror for tests: serves `root` (files under any `/<repo>/os/<arch>/`
+/// prefix resolve to `root/<file>`), Range, If-Modified-Since → 304, optional chunked
+/// replies; every request is logged.
+pub struct Mirror {
+    pub addr: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Mirror {
+    pub fn start(ip: &str, root: PathBuf, chunked: bool) -> Mirror {
+        let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+        let addr = l.local_addr().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let root = root.clone();
+                let log = log2.clone();
+                std::thread::spawn(move || mirror_conn(s, &root, chunked, &log));
+            }
+        });
+        Mirror { addr, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/$repo/os/$arch", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn mirror_conn(mut s: TcpStream, root: &Path, chunked: bool, log: &std::sync::Mutex<Vec<String>>) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    loop {
+        let mut b = [0u8; 4096];
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let mut lines = head.lines();
+        let first = lines.next().unwrap_or("").to_string();
+        let mut parts = first.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let hdr = |name: &str| {
+            head.lines().skip(1).find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let range = hdr("range");
+        let ims = hdr("if-modified-since");
+        log.lock()
+            .unwrap()
+            .push(format!("{method} {path} range={range:?} ims={ims:?}"));
+        let file = path.rsplit('/').next().unwrap_or("");
+        let data = std::fs::read(root.join(file)).ok();
+        let lm = "Sat, 01 Jan 2022 00:00:00 GMT";
+        let resp = match data {
+            None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            Some(_) if ims.is_some() => {
+                format!("HTTP/1.1 304 Not Modified\r\nLast-Modified: {lm}\r\n\r\n").into_bytes()
+            }
+            Some(d) => {
+                let start = range
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("bytes="))
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|s| s.parse::<usize>().ok());
+                let (status, body, extra) = match start {
+                    Some(st) if st >= d.len() => {
+                        let h = format!(
+                            "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\n\r\n",
+                            d.len()
+                        );
+                        let _ = s.write_all(h.as_bytes());
+                        continue;
+                    }
+                    Some(st) => (
+                        "206 Partial Content",
+                        d[st..].to_vec(),
+                        format!(
+                            "Content-Range: bytes {}-{}/{}\r\n",
+                            st,
+                            d.len() - 1,
+                            d.len()
+                        ),
+                    ),
+                    None => ("200 OK", d, String::new()),
+                };
+                let mut r =
+                    format!("HTTP/1.1 {status}\r\nLast-Modified: {lm}\r\n{extra}").into_bytes();
+                if chunked {
+                    r.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    if method != "HEAD" {
+                        for c in body.chunks(7777) {
+                            r.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                            r.extend_from_slice(c);
+                            r.extend_from_slice(b"\r\n");
+                        }
+                        r.extend_from_slice(b"0\r\n\r\n");
+                    }
+                } else {
+                    r.extend_from_slice(
+                        format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                    );
+                    if method != "HEAD" {
+                        r.extend_from_slice(&body);
+                    }
+                }
+                r
+            }
+        };
+        if s.write_all(&resp).is_err() {
+            return;
+        }
+    }
+}
+
+/// How a fake peer's file server misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PeerMode {
+    /// Headers, then silence.
+    Stall,
+    /// Announces the right size but its Content-Length is larger.
+    TooMany,
+    /// The right Content-Length, half the body, then the connection closes (a crash).
+    TooFew,
+}
+
+/// A peer that speaks the discovery protocol correctly (it announces, and answers "have"
+/// with the size it is told) but whose file server misbehaves. For fault tests.
+pub struct FakePeer {
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+impl FakePeer {
+    pub fn start(ip: &str, file: &str, body: Vec<u8>, mode: PeerMode) -> FakePeer {
+        use flocon::protocol::{self, Announce, Answer, Header, Message};
+        use socket2::{Domain, Socket, Type};
+        let ipv4: std::net::Ipv4Addr = ip.parse().unwrap();
+        let udp = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        udp.set_reuse_address(true).unwrap();
+        udp.bind(&SocketAddr::new(ipv4.into(), protocol::PORT).into())
+            .unwrap();
+        udp.set_multicast_if_v4(&ipv4).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let udp: std::net::UdpSocket = udp.into();
+        let size = body.len() as u64;
+        let instance = 0x0fa4_e000_0000_0000 | ipv4.octets()[3] as u64;
+        let file = file.to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop_udp, stop_tcp) = (stop.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let group = SocketAddr::new(protocol::GROUP_V4.into(), protocol::PORT);
+            let mut seq = 0u32;
+            let mut last = Instant::now() - Duration::from_secs(10);
+            let mut out = Vec::new();
+            while !stop_udp.load(std::sync::atomic::Ordering::SeqCst) {
+                if last.elapsed() > Duration::from_millis(300) {
+                    seq += 1;
+                    let a = Announce {
+                        tcp_port: protocol::PORT,
+                        uploads: 0,
+                        name: "fake".into(),
+                        distro: "arch".into(),
+                        archs: vec!["x86_64".into()],
+                    };
+                    protocol::encode(&Header { instance, seq }, &Message::Announce(a), &mut out);
+                    let _ = udp.send_to(&out, group);
+                    last = Instant::now();
+                }
+                let mut buf = [0u8; 1500];
+                let Ok((n, src)) = udp.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Ok((_, Message::Query(q))) = protocol::decode(&buf[..n]) {
+                    seq += 1;
+                    let have = q.name == file;
+                    let ans = Answer {
+                        id: q.id,
+                        have,
+                        size: if have { size } else { 0 },
+                        sha256: None,
+                        uploads: 0,
+                    };
+                    protocol::encode(&Header { instance, seq }, &Message::Answer(ans), &mut out);
+                    let _ = udp.send_to(&out, src);
+                }
+            }
+        });
+        let l = std::net::TcpListener::bind(SocketAddr::new(ipv4.into(), protocol::PORT)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r2 = requests.clone();
+        std::thread::spawn(move || {
+            while !stop_tcp.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                r2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = body.clone();
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 4096];
+                    let _ = s.read(&mut b);
+                    let len = if mode == PeerMode::TooMany {
+                        body.len() + 100
+                    } else {
+                        body.len()
+                    };
+                    let _ = s.write_all(
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+                    );
+                    match mode {
+                        PeerMode::Stall => std::thread::sleep(Duration::from_secs(60)),
+                        PeerMode::TooMany => {
+                            let _ = s.write_all(&body);
+                            let _ = s.write_all(&[0u8; 100]);
+                        }
+                        PeerMode::TooFew => {
+                            let _ = s.write_all(&body[..body.len() / 2]);
+                        }
+                    }
+                });
+            }
+        });
+        FakePeer { requests, stop }
+    }
 }

@@ -1,0 +1,319 @@
+//! The loopback front (SPEC §4, §6, §7): what pacman gets, from peers (verified) or
+//! upstream, with real package files and a real `repo-add` sync db, daemons on `lo` in a
+//! private network namespace per test.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+struct Lan {
+    t: TempDir,
+    pkgs: Vec<Pkg>,
+    mirror: Mirror,
+    a: Option<Daemon>,
+    b: Daemon,
+}
+
+const REPO: &str = "/flocontest/os/x86_64";
+
+/// Host A (127.0.0.2) holds `on_a` in its cache; host B (127.0.0.3) asks. Both list flocon
+/// first and the mirror (127.0.0.100) second.
+fn lan(tag: &str, on_a: &[usize], chunked: bool, b_extra_upstreams: &[String]) -> Lan {
+    let t = TempDir::new(tag);
+    let pkgs = make_repo(
+        t.path(),
+        &[
+            ("small", 20_000, "any"),
+            ("medium", 3_000_000, "x86_64"),
+            ("big", 24_000_000, "x86_64"),
+            ("other", 5_000, "any"),
+        ],
+    );
+    let mirror = Mirror::start("127.0.0.100", t.join("repo"), chunked);
+    let conf_a = host_conf(t.path(), "a", 19433, &[mirror.url()]);
+    let mut ups = vec![mirror.url()];
+    ups.extend_from_slice(b_extra_upstreams);
+    let conf_b = host_conf(t.path(), "b", 19433, &ups);
+    for &i in on_a {
+        std::fs::write(t.join("a/cache").join(&pkgs[i].file), &pkgs[i].bytes).unwrap();
+    }
+    let start = |host: &str, ip: &str, conf: &std::path::Path| {
+        let cache = t.join(&format!("{host}/cache"));
+        let db = t.join(&format!("{host}/db"));
+        let mut o = DaemonOpts::new(t.path(), &cache);
+        o.peer_ip = ip;
+        o.name = host;
+        o.pacman_conf = Some(conf);
+        o.db_path = Some(&db);
+        Daemon::start(o)
+    };
+    let a = start("a", "127.0.0.2", &conf_a);
+    let b = start("b", "127.0.0.3", &conf_b);
+    assert!(
+        wait_until(Duration::from_secs(5), || b
+            .peer_names()
+            .contains(&"a".to_string())),
+        "B does not see A"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || b
+            .status_json()
+            .contains("\"indexed_packages\":4")),
+        "{}",
+        b.status_json()
+    );
+    Lan {
+        t,
+        pkgs,
+        mirror,
+        a: Some(a),
+        b,
+    }
+}
+
+impl Lan {
+    fn get(&self, file: &str, headers: &[(&str, &str)]) -> (Resp, Vec<u8>) {
+        get(self.b.front, &format!("{REPO}/{file}"), headers)
+    }
+    fn mirror_asked_for(&self, file: &str) -> usize {
+        self.mirror
+            .requests()
+            .iter()
+            .filter(|r| r.contains(&format!("/{file} ")))
+            .count()
+    }
+}
+
+#[test]
+fn a_hit_comes_from_the_peer_byte_identical_and_the_mirror_is_not_asked() {
+    netns!("a_hit_comes_from_the_peer_byte_identical_and_the_mirror_is_not_asked");
+    let lan = lan("hit", &[0, 1, 2], false, &[]);
+    for p in &lan.pkgs[..3] {
+        let (r, body) = lan.get(&p.file, &[]);
+        assert_eq!(r.status, 200, "{}: {}", p.file, r.head);
+        assert_eq!(r.header("content-length"), Some(p.bytes.len().to_string()));
+        assert!(body == p.bytes, "{} differs", p.file);
+        assert_eq!(lan.mirror_asked_for(&p.file), 0, "{}", p.file);
+    }
+    let json = lan.b.status_json();
+    assert!(json.contains("\"lan_hits\":3"), "{json}");
+    // resuming a partial download from the verified copy
+    let big = &lan.pkgs[2];
+    let (r, body) = lan.get(&big.file, &[("Range", "bytes=1000000-")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!(
+            "bytes 1000000-{}/{}",
+            big.bytes.len() - 1,
+            big.bytes.len()
+        ))
+    );
+    assert!(body == big.bytes[1_000_000..]);
+    // nothing was ever written into A's or B's pacman cache by flocon
+    assert_eq!(std::fs::read_dir(lan.t.join("b/cache")).unwrap().count(), 0);
+}
+
+#[test]
+fn misses_go_upstream_proxied_with_304_range_and_chunked() {
+    netns!("misses_go_upstream_proxied_with_304_range_and_chunked");
+    for chunked in [false, true] {
+        let lan = lan(
+            if chunked { "miss-chunked" } else { "miss" },
+            &[],
+            chunked,
+            &[],
+        );
+        let p = &lan.pkgs[1];
+        let (r, body) = lan.get(&p.file, &[]);
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert!(body == p.bytes, "chunked={chunked}: proxied bytes differ");
+        assert_eq!(lan.mirror_asked_for(&p.file), 1);
+        let (r, body) = lan.get(&p.file, &[("Range", "bytes=100-")]);
+        assert_eq!(r.status, 206, "{}", r.head);
+        assert!(body == p.bytes[100..]);
+        let (r, body) = lan.get(
+            "flocontest.db",
+            &[("If-Modified-Since", "Sat, 01 Jan 2022 00:00:00 GMT")],
+        );
+        assert_eq!(r.status, 304, "{}", r.head);
+        assert!(body.is_empty());
+        let (r, body) = lan.get("flocontest.db", &[]);
+        assert_eq!(r.status, 200);
+        assert!(body == std::fs::read(lan.t.join("repo/flocontest.db")).unwrap());
+        assert_eq!(
+            lan.get("nonexistent-1-1-any.pkg.tar.zst", &[]).0.status,
+            404
+        );
+    }
+}
+
+#[test]
+fn https_upstream_is_a_redirect_and_no_upstream_is_404() {
+    netns!("https_upstream_is_a_redirect_and_no_upstream_is_404");
+    let t = TempDir::new("https");
+    make_repo(t.path(), &[("small", 1000, "any")]);
+    let conf = host_conf(
+        t.path(),
+        "b",
+        19433,
+        &["https://mirror.example.org/$repo/os/$arch".into()],
+    );
+    let cache = t.join("b/cache");
+    let db = t.join("b/db");
+    let mut o = DaemonOpts::new(t.path(), &cache);
+    o.pacman_conf = Some(&conf);
+    o.db_path = Some(&db);
+    let b = Daemon::start(o);
+    let (r, _) = get(b.front, &format!("{REPO}/flocontest.db"), &[]);
+    assert_eq!(r.status, 307);
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("https://mirror.example.org/flocontest/os/x86_64/flocontest.db")
+    );
+    let (r, _) = get(
+        b.front,
+        "/unknownrepo/os/x86_64/foo-1-1-any.pkg.tar.zst",
+        &[],
+    );
+    assert_eq!(r.status, 404);
+    for bad in [
+        "/flocontest/os/x86_64/../../etc/passwd",
+        "/flocontest/os/x86_64/%2e%2e",
+        "/x",
+        "/flocontest/os/x86_64/a%2fb.pkg.tar.zst",
+    ] {
+        assert!(
+            matches!(get(b.front, bad, &[]).0.status, 400 | 404),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn databases_never_come_from_peers() {
+    netns!("databases_never_come_from_peers");
+    let lan = lan("db", &[], false, &[]);
+    // A's cache holds a file named like the db (a stale or hostile copy)
+    std::fs::write(lan.t.join("a/cache/flocontest.db"), b"stale db").unwrap();
+    let (r, body) = lan.get("flocontest.db", &[]);
+    assert_eq!(r.status, 200);
+    assert!(body != b"stale db");
+    assert_eq!(lan.mirror_asked_for("flocontest.db"), 1);
+}
+
+#[test]
+fn a_corrupt_copy_is_never_handed_out_and_its_peer_is_banned() {
+    netns!("a_corrupt_copy_is_never_handed_out_and_its_peer_is_banned");
+    let lan = lan("corrupt", &[], false, &[]);
+    let p = &lan.pkgs[1];
+    let mut bad = p.bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(lan.t.join("a/cache").join(&p.file), &bad).unwrap();
+    let (r, body) = lan.get(&p.file, &[]);
+    assert_eq!(r.status, 200);
+    assert!(body == p.bytes, "the corrupt copy reached the client");
+    assert_eq!(
+        lan.mirror_asked_for(&p.file),
+        1,
+        "the good bytes came from upstream"
+    );
+    let json = lan.b.status_json();
+    assert!(json.contains("\"bans\":[{"), "A is not banned: {json}");
+    assert!(json.contains("\"rejected_copies\":1"), "{json}");
+    // a different build (same name, other size) is not even fetched
+    let q = &lan.pkgs[3];
+    std::fs::write(
+        lan.t.join("a/cache").join(&q.file),
+        pattern(q.bytes.len() + 7, 5),
+    )
+    .unwrap();
+    let (r, body) = lan.get(&q.file, &[]);
+    assert_eq!(r.status, 200);
+    assert!(body == q.bytes);
+}
+
+#[test]
+fn faulty_peers_never_deliver_wrong_bytes() {
+    netns!("faulty_peers_never_deliver_wrong_bytes");
+    for (mode, ip) in [
+        (PeerMode::TooFew, "127.0.0.7"),
+        (PeerMode::TooMany, "127.0.0.8"),
+        (PeerMode::Stall, "127.0.0.9"),
+    ] {
+        // A has nothing; the fake peer at 127.0.0.7 claims the medium package
+        let lan = lan(&format!("fault-{mode:?}"), &[], false, &[]);
+        let p = &lan.pkgs[1];
+        let fake = FakePeer::start(ip, &p.file, p.bytes.clone(), mode);
+        assert!(
+            wait_until(Duration::from_secs(5), || lan
+                .b
+                .peer_names()
+                .contains(&"fake".to_string())),
+            "{:?}",
+            lan.b.peer_names()
+        );
+        let t0 = std::time::Instant::now();
+        let (r, body) = lan.get(&p.file, &[]);
+        let took = t0.elapsed();
+        assert_eq!(r.status, 200, "{mode:?}: {}", r.head);
+        assert!(body == p.bytes, "{mode:?}: wrong bytes reached the client");
+        assert!(
+            fake.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+            "{mode:?}: the fake peer was not tried"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "{mode:?}: took {took:?}, pacman would have aborted"
+        );
+        eprintln!("{mode:?}: right bytes after {took:?}");
+    }
+}
+
+#[test]
+fn a_peer_dying_mid_transfer_is_replaced_by_another_peer() {
+    netns!("a_peer_dying_mid_transfer_is_replaced_by_another_peer");
+    // A has the real file; the fake peer (fewer uploads in flight: preferred or not) dies
+    let lan = lan("resume-peer", &[1], false, &[]);
+    let p = &lan.pkgs[1];
+    let _fake = FakePeer::start("127.0.0.7", &p.file, p.bytes.clone(), PeerMode::TooFew);
+    assert!(wait_until(Duration::from_secs(5), || lan
+        .b
+        .peer_names()
+        .len()
+        == 2));
+    let (r, body) = lan.get(&p.file, &[]);
+    assert_eq!(r.status, 200);
+    assert!(body == p.bytes);
+    assert_eq!(
+        lan.mirror_asked_for(&p.file),
+        0,
+        "a LAN peer could still deliver"
+    );
+}
+
+#[test]
+fn five_parallel_downloads_from_each_of_two_clients() {
+    netns!("five_parallel_downloads_from_each_of_two_clients");
+    let lan = lan("parallel", &[0, 1, 2], false, &[]);
+    let front = lan.b.front;
+    let mut handles = Vec::new();
+    for _client in 0..2 {
+        for i in 0..5 {
+            let p = &lan.pkgs[i % 4];
+            let (file, want) = (p.file.clone(), p.bytes.clone());
+            handles.push(std::thread::spawn(move || {
+                let (r, body) = get(front, &format!("{REPO}/{file}"), &[]);
+                assert_eq!(r.status, 200, "{file}");
+                assert!(body == want, "{file} differs");
+            }));
+        }
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    // the big file was fetched from A once, shared by both clients' requests
+    let a = lan.a.as_ref().unwrap();
+    assert!(a.status_json().contains("peer_bytes_sent"));
+}
