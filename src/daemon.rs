@@ -823,7 +823,7 @@ impl Daemon {
                     "{{\"peer\":{},\"seconds_left\":{},\"reason\":{}}}",
                     json_str(&b.0.to_string()),
                     b.1.as_secs(),
-                    json_str(&b.2)
+                    json_str(b.2)
                 )
             })
             .collect();

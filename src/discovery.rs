@@ -265,7 +265,7 @@ impl Discovery {
             // the loopback interface only when asked for: it reaches no other host
             !a.loopback
         } else {
-            self.only_interfaces.iter().any(|n| *n == a.name)
+            self.only_interfaces.contains(&a.name)
         }
     }
 

@@ -43,6 +43,10 @@ impl<T> Slots<T> {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn is_full(&self) -> bool {
         self.len >= self.limit
     }
@@ -149,6 +153,10 @@ impl<K: Ord + Clone> Timers<K> {
 
     pub fn len(&self) -> usize {
         self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
     }
 
     /// Schedules `kind` at `at`; false when the heap is full (the caller degrades gracefully).

@@ -207,7 +207,7 @@ impl Daemon {
             }
         }
         let staged: u64 = self.transfers.values().map(|t| t.expected.size).sum();
-        if staged + info.size > transfer::MAX_STAGED_BYTES || self.discovery.peers.len() == 0 {
+        if staged + info.size > transfer::MAX_STAGED_BYTES || self.discovery.peers.is_empty() {
             return self.serve_upstream(t, req, repo, arch, file, Vec::new());
         }
         self.serial += 1;
@@ -778,7 +778,7 @@ impl Daemon {
                     } else {
                         self.discovery.ban(instance, now, &why);
                     }
-                    return self.next_peer(file);
+                    self.next_peer(file);
                 }
             }
             fetch::Event::Body(data) => {
@@ -793,7 +793,7 @@ impl Daemon {
                         return self.transfer_failed(file);
                     }
                     self.discovery.ban(instance, now, &e.to_string());
-                    return self.next_peer(file);
+                    self.next_peer(file);
                 }
             }
             fetch::Event::Done => {
