@@ -23,6 +23,8 @@ BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSCONFDIR ?= /etc
 CARGO ?= cargo
+# extra arguments for the test binaries, e.g. CARGO_TEST_ARGS=--test-threads=1
+CARGO_TEST_ARGS ?=
 
 BIN := target/release/flocon
 MUSL_X86_64 := x86_64-unknown-linux-musl
@@ -44,7 +46,7 @@ build:
 # The crates are fetched first, outside: the namespace has no network at all.
 test:
 	$(CARGO) fetch --locked
-	tests/netns.sh sh -c '$(CARGO) build --release --offline && $(CARGO) test --release --offline'
+	tests/netns.sh sh -c '$(CARGO) build --release --offline && $(CARGO) test --release --offline -- $(CARGO_TEST_ARGS)'
 	@if [ -x tests/e2e.sh ]; then \
 		echo "== tests/e2e.sh"; FLOCON_BIN="$(CURDIR)/$(BIN)" tests/e2e.sh; \
 	else echo "make test: no tests/e2e.sh yet, end-to-end suite skipped"; fi

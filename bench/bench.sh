@@ -39,7 +39,8 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 if [[ ${1:-} == --inside ]]; then
   W=$2
   pids=()
-  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
+  stop_all() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+  trap stop_all EXIT
 
   nginx_conf() {  # nginx_conf PORT NAME: a config serving $W/files on 127.0.0.1:PORT
     mkdir -p "$W/$2"

@@ -167,10 +167,11 @@ gpgconf --kill all 2>/dev/null || true
 unset GNUPGHOME
 
 # ------------------------------------------------------------------------------ variants
-alt=$(cd "$OUT/alt" && ls ./*.pkg.tar.* | grep -v '\.sig$' | sed 's|^\./||')
+pkg_in() { local f; for f in "$@"; do [[ $f == *.sig ]] || echo "${f##*/}"; done; }
+alt=$(pkg_in "$OUT"/alt/*.pkg.tar.*)
 [[ -f $DB/$alt ]] || { echo "fixtures.sh: alt build $alt has no twin in the repo" >&2; exit 1; }
 cmp -s "$DB/$alt" "$OUT/alt/$alt" && { echo "fixtures.sh: alt build is identical" >&2; exit 1; }
-corrupt=$(cd "$DB" && ls "$CORRUPT_PKG"-1.0-1-*.pkg.tar.* | grep -v '\.sig$')
+corrupt=$(pkg_in "$DB/$CORRUPT_PKG"-1.0-1-*.pkg.tar.*)
 cp "$DB/$corrupt" "$DB/$corrupt.sig" "$OUT/corrupt/"
 size=$(stat -c %s "$OUT/corrupt/$corrupt")
 # flip every bit of the middle byte: same size, different SHA-256, invalid signature

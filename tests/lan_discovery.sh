@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# lan_discovery.sh - discovery on a real (namespace) LAN with a bridge: each host runs flocon
+# on its own eth0 with the default ports and interfaces (SPEC §3). Run it isolated:
+#   tests/lan.sh isolated tests/lan_discovery.sh [path/to/flocon]
+# Prints one line per check and "N passed, N failed"; exits non-zero on any failure.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+LAN="$here/lan.sh"
+BIN=${1:-$here/../target/release/flocon}
+[[ -x $BIN ]] || { echo "lan_discovery: no flocon binary at $BIN" >&2; exit 2; }
+export FLAN_PREFIX=fld-
+W=$(mktemp -d /tmp/flocon-lan-disc.XXXXXX)
+pass=0 fail=0
+ok() { echo "ok   - $*"; pass=$((pass + 1)); }
+ko() { echo "FAIL - $*"; fail=$((fail + 1)); }
+cleanup() { "$LAN" down >/dev/null 2>&1 || true; rm -rf "$W"; }
+trap cleanup EXIT
+
+start() { # start I [extra args...]: flocon on host I with default ports and interfaces
+  local i=$1; shift
+  mkdir -p "$W/h$i/cache" "$W/h$i/state"
+  echo "[options]" > "$W/h$i/pacman.conf"
+  echo "# test" > "$W/h$i/flocon.conf"
+  "$LAN" exec "$i" "$BIN" --config "$W/h$i/flocon.conf" --pacman-conf "$W/h$i/pacman.conf" \
+    --cache-dir "$W/h$i/cache" --state-dir "$W/h$i/state" --db-path "$W/h$i/db" \
+    --name "host$i" --announce-interval 1 --debug "$@" 2>>"$W/h$i.log" &
+  echo $! > "$W/h$i.pid"
+}
+stop() { local p; p=$(cat "$W/h$1.pid" 2>/dev/null) && kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; }
+peers() { # peers I: the peer names host I lists, sorted, space separated
+  "$LAN" exec "$1" "$BIN" status --json 2>/dev/null | grep -o '"name":"host[0-9]*"' | sed 's/.*"\(host[0-9]*\)"/\1/' | grep -v "^host$1\$" | sort | tr '\n' ' ' | sed 's/ $//'
+}
+addrs() { "$LAN" exec "$1" "$BIN" status --json 2>/dev/null | grep -o '"addr":"[^"]*"' | tr '\n' ' '; }
+wait_peers() { # wait_peers I "WANT" SECONDS
+  local i=$1 want=$2 t=$3 n
+  for ((n = 0; n < t * 10; n++)); do [[ $(peers "$i") == "$want" ]] && return 0; sleep 0.1; done
+  return 1
+}
+
+"$LAN" up 3 >/dev/null
+# --- IPv4 (and IPv6) discovery on eth0, default interfaces
+for i in 1 2 3; do start "$i"; done
+if wait_peers 1 "host2 host3" 3 && wait_peers 2 "host1 host3" 3 && wait_peers 3 "host1 host2" 3; then
+  ok "3 hosts on a bridge find each other ($(addrs 1))"
+else ko "discovery on the bridge: h1 [$(peers 1)] h2 [$(peers 2)] h3 [$(peers 3)]"; fi
+"$LAN" exec 1 "$BIN" status --json | grep -q '"multicast":\["eth0/ipv4","eth0/ipv6"\]\|"multicast":\["eth0/ipv6","eth0/ipv4"\]' \
+  && ok "joined IPv4 and IPv6 groups on eth0 only (not lo)" || ko "memberships: $("$LAN" exec 1 "$BIN" status --json | grep -o '"multicast":[^]]*]')"
+
+# --- cut host 2: it expires (4 x 1 s); heal: found again
+"$LAN" cut 2
+if wait_peers 1 "host3" 8; then ok "cut host 2 expires from host 1"; else ko "after cut: h1 [$(peers 1)]"; fi
+"$LAN" heal 2
+if wait_peers 1 "host2 host3" 8 && wait_peers 2 "host1 host3" 8; then ok "healed host 2 is found again"; else ko "after heal: h1 [$(peers 1)] h2 [$(peers 2)]"; fi
+for i in 1 2 3; do stop "$i"; done
+
+# --- IPv6 only: no IPv4 address anywhere
+for i in 1 2 3; do "$LAN" exec "$i" ip -4 addr flush dev eth0; done
+for i in 1 2 3; do start "$i"; done
+if wait_peers 1 "host2 host3" 5 && wait_peers 3 "host1 host2" 5; then
+  a=$(addrs 1)
+  [[ $a == *fe80::* && $a != *10.77.* ]] && ok "IPv6-only LAN: found over link-local ($a)" || ko "IPv6-only: unexpected addresses $a"
+else ko "IPv6-only discovery: h1 [$(peers 1)] h3 [$(peers 3)]"; fi
+for i in 1 2 3; do stop "$i"; done
+
+# --- a daemon started before its interface has any address
+"$LAN" up 3 >/dev/null   # restores the IPv4 addresses
+"$LAN" exec 3 ip addr flush dev eth0
+"$LAN" exec 3 ip link set eth0 down
+for i in 1 2 3; do start "$i"; done
+sleep 2
+[[ -z $(peers 3) ]] && ok "host 3 without addresses sees nobody yet" || ko "host 3 saw [$(peers 3)] without an address"
+"$LAN" exec 3 ip link set eth0 up
+"$LAN" exec 3 ip addr add 10.77.0.3/24 dev eth0
+"$LAN" exec 3 ip route replace 224.0.0.0/4 dev eth0
+if wait_peers 3 "host1 host2" 8 && wait_peers 1 "host2 host3" 8; then
+  ok "address appeared: host 3 joins and is found, no signal, no restart"
+else ko "late address: h3 [$(peers 3)] h1 [$(peers 1)]"; grep -h "multicast" "$W/h3.log" | tail -5; fi
+# SIGUSR2 rejoins at once and keeps the peers
+p=$(cat "$W/h3.pid"); kill -USR2 "$p"; sleep 1
+grep -q "SIGUSR2: rejoining" "$W/h3.log" && wait_peers 3 "host1 host2" 3 && ok "SIGUSR2 rejoins and keeps the peers" || ko "SIGUSR2"
+for i in 1 2 3; do stop "$i"; done
+
+echo "$pass passed, $fail failed"
+(( fail == 0 ))
