@@ -194,11 +194,14 @@ impl Daemon {
             match tr.phase {
                 Phase::Ready => {
                     self.waiting.insert(t, Waiting::Transfer(file.to_string()));
+                    self.requests.insert(t, req.clone());
                     self.hand_out(file);
                     return;
                 }
                 Phase::Looking | Phase::Fetching => {
+                    // another request for a file on its way: share the transfer
                     self.waiting.insert(t, Waiting::Transfer(file.to_string()));
+                    self.requests.insert(t, req.clone());
                     self.timers
                         .at(self.now + transfer::REDIRECT_AFTER, Timer::Redirect(t));
                     return;
@@ -502,7 +505,7 @@ impl Daemon {
                 None => format!("/{}/os/{}/{}", tr.repo, tr.arch, file),
             };
             info!(
-                "{file}: {} of {} bytes verified-pending; asking pacman to come back",
+                "{file}: {} of {} bytes staged; redirecting the client to itself (pacman's 10 s clock)",
                 tr.received, tr.expected.size
             );
             self.requests.remove(&t);
