@@ -617,7 +617,7 @@ impl Discovery {
     ) {
         self.stats.datagrams_in += 1;
         let src = canonical_addr(src);
-        if !self.on_link(&src) {
+        if !crate::peers::plausible_source(&src) || !self.on_link(&src) {
             self.stats.rejected += 1;
             return;
         }
