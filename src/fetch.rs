@@ -137,6 +137,8 @@ impl Fetch<mio::net::TcpStream> {
     /// local address); a refused or unreachable peer shows up later as `Failed`.
     pub fn connect(req: Request, now: Instant) -> io::Result<Self> {
         let stream = mio::net::TcpStream::connect(req.addr)?;
+        // the request is one small write: send it at once
+        let _ = stream.set_nodelay(true);
         let mut fetch = Fetch::build(stream, &req, now);
         fetch.state = State::Connecting;
         fetch.connect_check = Some(mio_connect_check);
