@@ -97,8 +97,21 @@ uninstall:
 have-target = [ -d "$$(rustc $(2) --print sysroot)/lib/rustlib/$(1)/lib" ]
 # $(call show,TRIPLE,QEMU): size of the (already stripped, see Cargo.toml) binary, and a
 # smoke run under qemu-user when it is installed
+# The static builds use profile "static" (opt-level z). With the rust-src component present
+# they also rebuild std for size (-Zbuild-std, enabled on the stable toolchain with
+# RUSTC_BOOTSTRAP=1) and link without relocations: ~1.08 MB -> ~0.79 MB on x86_64.
+# SMALL_STD=0 turns that off.
+SMALL_STD ?= $(shell rustup component list --installed 2>/dev/null | grep -q '^rust-src' && echo 1 || echo 0)
+ifeq ($(SMALL_STD),1)
+STATIC_ENV = RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C relocation-model=static"
+STATIC_ARGS = --profile static -Zbuild-std=std,panic_abort
+else
+STATIC_ENV =
+STATIC_ARGS = --profile static
+endif
+
 define show
-	@f=target/$(1)/release/flocon; \
+	@f=target/$(1)/static/flocon; \
 	echo "$$f: $$(stat -c %s $$f) bytes"; \
 	if command -v file >/dev/null; then file -b $$f; fi; \
 	if [ -n "$(2)" ] && command -v $(2) >/dev/null; then echo "$(2): $$($(2) $$f --version)"; fi
@@ -107,14 +120,14 @@ endef
 # x86_64 musl links with the host's cc and the self-contained musl objects Rust ships.
 static:
 	@$(call have-target,$(MUSL_X86_64)) || rustup target add $(MUSL_X86_64)
-	$(CARGO) build --release --target $(MUSL_X86_64)
+	$(STATIC_ENV) $(CARGO) build $(STATIC_ARGS) --target $(MUSL_X86_64)
 	$(call show,$(MUSL_X86_64))
 
 # Cross builds link with rust-lld, shipped with every rustup toolchain: no cross gcc needed.
 aarch64:
 	@$(call have-target,$(MUSL_AARCH64)) || rustup target add $(MUSL_AARCH64)
-	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
-		$(CARGO) build --release --target $(MUSL_AARCH64)
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld $(STATIC_ENV) \
+		$(CARGO) build $(STATIC_ARGS) --target $(MUSL_AARCH64)
 	$(call show,$(MUSL_AARCH64),qemu-aarch64)
 
 armv7:
@@ -125,9 +138,9 @@ armv7:
 		$(call have-target,$(MUSL_ARMV7),$$tc) 2>/dev/null || \
 			rustup toolchain install $(ARMV7_TOOLCHAIN) --profile minimal --target $(MUSL_ARMV7) || exit 1; \
 	fi; \
-	echo "$(CARGO) $$tc build --release --target $(MUSL_ARMV7)"; \
+	echo "$(CARGO) $$tc build --profile static --target $(MUSL_ARMV7)"; \
 	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_LINKER=rust-lld \
-		$(CARGO) $$tc build --release --target $(MUSL_ARMV7)
+		$(CARGO) $$tc build --profile static --target $(MUSL_ARMV7)
 	$(call show,$(MUSL_ARMV7),qemu-arm)
 
 cross: static aarch64 armv7

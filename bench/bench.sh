@@ -179,8 +179,10 @@ if [[ $CANDIDATE == flocon ]]; then
   [[ -x $FLOCON_BIN ]] || die "no binary at $FLOCON_BIN"
 fi
 if make --no-print-directory static > /tmp/bench-static.$$.log 2>&1; then
-  BENCH_SIZE=$(stat -c %s target/x86_64-unknown-linux-musl/release/flocon)
+  BENCH_SIZE=$(stat -c %s target/x86_64-unknown-linux-musl/static/flocon)
   BENCH_SIZE_WHAT="x86_64 musl static"
+  # measure what hosts run: the static binary (its RSS is the one that matters on a Pi)
+  [[ -n ${BENCH_KEEP_BIN:-} ]] || FLOCON_BIN=$ROOT/target/x86_64-unknown-linux-musl/static/flocon
 else
   log "make static failed (see /tmp/bench-static.$$.log): sizing the glibc release binary instead"
   if cargo build --release --quiet; then
@@ -207,5 +209,6 @@ for i in range(1, n + 1):
         f.write(os.urandom(kib * 1024))
 PY
 
+export FLOCON_BIN
 "$ROOT/tests/netns.sh" bash "$ROOT/bench/bench.sh" --inside "$W"
 log "done in $((SECONDS - t_start)) s"
