@@ -9,7 +9,8 @@
 #   make aarch64 armv7   static ARM binaries (musl) for Raspberry Pi hosts
 #   make lint            cargo fmt --check + clippy -D warnings
 #   make verify-unit     systemd-analyze verify flocon.service
-#   make bench           bench/bench.sh (throughput vs nginx, RSS, binary size)
+#   make bench           bench/bench.sh (peer server vs nginx, RSS, binary size),
+#                        bench/lookup.sh (lookup latency), bench/front.sh (front vs direct)
 #
 # PREFIX defaults to /usr/local, the place for software a user installs by hand (the unit
 # goes to /usr/local/lib/systemd/system, which systemd searches). An Arch package builds with
@@ -147,6 +148,8 @@ cross: static aarch64 armv7
 
 bench:
 	bench/bench.sh
+	FLOCON_BIN_PREBUILT=1 bench/lookup.sh
+	FLOCON_BIN_PREBUILT=1 bench/front.sh
 
 clean:
 	$(CARGO) clean
