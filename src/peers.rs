@@ -138,8 +138,12 @@ pub struct Peer {
 
 impl Peer {
     /// Where its file server listens.
+    /// Where its file server listens: its address (with the IPv6 scope id, without which a
+    /// link-local peer is unreachable) and its announced TCP port.
     pub fn tcp_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.addr.ip(), self.tcp_port)
+        let mut a = self.addr;
+        a.set_port(self.tcp_port);
+        a
     }
 }
 

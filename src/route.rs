@@ -294,8 +294,7 @@ impl Daemon {
         tr.lookup = None;
         for c in d.candidates {
             if let Some(p) = self.discovery.peers.get(c.instance) {
-                let addr = SocketAddr::new(p.addr.ip(), p.tcp_port);
-                tr.candidates.push_back((c, addr));
+                tr.candidates.push_back((c, p.tcp_addr()));
             }
         }
         debug!(

@@ -16,10 +16,19 @@ ko() { echo "FAIL - $*"; fail=$((fail + 1)); }
 cleanup() { "$LAN" down >/dev/null 2>&1 || true; rm -rf "$W"; }
 trap cleanup EXIT
 
+# one real package and its sync db (bsdtar + repo-add), listed in every host's db
+mkdir -p "$W/pkg/usr/share/v6" "$W/repo"
+head -c 3000000 /dev/urandom > "$W/pkg/usr/share/v6/blob"
+printf 'pkgname = v6\npkgver = 1.0-1\narch = any\nsize = 3000000\n' > "$W/pkg/.PKGINFO"
+PKG=v6-1.0-1-any.pkg.tar.zst
+bsdtar --zstd -cf "$W/repo/$PKG" -C "$W/pkg" .PKGINFO usr
+repo-add -q "$W/repo/flocontest.db.tar.gz" "$W/repo/$PKG" >/dev/null
+
 start() { # start I [extra args...]: flocon on host I with default ports and interfaces
   local i=$1; shift
-  mkdir -p "$W/h$i/cache" "$W/h$i/state"
-  echo "[options]" > "$W/h$i/pacman.conf"
+  mkdir -p "$W/h$i/cache" "$W/h$i/state" "$W/h$i/db/sync"
+  cp "$W/repo/flocontest.db.tar.gz" "$W/h$i/db/sync/flocontest.db"
+  printf '[options]\n[flocontest]\nServer = http://localhost:19433/$repo/os/$arch\n' > "$W/h$i/pacman.conf"
   echo "# test" > "$W/h$i/flocon.conf"
   "$LAN" exec "$i" "$BIN" --config "$W/h$i/flocon.conf" --pacman-conf "$W/h$i/pacman.conf" \
     --cache-dir "$W/h$i/cache" --state-dir "$W/h$i/state" --db-path "$W/h$i/db" \
@@ -60,6 +69,12 @@ if wait_peers 1 "host2 host3" 5 && wait_peers 3 "host1 host2" 5; then
   a=$(addrs 1)
   [[ $a == *fe80::* && $a != *10.77.* ]] && ok "IPv6-only LAN: found over link-local ($a)" || ko "IPv6-only: unexpected addresses $a"
 else ko "IPv6-only discovery: h1 [$(peers 1)] h3 [$(peers 3)]"; fi
+# a verified transfer over link-local IPv6 (the peer's scope id must survive)
+cp "$W/repo/$PKG" "$W/h2/cache/"
+"$LAN" exec 1 curl -sS -o "$W/got" "http://127.0.0.1:19433/flocontest/os/any/$PKG"
+if cmp -s "$W/got" "$W/repo/$PKG" && "$LAN" exec 1 "$BIN" status --json | grep -q '"lan_hits":1'; then
+  ok "IPv6-only LAN: a package crossed from host 2 to host 1, verified"
+else ko "IPv6-only transfer: $(grep -h "$PKG" "$W/h1.log" | tail -3)"; fi
 for i in 1 2 3; do stop "$i"; done
 
 # --- a daemon started before its interface has any address
