@@ -4,6 +4,7 @@
 //! reports back through the `Waker`.
 
 use crate::config::Config;
+use crate::conn::{self, Conn};
 use crate::dbload::DbLoader;
 use crate::discovery::{self, Discovery, Identity};
 use crate::eventloop::{Slots, Timers};
@@ -14,7 +15,7 @@ use crate::route::{Proxy, Waiting};
 use crate::server::{self, CacheDirs};
 use crate::syncdb::SyncIndex;
 use crate::transfer::{self, Transfer};
-use crate::{front, sys};
+use crate::{route, sys};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -45,8 +46,8 @@ pub const MAX_FETCHES: usize = 256;
 
 /// What a slot holds.
 pub(crate) enum Slot {
-    Peer(server::Conn<TcpStream>),
-    Front(front::Conn<TcpStream>),
+    Peer(Conn<TcpStream>),
+    Front(Conn<TcpStream>),
     Fetch(Box<FetchSlot>),
 }
 
@@ -236,7 +237,7 @@ impl Daemon {
             peer_listener,
             front_listeners,
             cache,
-            slots: Slots::new(server::MAX_CONNECTIONS + front::MAX_CONNECTIONS + MAX_FETCHES),
+            slots: Slots::new(server::MAX_CONNECTIONS + route::MAX_CONNECTIONS + MAX_FETCHES),
             timers,
             ready: VecDeque::new(),
             stopping: None,
@@ -357,7 +358,7 @@ impl Daemon {
     fn uploads_in_flight(&self) -> u16 {
         self.slots
             .values()
-            .filter(|s| matches!(s, Slot::Peer(c) if c.state() == server::State::SendingFile))
+            .filter(|s| matches!(s, Slot::Peer(c) if c.state() == conn::State::SendingFile))
             .count()
             .min(u16::MAX as usize) as u16
     }
@@ -502,8 +503,8 @@ impl Daemon {
         // idle keep-alive connections are not work in flight
         for t in self.slots.tokens() {
             let idle = match self.slots.get(t) {
-                Some(Slot::Peer(c)) => c.state() == server::State::WaitingForHead,
-                Some(Slot::Front(c)) => c.state() == front::State::WaitingForHead,
+                Some(Slot::Peer(c)) => c.state() == conn::State::WaitingForHead,
+                Some(Slot::Front(c)) => c.state() == conn::State::WaitingForHead,
                 _ => false,
             };
             if idle {
@@ -532,8 +533,8 @@ impl Daemon {
         self.slots
             .values()
             .filter(|s| match s {
-                Slot::Peer(c) => c.state() != server::State::WaitingForHead,
-                Slot::Front(c) => c.state() != front::State::WaitingForHead,
+                Slot::Peer(c) => c.state() != conn::State::WaitingForHead,
+                Slot::Front(c) => c.state() != conn::State::WaitingForHead,
                 Slot::Fetch(_) => false,
             })
             .count()
@@ -564,14 +565,14 @@ impl Daemon {
                     let _ = stream.set_nodelay(true);
                     if self.slots.is_full() || self.peer_conns >= server::MAX_CONNECTIONS {
                         self.stats.refused_busy += 1;
-                        let _ = stream.write(&server::busy_response());
+                        let _ = stream.write(&conn::busy_response());
                         continue;
                     }
                     let now = self.now;
                     let reg = self.poll.registry();
                     let token = self
                         .slots
-                        .insert_with(|_| Slot::Peer(server::Conn::new(stream, now)));
+                        .insert_with(|_| Slot::Peer(Conn::new(stream, now, server::IDLE_TIMEOUT)));
                     if let Some(t) = token {
                         self.peer_conns += 1;
                         if let Some(Slot::Peer(c)) = self.slots.get_mut(t)
@@ -605,16 +606,16 @@ impl Daemon {
             match listener.accept() {
                 Ok((mut stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    if self.slots.is_full() || self.front_conns >= front::MAX_CONNECTIONS {
+                    if self.slots.is_full() || self.front_conns >= route::MAX_CONNECTIONS {
                         self.stats.refused_busy += 1;
-                        let _ = stream.write(&front::busy_response());
+                        let _ = stream.write(&conn::busy_response());
                         continue;
                     }
                     let now = self.now;
                     let reg = self.poll.registry();
                     let token = self
                         .slots
-                        .insert_with(|_| Slot::Front(front::Conn::new(stream, now)));
+                        .insert_with(|_| Slot::Front(Conn::new(stream, now, route::IDLE_TIMEOUT)));
                     if let Some(t) = token {
                         self.front_conns += 1;
                         if let Some(Slot::Front(c)) = self.slots.get_mut(t)
@@ -643,16 +644,22 @@ impl Daemon {
         let progress = match self.slots.get_mut(t) {
             Some(Slot::Peer(c)) => {
                 let before = c.body_bytes;
-                let p = c.drive(&self.cache, now);
+                let p = c.drive(now);
                 self.stats.peer_bytes_sent += c.body_bytes - before;
                 match p {
-                    server::Progress::Blocked => None,
-                    server::Progress::Yielded => Some(false),
-                    server::Progress::Close => Some(true),
+                    conn::Progress::Blocked => None,
+                    conn::Progress::Yielded => Some(false),
+                    conn::Progress::Close => Some(true),
+                    conn::Progress::Request => {
+                        if let Some(req) = c.take_request() {
+                            server::answer(c, &req, &self.cache);
+                        }
+                        Some(false)
+                    }
                 }
             }
             Some(Slot::Front(c)) => match c.drive(now) {
-                front::Progress::Blocked => {
+                conn::Progress::Blocked => {
                     // room freed in a streaming answer: let its fetch read again
                     if let Some(Waiting::Proxy(f)) = self.waiting.get(&t) {
                         let f = *f;
@@ -660,9 +667,9 @@ impl Daemon {
                     }
                     None
                 }
-                front::Progress::Yielded => Some(false),
-                front::Progress::Close => Some(true),
-                front::Progress::Request => {
+                conn::Progress::Yielded => Some(false),
+                conn::Progress::Close => Some(true),
+                conn::Progress::Request => {
                     if let Some(req) = c.take_request() {
                         if self.stopping.is_some() {
                             c.answer_error(503);
@@ -689,7 +696,7 @@ impl Daemon {
 
     fn drive_again(&mut self, t: Token) {
         if let Some(Slot::Front(c)) = self.slots.get(t)
-            && c.state() == front::State::WaitingForSource
+            && c.state() == conn::State::WaitingForSource
         {
             return;
         }

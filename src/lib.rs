@@ -6,12 +6,12 @@
 pub mod log;
 
 pub mod config;
+pub mod conn;
 pub mod daemon;
 pub mod dbload;
 pub mod discovery;
 pub mod eventloop;
 pub mod fetch;
-pub mod front;
 pub mod http;
 pub mod peers;
 pub mod protocol;

@@ -14,6 +14,12 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+/// Concurrent front connections. pacman holds up to ParallelDownloads (default 5) per host;
+/// a few local tools on top are still far below this.
+pub const MAX_CONNECTIONS: usize = 256;
+/// pacman keeps connections alive between the files of one transaction, then drops them.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Redirects followed for one upstream request (pacman itself allows 10; mirrors use 1-2).
 const MAX_UPSTREAM_REDIRECTS: u32 = 5;
 /// Recent "this peer had that package" records, for fetching the `.sig` from the same peer.

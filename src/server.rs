@@ -1,56 +1,22 @@
-//! The peer file server (SPEC §5): answers other flocon daemons' GET/HEAD for a package file
-//! (or its `.sig`) in the shared cache dirs, with `sendfile`. One `Conn` per TCP connection,
-//! an explicit state machine driven by readiness; bounds on head size and time, idle time and
-//! send stalls. The connection is generic over the stream so tests can drive it over
-//! `UnixStream::pair()`.
+//! The peer file server (SPEC §5): what another flocon daemon gets for GET/HEAD of a package
+//! file (or its `.sig`) in the shared cache dirs — the file with sendfile, a single range, or
+//! a refusal. The HTTP connection itself is conn.rs; this module owns the cache dirs and the
+//! rules for what may leave them.
 
-use crate::http::{self, FileKind, HttpError, Method, RangeOutcome, Request, Version};
-use crate::sys;
+use crate::conn::Conn;
+use crate::http::{self, FileKind, HttpError, RangeOutcome, Request};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Concurrent peer connections. Each costs a few KiB plus an open file; a LAN has far fewer
 /// peers than this, so hitting it means a flood — answer 503 and keep serving the others.
 pub const MAX_CONNECTIONS: usize = 256;
-/// A peer must send its whole request head within this time (slowloris guard).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle keep-alive connection is closed after this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A receiver that takes nothing for this long is dead or hostile.
-pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bytes per sendfile call: big enough for full throughput, small enough that one huge
-/// transfer yields the loop to the other connections between calls.
-pub const SENDFILE_CHUNK: usize = 1 << 20;
-/// sendfile calls per readiness turn before the connection goes to the back of the queue.
-pub const SENDFILE_CALLS_PER_TURN: usize = 4;
-
-/// What the connection is waiting for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Reading a request head (possibly already buffered, pipelined).
-    WaitingForHead,
-    /// Writing the response head (and small bodies) from `out`.
-    SendingHead,
-    /// Sending `file[offset..end]` with sendfile.
-    SendingFile,
-    /// Finished; the owner closes it.
-    Done,
-}
-
-/// What the owner should do after driving the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// Waiting for readiness.
-    Blocked,
-    /// Yielded with work left and no WouldBlock seen: call again soon (fairness).
-    Yielded,
-    /// Close it.
-    Close,
-}
 
 /// The directories whose package files are shared, with their canonical paths for the
 /// symlink check.
@@ -125,269 +91,43 @@ impl CacheDirs {
     }
 }
 
-pub struct Conn<S> {
-    pub stream: S,
-    state: State,
-    inbuf: Vec<u8>,
-    out: Vec<u8>,
-    out_pos: usize,
-    file: Option<File>,
-    offset: u64,
-    end: u64,
-    keep_alive: bool,
-    /// Last time bytes moved in either direction.
-    last_active: Instant,
-    /// When the head now being read began (first byte, or end of the previous response).
-    head_started: Instant,
-    /// Whether any byte of the current head has arrived (idle vs slow head).
-    head_bytes: bool,
-    /// Bytes sent in bodies, for stats.
-    pub body_bytes: u64,
-}
-
 fn last_modified(meta: &std::fs::Metadata) -> String {
     let secs = meta.mtime().max(0) as u64;
     http::http_date(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
-impl<S: Read + Write + AsRawFd> Conn<S> {
-    pub fn new(stream: S, now: Instant) -> Self {
-        Conn {
-            stream,
-            state: State::WaitingForHead,
-            inbuf: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
-            file: None,
-            offset: 0,
-            end: 0,
-            keep_alive: false,
-            last_active: now,
-            head_started: now,
-            head_bytes: false,
-            body_bytes: 0,
+/// Answers one request on a peer connection: the named file from the cache dirs (whole, a
+/// single range, or 416), or a refusal.
+pub fn answer<S: Read + Write + AsRawFd>(c: &mut Conn<S>, req: &Request, dirs: &CacheDirs) {
+    let name = match http::peer_file_name(&req.target) {
+        Ok(n) => n,
+        Err(e) => return c.answer_error(e.status()),
+    };
+    let Some((file, meta)) = dirs.open(&name) else {
+        return c.answer_error(HttpError::NotFound.status());
+    };
+    let len = meta.len();
+    let lm = last_modified(&meta);
+    let (status, start, end) = match http::resolve_range(req.range.as_deref(), len) {
+        RangeOutcome::Full => (200, 0, len),
+        RangeOutcome::Partial { start, end } => (206, start, end + 1),
+        RangeOutcome::Unsatisfiable => {
+            let cr = http::content_range_unsatisfied(len);
+            return c.answer_bytes(416, &[("Content-Range", &cr), ("Last-Modified", &lm)], b"");
         }
+    };
+    let clen = (end - start).to_string();
+    let cr = http::content_range(start, end.saturating_sub(1), len);
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("Content-Type", "application/octet-stream"),
+        ("Content-Length", &clen),
+        ("Last-Modified", &lm),
+        ("Accept-Ranges", "bytes"),
+    ];
+    if status == 206 {
+        headers.push(("Content-Range", &cr));
     }
-
-    pub fn state(&self) -> State {
-        self.state
-    }
-
-    /// Whether a bound on time has passed: a head that takes too long, an idle keep-alive,
-    /// or a receiver that stopped taking bytes.
-    pub fn timed_out(&self, now: Instant) -> bool {
-        match self.state {
-            State::WaitingForHead if self.head_bytes => {
-                now.duration_since(self.head_started) > HEAD_TIMEOUT
-            }
-            State::WaitingForHead => now.duration_since(self.last_active) > IDLE_TIMEOUT,
-            State::SendingHead | State::SendingFile => {
-                now.duration_since(self.last_active) > SEND_STALL_TIMEOUT
-            }
-            State::Done => true,
-        }
-    }
-
-    /// Drives the connection as far as it goes without blocking.
-    pub fn drive(&mut self, dirs: &CacheDirs, now: Instant) -> Progress {
-        loop {
-            let step = match self.state {
-                State::WaitingForHead => self.read_head(dirs, now),
-                State::SendingHead => self.send_head(now),
-                State::SendingFile => self.send_file(now),
-                State::Done => return Progress::Close,
-            };
-            match step {
-                Ok(None) => continue,
-                Ok(Some(p)) => return p,
-                Err(_) => return Progress::Close,
-            }
-        }
-    }
-
-    fn read_head(&mut self, dirs: &CacheDirs, now: Instant) -> io::Result<Option<Progress>> {
-        debug_assert_eq!(self.state, State::WaitingForHead);
-        loop {
-            match http::parse_request(&self.inbuf) {
-                Ok(Some(req)) => {
-                    self.inbuf.drain(..req.head_len);
-                    self.respond(&req, dirs);
-                    self.state = State::SendingHead;
-                    return Ok(None);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.respond_error(Version::Http11, e, false);
-                    self.state = State::SendingHead;
-                    return Ok(None);
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Ok(Some(Progress::Close)),
-                Ok(n) => {
-                    if !self.head_bytes {
-                        self.head_bytes = true;
-                        self.head_started = now;
-                    }
-                    self.last_active = now;
-                    self.inbuf.extend_from_slice(&chunk[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Some(Progress::Blocked));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn respond_error(&mut self, version: Version, e: HttpError, keep_alive: bool) {
-        self.keep_alive = keep_alive;
-        self.out.clear();
-        self.out_pos = 0;
-        self.file = None;
-        http::error_response(&mut self.out, version, e.status(), keep_alive);
-    }
-
-    fn respond(&mut self, req: &Request, dirs: &CacheDirs) {
-        let name = match http::peer_file_name(&req.target) {
-            Ok(n) => n,
-            Err(e) => return self.respond_error(req.version, e, req.keep_alive),
-        };
-        let Some((file, meta)) = dirs.open(&name) else {
-            return self.respond_error(req.version, HttpError::NotFound, req.keep_alive);
-        };
-        let len = meta.len();
-        let lm = last_modified(&meta);
-        self.keep_alive = req.keep_alive;
-        self.out.clear();
-        self.out_pos = 0;
-        let (status, start, end) = match http::resolve_range(req.range.as_deref(), len) {
-            RangeOutcome::Full => (200, 0, len),
-            RangeOutcome::Partial { start, end } => (206, start, end + 1),
-            RangeOutcome::Unsatisfiable => {
-                let cr = format!("bytes */{len}");
-                http::write_head(
-                    &mut self.out,
-                    req.version,
-                    416,
-                    &[
-                        ("Content-Length", "0"),
-                        ("Content-Range", &cr),
-                        ("Last-Modified", &lm),
-                    ],
-                    self.keep_alive,
-                );
-                self.file = None;
-                return;
-            }
-        };
-        let clen = (end - start).to_string();
-        let cr = format!("bytes {}-{}/{}", start, end.saturating_sub(1), len);
-        let mut headers: Vec<(&str, &str)> = vec![
-            ("Content-Type", "application/octet-stream"),
-            ("Content-Length", &clen),
-            ("Last-Modified", &lm),
-            ("Accept-Ranges", "bytes"),
-        ];
-        if status == 206 {
-            headers.push(("Content-Range", &cr));
-        }
-        http::write_head(
-            &mut self.out,
-            req.version,
-            status,
-            &headers,
-            self.keep_alive,
-        );
-        if req.method == Method::Get && end > start {
-            self.file = Some(file);
-            self.offset = start;
-            self.end = end;
-        } else {
-            self.file = None;
-        }
-    }
-
-    fn send_head(&mut self, now: Instant) -> io::Result<Option<Progress>> {
-        debug_assert_eq!(self.state, State::SendingHead);
-        while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
-                Ok(0) => return Ok(Some(Progress::Close)),
-                Ok(n) => {
-                    self.out_pos += n;
-                    self.last_active = now;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Some(Progress::Blocked));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.out.clear();
-        self.out_pos = 0;
-        self.state = if self.file.is_some() {
-            State::SendingFile
-        } else {
-            self.finish_response(now)
-        };
-        Ok(None)
-    }
-
-    fn send_file(&mut self, now: Instant) -> io::Result<Option<Progress>> {
-        debug_assert_eq!(self.state, State::SendingFile);
-        let Some(file) = &self.file else {
-            self.state = self.finish_response(now);
-            return Ok(None);
-        };
-        for _ in 0..SENDFILE_CALLS_PER_TURN {
-            if self.offset >= self.end {
-                self.file = None;
-                self.state = self.finish_response(now);
-                return Ok(None);
-            }
-            let want = (self.end - self.offset).min(SENDFILE_CHUNK as u64) as usize;
-            match sys::sendfile(
-                self.stream.as_raw_fd(),
-                file.as_raw_fd(),
-                &mut self.offset,
-                want,
-            ) {
-                // the file shrank under us: the promised length can no longer be kept
-                Ok(0) => return Ok(Some(Progress::Close)),
-                Ok(n) => {
-                    self.body_bytes += n as u64;
-                    self.last_active = now;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Some(Progress::Blocked));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Some(Progress::Yielded))
-    }
-
-    /// After a complete response: the next request on a keep-alive connection, or the end.
-    fn finish_response(&mut self, now: Instant) -> State {
-        if !self.keep_alive {
-            return State::Done;
-        }
-        self.head_bytes = !self.inbuf.is_empty();
-        self.head_started = now;
-        self.last_active = now;
-        State::WaitingForHead
-    }
-}
-
-/// The fixed answer for a connection accepted while the table is full.
-pub fn busy_response() -> Vec<u8> {
-    let mut out = Vec::new();
-    http::error_response(&mut out, Version::Http11, 503, false);
-    out
+    c.answer_file(status, &headers, file, start, end);
 }
 
 /// Seconds since the epoch, for logs that compare with other hosts.
@@ -401,7 +141,9 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::Progress;
     use std::os::unix::net::UnixStream;
+    use std::time::Instant;
 
     struct Fixture {
         dir: PathBuf,
@@ -443,14 +185,21 @@ mod tests {
         a.set_nonblocking(true).unwrap();
         b.write_all(req).unwrap();
         b.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut conn = Conn::new(a, Instant::now());
+        let mut conn = Conn::new(a, Instant::now(), IDLE_TIMEOUT);
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             b.read_to_end(&mut got).unwrap();
             got
         });
-        while conn.drive(dirs, Instant::now()) != Progress::Close {
-            std::thread::sleep(Duration::from_millis(1));
+        loop {
+            match conn.drive(Instant::now()) {
+                Progress::Close => break,
+                Progress::Request => {
+                    let req = conn.take_request().unwrap();
+                    answer(&mut conn, &req, dirs);
+                }
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
         }
         drop(conn);
         reader.join().unwrap()
@@ -534,10 +283,8 @@ mod tests {
     fn timeouts() {
         let (a, _b) = UnixStream::pair().unwrap();
         let t0 = Instant::now();
-        let mut c = Conn::new(a, t0);
+        let c = Conn::new(a, t0, IDLE_TIMEOUT);
         assert!(!c.timed_out(t0 + IDLE_TIMEOUT - Duration::from_millis(1)));
         assert!(c.timed_out(t0 + IDLE_TIMEOUT + Duration::from_millis(1)));
-        c.head_bytes = true;
-        assert!(c.timed_out(t0 + HEAD_TIMEOUT + Duration::from_millis(1)));
     }
 }

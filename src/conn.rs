@@ -1,30 +1,29 @@
-//! The loopback front's connections (SPEC §4): the HTTP shell that pacman talks to. A `Conn`
-//! reads request heads and hands each one to the daemon, which decides where the bytes come
-//! from and answers through one of the `answer_*` calls: a small in-memory body, a file
-//! (the verified staged copy, with sendfile), or a stream fed by an upstream fetch. After any
-//! failure once the head is out, the connection is closed, never ended cleanly (a short
-//! body must look like an error to pacman).
+//! One server-side HTTP/1.x connection, for both listeners: the peer file server
+//! (server.rs) and the loopback front (route.rs). A `Conn` reads request heads, hands each
+//! one over (`Progress::Request`), and sends whatever answer it is given: a small in-memory
+//! body, a file with sendfile, or a stream fed by a fetch. It owns the HTTP bounds that do
+//! not depend on the listener: head size and time, send stalls, fairness per turn. After
+//! any failure once the head is out, the connection is closed, never ended cleanly (a short
+//! body must look like an error to the client).
 
-use crate::http::{self, HttpError, Method, Request, Version};
+use crate::http::{self, Method, Request, Version};
 use crate::sys;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-/// pacman holds up to ParallelDownloads (default 5) connections per host; a few hosts'
-/// worth of local tools is still far below this.
-pub const MAX_CONNECTIONS: usize = 256;
-/// Local clients send their head at once; a slow one is broken, not busy.
+/// A client must send its whole request head within this time (slowloris guard).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// pacman keeps connections alive between files of one transaction, then drops them.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Nothing taken by the client for this long: it is gone.
+/// A receiver that takes nothing for this long is dead or hostile.
 pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bound on bytes buffered for a streaming answer before we stop reading the upstream.
+/// Bound on bytes buffered for a streaming answer before the source is paused.
 pub const MAX_STREAM_BUFFER: usize = 1 << 20;
-const SENDFILE_CHUNK: usize = 1 << 20;
-const SENDFILE_CALLS_PER_TURN: usize = 4;
+/// Bytes per sendfile call: big enough for full throughput, small enough that one huge
+/// transfer yields the loop to the other connections between calls.
+pub const SENDFILE_CHUNK: usize = 1 << 20;
+/// sendfile calls per readiness turn before the connection goes to the back of the queue.
+pub const SENDFILE_CALLS_PER_TURN: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -69,11 +68,13 @@ pub struct Conn<S> {
     last_active: Instant,
     head_started: Instant,
     head_bytes: bool,
+    /// How long a keep-alive connection may sit idle (the listener's choice).
+    idle_timeout: Duration,
     pub body_bytes: u64,
 }
 
 impl<S: Read + Write + AsRawFd> Conn<S> {
-    pub fn new(stream: S, now: Instant) -> Self {
+    pub fn new(stream: S, now: Instant, idle_timeout: Duration) -> Self {
         Conn {
             stream,
             state: State::WaitingForHead,
@@ -92,6 +93,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             last_active: now,
             head_started: now,
             head_bytes: false,
+            idle_timeout,
             body_bytes: 0,
         }
     }
@@ -105,7 +107,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             State::WaitingForHead if self.head_bytes => {
                 now.duration_since(self.head_started) > HEAD_TIMEOUT
             }
-            State::WaitingForHead => now.duration_since(self.last_active) > IDLE_TIMEOUT,
+            State::WaitingForHead => now.duration_since(self.last_active) > self.idle_timeout,
             // the daemon owns the deadline while it looks for the bytes
             State::WaitingForSource => false,
             State::SendingHead | State::SendingFile => {
@@ -212,10 +214,15 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         self.stream_done = false;
     }
 
-    /// An error status with a small text body; keep-alive kept when the request allows it.
+    /// An error status with a small text body (none for HEAD); keep-alive kept when the
+    /// request allows it.
     pub fn answer_error(&mut self, status: u16) {
         self.begin();
-        http::error_response(&mut self.out, self.version, status, self.keep_alive);
+        if self.method == Method::Head {
+            http::error_head(&mut self.out, self.version, status, self.keep_alive);
+        } else {
+            http::error_response(&mut self.out, self.version, status, self.keep_alive);
+        }
         self.state = State::SendingHead;
     }
 
@@ -415,12 +422,6 @@ pub fn busy_response() -> Vec<u8> {
     out
 }
 
-impl From<HttpError> for u16 {
-    fn from(e: HttpError) -> u16 {
-        e.status()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,7 +430,7 @@ mod tests {
     fn pair() -> (Conn<UnixStream>, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        (Conn::new(a, Instant::now()), b)
+        (Conn::new(a, Instant::now(), Duration::from_secs(30)), b)
     }
 
     fn read_all(mut b: UnixStream) -> String {
