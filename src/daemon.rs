@@ -56,6 +56,12 @@ pub(crate) struct FetchSlot {
     pub purpose: Purpose,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Listener {
+    Peers,
+    Front(usize),
+}
+
 /// Why a fetch runs.
 pub(crate) enum Purpose {
     /// Copying a package from a peer into the staging dir (shared by its waiters).
@@ -332,13 +338,13 @@ impl Daemon {
         match token {
             SIGNAL => self.on_signals(),
             WAKER => self.on_wake(),
-            PEER_LISTENER => self.accept_peers(),
+            PEER_LISTENER => self.accept(Listener::Peers),
             discovery::UNICAST_V4 | discovery::UNICAST_V6 => self.on_discovery_readable(token),
             Token(t)
                 if (FRONT_LISTENER_BASE..FRONT_LISTENER_BASE + MAX_FRONT_LISTENERS)
                     .contains(&t) =>
             {
-                self.accept_front(t - FRONT_LISTENER_BASE)
+                self.accept(Listener::Front(t - FRONT_LISTENER_BASE))
             }
             Token(t) if t < crate::eventloop::FIXED_TOKENS => self.on_discovery_readable(token),
             t => self.drive(t),
@@ -556,83 +562,73 @@ impl Daemon {
         self.sweep_fetches(now);
     }
 
-    fn accept_peers(&mut self) {
+    /// Accepts every pending connection on one listener (edge-triggered: until WouldBlock).
+    /// Past the listener's limit a connection gets a 503 and is closed; the others go on.
+    fn accept(&mut self, which: Listener) {
         loop {
-            match self.peer_listener.accept() {
+            let listener = match which {
+                Listener::Peers => &self.peer_listener,
+                Listener::Front(i) => match self.front_listeners.get(i) {
+                    Some(l) => l,
+                    None => return,
+                },
+            };
+            match listener.accept() {
                 Ok((mut stream, addr)) => {
-                    // responses are a small head then sendfile: Nagle + delayed ACK would
-                    // hold the head back 40 ms per request
+                    // answers are a small head then sendfile: Nagle + delayed ACK would hold
+                    // the head back 40 ms per request
                     let _ = stream.set_nodelay(true);
-                    if self.slots.is_full() || self.peer_conns >= server::MAX_CONNECTIONS {
+                    let (open, limit, idle) = match which {
+                        Listener::Peers => (
+                            self.peer_conns,
+                            server::MAX_CONNECTIONS,
+                            server::IDLE_TIMEOUT,
+                        ),
+                        Listener::Front(_) => (
+                            self.front_conns,
+                            route::MAX_CONNECTIONS,
+                            route::IDLE_TIMEOUT,
+                        ),
+                    };
+                    if self.slots.is_full() || open >= limit {
                         self.stats.refused_busy += 1;
                         let _ = stream.write(&conn::busy_response());
                         continue;
                     }
                     let now = self.now;
-                    let reg = self.poll.registry();
-                    let token = self
-                        .slots
-                        .insert_with(|_| Slot::Peer(Conn::new(stream, now, server::IDLE_TIMEOUT)));
-                    if let Some(t) = token {
-                        self.peer_conns += 1;
-                        if let Some(Slot::Peer(c)) = self.slots.get_mut(t)
-                            && reg
-                                .register(&mut c.stream, t, Interest::READABLE | Interest::WRITABLE)
-                                .is_err()
-                        {
-                            self.close(t);
-                            continue;
+                    let Some(t) = self.slots.insert_with(|_| {
+                        let c = Conn::new(stream, now, idle);
+                        match which {
+                            Listener::Peers => Slot::Peer(c),
+                            Listener::Front(_) => Slot::Front(c),
                         }
-                        debug!("peer connection from {addr}");
-                        self.drive(t);
+                    }) else {
+                        continue;
+                    };
+                    match which {
+                        Listener::Peers => self.peer_conns += 1,
+                        Listener::Front(_) => self.front_conns += 1,
                     }
+                    let registered = match self.slots.get_mut(t) {
+                        Some(Slot::Peer(c) | Slot::Front(c)) => self
+                            .poll
+                            .registry()
+                            .register(&mut c.stream, t, Interest::READABLE | Interest::WRITABLE)
+                            .is_ok(),
+                        _ => false,
+                    };
+                    if !registered {
+                        self.close(t);
+                        continue;
+                    }
+                    debug!("{which:?} connection from {addr}");
+                    self.drive(t);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE and friends: keep the loop alive, try again on the next event
-                    warn!("accept (peers): {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn accept_front(&mut self, i: usize) {
-        loop {
-            let Some(listener) = self.front_listeners.get(i) else {
-                return;
-            };
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    if self.slots.is_full() || self.front_conns >= route::MAX_CONNECTIONS {
-                        self.stats.refused_busy += 1;
-                        let _ = stream.write(&conn::busy_response());
-                        continue;
-                    }
-                    let now = self.now;
-                    let reg = self.poll.registry();
-                    let token = self
-                        .slots
-                        .insert_with(|_| Slot::Front(Conn::new(stream, now, route::IDLE_TIMEOUT)));
-                    if let Some(t) = token {
-                        self.front_conns += 1;
-                        if let Some(Slot::Front(c)) = self.slots.get_mut(t)
-                            && reg
-                                .register(&mut c.stream, t, Interest::READABLE | Interest::WRITABLE)
-                                .is_err()
-                        {
-                            self.close(t);
-                            continue;
-                        }
-                        self.drive(t);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    warn!("accept (pacman): {e}");
+                    warn!("accept ({which:?}): {e}");
                     return;
                 }
             }
