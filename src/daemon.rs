@@ -82,6 +82,7 @@ pub(crate) enum Timer {
     Rescan,
     Lookup(u32),
     Redirect(Token),
+    DbWait(Token),
 }
 
 /// Counters for the status page.
@@ -113,7 +114,7 @@ pub struct Daemon {
     pub(crate) stats: Stats,
     pub(crate) discovery: Discovery,
     pub(crate) index: SyncIndex,
-    dbload: DbLoader,
+    pub(crate) dbload: DbLoader,
     pub(crate) resolver: Resolver,
     /// Front requests waiting for something, by connection.
     pub(crate) waiting: HashMap<Token, Waiting>,
@@ -122,7 +123,10 @@ pub struct Daemon {
     pub(crate) transfers: HashMap<String, Transfer>,
     pub(crate) lookup_owner: HashMap<u32, String>,
     pub(crate) debug_lookups: HashMap<u32, (Token, Instant)>,
-    pub(crate) sig_hints: HashMap<String, (SocketAddr, Instant)>,
+    /// File -> the peer (instance, address) that served it: its `.sig` is asked there first.
+    pub(crate) sig_hints: HashMap<String, (u64, SocketAddr, Instant)>,
+    /// Front requests for a package not yet indexed, waiting for a sync db being parsed.
+    pub(crate) waiting_for_db: Vec<Token>,
     pub(crate) resolving: HashMap<u64, (Proxy, String, u16)>,
     pub(crate) resolve_serial: u64,
     pub(crate) dns_cache: HashMap<(String, u16), (SocketAddr, Instant)>,
@@ -258,6 +262,7 @@ impl Daemon {
             lookup_owner: HashMap::new(),
             debug_lookups: HashMap::new(),
             sig_hints: HashMap::new(),
+            waiting_for_db: Vec::new(),
             resolving: HashMap::new(),
             resolve_serial: 0,
             dns_cache: HashMap::new(),
@@ -389,6 +394,9 @@ impl Daemon {
                 }
             }
         }
+        if !self.waiting_for_db.is_empty() {
+            self.redispatch_db_waiters(None);
+        }
     }
 
     fn sync_dir(&self) -> PathBuf {
@@ -401,7 +409,7 @@ impl Daemon {
 
     /// Sends every sync db whose file changed (pacman renames new ones into place) to the
     /// helper thread. A stat per repo: cheap enough for every rescan.
-    fn check_dbs(&mut self) {
+    pub(crate) fn check_dbs(&mut self) {
         let repos: Vec<String> = self.cfg.repos.iter().map(|r| r.name.clone()).collect();
         self.index.retain_repos(&repos);
         for (repo, path, stamp) in self.index.changed(&self.sync_dir(), &repos) {
@@ -446,6 +454,7 @@ impl Daemon {
                 self.on_discovery_events(events);
             }
             Timer::Redirect(t) => self.on_redirect_timer(t),
+            Timer::DbWait(t) => self.redispatch_db_waiters(Some(t)),
         }
     }
 

@@ -26,6 +26,8 @@ const MAX_UPSTREAM_REDIRECTS: u32 = 5;
 pub const MAX_SIG_HINTS: usize = 256;
 /// A hint older than this is not trusted (the peer may have cleaned its cache).
 const SIG_HINT_TTL: Duration = Duration::from_secs(600);
+/// Longest a package request waits for a sync db being parsed before going upstream.
+const DB_WAIT_MAX: Duration = Duration::from_secs(3);
 /// Mirror addresses are reused this long before asking the resolver again.
 const DNS_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Distinct mirror host names remembered; a pacman.conf lists a handful.
@@ -59,6 +61,8 @@ pub struct Proxy {
 
 /// What a front connection is waiting for, so events can find it.
 pub enum Waiting {
+    /// A sync db is being parsed; the request is dispatched again when it is in.
+    Db,
     Transfer(String),
     Lookup(u32),
     Proxy(Token),
@@ -108,13 +112,29 @@ impl Daemon {
                 if let Some(info) = self.index.lookup(&repo, &file) {
                     return self.serve_from_lan(t, &req, &repo, &arch, &file, info);
                 }
+                // pacman may have just replaced the db (`pacman -Syu` asks for packages the
+                // moment the new db is in place): if a db changed, wait for its parse
+                if !self.waiting_for_db.contains(&t) {
+                    self.check_dbs();
+                    if !self.dbload.in_flight.is_empty() {
+                        debug!("{file}: not indexed yet; waiting for the sync db being read");
+                        self.waiting.insert(t, Waiting::Db);
+                        self.waiting_for_db.push(t);
+                        self.requests.insert(t, req);
+                        self.timers.at(self.now + DB_WAIT_MAX, Timer::DbWait(t));
+                        return;
+                    }
+                }
                 self.serve_upstream(t, &req, &repo, &arch, &file, Vec::new());
             }
             FileKind::PackageSig => {
                 let pkg = file.trim_end_matches(".sig");
                 let mut first = Vec::new();
-                if let Some((addr, when)) = self.sig_hints.get(pkg)
+                // the peer that just served the package, if it is still there
+                if let Some((instance, addr, when)) = self.sig_hints.get(pkg)
                     && self.now.duration_since(*when) < SIG_HINT_TTL
+                    && self.discovery.peers.get(*instance).is_some()
+                    && !self.discovery.bans.is_banned(*instance, self.now)
                 {
                     first.push(Source::Peer(*addr, format!("/{file}")));
                 }
@@ -488,6 +508,27 @@ impl Daemon {
         }
     }
 
+    /// Sync dbs were (re)loaded, or a request waited DB_WAIT_MAX: dispatch the requests that
+    /// waited for them again (`only`: just that one). They will not wait a second time.
+    pub(crate) fn redispatch_db_waiters(&mut self, only: Option<Token>) {
+        let ready: Vec<Token> = match only {
+            Some(t) if self.waiting_for_db.contains(&t) => vec![t],
+            Some(_) => return,
+            None if self.dbload.in_flight.is_empty() => std::mem::take(&mut self.waiting_for_db),
+            None => return,
+        };
+        for t in ready {
+            if !matches!(self.waiting.remove(&t), Some(Waiting::Db)) {
+                continue;
+            }
+            if let Some(req) = self.requests.remove(&t) {
+                self.on_front_request(t, req);
+            }
+            self.waiting_for_db.retain(|w| *w != t);
+            self.ready.push_back(t);
+        }
+    }
+
     /// A front request has waited REDIRECT_AFTER for its verified copy: send it round again
     /// (pacman's 10 s no-progress clock restarts) while the copy can still finish in time,
     /// else upstream.
@@ -827,7 +868,7 @@ impl Daemon {
                             if self.sig_hints.len() >= MAX_SIG_HINTS {
                                 self.sig_hints.clear();
                             }
-                            self.sig_hints.insert(file.to_string(), (a, now));
+                            self.sig_hints.insert(file.to_string(), (instance, a, now));
                         }
                         self.hand_out(file);
                     }
@@ -973,6 +1014,7 @@ impl Daemon {
             Some(Waiting::Resolve(id)) => {
                 self.resolving.remove(&id);
             }
+            Some(Waiting::Db) => self.waiting_for_db.retain(|w| *w != t),
             // a shared transfer goes on: another request (or pacman's retry) will want it
             Some(Waiting::Transfer(_)) | None => {}
         }

@@ -43,9 +43,9 @@ T0=$(date +%s.%N)
 W=$(mktemp -d /tmp/flocon-demo.XXXXXX)
 cleanup() {
   local i p
-  for i in $(seq $N); do p=$(cat "$W/h$i/pid" 2>/dev/null) && kill "$p" 2>/dev/null; done
-  wait 2>/dev/null
+  for i in $(seq $N) mirror; do p=$(cat "$W/h$i/pid" 2>/dev/null) && kill "$p" 2>/dev/null; done
   "$LAN" down >/dev/null 2>&1
+  wait 2>/dev/null
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -82,6 +82,7 @@ echo "flocon demo: $N hosts + a mirror on a private namespace LAN (nothing leave
 "$LAN" up $((N + 1)) >/dev/null || die "could not create the namespace LAN"
 "$LAN" shape $MIRROR_HOST $MIRROR_RATE 2>/dev/null || MIRROR_RATE=unlimited
 "$LAN" exec $MIRROR_HOST python3 -m http.server -d "$W/mirror" -b "$MIRROR" 8080 >/dev/null 2>&1 &
+mkdir -p "$W/hmirror" && echo $! > "$W/hmirror/pid"
 for i in $(seq $N); do
   d=$W/h$i
   mkdir -p "$d"/{db/sync,cache,state}
@@ -143,7 +144,7 @@ cp "$R/$TOOL" "$W/h3/cache/$TOOL"
 printf 'X' | dd of="$W/h3/cache/$TOOL" bs=1 seek=4096 conv=notrunc status=none
 get 1 "$TOOL"
 printf '  host1 rejected %s bad copy; bans: %s\n' "$(q 1 's["rejected_copies"]')" \
-  "$(q 1 '"; ".join("%s (%s, %d s)" % (b["peer"], b["reason"], b["seconds_left"]) for b in s["bans"]) or "none"')"
+  "$(q 1 '"; ".join("%s for %d s (%s)" % (([p["name"] for p in s["peers"] if p["instance"] in b["peer"]] or [b["peer"]])[0], b["seconds_left"], b["reason"]) for b in s["bans"]) or "none"')"
 get 2 "$TOOL"
 
 echo

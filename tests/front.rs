@@ -317,3 +317,28 @@ fn five_parallel_downloads_from_each_of_two_clients() {
     let a = lan.a.as_ref().unwrap();
     assert!(a.status_json().contains("peer_bytes_sent"));
 }
+
+#[test]
+fn a_package_asked_right_after_the_db_is_replaced_still_comes_from_the_lan() {
+    netns!("a_package_asked_right_after_the_db_is_replaced_still_comes_from_the_lan");
+    let lan = lan("newdb", &[0], false, &[]);
+    // a new package enters the repo (repo-add updates the db); A has it in its cache
+    let new = make_repo(lan.t.path(), &[("fresh", 2_000_000, "any")]).remove(0);
+    std::fs::write(lan.t.join("a/cache").join(&new.file), &new.bytes).unwrap();
+    // pacman -Sy renames the new db into place, then asks for the package at once
+    let tmp = lan.t.join("b/db/sync/flocontest.db.part");
+    std::fs::copy(lan.t.join("repo/flocontest.db.tar.gz"), &tmp).unwrap();
+    std::fs::rename(&tmp, lan.t.join("b/db/sync/flocontest.db")).unwrap();
+    let (r, body) = lan.get(&new.file, &[]);
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(body == new.bytes);
+    assert_eq!(
+        lan.mirror_asked_for(&new.file),
+        0,
+        "went upstream: the new db was not waited for"
+    );
+    // a package in no db at all does not wait: straight upstream
+    let t0 = std::time::Instant::now();
+    assert_eq!(lan.get("unknown-1-1-any.pkg.tar.zst", &[]).0.status, 404);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
