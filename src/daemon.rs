@@ -213,6 +213,13 @@ impl Daemon {
         for w in &cfg.warnings {
             warn!("{w}");
         }
+        if let Some(k) = &cfg.key_file {
+            warn!(
+                "--key-file {}: group keys are not implemented yet (docs/PROTOCOL.md §10); \
+                 discovery runs unauthenticated",
+                k.display()
+            );
+        }
         let discovery = Discovery::new(
             Identity {
                 announce_interval: cfg.announce_interval,
