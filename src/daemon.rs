@@ -366,7 +366,19 @@ impl Daemon {
     fn on_discovery_readable(&mut self, token: Token) {
         let mut events = Vec::new();
         let cache = &self.cache;
-        let mut has_file = |name: &str| cache.size_of(name);
+        let index = &self.index;
+        // The size is the file's; the SHA-256 is what this host's own sync db says of a
+        // file of that name and size: pacman checked its cached copy against that db, and a
+        // host of another architecture (Arch ARM) names another build, so an asker whose db
+        // differs skips us without a transfer and without a ban (docs/DESIGN.md).
+        let mut has_file = |name: &str| {
+            let size = cache.size_of(name)?;
+            let sha = index
+                .lookup_any(name)
+                .filter(|(_, i)| i.size == size)
+                .and_then(|(_, i)| i.sha256);
+            Some((size, sha))
+        };
         self.discovery.uploads = self.uploads_in_flight();
         self.discovery
             .on_readable(token, self.now, &mut has_file, &mut events);

@@ -576,7 +576,7 @@ impl Discovery {
         &mut self,
         token: Token,
         now: Instant,
-        has_file: &mut dyn FnMut(&str) -> Option<u64>,
+        has_file: &mut HasFile,
         events: &mut Vec<DiscoveryEvent>,
     ) {
         let mut buf = [0u8; protocol::MAX_DATAGRAM + 1];
@@ -612,7 +612,7 @@ impl Discovery {
         data: &[u8],
         src: SocketAddr,
         now: Instant,
-        has_file: &mut dyn FnMut(&str) -> Option<u64>,
+        has_file: &mut HasFile,
         events: &mut Vec<DiscoveryEvent>,
     ) {
         self.stats.datagrams_in += 1;
@@ -690,14 +690,14 @@ impl Discovery {
         src: SocketAddr,
         q: &Query,
         query_len: usize,
-        has_file: &mut dyn FnMut(&str) -> Option<u64>,
+        has_file: &mut HasFile,
     ) {
-        let size = has_file(&q.name);
+        let found = has_file(&q.name);
         let answer = Message::Answer(Answer {
             id: q.id,
-            have: size.is_some(),
-            size: size.unwrap_or(0),
-            sha256: None,
+            have: found.is_some(),
+            size: found.map(|f| f.0).unwrap_or(0),
+            sha256: found.and_then(|f| f.1),
             uploads: self.uploads,
         });
         let h = Header {
@@ -819,6 +819,9 @@ impl Discovery {
         d
     }
 }
+
+/// What the daemon knows of a file asked for: None, or its size and (maybe) SHA-256.
+pub type HasFile<'a> = dyn FnMut(&str) -> Option<(u64, Option<[u8; 32]>)> + 'a;
 
 pub enum DiscoveryEvent {
     PeerUp,

@@ -234,9 +234,8 @@ not_sees() { ! sees "$@"; }
 peers_are() { [[ $(peers "$1") == "$2" ]]; }
 N_PKGS=$(wc -l < "$FIXTURE_DIR/packages.tsv")
 indexed() { [[ $(stq "$1" 's["indexed_packages"]') == "$N_PKGS" ]]; }
-# sync I: pacman -Sy on host I, then wait until its flocon has indexed the new db. flocon
-# looks at the sync dbs every 2 s (RESCAN_INTERVAL): a package asked for before that is not
-# in its index and goes upstream (reported; scenario 2 shows it as a known bug).
+# sync I: pacman -Sy on host I, then wait until its flocon has indexed the new db, so that
+# the scenarios do not depend on it (scenario 2 checks a package asked for at once).
 sync() {
   local i=$1
   pm "$i" -Sy
@@ -364,7 +363,7 @@ pm 2 -Sy
 check_pm 2 "pacman -Sy on host 2"
 pm 2 -S "$FIRST"    # at once, as `pacman -Syu --noconfirm` would
 check_pm 2 "right after -Sy: pacman -S $FIRST"
-known "right after -Sy, $FIRST came from the LAN too (flocon re-reads sync dbs only every 2 s)" \
+check "right after -Sy, $FIRST came from the LAN too (flocon waits for the new db's parse)" \
   [ -z "$(pkg_reqs "$m" "$(addr 2)")" ]
 wait_for 10 indexed 2 || ko "flocon on host 2 did not index the new db within 10 s"
 [[ -n $(pkg_reqs "$m" "$(addr 2)") ]] && SET_CHECK=$REST || SET_CHECK=$SET
@@ -505,7 +504,7 @@ check_pm 4 "while host 1 is cut: pacman -S $LARGE"
 check "installed: $LARGE" installed 4 "$LARGE"
 r=$(pkg_req_names "$m" "$(addr 4)")
 check "it came from the mirror (served: $r)" [ "$r" == "$(files_of "$LARGE")" ]
-known "no wait for the cut host: ${EL[4]} s (< 4 s; the .sig goes to the peer that served the package 10 min ago)" \
+check "no wait for the cut host: ${EL[4]} s (< 4 s: no .sig asked of a peer that is gone)" \
   awk -v e="${EL[4]}" 'BEGIN { exit !(e < 4) }'
 uncache 4 "$LARGE"
 "$LAN" heal 1

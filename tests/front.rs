@@ -342,3 +342,81 @@ fn a_package_asked_right_after_the_db_is_replaced_still_comes_from_the_lan() {
     assert_eq!(lan.get("unknown-1-1-any.pkg.tar.zst", &[]).0.status, 404);
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
+
+/// A package file (plain tar, so its size is exact) and a one-package sync db naming it.
+fn plain_repo(
+    dir: &std::path::Path,
+    name: &str,
+    payload: &[u8],
+) -> (String, Vec<u8>, std::path::PathBuf) {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("usr")).unwrap();
+    std::fs::write(root.join("usr/blob"), payload).unwrap();
+    std::fs::write(
+        root.join(".PKGINFO"),
+        format!("pkgname = {name}\npkgver = 1.0-1\narch = any\nsize = 1\n"),
+    )
+    .unwrap();
+    let file = format!("{name}-1.0-1-any.pkg.tar.zst");
+    let st = std::process::Command::new("bsdtar")
+        .arg("-cf")
+        .arg(dir.join(&file))
+        .arg("-C")
+        .arg(&root)
+        .args([".PKGINFO", "usr"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let db = dir.join("alt.db.tar.gz");
+    let o = std::process::Command::new("repo-add")
+        .arg("-q")
+        .arg(&db)
+        .arg(dir.join(&file))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    (file.clone(), std::fs::read(dir.join(&file)).unwrap(), db)
+}
+
+#[test]
+fn a_peer_whose_db_names_another_build_of_the_same_size_is_skipped_not_banned() {
+    netns!("a_peer_whose_db_names_another_build_of_the_same_size_is_skipped_not_banned");
+    let lan = lan("samesize", &[], false, &[]);
+    // what an Arch ARM peer has: the same file name and size, another build, in its own db
+    let ours = lan.t.join("ours");
+    let theirs = lan.t.join("theirs");
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::create_dir_all(&theirs).unwrap();
+    let (file, good, our_db) = plain_repo(&ours, "twin", &pattern(100_000, 1));
+    let (file2, other, their_db) = plain_repo(&theirs, "twin", &pattern(100_000, 2));
+    assert_eq!((&file, good.len()), (&file2, other.len()));
+    assert!(good != other);
+    std::fs::copy(&our_db, lan.t.join("b/db/sync/flocontest.db")).unwrap();
+    std::fs::copy(&their_db, lan.t.join("a/db/sync/flocontest.db")).unwrap();
+    std::fs::write(lan.t.join("a/cache").join(&file), &other).unwrap();
+    std::fs::copy(ours.join(&file), lan.t.join("repo").join(&file)).unwrap();
+    for d in [&lan.b, lan.a.as_ref().unwrap()] {
+        assert!(wait_until(Duration::from_secs(5), || d
+            .status_json()
+            .contains("\"indexed_packages\":1")));
+    }
+    let (r, body) = lan.get(&file, &[]);
+    assert_eq!(r.status, 200);
+    assert!(body == good, "B got the other build");
+    let json = lan.b.status_json();
+    assert!(
+        json.contains("\"bans\":[]"),
+        "an honest peer of another build was banned: {json}"
+    );
+    assert!(
+        json.contains("\"rejected_copies\":0"),
+        "the other build was even fetched: {json}"
+    );
+    assert!(
+        lan.a
+            .as_ref()
+            .unwrap()
+            .status_json()
+            .contains("\"peer_bytes_sent\":0")
+    );
+}
