@@ -732,7 +732,7 @@ impl Discovery {
         let targets: Vec<(u64, SocketAddr)> = self
             .peers
             .iter()
-            .filter(|p| !self.bans.is_banned(p.instance, now))
+            .filter(|p| !self.is_banned(p.instance, now))
             .map(|p| (p.instance, p.addr))
             .collect();
         let asked = targets.iter().map(|(i, _)| *i).collect();
@@ -802,8 +802,22 @@ impl Discovery {
         }
     }
 
+    /// Whether a peer is banned, by its instance or by its address.
+    pub fn is_banned(&self, instance: u64, now: Instant) -> bool {
+        self.bans.is_banned(instance, now)
+            || self
+                .peers
+                .get(instance)
+                .is_some_and(|p| self.bans.is_banned(p.addr.ip(), now))
+    }
+
+    /// Bans a peer by instance and by address: a restarted daemon (new instance) on the
+    /// same host stays banned for what its host served.
     pub fn ban(&mut self, instance: u64, now: Instant, reason: &str) -> Duration {
         let d = self.bans.ban(instance, now, reason);
+        if let Some(ip) = self.peers.get(instance).map(|p| p.addr.ip()) {
+            self.bans.ban(ip, now, reason);
+        }
         let name = self
             .peers
             .get(instance)

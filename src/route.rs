@@ -134,7 +134,7 @@ impl Daemon {
                 if let Some((instance, addr, when)) = self.sig_hints.get(pkg)
                     && self.now.duration_since(*when) < SIG_HINT_TTL
                     && self.discovery.peers.get(*instance).is_some()
-                    && !self.discovery.bans.is_banned(*instance, self.now)
+                    && !self.discovery.is_banned(*instance, self.now)
                 {
                     first.push(Source::Peer(*addr, format!("/{file}")));
                 }
@@ -348,7 +348,7 @@ impl Daemon {
                 debug!("{file}: no peer can deliver; upstream");
                 return self.transfer_failed(file);
             };
-            if self.discovery.bans.is_banned(cand.instance, self.now) {
+            if self.discovery.is_banned(cand.instance, self.now) {
                 continue;
             }
             let resume = tr.received;
@@ -921,7 +921,7 @@ impl Daemon {
                     let Some(Purpose::Proxy(mut p)) = self.remove_fetch(tok) else {
                         return;
                     };
-                    debug!("{}: upstream answered {}", p.label, h.status);
+                    debug!("{}: {} answered {}", p.label, p.current, h.status);
                     p.last_status = Some(h.status);
                     return self.next_source(*p);
                 }

@@ -222,6 +222,31 @@ fn a_corrupt_copy_is_never_handed_out_and_its_peer_is_banned() {
     let json = lan.b.status_json();
     assert!(json.contains("\"bans\":[{"), "A is not banned: {json}");
     assert!(json.contains("\"rejected_copies\":1"), "{json}");
+    // the ban holds for the host, not only that daemon instance: a restarted A is skipped
+    let mut lan = lan;
+    drop(lan.a.take());
+    let p0 = &lan.pkgs[0];
+    std::fs::write(lan.t.join("a/cache").join(&p0.file), &p0.bytes).unwrap();
+    let conf_a = lan.t.join("a/pacman.conf");
+    let (cache_a, db_a) = (lan.t.join("a/cache"), lan.t.join("a/db"));
+    let mut o = DaemonOpts::new(lan.t.path(), &cache_a);
+    o.peer_ip = "127.0.0.2";
+    o.name = "a2";
+    o.pacman_conf = Some(&conf_a);
+    o.db_path = Some(&db_a);
+    lan.a = Some(Daemon::start(o));
+    assert!(wait_until(Duration::from_secs(5), || lan
+        .b
+        .peer_names()
+        .contains(&"a2".to_string())));
+    let (r, body) = lan.get(&p0.file, &[]);
+    assert_eq!(r.status, 200);
+    assert!(body == p0.bytes);
+    assert_eq!(
+        lan.mirror_asked_for(&p0.file),
+        1,
+        "the banned host was used again after a restart"
+    );
     // a different build (same name, other size) is not even fetched
     let q = &lan.pkgs[3];
     std::fs::write(
