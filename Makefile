@@ -1,8 +1,8 @@
 # flocon - build, test, install.
 #
 #   make                 release build (target/release/flocon)
-#   make test            the test suite: unit + integration tests inside a private network
-#                        namespace (tests/netns.sh), then the end-to-end suite (tests/e2e.sh)
+#   make test            the test suite: unit, integration and end-to-end tests (real pacman on
+#                        a namespace LAN), all inside private network namespaces
 #   make demo            a small namespace LAN showing discovery and a verified transfer
 #   sudo make install    binary, systemd unit, /etc/flocon.conf, /etc/pacman.d/flocon
 #   make static          static x86_64 binary (musl)
@@ -48,9 +48,7 @@ build:
 test:
 	$(CARGO) fetch --locked
 	tests/netns.sh sh -c '$(CARGO) build --release --offline && $(CARGO) test --release --offline -- $(CARGO_TEST_ARGS)'
-	@if [ -x tests/e2e.sh ]; then \
-		echo "== tests/e2e.sh"; FLOCON_BIN="$(CURDIR)/$(BIN)" tests/e2e.sh; \
-	else echo "make test: no tests/e2e.sh yet, end-to-end suite skipped"; fi
+# (the end-to-end suite, tests/e2e.sh, runs inside `cargo test` through tests/e2e.rs)
 
 demo:
 	@if [ -x tests/demo.sh ]; then \
