@@ -48,7 +48,7 @@ build:
 test:
 	$(CARGO) fetch --locked
 	tests/netns.sh sh -c '$(CARGO) build --release --offline && $(CARGO) test --release --offline -- $(CARGO_TEST_ARGS)'
-# (the end-to-end suite, tests/e2e.sh, runs inside `cargo test` through tests/e2e.rs)
+# (the end-to-end suite, tests/e2e.sh, runs inside `cargo test` through tests/lan.rs)
 
 demo:
 	@if [ -x tests/demo.sh ]; then \

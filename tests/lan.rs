@@ -2,6 +2,7 @@
 //! each script builds its own isolated LAN (user + network + mount + pid namespaces) that
 //! disappears with it, so nothing reaches a real interface.
 
+use std::path::Path;
 use std::process::Command;
 
 fn run_isolated(script: &str) {
@@ -21,7 +22,31 @@ fn run_isolated(script: &str) {
     );
 }
 
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(tool).is_file()))
+}
+
 #[test]
 fn discovery_on_a_bridged_lan_ipv4_ipv6_late_address_cut_heal() {
     run_isolated("lan_discovery.sh");
+}
+
+/// The end-to-end suite: real pacman, makepkg-built signed packages and a mirror. Skipped,
+/// with a message, only where pacman's tools are not installed (.ci/run installs them).
+#[test]
+fn pacman_end_to_end_on_a_namespace_lan() {
+    let missing: Vec<&str> = ["pacman", "makepkg", "repo-add"]
+        .into_iter()
+        .filter(|t| !on_path(t))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "SKIPPED tests/e2e.sh: {} not installed (Debian: apt-get install \
+             pacman-package-manager makepkg libarchive-tools fakeroot gnupg zstd xz-utils)",
+            missing.join(", ")
+        );
+        return;
+    }
+    run_isolated("e2e.sh");
 }
