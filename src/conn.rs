@@ -70,6 +70,9 @@ pub struct Conn<S> {
     head_bytes: bool,
     /// How long a keep-alive connection may sit idle (the listener's choice).
     idle_timeout: Duration,
+    /// Requests read so far: tells a timer set for one request from the next one on the
+    /// same keep-alive connection.
+    requests: u64,
     pub body_bytes: u64,
 }
 
@@ -94,6 +97,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             head_started: now,
             head_bytes: false,
             idle_timeout,
+            requests: 0,
             body_bytes: 0,
         }
     }
@@ -119,6 +123,11 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             }
             State::Done => true,
         }
+    }
+
+    /// How many requests this connection has read (the current one's number).
+    pub fn request_number(&self) -> u64 {
+        self.requests
     }
 
     /// The request the last `Progress::Request` announced.
@@ -175,14 +184,15 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                     self.version = req.version;
                     self.method = req.method;
                     self.keep_alive = req.keep_alive;
+                    self.requests += 1;
                     self.pending = Some(req);
                     self.state = State::WaitingForSource;
                     return Ok(Some(Progress::Request));
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.answer_error(e.status());
                     self.keep_alive = false;
+                    self.answer_error(e.status());
                     return Ok(None);
                 }
             }

@@ -81,8 +81,9 @@ pub(crate) enum Timer {
     Announce,
     Rescan,
     Lookup(u32),
-    Redirect(Token),
-    DbWait(Token),
+    /// (connection, its request number): stale once the connection moved on.
+    Redirect(Token, u64),
+    DbWait(Token, u64),
 }
 
 /// Counters for the status page.
@@ -472,8 +473,19 @@ impl Daemon {
                 self.discovery.lookup_deadline(id, self.now, &mut events);
                 self.on_discovery_events(events);
             }
-            Timer::Redirect(t) => self.on_redirect_timer(t),
-            Timer::DbWait(t) => self.redispatch_db_waiters(Some(t)),
+            Timer::Redirect(t, n) if self.request_number(t) == Some(n) => self.on_redirect_timer(t),
+            Timer::DbWait(t, n) if self.request_number(t) == Some(n) => {
+                self.redispatch_db_waiters(Some(t))
+            }
+            Timer::Redirect(..) | Timer::DbWait(..) => {}
+        }
+    }
+
+    /// The number of the request a front connection is on (timers carry it).
+    pub(crate) fn request_number(&self, t: Token) -> Option<u64> {
+        match self.slots.get(t) {
+            Some(Slot::Front(c)) => Some(c.request_number()),
+            _ => None,
         }
     }
 
@@ -701,8 +713,14 @@ impl Daemon {
                             self.on_front_request(t, req);
                         }
                     }
-                    // answer (or keep waiting) in the same pass
-                    return self.drive_again(t);
+                    // an answer given at once is sent on the next turn of the ready queue
+                    // (not by recursing: pipelined requests would nest without bound)
+                    match self.slots.get(t) {
+                        Some(Slot::Front(c)) if c.state() != conn::State::WaitingForSource => {
+                            Some(false)
+                        }
+                        _ => None,
+                    }
                 }
             },
             Some(Slot::Fetch(_)) => {
@@ -716,15 +734,6 @@ impl Daemon {
             Some(false) => self.ready.push_back(t),
             None => {}
         }
-    }
-
-    fn drive_again(&mut self, t: Token) {
-        if let Some(Slot::Front(c)) = self.slots.get(t)
-            && c.state() == conn::State::WaitingForSource
-        {
-            return;
-        }
-        self.drive(t)
     }
 
     fn close(&mut self, t: Token) {

@@ -121,7 +121,8 @@ impl Daemon {
                         self.waiting.insert(t, Waiting::Db);
                         self.waiting_for_db.push(t);
                         self.requests.insert(t, req);
-                        self.timers.at(self.now + DB_WAIT_MAX, Timer::DbWait(t));
+                        let n = self.request_number(t).unwrap_or(0);
+                        self.timers.at(self.now + DB_WAIT_MAX, Timer::DbWait(t, n));
                         return;
                     }
                 }
@@ -228,15 +229,24 @@ impl Daemon {
                     // another request for a file on its way: share the transfer
                     self.waiting.insert(t, Waiting::Transfer(file.to_string()));
                     self.requests.insert(t, req.clone());
-                    self.timers
-                        .at(self.now + transfer::REDIRECT_AFTER, Timer::Redirect(t));
+                    self.timers.at(
+                        self.now + transfer::REDIRECT_AFTER,
+                        Timer::Redirect(t, self.request_number(t).unwrap_or(0)),
+                    );
                     return;
                 }
-                Phase::Failed => return self.serve_upstream(t, req, repo, arch, file, Vec::new()),
             }
         }
-        let staged: u64 = self.transfers.values().map(|t| t.expected.size).sum();
-        if staged + info.size > transfer::MAX_STAGED_BYTES || self.discovery.peers.is_empty() {
+        let staged: u64 = self
+            .transfers
+            .values()
+            .map(|t| t.expected.size)
+            .fold(0, u64::saturating_add);
+        // without a SHA-256 in the db a copy could only be checked by size: not enough
+        if info.sha256.is_none()
+            || staged.saturating_add(info.size) > transfer::MAX_STAGED_BYTES
+            || self.discovery.peers.is_empty()
+        {
             return self.serve_upstream(t, req, repo, arch, file, Vec::new());
         }
         self.serial += 1;
@@ -266,8 +276,10 @@ impl Daemon {
         self.waiting.insert(t, Waiting::Transfer(file.to_string()));
         self.requests.insert(t, req.clone());
         self.timers.at(self.now + budget, Timer::Lookup(id));
-        self.timers
-            .at(self.now + transfer::REDIRECT_AFTER, Timer::Redirect(t));
+        self.timers.at(
+            self.now + transfer::REDIRECT_AFTER,
+            Timer::Redirect(t, self.request_number(t).unwrap_or(0)),
+        );
         self.on_discovery_events(events);
     }
 
@@ -344,7 +356,6 @@ impl Daemon {
                 None
             };
             let Some((cand, addr)) = next else {
-                tr.phase = Phase::Failed;
                 debug!("{file}: no peer can deliver; upstream");
                 return self.transfer_failed(file);
             };
@@ -354,7 +365,6 @@ impl Daemon {
             let resume = tr.received;
             if let Err(e) = tr.begin_source(cand.instance, addr, self.now) {
                 warn!("staging {file}: {e}; going upstream");
-                tr.phase = Phase::Failed;
                 return self.transfer_failed(file);
             }
             let mut headers = Vec::new();
@@ -378,14 +388,16 @@ impl Daemon {
                             String::new()
                         }
                     );
-                    self.add_fetch(
-                        f,
-                        Purpose::PeerCopy {
-                            file: file.to_string(),
-                            instance: cand.instance,
-                            resume,
-                        },
-                    );
+                    let purpose = Purpose::PeerCopy {
+                        file: file.to_string(),
+                        instance: cand.instance,
+                        resume,
+                    };
+                    match self.add_fetch(f, purpose) {
+                        Some(tok) => self.drive_fetch(tok),
+                        // no slot for it: this copy cannot happen, the waiters go upstream
+                        None => self.transfer_failed(file),
+                    }
                     return;
                 }
                 Err(e) => debug!("connect {addr}: {e}"),
@@ -411,11 +423,12 @@ impl Daemon {
             self.slots.remove(tok);
             return None;
         }
-        self.drive_fetch(tok);
+        // not driven here: the caller first records who waits for it, then drives it (a
+        // first drive can already fail and move on to another source)
         Some(tok)
     }
 
-    /// Every waiter of a transfer that could not be done on the LAN goes upstream.
+    /// The LAN cannot deliver this file: the transfer ends and every waiter goes upstream.
     fn transfer_failed(&mut self, file: &str) {
         let waiters: Vec<Token> = self
             .waiting
@@ -675,8 +688,12 @@ impl Daemon {
             match Fetch::connect(req, self.now) {
                 Ok(f) => {
                     let client = p.client;
-                    if let Some(tok) = self.add_fetch(f, Purpose::Proxy(Box::new(p))) {
-                        self.waiting.insert(client, Waiting::Proxy(tok));
+                    match self.add_fetch(f, Purpose::Proxy(Box::new(p))) {
+                        Some(tok) => {
+                            self.waiting.insert(client, Waiting::Proxy(tok));
+                            self.drive_fetch(tok);
+                        }
+                        None => self.answer_error(client, 503),
                     }
                     return;
                 }
@@ -831,18 +848,23 @@ impl Daemon {
                 }
             }
             fetch::Event::Body(data) => {
-                if let Err(e) = tr.append(&data) {
-                    let full_disk = e.raw_os_error() == Some(libc::ENOSPC);
-                    self.remove_fetch(tok);
-                    if full_disk {
-                        warn!("staging {file}: disk full; upstream");
-                        if let Some(tr) = self.transfers.get_mut(file) {
-                            tr.phase = Phase::Failed;
-                        }
-                        return self.transfer_failed(file);
+                match tr.append(&data) {
+                    Ok(()) => {}
+                    Err(transfer::AppendError::TooLong) => {
+                        self.remove_fetch(tok);
+                        self.discovery.ban(
+                            instance,
+                            now,
+                            "sent more bytes than the sync db's size",
+                        );
+                        self.next_peer(file);
                     }
-                    self.discovery.ban(instance, now, &e.to_string());
-                    self.next_peer(file);
+                    // our disk, not the peer: this copy ends, the waiters go upstream
+                    Err(transfer::AppendError::Local(e)) => {
+                        warn!("staging {file}: {e}; going upstream");
+                        self.remove_fetch(tok);
+                        self.transfer_failed(file);
+                    }
                 }
             }
             fetch::Event::Done => {
@@ -886,6 +908,17 @@ impl Daemon {
                 }
             }
             fetch::Event::Failed(why) => {
+                // every byte arrived, only the end of the framing did not: verify what we have
+                // (resuming would only get a legitimate 416)
+                if tr.received == tr.expected.size {
+                    return self.on_peer_copy_event(
+                        tok,
+                        file,
+                        instance,
+                        resume,
+                        fetch::Event::Done,
+                    );
+                }
                 debug!("{file}: peer fetch failed: {why}");
                 self.remove_fetch(tok);
                 self.next_peer(file);

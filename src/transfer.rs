@@ -33,8 +33,6 @@ pub enum Phase {
     Fetching,
     /// Verified and complete in `staged_path`.
     Ready,
-    /// No peer could deliver: waiters go upstream.
-    Failed,
 }
 
 pub struct Transfer {
@@ -56,6 +54,15 @@ pub struct Transfer {
     pub started: Instant,
     pub fetch_started: Option<Instant>,
     pub redirect_rounds: u32,
+}
+
+/// Why bytes could not be appended.
+#[derive(Debug)]
+pub enum AppendError {
+    /// The source sent more than the sync db's size.
+    TooLong,
+    /// Writing the staging file failed (disk full, quota, I/O error).
+    Local(io::Error),
 }
 
 /// What verification concluded once the source said it was done.
@@ -121,18 +128,18 @@ impl Transfer {
         Ok(())
     }
 
-    /// Appends body bytes, hashing them. More bytes than the db's size is a lie: error.
-    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
+    /// Appends body bytes, hashing them. More bytes than the db's size is the peer's lie;
+    /// a write that fails is ours (the file may now hold a partial write, so this copy
+    /// cannot go on).
+    pub fn append(&mut self, data: &[u8]) -> Result<(), AppendError> {
         if self.received + data.len() as u64 > self.expected.size {
-            return Err(io::Error::other(
-                "peer sent more bytes than the sync db's size",
-            ));
+            return Err(AppendError::TooLong);
         }
         let f = self
             .staged
             .as_mut()
-            .ok_or_else(|| io::Error::other("no staging file"))?;
-        f.write_all(data)?;
+            .ok_or(AppendError::Local(io::ErrorKind::NotFound.into()))?;
+        f.write_all(data).map_err(AppendError::Local)?;
         self.hasher.update(data);
         self.received += data.len() as u64;
         Ok(())

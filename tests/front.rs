@@ -19,6 +19,17 @@ const REPO: &str = "/flocontest/os/x86_64";
 /// Host A (127.0.0.2) holds `on_a` in its cache; host B (127.0.0.3) asks. Both list flocon
 /// first and the mirror (127.0.0.100) second.
 fn lan(tag: &str, on_a: &[usize], chunked: bool, b_extra_upstreams: &[String]) -> Lan {
+    lan_with(tag, on_a, chunked, &[], b_extra_upstreams)
+}
+
+/// `lan` with upstreams for B before (`first`) and after (`extra`) the mirror.
+fn lan_with(
+    tag: &str,
+    on_a: &[usize],
+    chunked: bool,
+    first: &[String],
+    b_extra_upstreams: &[String],
+) -> Lan {
     let t = TempDir::new(tag);
     let pkgs = make_repo(
         t.path(),
@@ -31,7 +42,8 @@ fn lan(tag: &str, on_a: &[usize], chunked: bool, b_extra_upstreams: &[String]) -
     );
     let mirror = Mirror::start("127.0.0.100", t.join("repo"), chunked);
     let conf_a = host_conf(t.path(), "a", 19433, &[mirror.url()]);
-    let mut ups = vec![mirror.url()];
+    let mut ups = first.to_vec();
+    ups.push(mirror.url());
     ups.extend_from_slice(b_extra_upstreams);
     let conf_b = host_conf(t.path(), "b", 19433, &ups);
     for &i in on_a {
@@ -443,5 +455,76 @@ fn a_peer_whose_db_names_another_build_of_the_same_size_is_skipped_not_banned() 
             .unwrap()
             .status_json()
             .contains("\"peer_bytes_sent\":0")
+    );
+}
+
+#[test]
+fn a_dead_first_mirror_then_a_slow_client_still_gets_every_byte() {
+    netns!("a_dead_first_mirror_then_a_slow_client_still_gets_every_byte");
+    // nothing listens on 127.0.0.1:1: the first source fails at once, the mirror takes over
+    let lan = lan_with(
+        "deadfirst",
+        &[],
+        false,
+        &["http://127.0.0.1:1/$repo/os/$arch".into()],
+        &[],
+    );
+    let p = &lan.pkgs[2];
+    let mut s = std::net::TcpStream::connect(lan.b.front).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "GET {REPO}/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        p.file
+    )
+    .unwrap();
+    // a slow reader: the proxy must pause the mirror and resume it, many times
+    let mut all = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("stalled after {} bytes: {e}", all.len()),
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    let (r, body) = split_response(&all);
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(body == p.bytes, "{} of {} bytes", body.len(), p.bytes.len());
+}
+
+#[test]
+fn thousands_of_pipelined_requests_do_not_crash_the_front() {
+    netns!("thousands_of_pipelined_requests_do_not_crash_the_front");
+    let t = TempDir::new("pipeline");
+    let cache = t.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let d = Daemon::start(DaemonOpts::new(t.path(), &cache));
+    let n = 30_000;
+    let mut s = std::net::TcpStream::connect(d.front).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let reader = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut all = Vec::new();
+            let _ = s.read_to_end(&mut all);
+            all
+        })
+    };
+    use std::io::Write;
+    let one = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut req = one.repeat(n - 1);
+    req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    s.write_all(&req).unwrap();
+    let all = reader.join().unwrap();
+    let answers = all.windows(12).filter(|w| w == b"HTTP/1.1 404").count();
+    assert_eq!(answers, n, "the front stopped answering pipelined requests");
+    assert_eq!(
+        get(d.front, "/.flocon/status.json", &[]).0.status,
+        200,
+        "the daemon died"
     );
 }
