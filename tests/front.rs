@@ -30,6 +30,18 @@ fn lan_with(
     first: &[String],
     b_extra_upstreams: &[String],
 ) -> Lan {
+    lan_full(tag, on_a, chunked, first, b_extra_upstreams, None)
+}
+
+/// `lan_with`, where B's state dir is a tmpfs of `b_state_kib` KiB (a full disk, on demand).
+fn lan_full(
+    tag: &str,
+    on_a: &[usize],
+    chunked: bool,
+    first: &[String],
+    b_extra_upstreams: &[String],
+    b_state_kib: Option<u64>,
+) -> Lan {
     let t = TempDir::new(tag);
     let pkgs = make_repo(
         t.path(),
@@ -59,6 +71,23 @@ fn lan_with(
         o.db_path = Some(&db);
         Daemon::start(o)
     };
+    if let Some(kib) = b_state_kib {
+        // the test runs in a private mount namespace (netns!): this mount dies with it
+        let state = t.join("state-b");
+        std::fs::create_dir_all(&state).unwrap();
+        let st = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={kib}k"),
+                "flocon-test",
+                state.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+    }
     let a = start("a", "127.0.0.2", &conf_a);
     let b = start("b", "127.0.0.3", &conf_b);
     assert!(
@@ -527,4 +556,30 @@ fn thousands_of_pipelined_requests_do_not_crash_the_front() {
         200,
         "the daemon died"
     );
+}
+
+#[test]
+fn a_full_staging_disk_means_upstream_not_an_error_and_no_ban() {
+    netns!("a_full_staging_disk_means_upstream_not_an_error_and_no_ban");
+    // B's state dir holds 1 MiB; the 3 MB package from A cannot be staged
+    let lan = lan_full("fulldisk", &[1], false, &[], &[], Some(1024));
+    let p = &lan.pkgs[1];
+    let (r, body) = lan.get(&p.file, &[]);
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(body == p.bytes);
+    assert_eq!(
+        lan.mirror_asked_for(&p.file),
+        1,
+        "the bytes came from upstream"
+    );
+    let json = lan.b.status_json();
+    assert!(
+        json.contains("\"bans\":[]"),
+        "A was banned for B's full disk: {json}"
+    );
+    // nothing is left behind in the staging dir
+    let left = std::fs::read_dir(lan.t.join("state-b/staging"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0);
 }

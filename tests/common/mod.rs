@@ -1,6 +1,7 @@
 //! Shared test harness: every test that starts the daemon runs in a private user + network
 //! namespace of its own (SPEC §9), so no datagram can reach a real interface and every test
-//! can use the default ports. A test calls `netns!()` first: outside a namespace it re-runs
+//! can use the default ports (and a private mount namespace, for tests that mount a small
+//! tmpfs). A test calls `netns!()` first: outside a namespace it re-runs
 //! itself inside a fresh one (via `unshare`) and reports that run's result.
 
 #![allow(dead_code)]
@@ -22,9 +23,9 @@ pub fn enter_netns(test: &str) -> bool {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new("unshare");
     if unsafe_is_root() {
-        cmd.arg("--net");
+        cmd.args(["--net", "--mount"]);
     } else {
-        cmd.args(["--user", "--map-root-user", "--net"]);
+        cmd.args(["--user", "--map-root-user", "--net", "--mount"]);
     }
     cmd.args([
         "--",
