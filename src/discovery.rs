@@ -284,11 +284,10 @@ impl Discovery {
         for a in addrs.iter().filter(|a| self.wanted_interface(a)) {
             let family = match a.addr {
                 IpAddr::V4(_) if self.u4.is_some() => Family::V4,
-                // IPv6 multicast on ff02:: needs a link-local address on the interface
-                // (the source the kernel picks); loopback has none but still loops back
-                IpAddr::V6(v6) if self.u6.is_some() && (is_link_local(&v6) || a.loopback) => {
-                    Family::V6
-                }
+                // IPv6 multicast on ff02:: needs a link-local address on the interface (the
+                // source the kernel picks); loopback has none, and Linux drops IPv6 multicast
+                // sent on it anyway, so `lo` gets IPv4 only
+                IpAddr::V6(v6) if self.u6.is_some() && is_link_local(&v6) => Family::V6,
                 _ => continue,
             };
             let local_v4 = match a.addr {
