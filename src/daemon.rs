@@ -872,7 +872,7 @@ impl Daemon {
             })
             .collect();
         format!(
-            "{{\"version\":\"{}\",\"name\":{},\"instance\":\"{:016x}\",\"uptime_s\":{},\"rss_kib\":{},\"multicast\":[{}],\"indexed_packages\":{},\"peers\":[{}],\"transfers\":[{}],\"bans\":[{}],\"lan_hits\":{},\"lan_bytes\":{},\"upstream_bytes\":{},\"rejected_copies\":{},\"peer_bytes_sent\":{},\"connections\":{}}}\n",
+            "{{\"version\":\"{}\",\"name\":{},\"instance\":\"{:016x}\",\"uptime_s\":{},\"rss_kib\":{},\"multicast\":[{}],\"indexed_packages\":{},\"peers\":[{}],\"transfers\":[{}],\"bans\":[{}],\"lan_hits\":{},\"lan_bytes\":{},\"upstream_bytes\":{},\"rejected_copies\":{},\"peer_bytes_sent\":{},\"datagrams_in\":{},\"datagrams_rejected\":{},\"connections\":{}}}\n",
             env!("CARGO_PKG_VERSION"),
             json_str(&self.cfg.name),
             self.discovery.instance(),
@@ -893,6 +893,8 @@ impl Daemon {
             self.stats.upstream_bytes,
             self.stats.rejected_copies,
             self.stats.peer_bytes_sent,
+            self.discovery.stats.datagrams_in,
+            self.discovery.stats.rejected,
             self.slots.len()
         )
     }

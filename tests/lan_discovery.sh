@@ -60,6 +60,31 @@ else ko "discovery on the bridge: h1 [$(peers 1)] h2 [$(peers 2)] h3 [$(peers 3)
 if wait_peers 1 "host3" 8; then ok "cut host 2 expires from host 1"; else ko "after cut: h1 [$(peers 1)]"; fi
 "$LAN" heal 2
 if wait_peers 1 "host2 host3" 8 && wait_peers 2 "host1 host3" 8; then ok "healed host 2 is found again"; else ko "after heal: h1 [$(peers 1)] h2 [$(peers 2)]"; fi
+# --- off-link sources are ignored: host 2 gets a second address outside the LAN's prefix
+# (host 1 has a route back to it, so an answer could go out if the daemon sent one)
+cat > "$W/query.py" <<'PY'
+import socket, struct, sys
+src, dst, name = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+q = b"FLCN" + bytes([1, 3, 0, 0]) + struct.pack(">QII", 0x1122334455667788, 7, 42)
+q += b"\0" * (1 + 8 + 32) + bytes([len(name)]) + name
+q += b"\0" * max(0, 68 - len(q))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0)); s.settimeout(1.0); s.sendto(q, (dst, 19432))
+try:
+    d, _ = s.recvfrom(2048); print("reply", len(d))
+except socket.timeout:
+    print("none")
+PY
+"$LAN" exec 2 ip addr add 192.0.2.7/32 dev eth0
+"$LAN" exec 1 ip route add 192.0.2.7/32 dev eth0
+rej0=$("$LAN" exec 1 "$BIN" status --json | grep -o '"datagrams_rejected":[0-9]*' | cut -d: -f2)
+off=$("$LAN" exec 2 python3 "$W/query.py" 192.0.2.7 10.77.0.1 "$PKG")
+rej1=$("$LAN" exec 1 "$BIN" status --json | grep -o '"datagrams_rejected":[0-9]*' | cut -d: -f2)
+on=$("$LAN" exec 2 python3 "$W/query.py" 10.77.0.2 10.77.0.1 "$PKG")
+if [[ $off == none && $rej1 -gt $rej0 && $on == "reply 68" ]]; then
+  ok "a query from an off-link source (192.0.2.7) is ignored; the same from 10.77.0.2 is answered"
+else ko "off-link: reply [$off] rejected $rej0 -> $rej1; on-link: [$on]"; fi
+"$LAN" exec 2 ip addr del 192.0.2.7/32 dev eth0
 for i in 1 2 3; do stop "$i"; done
 
 # --- IPv6 only: no IPv4 address anywhere
