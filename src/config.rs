@@ -1057,13 +1057,13 @@ impl PacmanReader {
                     "CacheServer" => Some(ServerKind::CacheServer),
                     _ => None,
                 };
-                if let Some(kind) = kind {
-                    if !value.is_empty() {
-                        self.conf.repos[i].servers.push(ServerLine {
-                            kind,
-                            url: value.to_string(),
-                        });
-                    }
+                if let Some(kind) = kind
+                    && !value.is_empty()
+                {
+                    self.conf.repos[i].servers.push(ServerLine {
+                        kind,
+                        url: value.to_string(),
+                    });
                 }
             }
         }

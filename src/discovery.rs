@@ -415,7 +415,7 @@ impl Discovery {
                     .saturating_mul(1 << m.failures.min(6))
                     .min(JOIN_RETRY_MAX);
                 m.retry_at = now + backoff;
-                if m.failures <= 3 || m.failures % 10 == 0 {
+                if m.failures <= 3 || m.failures.is_multiple_of(10) {
                     warn!(
                         "joining multicast on {} ({:?}) failed: {e}; retrying in {:?}",
                         m.ifname, m.family, backoff

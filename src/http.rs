@@ -990,11 +990,11 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseInfo>, HttpError> {
             info.content_range = text.and_then(parse_content_range);
         } else if name.eq_ignore_ascii_case("last-modified") {
             info.last_modified = text.map(str::to_string);
-        } else if strip_prefix_ignore_case(name, "x-flocon-").is_some() {
-            if let Some(v) = text {
-                info.headers_extra
-                    .push((name.to_ascii_lowercase(), v.to_string()));
-            }
+        } else if strip_prefix_ignore_case(name, "x-flocon-").is_some()
+            && let Some(v) = text
+        {
+            info.headers_extra
+                .push((name.to_ascii_lowercase(), v.to_string()));
         }
     }
     if transfer_encoding && !info.chunked {

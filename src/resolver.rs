@@ -126,11 +126,11 @@ impl Resolver {
             );
             return self.answer_now(id, Err(e));
         }
-        if let Some((at, addrs)) = self.cache.get(&(bare.clone(), port)) {
-            if now.saturating_duration_since(*at) < CACHE_TTL {
-                let addrs = addrs.clone();
-                return self.answer_now(id, Ok(addrs));
-            }
+        if let Some((at, addrs)) = self.cache.get(&(bare.clone(), port))
+            && now.saturating_duration_since(*at) < CACHE_TTL
+        {
+            let addrs = addrs.clone();
+            return self.answer_now(id, Ok(addrs));
         }
         if self
             .jobs
