@@ -776,9 +776,15 @@ impl Daemon {
             self.index.len()
         ));
         s.push_str(&format!("peers: {}\n", self.discovery.peers.len()));
+        if !self.discovery.peers.is_empty() {
+            s.push_str(&format!(
+                "  {:<20} {:<40} {:<8} {:<16} {}\n",
+                "NAME", "ADDRESS", "DISTRO", "ARCH", "PROTOCOL, LAST SEEN"
+            ));
+        }
         for p in self.discovery.peers.iter() {
             s.push_str(&format!(
-                "  {:<20} {:<40} {:<8} {:<16} v{} seen {:.1} s ago\n",
+                "  {:<20} {:<40} {:<8} {:<16} v{}, {:.1} s ago\n",
                 p.name,
                 p.addr.to_string(),
                 p.distro,
