@@ -2392,23 +2392,11 @@ Server = http://mirror.two/$arch/$repo
         }
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::xorshift::XorShift;
 
     #[test]
     fn glob_match_mini_fuzz() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
         let pattern_alphabet = b"ab*?[]!-.";
         let name_alphabet = b"ab.-[]";
         for _ in 0..20_000 {
@@ -2477,7 +2465,7 @@ Server = http://mirror.two/$arch/$repo
             "\t",
             "\r",
         ];
-        let mut rng = XorShift(0x1234_5678_9abc_def1);
+        let mut rng = XorShift::new(0x1234_5678_9abc_def1);
         for _ in 0..3000 {
             let text: String = (0..rng.below(40))
                 .map(|_| fragments[rng.below(fragments.len())])
@@ -2519,7 +2507,7 @@ Server = http://mirror.two/$arch/$repo
             "--port=2",
             "",
         ];
-        let mut rng = XorShift(42);
+        let mut rng = XorShift::new(42);
         for _ in 0..2000 {
             let args: Vec<&str> = (0..rng.below(6))
                 .map(|_| words[rng.below(words.len())])

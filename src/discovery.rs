@@ -8,6 +8,7 @@
 use crate::peers::{AnnounceTimer, Bans, Candidate, Lookup, PeerEvent, PeerTable, RateLimiter};
 use crate::protocol::{self, Announce, Answer, Header, Message, Query};
 use crate::sys::{self, IfAddr};
+use crate::xorshift::XorShift;
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -84,7 +85,8 @@ pub struct Discovery {
     pub uploads: u16,
     pub stats: DiscoveryStats,
     announce_timer: AnnounceTimer,
-    rng: u64,
+    /// Announcement jitter: only has to differ between hosts.
+    rng: XorShift,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -159,7 +161,7 @@ impl Discovery {
             uploads: 0,
             stats: DiscoveryStats::default(),
             announce_timer: AnnounceTimer::with_interval(Instant::now(), id.announce_interval),
-            rng: instance | 1,
+            rng: XorShift::new(instance),
         };
         d.peers
             .set_expiry(id.announce_interval * crate::peers::EXPIRY_INTERVALS);
@@ -505,14 +507,6 @@ impl Discovery {
         }
     }
 
-    fn random(&mut self) -> u64 {
-        // xorshift: jitter only needs to differ between hosts, not to be unpredictable
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
-    }
-
     /// When the loop should next call `announce_if_due`.
     pub fn announce_deadline(&self) -> Instant {
         self.announce_timer.deadline()
@@ -526,7 +520,7 @@ impl Discovery {
         }
         let msg = self.announce_message();
         self.multicast(&msg);
-        let r = self.random();
+        let r = self.rng.next();
         self.announce_timer.sent(now, r);
         true
     }
@@ -534,7 +528,7 @@ impl Discovery {
     /// Someone new should hear from us soon (by multicast: never a unicast reply to an
     /// announcement, which a spoofed source could turn into amplification).
     pub fn hurry_announce(&mut self, now: Instant) {
-        let r = self.random();
+        let r = self.rng.next();
         self.announce_timer.hurry(now, r);
     }
 

@@ -1096,23 +1096,11 @@ mod tests {
         }
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::xorshift::XorShift;
 
     #[test]
     fn mini_fuzz_random_responses_never_overdeliver() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
         let heads: [&[u8]; 6] = [
             b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n",
             b"HTTP/1.1 206 Partial\r\nContent-Range: bytes 2-8/9\r\nContent-Length: 7\r\n\r\n",

@@ -21,3 +21,4 @@ pub mod server;
 pub mod syncdb;
 pub mod sys;
 pub mod transfer;
+pub mod xorshift;

@@ -861,18 +861,7 @@ mod tests {
         assert!(!valid_file_name(&[b'a'; 256]));
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-    }
+    use crate::xorshift::XorShift;
 
     /// Whatever decode accepts must re-encode to the same bytes: one encoding per message.
     fn decode_is_canonical(buf: &[u8]) -> bool {
@@ -887,7 +876,7 @@ mod tests {
 
     #[test]
     fn mini_fuzz() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
         // Random buffers, some starting with a valid magic/version/type so the body
         // decoders get exercised, not only the magic check.
         for i in 0..10_000 {

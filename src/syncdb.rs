@@ -976,19 +976,7 @@ mod tests {
         m
     }
 
-    /// Tiny xorshift: deterministic pseudo-random cut points and mutations.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::xorshift::XorShift as Rng;
 
     fn corrupt(r: Result<DbMap, DbError>) -> bool {
         matches!(r, Err(DbError::Corrupt(_)))
@@ -1159,7 +1147,7 @@ mod tests {
         let tar = three();
         let full = three_expected();
         let mut cuts: Vec<usize> = (0..tar.len()).step_by(BLOCK).collect();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         cuts.extend((0..2000).map(|_| rng.below(tar.len())));
         for cut in cuts {
             match parse_db(&tar[..cut]) {
@@ -1180,7 +1168,7 @@ mod tests {
         let tar = three();
         let gz = gzip(&tar);
         let full = three_expected();
-        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut rng = Rng::new(0x1234_5678_9abc_def1);
         for round in 0..3000 {
             let plain = round % 2 == 0;
             let mut data = if plain { tar.clone() } else { gz.clone() };

@@ -164,11 +164,9 @@ fn hostile_datagrams_change_nothing_and_are_not_amplified() {
         valid_query[..valid_query.len() - 1].to_vec(),
         goodbye_spoof,
     ];
-    let mut x = 99u64;
+    let mut rng = flocon::xorshift::XorShift::new(99);
     for _ in 0..200 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next();
         let mut m = valid_query.clone();
         let i = (x as usize) % m.len();
         m[i] ^= (x >> 32) as u8 | 1;

@@ -364,13 +364,10 @@ pub fn split_response(all: &[u8]) -> (Resp, Vec<u8>) {
 
 /// Deterministic pseudo-random bytes (xorshift), so files are not all zeros.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut rng = flocon::xorshift::XorShift::new(seed | 1);
     let mut v = Vec::with_capacity(len);
     while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
+        v.extend_from_slice(&rng.next().to_le_bytes());
     }
     v.truncate(len);
     v
