@@ -364,12 +364,15 @@ fn five_parallel_downloads_from_each_of_two_clients() {
     netns!("five_parallel_downloads_from_each_of_two_clients");
     let lan = lan("parallel", &[0, 1, 2], false, &[]);
     let front = lan.b.front;
+    // all ten requests leave together: pkg 0 four times, 1 and 2 twice each, 3 (not on A) twice
+    let go = std::sync::Arc::new(std::sync::Barrier::new(10));
     let mut handles = Vec::new();
     for _client in 0..2 {
         for i in 0..5 {
             let p = &lan.pkgs[i % 4];
-            let (file, want) = (p.file.clone(), p.bytes.clone());
+            let (file, want, go) = (p.file.clone(), p.bytes.clone(), go.clone());
             handles.push(std::thread::spawn(move || {
+                go.wait();
                 let (r, body) = get(front, &format!("{REPO}/{file}"), &[]);
                 assert_eq!(r.status, 200, "{file}");
                 assert!(body == want, "{file} differs");
@@ -379,9 +382,29 @@ fn five_parallel_downloads_from_each_of_two_clients() {
     for h in handles {
         h.join().unwrap();
     }
-    // the big file was fetched from A once, shared by both clients' requests
-    let a = lan.a.as_ref().unwrap();
-    assert!(a.status_json().contains("peer_bytes_sent"));
+    for p in &lan.pkgs[..3] {
+        assert_eq!(lan.mirror_asked_for(&p.file), 0, "{} is on A", p.file);
+    }
+    assert!(lan.mirror_asked_for(&lan.pkgs[3].file) >= 1);
+    // the big file's two requests shared one copy from A (it takes far longer than the
+    // requests take to arrive): A sent it once, whatever happened to the small ones
+    let sent: u64 = lan
+        .a
+        .as_ref()
+        .unwrap()
+        .status_json()
+        .split("\"peer_bytes_sent\":")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let size = |i: usize| lan.pkgs[i].bytes.len() as u64;
+    let unshared_big = 4 * size(0) + 2 * size(1) + 2 * size(2);
+    assert!(
+        sent <= unshared_big - size(2),
+        "A sent {sent} bytes: the big file went twice"
+    );
+    assert!(sent >= size(0) + size(1) + size(2));
 }
 
 #[test]
