@@ -72,28 +72,13 @@ pub enum Waiting {
 impl Daemon {
     pub(crate) fn on_front_request(&mut self, t: Token, req: Request) {
         let path = req.target.split('?').next().unwrap_or("").to_string();
-        match path.as_str() {
-            "/.flocon/status" => {
-                let body = self.status_text();
-                self.answer(
-                    t,
-                    200,
-                    &[("Content-Type", "text/plain; charset=utf-8")],
-                    body.as_bytes(),
-                );
-                return;
-            }
-            "/.flocon/status.json" => {
-                let body = self.status_json();
-                self.answer(
-                    t,
-                    200,
-                    &[("Content-Type", "application/json")],
-                    body.as_bytes(),
-                );
-                return;
-            }
-            _ => {}
+        let page = match path.as_str() {
+            "/.flocon/status" => Some((self.status_text(), "text/plain; charset=utf-8")),
+            "/.flocon/status.json" => Some((self.status_json(), "application/json")),
+            _ => None,
+        };
+        if let Some((body, content_type)) = page {
+            return self.answer(t, 200, &[("Content-Type", content_type)], body.as_bytes());
         }
         if let Some(name) = path.strip_prefix("/.flocon/lookup/") {
             return self.debug_lookup(t, name, &req);
