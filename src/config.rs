@@ -110,8 +110,10 @@ pub struct Config {
     /// pacman architecture names, `auto` resolved, never empty.
     pub architectures: Vec<String>,
     pub repos: Vec<Repo>,
-    /// Things worth one log line at startup (e.g. pacman.conf not found).
+    /// Things worth one log line at startup and on every reload (e.g. pacman.conf not found).
     pub warnings: Vec<String>,
+    /// pacman.conf and every file it includes, stamped when read (see [`changed_file`]).
+    pub pacman_files: Vec<FileStamp>,
     /// The command line as parsed, so [`reload`] can re-apply it over re-read files.
     pub cli: CliArgs,
 }
@@ -138,6 +140,7 @@ impl Default for Config {
             architectures: vec![machine_arch().to_string()],
             repos: Vec::new(),
             warnings: Vec::new(),
+            pacman_files: Vec::new(),
             cli: CliArgs::default(),
         }
     }
@@ -493,14 +496,19 @@ fn io_reason(e: &io::Error) -> String {
     }
 }
 
-/// pacman's comment rule: `#` anywhere starts a comment, to the end of the line.
+/// flocon.conf's comment rule: `#` anywhere starts a comment, to the end of the line (not
+/// pacman.conf's: there only a line starting with `#` is one).
 fn strip_comment(line: &str) -> &str {
     line.split('#').next().unwrap_or("")
 }
 
 /// Parses the command line (without argv[0]) and reads the config file and pacman.conf.
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, ConfigError> {
-    parse_args_from(args, Sources::system())
+    let mut command = parse_args_from(args, Sources::system())?;
+    if let Command::Daemon(config) = &mut command {
+        check_paths(config);
+    }
+    Ok(command)
 }
 
 fn parse_args_from(
@@ -598,7 +606,9 @@ fn lexopt_error(e: lexopt::Error) -> ConfigError {
 
 /// SIGHUP: re-reads the config file and pacman.conf; command-line values still win.
 pub fn reload(config: &Config) -> Result<Config, ConfigError> {
-    build(&config.cli)
+    let mut config = build(&config.cli)?;
+    check_paths(&mut config);
+    Ok(config)
 }
 
 /// Layers the command line over flocon.conf over pacman.conf over the defaults.
@@ -649,6 +659,8 @@ fn build(cli: &CliArgs) -> Result<Config, ConfigError> {
             PacmanConf::default()
         }
     };
+    config.warnings.extend(pacman.warnings);
+    config.pacman_files = pacman.files;
 
     let mut pacman_cache_dirs = Vec::new();
     for dir in pacman.cache_dirs {
@@ -691,6 +703,36 @@ fn build(cli: &CliArgs) -> Result<Config, ConfigError> {
     config.architectures = resolve_architectures(&pacman.architectures);
     config.repos = pacman.repos;
     Ok(config)
+}
+
+/// One warning per thing that makes flocon quietly useless although it starts: a cache it
+/// cannot list, no sync dbs to verify against, an interface that is not there. Run for the
+/// daemon at start and on every reload (not by the unit tests of the layering).
+fn check_paths(config: &mut Config) {
+    for dir in &config.cache_dirs {
+        if let Err(e) = fs::read_dir(dir) {
+            config.warnings.push(format!(
+                "cache dir {}: cannot be listed ({}): the LAN gets nothing from it",
+                dir.display(),
+                io_reason(&e)
+            ));
+        }
+    }
+    let sync = config.db_path.join("sync");
+    if !sync.is_dir() {
+        config.warnings.push(format!(
+            "db path {}: no sync/ directory: no package can be verified, so none is taken \
+             from the LAN until pacman -Sy has run (or --db-path names pacman's DBPath)",
+            config.db_path.display()
+        ));
+    }
+    for name in &config.interfaces {
+        if crate::sys::if_nametoindex(name).is_none() {
+            config.warnings.push(format!(
+                "--interface {name}: no such interface (now): discovery joins it if it appears"
+            ));
+        }
+    }
 }
 
 /// flocon.conf: `key = value` lines named like the long options; `#` starts a comment.
@@ -799,6 +841,11 @@ pub struct PacmanConf {
     /// As written (`auto` not resolved).
     pub architectures: Vec<String>,
     pub repos: Vec<Repo>,
+    /// Lines pacman accepts but that are probably not what was meant, `file:line: what`.
+    pub warnings: Vec<String>,
+    /// Every file read (and directory scanned) for it, to notice when pacman's configuration
+    /// changes.
+    pub files: Vec<FileStamp>,
 }
 
 /// One `[repo]` section, servers in file order (includes expanded in place).
@@ -847,7 +894,7 @@ impl Repo {
                 // Pointing flocon at itself would loop.
                 ServerKind::FloconComment => !is_own(line),
             };
-            if upstream {
+            if upstream && upstream_scheme_ok(&line.url) {
                 let url = substitute(&line.url, &self.name, arch);
                 if !url.is_empty() && !out.contains(&url) {
                     out.push(url);
@@ -907,37 +954,163 @@ fn loopback_port(url: &str) -> Option<u16> {
 
 /// Reads a pacman.conf and its includes. A missing file is an error here.
 pub fn parse_pacman_conf(path: &Path) -> Result<PacmanConf, ConfigError> {
-    let text = read_bounded(path).map_err(|e| {
-        ConfigError::new(
-            path.display().to_string(),
-            format!("cannot read: {}", io_reason(&e)),
-        )
-    })?;
-    parse_pacman_conf_str(&text, path)
+    read_pacman_conf(path, false).0.map(|conf| conf.unwrap_or_default())
 }
 
 /// Like [`parse_pacman_conf`], but a missing top-level file is `None` (pacman's defaults).
 fn load_pacman_conf(path: &Path) -> Result<Option<PacmanConf>, ConfigError> {
-    match read_bounded(path) {
-        Ok(text) => parse_pacman_conf_str(&text, path).map(Some),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ConfigError::new(
-            path.display().to_string(),
-            format!("cannot read: {}", io_reason(&e)),
-        )),
-    }
+    read_pacman_conf(path, true).0
 }
 
-/// Parses pacman.conf text; `origin` names it in errors and anchors relative Includes.
+/// The files [`parse_pacman_conf`] reads for `path` now, stamped, even when one of them is
+/// broken: after a failed re-read, a change to any of them (the broken one included) is
+/// worth another try.
+pub fn pacman_conf_stamps(path: &Path) -> Vec<FileStamp> {
+    read_pacman_conf(path, true).1
+}
+
+/// The first file whose stamp no longer matches (changed, appeared, vanished), if any: a stat
+/// per file, cheap enough for every rescan of the sync dbs.
+pub fn changed_file(stamps: &[FileStamp]) -> Option<&Path> {
+    stamps
+        .iter()
+        .find(|s| FileStamp::of(&s.path).meta != s.meta)
+        .map(|s| s.path.as_path())
+}
+
+fn read_pacman_conf(
+    path: &Path,
+    missing_ok: bool,
+) -> (Result<Option<PacmanConf>, ConfigError>, Vec<FileStamp>) {
+    let mut reader = PacmanReader {
+        conf: PacmanConf::default(),
+        section: Section::Outside,
+        stack: Vec::new(),
+        files: 1,
+        db_path_seen: false,
+    };
+    let result = match open_config_file(path) {
+        Ok((text, stamp)) => {
+            reader.conf.files.push(stamp);
+            reader.file(&text, path).map(|()| reader.finish(path))
+        }
+        Err((Unread::Io(e), stamp)) if e.kind() == io::ErrorKind::NotFound && missing_ok => {
+            reader.conf.files.push(stamp);
+            Ok(false)
+        }
+        Err((unread, stamp)) => {
+            reader.conf.files.push(stamp);
+            Err(ConfigError::new(
+                path.display().to_string(),
+                format!("cannot read: {}", unread.reason()),
+            ))
+        }
+    };
+    let files = reader.conf.files.clone();
+    (result.map(|found| found.then_some(reader.conf)), files)
+}
+
+/// Parses pacman.conf text; `origin` names it in errors and warnings. Relative Includes are
+/// read from the working directory, as pacman reads them.
 pub fn parse_pacman_conf_str(text: &str, origin: &Path) -> Result<PacmanConf, ConfigError> {
     let mut reader = PacmanReader {
         conf: PacmanConf::default(),
         section: Section::Outside,
         stack: Vec::new(),
         files: 1,
+        db_path_seen: false,
     };
     reader.file(text, origin)?;
     Ok(reader.conf)
+}
+
+/// A file (or a directory an Include glob scanned) read for pacman.conf, with its metadata
+/// at that moment: when it differs, pacman would now read something else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    pub path: PathBuf,
+    /// (modification time in ns, inode, size); `None`: absent or unreadable.
+    meta: Option<(i128, u64, u64)>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> FileStamp {
+        FileStamp {
+            path: path.to_path_buf(),
+            meta: fs::metadata(path).ok().as_ref().map(stamp_of),
+        }
+    }
+}
+
+fn stamp_of(m: &fs::Metadata) -> (i128, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+    (ns, m.ino(), m.len())
+}
+
+/// Why a file named in pacman.conf was not read.
+enum Unread {
+    Io(io::Error),
+    /// What it is instead of a regular file ("FIFO", "directory", ...).
+    NotRegular(&'static str),
+}
+
+impl Unread {
+    fn reason(&self) -> String {
+        match self {
+            Unread::Io(e) => io_reason(e),
+            Unread::NotRegular(kind) => format!("a {kind}, not a regular file"),
+        }
+    }
+}
+
+/// Opens without blocking (a FIFO would otherwise wait for a writer, forever), checks on the
+/// open file that it is a regular one, then reads at most `MAX_FILE_BYTES`. The stamp is the
+/// open file's, taken before reading: a write after it changes the modification time.
+fn open_config_file(path: &Path) -> Result<(String, FileStamp), (Unread, FileStamp)> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let absent = || FileStamp {
+        path: path.to_path_buf(),
+        meta: None,
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| (Unread::Io(e), absent()))?;
+    let meta = file.metadata().map_err(|e| (Unread::Io(e), absent()))?;
+    let stamp = FileStamp {
+        path: path.to_path_buf(),
+        meta: Some(stamp_of(&meta)),
+    };
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("directory")
+    } else if t.is_fifo() {
+        Some("FIFO")
+    } else if t.is_socket() {
+        Some("socket")
+    } else if t.is_char_device() {
+        Some("character device")
+    } else if t.is_block_device() {
+        Some("block device")
+    } else {
+        Some("special file")
+    };
+    if let Some(kind) = kind {
+        return Err((Unread::NotRegular(kind), stamp));
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
+        return Err((Unread::Io(e), stamp));
+    }
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        let e = io::Error::other(format!("larger than {MAX_FILE_BYTES} bytes"));
+        return Err((Unread::Io(e), stamp));
+    }
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), stamp))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -947,6 +1120,10 @@ enum Section {
     Repo(usize),
 }
 
+/// One pass over pacman.conf and its includes, the way pacman's own parser (util/ini.c and
+/// conf.c) goes: a line is trimmed; empty or starting with `#`, it is a comment (and `#`
+/// nowhere else is one); `[name]` opens a section; anything else is `key = value`, both
+/// trimmed, the value whole. Unknown directives are skipped, as pacman skips them.
 struct PacmanReader {
     conf: PacmanConf,
     /// Like pacman, a section opened inside an included file stays open after it.
@@ -954,6 +1131,8 @@ struct PacmanReader {
     /// Files being read, outermost first, for the depth bound and cycle detection.
     stack: Vec<PathBuf>,
     files: usize,
+    /// pacman keeps the first DBPath line, even an empty one.
+    db_path_seen: bool,
 }
 
 /// A file's identity for cycle detection: two spellings of one file must compare equal.
@@ -961,13 +1140,26 @@ fn file_identity(path: &Path) -> PathBuf {
     fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// `# flocon: Server = URL` (the marker's case exact, whitespace free); returns the URL.
+/// pacman's strtrim(): ASCII whitespace, vertical tab included.
+fn pacman_trim(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b')
+}
+
+/// `# flocon: Server = URL` (the marker's case exact, whitespace free); returns the URL,
+/// taken whole like every pacman.conf value.
 fn flocon_comment(line: &str) -> Option<&str> {
     let rest = line.strip_prefix('#')?.trim_start();
     let rest = rest.strip_prefix("flocon:")?.trim_start();
     let rest = rest.strip_prefix("Server")?.trim_start();
-    let url = strip_comment(rest.strip_prefix('=')?).trim();
+    let url = pacman_trim(rest.strip_prefix('=')?);
     (!url.is_empty()).then_some(url)
+}
+
+/// Whether flocon can use a mirror URL as an upstream: http:// is fetched, https:// redirected
+/// to; ftp:// and file:// are pacman's alone.
+fn upstream_scheme_ok(url: &str) -> bool {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
 }
 
 impl PacmanReader {
@@ -980,32 +1172,48 @@ impl PacmanReader {
         Ok(())
     }
 
-    fn line(&mut self, raw: &str, origin: &Path, number: usize) -> Result<(), ConfigError> {
-        let at = || format!("{}:{}", origin.display(), number);
-        let trimmed = raw.trim();
-        if let Some(url) = flocon_comment(trimmed) {
-            if let Section::Repo(i) = self.section {
-                self.conf.repos[i].servers.push(ServerLine {
-                    kind: ServerKind::FloconComment,
-                    url: url.to_string(),
-                });
-            }
-            return Ok(());
+    /// Checks across the whole file, once it is read; true (the file was found).
+    fn finish(&mut self, origin: &Path) -> bool {
+        let uses_arch = self
+            .conf
+            .repos
+            .iter()
+            .flat_map(|r| &r.servers)
+            .any(|s| s.url.contains("$arch"));
+        if uses_arch && self.conf.architectures.is_empty() {
+            self.warn(
+                &origin.display().to_string(),
+                "mirrors use $arch but [options] sets no Architecture: pacman 7 refuses this \
+                 file (add 'Architecture = auto')"
+                    .to_string(),
+            );
         }
-        let line = strip_comment(trimmed).trim();
+        true
+    }
+
+    fn warn(&mut self, at: &str, what: String) {
+        self.conf.warnings.push(format!("{at}: {what}"));
+    }
+
+    fn line(&mut self, raw: &str, origin: &Path, number: usize) -> Result<(), ConfigError> {
+        let at = format!("{}:{}", origin.display(), number);
+        let line = pacman_trim(raw);
         if line.is_empty() {
             return Ok(());
         }
-        if let Some(rest) = line.strip_prefix('[') {
-            let Some(name) = rest.strip_suffix(']') else {
-                return Err(ConfigError::new(
-                    at(),
-                    format!("malformed section header '{}'", shown(line)),
-                ));
-            };
-            let name = name.trim();
+        if line.starts_with('#') {
+            if let Some(url) = flocon_comment(line)
+                && let Section::Repo(i) = self.section
+            {
+                self.server(i, ServerKind::FloconComment, url, &at);
+            }
+            return Ok(());
+        }
+        if line.len() >= 2 && line.starts_with('[') && line.ends_with(']') {
+            // The name as written: pacman trims nothing inside the brackets.
+            let name = &line[1..line.len() - 1];
             if name.is_empty() {
-                return Err(ConfigError::new(at(), "empty section name"));
+                self.warn(&at, "'[]': a section with an empty name".to_string());
             }
             self.section = if name == "options" {
                 Section::Options
@@ -1015,59 +1223,119 @@ impl PacmanReader {
             return Ok(());
         }
         let (key, value) = match line.split_once('=') {
-            Some((k, v)) => (k.trim(), Some(v.trim())),
+            Some((k, v)) => (pacman_trim(k), Some(pacman_trim(v))),
             None => (line, None),
         };
-        if key.is_empty() {
-            return Err(ConfigError::new(at(), "missing key before '='"));
+        if let Section::Outside = self.section {
+            return Err(ConfigError::new(
+                at,
+                format!(
+                    "'{}' is outside of any [section] (pacman: all directives must belong to a section)",
+                    shown(key)
+                ),
+            ));
+        }
+        if key.starts_with('[') {
+            self.warn(
+                &at,
+                format!(
+                    "'{}' is not a section header (no closing ']'): pacman ignores the line",
+                    shown(line)
+                ),
+            );
+            return Ok(());
+        }
+        if let Some(v) = value
+            && v.contains('#')
+        {
+            self.warn(
+                &at,
+                format!(
+                    "the value of {} contains '#': it is part of the value, as pacman reads it \
+                     (pacman.conf has comments only at the start of a line): '{}'",
+                    shown(key),
+                    shown(v)
+                ),
+            );
         }
         if key == "Include" {
-            return match value {
-                Some(pattern) if !pattern.is_empty() => self.include(pattern, origin, &at()),
-                _ => Err(ConfigError::new(at(), "Include: missing value")),
-            };
+            return self.include(value, &at);
         }
-        // Bare keys and empty values of the keys we read are ignored, as pacman does.
-        let value = value.unwrap_or("");
         match self.section {
-            Section::Outside => {
-                return Err(ConfigError::new(
-                    at(),
-                    format!("'{}' is outside of any [section]", shown(key)),
-                ));
-            }
-            Section::Options => match key {
-                "CacheDir" => self
-                    .conf
-                    .cache_dirs
-                    .extend(value.split_whitespace().map(PathBuf::from)),
-                // pacman keeps the first DBPath it reads.
-                "DBPath" if !value.is_empty() && self.conf.db_path.is_none() => {
-                    self.conf.db_path = Some(PathBuf::from(value));
+            Section::Outside => {}
+            // Bare keys and empty values of the keys we read are ignored, as pacman does.
+            Section::Options => {
+                let value = value.unwrap_or("");
+                match key {
+                    // pacman splits these on spaces only (a tab is part of a name)
+                    "CacheDir" => self
+                        .conf
+                        .cache_dirs
+                        .extend(value.split(' ').filter(|v| !v.is_empty()).map(PathBuf::from)),
+                    // pacman keeps the first DBPath it reads, even an empty one.
+                    "DBPath" if !self.db_path_seen => {
+                        self.db_path_seen = true;
+                        if value.is_empty() {
+                            self.warn(&at, "DBPath without a value".to_string());
+                        } else {
+                            self.conf.db_path = Some(PathBuf::from(value));
+                        }
+                    }
+                    "Architecture" => self
+                        .conf
+                        .architectures
+                        .extend(value.split(' ').filter(|v| !v.is_empty()).map(str::to_string)),
+                    _ => {}
                 }
-                "Architecture" => self
-                    .conf
-                    .architectures
-                    .extend(value.split_whitespace().map(str::to_string)),
-                _ => {}
-            },
+            }
             Section::Repo(i) => {
                 let kind = match key {
-                    "Server" => Some(ServerKind::Server),
-                    "CacheServer" => Some(ServerKind::CacheServer),
-                    _ => None,
+                    "Server" => ServerKind::Server,
+                    "CacheServer" => ServerKind::CacheServer,
+                    _ => return Ok(()),
                 };
-                if let Some(kind) = kind
-                    && !value.is_empty()
-                {
-                    self.conf.repos[i].servers.push(ServerLine {
-                        kind,
-                        url: value.to_string(),
-                    });
+                match value {
+                    // pacman refuses the whole file here
+                    None => {
+                        return Err(ConfigError::new(
+                            at,
+                            format!("{key}: needs a value ('{key} = URL')"),
+                        ));
+                    }
+                    Some(url) => self.server(i, kind, url, &at),
                 }
             }
         }
         Ok(())
+    }
+
+    fn server(&mut self, repo: usize, kind: ServerKind, url: &str, at: &str) {
+        let what = match kind {
+            ServerKind::Server => "Server",
+            ServerKind::CacheServer => "CacheServer",
+            ServerKind::FloconComment => "'# flocon: Server'",
+        };
+        if url.is_empty() {
+            self.warn(
+                at,
+                format!("{what} line without a value: ignored (pacman keeps an empty server)"),
+            );
+            return;
+        }
+        if kind != ServerKind::CacheServer && !upstream_scheme_ok(url) {
+            self.warn(
+                at,
+                format!(
+                    "{what} {}: flocon fetches only http:// (and sends pacman to https://) mirrors; \
+                     it skips this one",
+                    shown(url)
+                ),
+            );
+        }
+        self.conf.repos[repo].servers.push(ServerLine {
+            kind,
+            url: url.to_string(),
+        });
     }
 
     /// A repeated `[repo]` section continues the first one.
@@ -1084,21 +1352,41 @@ impl PacmanReader {
         }
     }
 
-    fn include(&mut self, pattern: &str, origin: &Path, at: &str) -> Result<(), ConfigError> {
+    /// pacman's process_include(): glob(3) with GLOB_NOCHECK (a pattern matching nothing is
+    /// read as a file name, and so fails), a relative pattern taken from the working directory,
+    /// every match read in order. A match that is not a regular file is skipped with a warning
+    /// (pacman reads nothing from a directory and waits forever on a FIFO).
+    fn include(&mut self, value: Option<&str>, at: &str) -> Result<(), ConfigError> {
         let error = |reason: String| ConfigError::new(at, format!("Include: {reason}"));
-        let base = origin.parent().unwrap_or(Path::new(""));
-        let path = base.join(pattern);
-        let files = if has_wildcard(pattern.as_bytes()) {
-            expand_glob(&path).map_err(error)?
-        } else {
-            vec![path]
+        let pattern = match value {
+            Some(p) if !p.is_empty() => p,
+            _ => return Err(error("missing value".to_string())),
         };
+        if self.stack.len() > MAX_INCLUDE_DEPTH {
+            return Err(error(format!(
+                "includes nested deeper than {MAX_INCLUDE_DEPTH} levels"
+            )));
+        }
+        let path = Path::new(pattern);
+        if path.is_relative() {
+            self.warn(
+                at,
+                format!(
+                    "Include {}: a relative path is read from the working directory (pacman's \
+                     and flocon's may differ): use an absolute one",
+                    shown(pattern)
+                ),
+            );
+        }
+        let mut files = if has_wildcard(pattern.as_bytes()) {
+            expand_glob(path, &mut self.conf.files).map_err(error)?
+        } else {
+            Vec::new()
+        };
+        if files.is_empty() {
+            files.push(path.to_path_buf());
+        }
         for file in files {
-            if self.stack.len() > MAX_INCLUDE_DEPTH {
-                return Err(error(format!(
-                    "includes nested deeper than {MAX_INCLUDE_DEPTH} levels"
-                )));
-            }
             let identity = file_identity(&file);
             if let Some(start) = self.stack.iter().position(|p| *p == identity) {
                 let chain: Vec<String> = self.stack[start..]
@@ -1114,14 +1402,36 @@ impl PacmanReader {
                 )));
             }
             self.files += 1;
-            let text = read_bounded(&file).map_err(|e| {
-                error(format!(
-                    "cannot read '{}': {}",
-                    file.display(),
-                    io_reason(&e)
-                ))
-            })?;
-            self.file(&text, &file)?;
+            match open_config_file(&file) {
+                Ok((text, stamp)) => {
+                    self.conf.files.push(stamp);
+                    self.file(&text, &file)?;
+                }
+                Err((Unread::NotRegular(kind), stamp)) => {
+                    self.conf.files.push(stamp);
+                    self.warn(
+                        at,
+                        format!(
+                            "Include {}: a {kind}, not a regular file: not read",
+                            file.display()
+                        ),
+                    );
+                }
+                Err((unread, stamp)) => {
+                    self.conf.files.push(stamp);
+                    let hint = if pattern.contains('#') {
+                        " ('#' starts a comment only at the start of a line: pacman fails \
+                         the same way)"
+                    } else {
+                        ""
+                    };
+                    return Err(error(format!(
+                        "cannot read '{}': {}{hint}",
+                        file.display(),
+                        unread.reason()
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -1132,9 +1442,10 @@ fn has_wildcard(s: &[u8]) -> bool {
 }
 
 /// glob(3) as pacman uses it for `Include`: wildcards in any component, sorted results,
-/// a pattern matching nothing gives nothing. Only regular files (or links to them) are kept:
-/// a directory matched by `*` is not a config file.
-fn expand_glob(pattern: &Path) -> Result<Vec<PathBuf>, String> {
+/// every kind of entry (the caller refuses what is not a regular file); a pattern matching
+/// nothing gives nothing here (the caller reads it as a name, GLOB_NOCHECK). Every directory
+/// scanned is stamped: a file added to it changes what the pattern matches.
+fn expand_glob(pattern: &Path, stamps: &mut Vec<FileStamp>) -> Result<Vec<PathBuf>, String> {
     let mut found = vec![PathBuf::new()];
     for component in pattern.components() {
         let Component::Normal(name) = component else {
@@ -1156,6 +1467,7 @@ fn expand_glob(pattern: &Path) -> Result<Vec<PathBuf>, String> {
             } else {
                 base.as_path()
             };
+            stamps.push(FileStamp::of(dir));
             let Ok(entries) = fs::read_dir(dir) else {
                 continue;
             };
@@ -1186,7 +1498,7 @@ fn expand_glob(pattern: &Path) -> Result<Vec<PathBuf>, String> {
         }
         found = next;
     }
-    found.retain(|path| path.is_file());
+    found.retain(|path| fs::symlink_metadata(path).is_ok());
     found.sort();
     Ok(found)
 }
@@ -1946,7 +2258,8 @@ SigLevel    = Required DatabaseOptional
 
 [core]
 Server = http://localhost:19433/$repo/os/$arch
-Server = https://mirror.one/$repo/os/$arch/   # a comment
+Server = https://mirror.one/$repo/os/$arch/
+  # a comment, indented
 #Server = http://disabled/$repo
 # flocon: Server = http://lan-mirror/$repo/$arch
 ##flocon: Server = http://disabled-flocon/
@@ -2027,6 +2340,7 @@ Server = http://mirror.two/$arch/$repo
     #[test]
     fn pacman_conf_errors() {
         let origin = Path::new("/etc/pacman.conf");
+        // What pacman refuses too (its pacman-conf prints an error and exits 1).
         let cases = [
             (
                 "Server = http://x\n",
@@ -2034,16 +2348,21 @@ Server = http://mirror.two/$arch/$repo
                 "outside of any [section]",
             ),
             (
-                "[options]\n[core\n",
-                "/etc/pacman.conf:2",
-                "malformed section header",
-            ),
-            ("\n[]\n", "/etc/pacman.conf:2", "empty section name"),
-            ("[core]\n= x\n", "/etc/pacman.conf:2", "missing key"),
-            (
                 "[core]\nInclude =\n",
                 "/etc/pacman.conf:2",
                 "Include: missing value",
+            ),
+            ("[core]\nInclude\n", "/etc/pacman.conf:2", "Include: missing"),
+            ("[core]\nServer\n", "/etc/pacman.conf:2", "Server: needs a value"),
+            (
+                "[core]\n  CacheServer  \n",
+                "/etc/pacman.conf:2",
+                "CacheServer: needs a value",
+            ),
+            (
+                "[core]\nInclude = /nonexistent/flocon   # CacheServer = x\n",
+                "/etc/pacman.conf:2",
+                "'#' starts a comment only at the start of a line",
             ),
         ];
         for (text, option, reason) in cases {
@@ -2051,12 +2370,158 @@ Server = http://mirror.two/$arch/$repo
             assert_eq!(e.option, option, "{text:?} -> {e}");
             assert!(e.reason.contains(reason), "{text:?} -> {e}");
         }
-        // Unknown keys, bare keys and comments anywhere are fine.
-        let ok = "# top\n[options]\nNoSuchKey = 1\nBare\n[r]\nWhatever = x # y\nCacheServer\n";
+        // Unknown keys, bare keys, stray '[' lines, empty keys: skipped, as pacman does.
+        let ok = "# top\n[options]\nNoSuchKey = 1\nBare\n[r]\nWhatever = x # y\n= x\n\
+                  [r2\nServer = http://s\n";
         let conf = parse_pacman_conf_str(ok, origin).unwrap();
-        assert!(conf.repos[0].servers.is_empty());
+        assert_eq!(conf.repos.len(), 1);
+        // "[r2" opened nothing: the Server line after it is [r]'s, as in pacman
+        assert_eq!(conf.repos[0].servers[0].url, "http://s");
         let e = parse_pacman_conf(Path::new("/nonexistent/pacman.conf")).unwrap_err();
         assert!(e.reason.contains("cannot read"));
+    }
+
+    /// Lines pacman accepts but that are surely not meant: read as pacman reads them, and
+    /// one warning each naming the file and line.
+    #[test]
+    fn pacman_conf_warnings() {
+        let origin = Path::new("/etc/pacman.conf");
+        let cases: &[(&str, &str)] = &[
+            ("[options]\n[core\n", "'[core' is not a section header"),
+            ("[options]\n[]\n", "empty name"),
+            ("[core]\nServer =\n", "Server line without a value"),
+            ("[core]\nCacheServer =\n", "CacheServer line without a value"),
+            ("[core]\nServer = ftp://m/$repo\n", "only http://"),
+            ("[core]\nServer = file:///srv/repo\n", "only http://"),
+            ("[options]\nDBPath =\n", "DBPath without a value"),
+            (
+                "[core]\nServer = http://m/$repo # c\n",
+                "the value of Server contains '#'",
+            ),
+            ("[core]\nServer = http://m/$arch\n", "sets no Architecture"),
+        ];
+        for (text, warning) in cases {
+            let dir = TempDir::new("pmwarn");
+            let path = dir.write("pacman.conf", text);
+            let conf = parse_pacman_conf(&path).unwrap();
+            let line = text.lines().count();
+            assert!(
+                conf.warnings.len() == 1 && conf.warnings[0].contains(warning),
+                "{text:?} -> {:?}",
+                conf.warnings
+            );
+            let at = format!("{}:", path.display());
+            assert!(conf.warnings[0].starts_with(&at), "{:?}", conf.warnings);
+            if !warning.contains("Architecture") {
+                assert!(
+                    conf.warnings[0].starts_with(&format!("{at}{line}: ")),
+                    "{:?}",
+                    conf.warnings
+                );
+            }
+        }
+        // Values are taken whole: a '#' inside one is part of it.
+        let conf = parse_pacman_conf_str(
+            "[options]\nCacheDir = /a/ /b/\t/c/ # x\n[core]\nServer = http://m/x#y\n",
+            origin,
+        )
+        .unwrap();
+        assert_eq!(conf.cache_dirs, [p("/a/"), p("/b/\t/c/"), p("#"), p("x")]);
+        assert_eq!(conf.repos[0].servers[0].url, "http://m/x#y");
+        // The name inside the brackets is taken as written; a repeated section continues.
+        let conf = parse_pacman_conf_str(
+            "[ core ]\nServer = http://a\n[x]\n[ core ]\nServer = http://b\n",
+            origin,
+        )
+        .unwrap();
+        assert_eq!(conf.repos[0].name, " core ");
+        assert_eq!(conf.repos[0].servers.len(), 2);
+        // ftp:// and file:// mirrors are never upstreams (flocon cannot fetch them).
+        let conf = parse_pacman_conf_str(
+            "[core]\nServer = ftp://a/$repo\nServer = FILE:///b\nServer = HTTP://c/$repo\n",
+            origin,
+        )
+        .unwrap();
+        assert_eq!(conf.repos[0].upstreams("x86_64", 19433), ["HTTP://c/core"]);
+    }
+
+    #[test]
+    fn includes_that_are_not_regular_files() {
+        let dir = TempDir::new("special");
+        fs::create_dir_all(dir.path("adir")).unwrap();
+        let fifo = dir.path("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let text = format!(
+            "[core]\nInclude = {}\nInclude = {}\nInclude = /dev/null\nServer = http://after\n",
+            fifo.display(),
+            dir.path("adir").display()
+        );
+        let path = dir.write("pacman.conf", &text);
+        // Opening the FIFO without a writer must not block.
+        let conf = parse_pacman_conf(&path).unwrap();
+        assert_eq!(conf.repos[0].servers.len(), 1);
+        assert_eq!(conf.warnings.len(), 3, "{:?}", conf.warnings);
+        for (w, kind) in conf.warnings.iter().zip(["FIFO", "directory", "character device"]) {
+            assert!(w.contains(&format!("a {kind}, not a regular file")), "{w}");
+        }
+        // The top-level file itself: refused, not waited on.
+        let e = parse_pacman_conf(&fifo).unwrap_err();
+        assert!(e.reason.contains("FIFO"), "{e}");
+    }
+
+    #[test]
+    fn changed_files_are_noticed() {
+        let dir = TempDir::new("stamps");
+        let mirrors = dir.write("mirrorlist", "Server = http://one/$repo\n");
+        dir.write("pacman.d/a.conf", "");
+        let main = dir.write(
+            "pacman.conf",
+            &format!(
+                "[options]\nInclude = {}/pacman.d/*.conf\n[core]\nInclude = {}\n",
+                dir.0.display(),
+                mirrors.display()
+            ),
+        );
+        let conf = parse_pacman_conf(&main).unwrap();
+        let stamps = conf.files;
+        let paths: Vec<&Path> = stamps.iter().map(|s| s.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            [
+                main.as_path(),
+                dir.path("pacman.d").as_path(),
+                dir.path("pacman.d/a.conf").as_path(),
+                mirrors.as_path()
+            ]
+        );
+        assert_eq!(changed_file(&stamps), None);
+        // rewritten by renaming a new file into place (reflector, pacdiff): another inode
+        let new = dir.write("mirrorlist.new", "Server = http://two/$repo\n");
+        fs::rename(&new, &mirrors).unwrap();
+        assert_eq!(changed_file(&stamps), Some(mirrors.as_path()));
+        let stamps = pacman_conf_stamps(&main);
+        assert_eq!(changed_file(&stamps), None);
+        // a new file matching the glob
+        dir.write("pacman.d/b.conf", "");
+        assert_eq!(changed_file(&stamps), Some(dir.path("pacman.d").as_path()));
+        // a broken file is stamped too: fixing it is a change
+        dir.write("mirrorlist", "[core]\nServer\n");
+        assert!(parse_pacman_conf(&main).is_err());
+        let stamps = pacman_conf_stamps(&main);
+        assert_eq!(stamps.len(), 5);
+        assert_eq!(changed_file(&stamps), None);
+        dir.write("mirrorlist", "Server = http://three/$repo\n");
+        assert_eq!(changed_file(&stamps), Some(mirrors.as_path()));
+        // a missing pacman.conf is stamped as absent: its creation is a change
+        let absent = dir.path("absent.conf");
+        let stamps = pacman_conf_stamps(&absent);
+        assert_eq!(changed_file(&stamps), None);
+        dir.write("absent.conf", "");
+        assert_eq!(changed_file(&stamps), Some(absent.as_path()));
     }
 
     #[test]
@@ -2066,9 +2531,10 @@ Server = http://mirror.two/$arch/$repo
             Some("http://a")
         );
         assert_eq!(flocon_comment("#flocon:Server=http://a"), Some("http://a"));
+        // taken whole, like every value in pacman.conf
         assert_eq!(
             flocon_comment("#  flocon:\tServer\t=  http://a  # x"),
-            Some("http://a")
+            Some("http://a  # x")
         );
         assert_eq!(flocon_comment("# Flocon: Server = http://a"), None);
         assert_eq!(flocon_comment("# flocon: CacheServer = http://a"), None);
@@ -2083,6 +2549,13 @@ Server = http://mirror.two/$arch/$repo
         )
         .unwrap();
         assert!(conf.repos.is_empty());
+        // indented, it is still a comment line
+        let conf = parse_pacman_conf_str(
+            "[core]\n\t # flocon: Server = http://c/$repo\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(conf.repos[0].upstreams("x86_64", 19433), ["http://c/core"]);
     }
 
     #[test]
@@ -2100,17 +2573,16 @@ Server = http://mirror.two/$arch/$repo
         dir.write("sub/one/x.conf", "Server = http://one\n");
         dir.write("sub/two/x.conf", "Server = http://two\n");
         dir.write("sections.conf", "[fromfile]\nServer = http://f\n");
-        let pacman_d = dir.path("pacman.d");
         let main = format!(
-            "[options]\nInclude = {d}/nothing-*.conf\n\
-             [core]\nInclude = {d}/*.conf\n\
-             [extra]\nInclude = pacman.d/mirrorlist\n\
-             [q]\nInclude = {d}/?.c[a-z]nf\n\
-             [neg]\nInclude = {d}/[!a].conf\n\
-             [nested]\nInclude = sub/*/x.conf\n\
-             Include = sections.conf\n\
+            "[options]\nArchitecture = auto\n\
+             [core]\nInclude = {d}/pacman.d/*.conf\n\
+             [extra]\nInclude = {d}/pacman.d/mirrorlist\n\
+             [q]\nInclude = {d}/pacman.d/?.c[a-z]nf\n\
+             [neg]\nInclude = {d}/pacman.d/[!a].conf\n\
+             [nested]\nInclude = {d}/sub/*/x.conf\n\
+             Include = {d}/sections.conf\n\
              Server = http://after-include\n",
-            d = pacman_d.display()
+            d = dir.0.display()
         );
         let path = dir.write("pacman.conf", &main);
         let conf = parse_pacman_conf(&path).unwrap();
@@ -2131,9 +2603,22 @@ Server = http://mirror.two/$arch/$repo
         assert_eq!(urls("nested"), ["http://one", "http://two"]);
         // A section opened in an included file stays open after it, as in pacman.
         assert_eq!(urls("fromfile"), ["http://f", "http://after-include"]);
+        // The directory matched by *.conf: pacman reads nothing from it; flocon says so.
+        assert_eq!(conf.warnings.len(), 1, "{:?}", conf.warnings);
+        assert!(conf.warnings[0].contains("dir.conf: a directory"));
 
-        // A missing non-glob include names the including file and line.
-        let bad = dir.write("bad.conf", "[core]\n\nInclude = pacman.d/absent\n");
+        // A glob matching nothing is read as a file name, and fails (pacman's GLOB_NOCHECK).
+        let none = dir.write(
+            "none.conf",
+            &format!("[core]\nInclude = {}/nothing-*.conf\n", dir.0.display()),
+        );
+        let e = parse_pacman_conf(&none).unwrap_err();
+        assert!(e.reason.contains("nothing-*.conf"), "{e}");
+        // A missing include names the including file and line.
+        let bad = dir.write(
+            "bad.conf",
+            &format!("[core]\n\nInclude = {}/pacman.d/absent\n", dir.0.display()),
+        );
         let e = parse_pacman_conf(&bad).unwrap_err();
         assert_eq!(e.option, format!("{}:3", bad.display()));
         assert!(
@@ -2141,31 +2626,39 @@ Server = http://mirror.two/$arch/$repo
             "{e}"
         );
         // An error inside an include names the included file.
-        dir.write("pacman.d/broken", "[oops\n");
-        let outer = dir.write("outer.conf", "[core]\nInclude = pacman.d/broken\n");
+        dir.write("pacman.d/broken", "[oops]\nServer\n");
+        let outer = dir.write(
+            "outer.conf",
+            &format!("[core]\nInclude = {}/pacman.d/broken\n", dir.0.display()),
+        );
         let e = parse_pacman_conf(&outer).unwrap_err();
         assert_eq!(
             e.option,
-            format!("{}:1", dir.path("pacman.d/broken").display())
+            format!("{}:2", dir.path("pacman.d/broken").display())
         );
+        // A relative Include is read from the working directory, with a warning.
+        let rel = dir.write("rel.conf", "[core]\nInclude = Cargo.toml\n");
+        let conf = parse_pacman_conf(&rel).unwrap();
+        assert!(conf.warnings[0].contains("relative path"), "{:?}", conf.warnings);
     }
 
     #[test]
     fn include_cycles_and_depth() {
         let dir = TempDir::new("cycle");
-        let a = dir.write("a.conf", "[core]\nInclude = b.conf\n");
-        dir.write("b.conf", "Include = ./a.conf\n");
+        let d = dir.0.display().to_string();
+        let a = dir.write("a.conf", &format!("[core]\nInclude = {d}/b.conf\n"));
+        dir.write("b.conf", &format!("Include = {d}/./a.conf\n"));
         let e = parse_pacman_conf(&a).unwrap_err();
         assert!(e.reason.contains("include cycle"), "{e}");
         assert_eq!(e.option, format!("{}:1", dir.path("b.conf").display()));
-        let selfish = dir.write("self.conf", "Include = self.conf\n");
+        let selfish = dir.write("self.conf", &format!("[x]\nInclude = {d}/self.conf\n"));
         assert!(
             parse_pacman_conf(&selfish)
                 .unwrap_err()
                 .reason
                 .contains("cycle")
         );
-        let glob_self = dir.write("g.conf", "Include = g.*\n");
+        let glob_self = dir.write("g.conf", &format!("[x]\nInclude = {d}/g.*\n"));
         assert!(
             parse_pacman_conf(&glob_self)
                 .unwrap_err()
@@ -2177,22 +2670,23 @@ Server = http://mirror.two/$arch/$repo
         dir.write("mirrors", "Server = http://m\n");
         let twice = dir.write(
             "twice.conf",
-            "[a]\nInclude = mirrors\n[b]\nInclude = mirrors\n",
+            &format!("[a]\nInclude = {d}/mirrors\n[b]\nInclude = {d}/mirrors\n"),
         );
         assert_eq!(parse_pacman_conf(&twice).unwrap().repos.len(), 2);
 
         // A chain of exactly MAX_INCLUDE_DEPTH nested includes is accepted, one more is not.
         let chain = |len: usize| {
-            for i in 0..len {
+            dir.write("d0.conf", &format!("[top]\nInclude = {d}/d1.conf\n"));
+            for i in 1..len {
                 dir.write(
                     &format!("d{i}.conf"),
-                    &format!("Include = d{}.conf\n", i + 1),
+                    &format!("Include = {d}/d{}.conf\n", i + 1),
                 );
             }
             dir.write(&format!("d{len}.conf"), "[deep]\n");
             parse_pacman_conf(&dir.path("d0.conf"))
         };
-        assert_eq!(chain(MAX_INCLUDE_DEPTH).unwrap().repos.len(), 1);
+        assert_eq!(chain(MAX_INCLUDE_DEPTH).unwrap().repos.len(), 2);
         let e = chain(MAX_INCLUDE_DEPTH + 1).unwrap_err();
         assert!(e.reason.contains("deeper than 10"), "{e}");
     }
