@@ -954,7 +954,9 @@ fn loopback_port(url: &str) -> Option<u16> {
 
 /// Reads a pacman.conf and its includes. A missing file is an error here.
 pub fn parse_pacman_conf(path: &Path) -> Result<PacmanConf, ConfigError> {
-    read_pacman_conf(path, false).0.map(|conf| conf.unwrap_or_default())
+    read_pacman_conf(path, false)
+        .0
+        .map(|conf| conf.unwrap_or_default())
 }
 
 /// Like [`parse_pacman_conf`], but a missing top-level file is `None` (pacman's defaults).
@@ -1268,10 +1270,12 @@ impl PacmanReader {
                 let value = value.unwrap_or("");
                 match key {
                     // pacman splits these on spaces only (a tab is part of a name)
-                    "CacheDir" => self
-                        .conf
-                        .cache_dirs
-                        .extend(value.split(' ').filter(|v| !v.is_empty()).map(PathBuf::from)),
+                    "CacheDir" => self.conf.cache_dirs.extend(
+                        value
+                            .split(' ')
+                            .filter(|v| !v.is_empty())
+                            .map(PathBuf::from),
+                    ),
                     // pacman keeps the first DBPath it reads, even an empty one.
                     "DBPath" if !self.db_path_seen => {
                         self.db_path_seen = true;
@@ -1281,10 +1285,12 @@ impl PacmanReader {
                             self.conf.db_path = Some(PathBuf::from(value));
                         }
                     }
-                    "Architecture" => self
-                        .conf
-                        .architectures
-                        .extend(value.split(' ').filter(|v| !v.is_empty()).map(str::to_string)),
+                    "Architecture" => self.conf.architectures.extend(
+                        value
+                            .split(' ')
+                            .filter(|v| !v.is_empty())
+                            .map(str::to_string),
+                    ),
                     _ => {}
                 }
             }
@@ -2352,8 +2358,16 @@ Server = http://mirror.two/$arch/$repo
                 "/etc/pacman.conf:2",
                 "Include: missing value",
             ),
-            ("[core]\nInclude\n", "/etc/pacman.conf:2", "Include: missing"),
-            ("[core]\nServer\n", "/etc/pacman.conf:2", "Server: needs a value"),
+            (
+                "[core]\nInclude\n",
+                "/etc/pacman.conf:2",
+                "Include: missing",
+            ),
+            (
+                "[core]\nServer\n",
+                "/etc/pacman.conf:2",
+                "Server: needs a value",
+            ),
             (
                 "[core]\n  CacheServer  \n",
                 "/etc/pacman.conf:2",
@@ -2390,7 +2404,10 @@ Server = http://mirror.two/$arch/$repo
             ("[options]\n[core\n", "'[core' is not a section header"),
             ("[options]\n[]\n", "empty name"),
             ("[core]\nServer =\n", "Server line without a value"),
-            ("[core]\nCacheServer =\n", "CacheServer line without a value"),
+            (
+                "[core]\nCacheServer =\n",
+                "CacheServer line without a value",
+            ),
             ("[core]\nServer = ftp://m/$repo\n", "only http://"),
             ("[core]\nServer = file:///srv/repo\n", "only http://"),
             ("[options]\nDBPath =\n", "DBPath without a value"),
@@ -2465,7 +2482,11 @@ Server = http://mirror.two/$arch/$repo
         let conf = parse_pacman_conf(&path).unwrap();
         assert_eq!(conf.repos[0].servers.len(), 1);
         assert_eq!(conf.warnings.len(), 3, "{:?}", conf.warnings);
-        for (w, kind) in conf.warnings.iter().zip(["FIFO", "directory", "character device"]) {
+        for (w, kind) in conf
+            .warnings
+            .iter()
+            .zip(["FIFO", "directory", "character device"])
+        {
             assert!(w.contains(&format!("a {kind}, not a regular file")), "{w}");
         }
         // The top-level file itself: refused, not waited on.
@@ -2639,7 +2660,11 @@ Server = http://mirror.two/$arch/$repo
         // A relative Include is read from the working directory, with a warning.
         let rel = dir.write("rel.conf", "[core]\nInclude = Cargo.toml\n");
         let conf = parse_pacman_conf(&rel).unwrap();
-        assert!(conf.warnings[0].contains("relative path"), "{:?}", conf.warnings);
+        assert!(
+            conf.warnings[0].contains("relative path"),
+            "{:?}",
+            conf.warnings
+        );
     }
 
     #[test]

@@ -1,46 +1,71 @@
 #!/usr/bin/env bash
-# e2e.sh [path/to/flocon] - the end-to-end suite: real pacman on a namespace LAN (issue 5).
+# e2e.sh [--tree DIR] [path/to/flocon] - the end-to-end suite: real pacman on a namespace LAN.
+#
+# Two ways to run pacman, one per run:
+#   (default)    the host's pacman (Debian bookworm: 6.0.2), configured the pacman 6.0 way:
+#                  Server = http://localhost:19433/$repo/os/$arch     (its own flocon)
+#                  Server = http://10.77.0.5:8080/$repo/os/$arch      (the mirror)
+#   --tree DIR   pacman 7 from a Debian trixie tree (tests/trixie.sh DIR), run with `chroot DIR`
+#                inside each namespace host (flocon runs outside), configured the way the
+#                README recommends (pacman >= 6.1):
+#                  CacheServer = http://localhost:19433/$repo/os/$arch
+#                  Server = http://10.77.0.5:8080/$repo/os/$arch
+#                The tree is never modified: its /tmp, /proc and /dev are mounted over in this
+#                run's private mount namespace only.
 #
 #   hosts 1-4  10.77.0.1-4: flocon with default ports and interfaces, and a pacman of its own
 #              (--config: RootDir, DBPath, CacheDir, GPGDir, LogFile, HookDir under a temp
-#              dir; SigLevel = Required; the fixtures' throw-away key lsign'ed in its GPGDir),
-#              configured the pacman 6.0 way:
-#                Server = http://localhost:19433/$repo/os/$arch     (its own flocon)
-#                Server = http://10.77.0.5:8080/$repo/os/$arch      (the mirror)
+#              dir; SigLevel = Required; the fixtures' throw-away key lsign'ed in its GPGDir)
 #   host 5     the mirror: a small HTTP/1.1 server (keep-alive, Range, If-Modified-Since)
-#              writing an access log (client address, request, status, bytes, User-Agent).
+#              writing an access log (client address, request, status, bytes, User-Agent),
+#              and the same tree over https on port 8443 (a throw-away certificate that the
+#              pacman under test is made to trust, in this namespace only)
 #
 # Each scenario is checked on pacman's exit code, its output, the files it installed (and the
 # cached package's SHA-256), the mirror's access log (by source address: a host's flocon
-# fetches from the mirror with the host's own address) and `flocon status --json`.
+# fetches from the mirror with the host's own address), flocon's log and
+# `flocon status --json`.
 #
 # Run it as root or not; outside a private namespace it re-runs itself in one
 # (`tests/lan.sh isolated`), so nothing reaches a real interface. Prints one line per check,
-# then "N passed, N failed" and the wall time; exits non-zero on any failure.
+# then "N passed, N failed" and the wall time; exits non-zero on any failure, and with 2
+# (printing no "passed" line) when a tool or the tree's pacman 7 is missing.
 #
 # Environment: FLOCON_BIN (the binary when no argument is given), FIXTURE_BIG_MB (size of the
 # large package, default 150: ~12.6 s at 100 Mbit/s, past pacman's 10 s no-progress abort),
 # E2E_FIXTURES=DIR (build the fixtures there and keep them, to re-run faster; default: inside
 # the temp dir), E2E_KEEP=1 (keep the temp dir for inspection).
 # Needs: pacman-package-manager makepkg libarchive-tools fakeroot gnupg zstd xz-utils python3
-# iproute2 util-linux.
+# openssl iproute2 util-linux (and for --tree, a tree made by tests/trixie.sh).
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 LAN=$here/lan.sh
-BIN=${1:-${FLOCON_BIN:-$here/../target/release/flocon}}
 die() { echo "e2e.sh: $*" >&2; exit 2; }
+TREE=
+if [[ ${1:-} == --tree ]]; then
+  [[ -n ${2:-} ]] || die "--tree needs a directory (made by tests/trixie.sh)"
+  TREE=$(readlink -f "$2"); shift 2
+fi
+BIN=${1:-${FLOCON_BIN:-$here/../target/release/flocon}}
 [[ -x $BIN ]] || die "no flocon binary at $BIN (cargo build --release)"
 BIN=$(readlink -f "$BIN")
 
 missing=()
 for t in pacman:pacman-package-manager pacman-key:pacman-package-manager makepkg:makepkg \
          repo-add:pacman-package-manager bsdtar:libarchive-tools fakeroot:fakeroot gpg:gnupg \
-         zstd:zstd xz:xz-utils python3:python3 ip:iproute2 tc:iproute2 unshare:util-linux; do
+         zstd:zstd xz:xz-utils python3:python3 ip:iproute2 tc:iproute2 unshare:util-linux \
+         openssl:openssl chroot:coreutils; do
   command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}")
 done
 (( ${#missing[@]} == 0 )) ||
   die "missing tools; on Debian: apt-get install -y $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
+if [[ -n $TREE ]]; then
+  [[ -x $TREE/usr/bin/pacman && -x $TREE/usr/bin/pacman-key ]] ||
+    die "no pacman in the tree $TREE (build it: tests/trixie.sh $TREE)"
+  v=$(chroot "$TREE" pacman --version 2>/dev/null | grep -o 'Pacman v[0-9.]*') || true
+  [[ $v == "Pacman v"[7-9]* ]] || die "the tree $TREE has '${v:-no working pacman}', not pacman >= 7"
+fi
 
 # Only lo in sight means a private network namespace; anything else: re-run in one.
 if ip -o link show | grep -qv '^[0-9]*: lo:'; then
@@ -48,7 +73,7 @@ if ip -o link show | grep -qv '^[0-9]*: lo:'; then
   if [[ $(id -u) != 0 ]] && ! unshare --user --map-root-user --net true 2>/dev/null; then
     die "this kernel does not allow unprivileged user namespaces; run as root (or: sysctl kernel.unprivileged_userns_clone=1)"
   fi
-  FLOCON_E2E_INSIDE=1 exec "$LAN" isolated "$here/e2e.sh" "$BIN"
+  FLOCON_E2E_INSIDE=1 exec "$LAN" isolated "$here/e2e.sh" ${TREE:+--tree "$TREE"} "$BIN"
 fi
 
 export FLAN_PREFIX=fe2e-
@@ -56,11 +81,28 @@ N_HOSTS=4
 MIRROR_HOST=5
 MIRROR=$("$LAN" addr $MIRROR_HOST)
 MIRROR_PORT=8080
+MIRROR_TLS_PORT=8443
 SHAPED=100mbit          # the "slow LAN link" of scenarios 3 and 6
 EXPIRE_WAIT=10          # s: peers expire after 4 x --announce-interval 1, plus slack
 T_START=$SECONDS
 W=$(mktemp -d /tmp/flocon-e2e.XXXXXX)
+# DownloadUser = alpm: pacman's unprivileged downloader must reach the caches below
+chmod 755 "$W"
 mkdir -p "$W/out"
+# PM: the pacman under test (and its tools), MODE: how it is configured
+if [[ -n $TREE ]]; then
+  # this run's view of the tree: its own /tmp holding $W at the same path, /proc, /dev
+  mount -t tmpfs -o mode=1777 tmpfs "$TREE/tmp" && mkdir -p "$TREE$W" && mount --bind "$W" "$TREE$W" &&
+    mount --bind /proc "$TREE/proc" && mount --rbind /dev "$TREE/dev" ||
+    die "cannot mount the test directories into $TREE"
+  IN_TREE=(chroot "$TREE")
+  MODE=cacheserver
+else
+  IN_TREE=()
+  MODE=server
+fi
+PM_VERSION=$("${IN_TREE[@]}" pacman --version | grep -o 'Pacman v[0-9.]*')
+echo "# $PM_VERSION${TREE:+ (chroot $TREE)}, flocon as a $([[ $MODE == cacheserver ]] && echo CacheServer || echo Server)"
 MLOG=$W/mirror.log
 : > "$MLOG"
 
@@ -81,7 +123,7 @@ scenario() { SCEN=$1; shift; echo "# scenario $SCEN: $* (+$((SECONDS - T_START))
 cleanup() {
   local i
   for i in $(seq $N_HOSTS); do stop "$i" 2>/dev/null; done
-  for i in $(seq $N_HOSTS); do gpgconf --homedir "$W/h$i/gnupg" --kill all 2>/dev/null; done
+  for i in $(seq $N_HOSTS); do "${IN_TREE[@]}" gpgconf --homedir "$W/h$i/gnupg" --kill all 2>/dev/null; done
   "$LAN" down >/dev/null 2>&1 || true
   if [[ ${E2E_KEEP:-0} == 1 ]]; then echo "e2e.sh: kept $W"; else rm -rf "$W"; fi
 }
@@ -105,11 +147,13 @@ echo "# fixtures: $(wc -l < "$FIXTURE_DIR/packages.tsv") packages, large one ${S
 
 # ------------------------------------------------------------------------------ the mirror
 cat > "$W/mirror.py" <<'PY'
-# mirror.py ROOT PORT LOG: HTTP/1.1 file server with Range, If-Modified-Since and an access log
+# mirror.py ROOT PORT LOG [CERT KEY]: HTTP/1.1 (with CERT and KEY: https) file server with
+# Range, If-Modified-Since and an access log
 # "time client method path status range=R sent=N[ cut] ua=UA", one line per finished request.
-import email.utils, os, sys, threading, time, urllib.parse
+import email.utils, os, ssl, sys, threading, time, urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ROOT, PORT, LOG = os.path.realpath(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+TLS = len(sys.argv) > 5
 LOCK = threading.Lock()
 CHUNK = 256 * 1024
 
@@ -119,8 +163,9 @@ class H(BaseHTTPRequestHandler):
     def log(self, code, sent, note=""):
         ua = (self.headers.get("User-Agent") or "-").replace(" ", "_")
         with LOCK, open(LOG, "a") as f:
-            f.write("%.3f %s %s %s %s range=%s sent=%d%s ua=%s\n" % (time.time(), self.client_address[0],
-                    self.command, self.path, code, self.headers.get("Range", "-").replace(" ", ""), sent, note, ua))
+            f.write("%.3f %s %s %s %s range=%s sent=%d%s%s ua=%s\n" % (time.time(), self.client_address[0],
+                    self.command, self.path, code, self.headers.get("Range", "-").replace(" ", ""), sent, note,
+                    " tls" if TLS else "", ua))
     def head(self, code, hdrs):
         self.send_response(code)
         for k, v in hdrs: self.send_header(k, v)
@@ -178,7 +223,12 @@ class H(BaseHTTPRequestHandler):
 class S(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-S(("0.0.0.0", PORT), H).serve_forever()
+srv = S(("0.0.0.0", PORT), H)
+if TLS:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[4], sys.argv[5])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
 PY
 
 # mark: the mirror log's current length; reqs_since MARK ADDR: package/.sig requests from ADDR
@@ -187,11 +237,23 @@ since() { tail -n +"$(($1 + 1))" "$MLOG"; }
 pkg_reqs() { since "$1" | awk -v a="$2" '$2 == a && $4 ~ /\.pkg\.tar\./'; }
 pkg_req_names() { pkg_reqs "$@" | awk '{ n = split($4, p, "/"); print p[n] }' | sort -u | tr '\n' ' '; }
 
+# db_reqs MARK I: the mirror's answers to db/.sig requests from host I
+db_reqs() { since "$1" | awk -v a="$(addr "$2")" '$2 == a && $4 ~ /\.(db|files)(\.sig)?$/ && $5 ~ /^(200|304)$/'; }
+# flocon_reqs I FROM-LINE REGEX: requests for files matching REGEX in host I's flocon log
+# after line FROM-LINE (its --debug log names each request: "GET /repo/os/arch/file (kind)")
+flocon_reqs() {
+  tail -n +"$(($2 + 1))" "$W/h$1/flocon.log" | grep -cE "(GET|HEAD) /$FIXTURE_REPO/os/[^ /]+/[^ /]*$3 " || true
+}
+DBFILE="\\.(db|files)(\\.sig)?"
+loglines() { wc -l < "$W/h$1/flocon.log"; }
+
 # ------------------------------------------------------------------------------ hosts
 addr() { "$LAN" addr "$1"; }
-mkconf() { # mkconf I PARALLEL
-  local d=$W/h$1
-  cat > "$d/pacman.conf" <<EOF
+mkconf() { # mkconf I PARALLEL [OPTION-LINE...]; MIRROR_URL=... overrides the mirror
+  local i=$1 d=$W/h$1 par=$2; shift 2
+  local mirror=${MIRROR_URL:-http://$MIRROR:$MIRROR_PORT}
+  {
+    cat <<EOF
 [options]
 RootDir = $d/root
 DBPath = $d/db/
@@ -202,12 +264,20 @@ HookDir = $d/hooks/
 Architecture = auto
 SigLevel = Required
 LocalFileSigLevel = Optional
-ParallelDownloads = $2
-
-[$FIXTURE_REPO]
-Server = http://localhost:19433/\$repo/os/\$arch
-Server = http://$MIRROR:$MIRROR_PORT/\$repo/os/\$arch
+ParallelDownloads = $par
 EOF
+    printf '%s\n' "$@"
+    echo
+    echo "[$FIXTURE_REPO]"
+    if [[ $MODE == cacheserver ]]; then
+      echo 'CacheServer = http://localhost:19433/$repo/os/$arch'
+    else
+      echo 'Server = http://localhost:19433/$repo/os/$arch'
+    fi
+    echo "Server = $mirror/\$repo/os/\$arch"
+  } > "$d/pacman.conf.new"
+  # renamed into place, as an editor or reflector does: flocon reads it whole or not at all
+  mv "$d/pacman.conf.new" "$d/pacman.conf"
 }
 start() { # start I: flocon on host I, default ports and interfaces; waits until it answers
   local i=$1 n
@@ -253,7 +323,7 @@ pm() {
   local o=$W/out/$PM_N-s$SCEN-h$i.txt t0
   t0=$(date +%s.%N)
   echo "\$ pacman $*" > "$o"
-  "$LAN" exec "$i" env LC_ALL=C pacman --config "$W/h$i/pacman.conf" --noconfirm "$@" >> "$o" 2>&1
+  "$LAN" exec "$i" "${IN_TREE[@]}" env LC_ALL=C pacman --config "$W/h$i/pacman.conf" --noconfirm "$@" >> "$o" 2>&1
   RC[$i]=$? OUT[$i]=$o
   EL[$i]=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   echo "$o ${RC[$i]} ${EL[$i]}" > "$W/h$i/pm.last"
@@ -276,7 +346,7 @@ installed() {
   local i=$1 n bad=; shift
   for n in "$@"; do
     local r=$W/h$i/root/usr/share/$n c=$W/h$i/cache/${FILE[$n]}
-    pacman --config "$W/h$i/pacman.conf" -Q "$n" >/dev/null 2>&1 || { bad+=" $n(not in local db)"; continue; }
+    "${IN_TREE[@]}" pacman --config "$W/h$i/pacman.conf" -Q "$n" >/dev/null 2>&1 || { bad+=" $n(not in local db)"; continue; }
     [[ $(cat "$r/VARIANT" 2>/dev/null) == "$n main" ]] || { bad+=" $n(VARIANT '$(cat "$r/VARIANT" 2>/dev/null)')"; continue; }
     [[ $(sha256sum < "$r/blob" | cut -d' ' -f1) == "${BLOB[$n]}" ]] || { bad+=" $n(blob differs)"; continue; }
     [[ $(sha256sum < "$c" 2>/dev/null | cut -d' ' -f1) == "${SHA[$n]}" ]] || bad+=" $n(cached package differs)"
@@ -306,21 +376,35 @@ no_pkg_reqs() {
 }
 
 "$LAN" up $((N_HOSTS + 1)) >/dev/null || die "lan.sh up failed"
-"$LAN" exec $MIRROR_HOST python3 "$W/mirror.py" "$FIXTURE_MIRROR_ROOT" $MIRROR_PORT "$MLOG" 2>"$W/mirror.err" &
+# The mirror's tree is this run's own (hard links, or a copy): the -Syu scenario publishes
+# an update in it.
+MROOT=$W/mirror
+cp -al "$FIXTURE_MIRROR_ROOT" "$MROOT" 2>/dev/null || cp -a "$FIXTURE_MIRROR_ROOT" "$MROOT"
+# https: a throw-away certificate for the mirror's address, trusted by the pacman under test
+# through a bind mount over its CA bundle (this mount namespace only)
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$MIRROR" -addext "subjectAltName=IP:$MIRROR" \
+  -keyout "$W/tls.key" -out "$W/tls.crt" >/dev/null 2>&1 || die "openssl could not make a certificate"
+CA_BUNDLE=${TREE}/etc/ssl/certs/ca-certificates.crt
+[[ -f $CA_BUNDLE ]] || die "no CA bundle at $CA_BUNDLE (ca-certificates)"
+mount --bind "$W/tls.crt" "$CA_BUNDLE" || die "cannot mount the test certificate over $CA_BUNDLE"
+"$LAN" exec $MIRROR_HOST python3 "$W/mirror.py" "$MROOT" $MIRROR_PORT "$MLOG" 2>"$W/mirror.err" &
+"$LAN" exec $MIRROR_HOST python3 "$W/mirror.py" "$MROOT" $MIRROR_TLS_PORT "$MLOG" "$W/tls.crt" "$W/tls.key" 2>"$W/mirror-tls.err" &
+cp "$FIXTURE_SIGNER_ASC" "$W/signer.asc"
 keyjobs=()
 for i in $(seq $N_HOSTS); do
   mkdir -p "$W/h$i"/{root,db,cache,hooks,state}
   echo "# e2e host $i" > "$W/h$i/flocon.conf"
   mkconf "$i" 1
-  ( pacman-key --gpgdir "$W/h$i/gnupg" --init &&
-    pacman-key --gpgdir "$W/h$i/gnupg" --add "$FIXTURE_SIGNER_ASC" &&
-    pacman-key --gpgdir "$W/h$i/gnupg" --lsign-key "$FIXTURE_FPR" ) >"$W/h$i/pacman-key.log" 2>&1 &
+  ( "${IN_TREE[@]}" pacman-key --gpgdir "$W/h$i/gnupg" --init &&
+    "${IN_TREE[@]}" pacman-key --gpgdir "$W/h$i/gnupg" --add "$W/signer.asc" &&
+    "${IN_TREE[@]}" pacman-key --gpgdir "$W/h$i/gnupg" --lsign-key "$FIXTURE_FPR" ) >"$W/h$i/pacman-key.log" 2>&1 &
   keyjobs+=($!)
 done
 wait_for 10 "$LAN" exec 1 bash -c "exec 3<>/dev/tcp/$MIRROR/$MIRROR_PORT" 2>/dev/null || die "the mirror does not answer"
+wait_for 10 "$LAN" exec 1 bash -c "exec 3<>/dev/tcp/$MIRROR/$MIRROR_TLS_PORT" 2>/dev/null || die "the https mirror does not answer"
 wait "${keyjobs[@]}"
 for i in $(seq $N_HOSTS); do
-  pacman-key --gpgdir "$W/h$i/gnupg" --list-keys "$FIXTURE_FPR" >/dev/null 2>&1 ||
+  "${IN_TREE[@]}" pacman-key --gpgdir "$W/h$i/gnupg" --list-keys "$FIXTURE_FPR" >/dev/null 2>&1 ||
     { cat "$W/h$i/pacman-key.log"; die "keyring of host $i"; }
   start "$i" || die "flocon on host $i"
 done
@@ -334,8 +418,14 @@ echo "# LAN up: 4 flocon hosts + mirror $MIRROR:$MIRROR_PORT, keyrings ready (+$
 scenario 1 "host 1 syncs and installs the set: everything through flocon from the mirror"
 m=$(mark)
 sync 1
-r=$(since "$m" | awk -v a="$(addr 1)" '$2 == a && $4 ~ /\.db(\.sig)?$/ && $5 ~ /^(200|304)$/ && $NF ~ /^ua=flocon/' | wc -l)
-check "the db and its .sig were proxied by flocon (mirror: $r requests with flocon's User-Agent)" [ "$r" -ge 2 ]
+if [[ $MODE == cacheserver ]]; then
+  r=$(db_reqs "$m" 1 | awk '$NF !~ /^ua=flocon/' | wc -l)
+  check "pacman fetched the db and its .sig from the mirror itself ($r requests with pacman's User-Agent)" [ "$r" -ge 2 ]
+  check "none of it through flocon" [ "$(db_reqs "$m" 1 | awk '$NF ~ /^ua=flocon/' | wc -l)" == 0 ]
+else
+  r=$(db_reqs "$m" 1 | awk '$NF ~ /^ua=flocon/' | wc -l)
+  check "the db and its .sig were proxied by flocon (mirror: $r requests with flocon's User-Agent)" [ "$r" -ge 2 ]
+fi
 m=$(mark)
 # shellcheck disable=SC2086
 pm 1 -S $SET
@@ -349,6 +439,12 @@ check "the mirror served every package and .sig to host 1" [ "$got" == "$want" ]
 direct=$(pkg_reqs "$m" "$(addr 1)" | grep -v 'ua=flocon' || true)
 check "all of it through flocon (no request with pacman's own User-Agent)" [ -z "$direct" ]
 [[ -z $direct ]] || echo "$direct" | sed 's/^/    | /' | head
+if [[ $MODE == cacheserver ]]; then
+  n=$(flocon_reqs 1 0 '\.pkg\.tar\.[a-z]+(\.sig)?')
+  check "flocon's log on host 1 names the $n package and .sig requests pacman made (>= $(($(wc -w <<< "$SET") * 2)))" \
+    [ "$n" -ge $(($(wc -w <<< "$SET") * 2)) ]
+  check "and no database request: pacman never asks a CacheServer for one" [ "$(flocon_reqs 1 0 "$DBFILE")" == 0 ]
+fi
 up=$(stq 1 's["upstream_bytes"]')
 # shellcheck disable=SC2086
 check "flocon on host 1 counted ${up:-?} upstream bytes (>= $(sum_sizes $SET))" [ "${up:-0}" -ge "$(sum_sizes $SET)" ]
@@ -521,6 +617,128 @@ check "installed: $LARGE" installed 4 "$LARGE"
 no_reqs "$m" 4 "host 4"
 sent=$(( $(stq 1 's["peer_bytes_sent"]') - sent0 ))
 check "host 1 served it: $sent bytes sent (>= ${SIZE[$LARGE]})" [ "$sent" -ge "${SIZE[$LARGE]}" ]
+
+# ------------------------------------------------------------------------------ 9
+if [[ $MODE == cacheserver ]]; then
+  scenario 9 "pacman -Syy on host 2: the databases come from the mirror, none reaches flocon"
+  m=$(mark); l0=$(loglines 2)
+  pm 2 -Syy
+  check_pm 2 "pacman -Syy"
+  r=$(db_reqs "$m" 2 | awk '$5 == 200 && $NF !~ /^ua=flocon/' | wc -l)
+  check "the mirror sent the db and its .sig to pacman itself ($r requests)" [ "$r" -ge 2 ]
+  check "no database request in flocon's log on host 2" [ "$(flocon_reqs 2 "$l0" "$DBFILE")" == 0 ]
+  wait_for 10 indexed 2 || ko "flocon on host 2 did not index the db again"
+fi
+
+# ------------------------------------------------------------------------------ 10
+PARTP=$LARGE
+scenario 10 ".part resume: host 4 holds the first half of $PARTP as a .part; host 1 has it all"
+uncache 4 "$PARTP"
+half=$((SIZE[$PARTP] / 2))
+head -c "$half" "$FIXTURE_DB_DIR/${FILE[$PARTP]}" > "$W/h4/cache/${FILE[$PARTP]}.part"
+wait_for "$EXPIRE_WAIT" sees 4 1 || ko "host 4 does not see host 1"
+m=$(mark)
+pm 4 -S --debug "$PARTP"
+if [[ ${RC[4]} == 0 ]]; then ok "pacman -S $PARTP: rc 0 (${EL[4]} s)"; else ko "pacman -S $PARTP: rc ${RC[4]}"; show_pm 4; fi
+check "pacman resumed at byte $half (its debug output says so)" grep -q "continuation from $half bytes" "${OUT[4]}"
+check "installed: $PARTP, the cached file byte for byte the repo's" installed 4 "$PARTP"
+check "no .part left in host 4's cache" bash -c "! ls -R '$W/h4/cache/' | grep -q '\\.part$'"
+no_reqs "$m" 4 "host 4 (the rest came from host 1)"
+
+# ------------------------------------------------------------------------------ 11
+if [[ $MODE == cacheserver ]]; then
+  P11=flocon-small
+  scenario 11 "DownloadUser = alpm on host 4 (pacman downloads as an unprivileged user): $P11 from the LAN"
+  mkconf 4 1 "DownloadUser = alpm"
+  uncache 4 "$P11"
+  m=$(mark)
+  pm 4 -S "$P11"
+  check_pm 4 "pacman -S $P11 with DownloadUser = alpm"
+  check "installed: $P11" installed 4 "$P11"
+  no_reqs "$m" 4 "host 4"
+  mkconf 4 1
+fi
+
+# ------------------------------------------------------------------------------ 12
+P12=$FIXTURE_UPDATE_PKG
+scenario 12 "an https mirror: host 4 follows its new mirrorlist; for $P12, which no peer has, flocon answers 307"
+for i in 1 2 3 4; do uncache "$i" "$P12"; done
+l0=$(loglines 4)
+MIRROR_URL=https://$MIRROR:$MIRROR_TLS_PORT mkconf 4 1
+check "flocon on host 4 re-read pacman.conf on its own (one log line)" \
+  wait_for 10 bash -c "tail -n +$((l0 + 1)) '$W/h4/flocon.log' | grep -q 'pacman.conf.*re-read'"
+m=$(mark); l0=$(loglines 4)
+pm 4 -S "$P12"
+check_pm 4 "pacman -S $P12 (mirror https://$MIRROR:$MIRROR_TLS_PORT)"
+check "installed: $P12" installed 4 "$P12"
+r=$(pkg_reqs "$m" "$(addr 4)" | awk '/ tls / && $5 == 200 && $NF !~ /^ua=flocon/' | wc -l)
+check "pacman fetched $P12 and its .sig over https itself ($r requests)" [ "$r" -ge 2 ]
+check "flocon sent pacman there with a 307" \
+  bash -c "tail -n +$((l0 + 1)) '$W/h4/flocon.log' | grep -q 'redirecting pacman to https://$MIRROR:$MIRROR_TLS_PORT/'"
+l0=$(loglines 4)
+mkconf 4 1
+wait_for 10 bash -c "tail -n +$((l0 + 1)) '$W/h4/flocon.log' | grep -q 'pacman.conf.*re-read'" ||
+  ko "flocon on host 4 did not follow its pacman.conf back to the http mirror"
+
+# ------------------------------------------------------------------------------ 13
+P13=flocon-xz
+scenario 13 "flocon stopped on host 4: pacman still works (the mirror directly)"
+stop 4
+uncache 4 "$P13"
+m=$(mark)
+pm 4 -S "$P13"
+if [[ $MODE == cacheserver ]]; then
+  check_pm 4 "pacman -S $P13 with flocon stopped"
+else
+  # pacman 6.0 reports the dead first Server, then takes the next one
+  if [[ ${RC[4]} == 0 ]]; then ok "pacman -S $P13 with flocon stopped: rc 0 (${EL[4]} s)"; else ko "pacman rc ${RC[4]}"; show_pm 4; fi
+fi
+check "installed: $P13" installed 4 "$P13"
+r=$(pkg_reqs "$m" "$(addr 4)" | awk '$NF !~ /^ua=flocon/' | wc -l)
+check "pacman fetched it and its .sig from the mirror itself ($r requests)" [ "$r" -ge 2 ]
+t_stopped=${EL[4]}
+uncache 4 "$P13"
+cp "$W/h4/pacman.conf" "$W/h4/pacman.conf.flocon"
+grep -v 'localhost:19433' "$W/h4/pacman.conf.flocon" > "$W/h4/pacman.conf"
+pm 4 -S "$P13"
+check_pm 4 "the same without flocon in pacman.conf"
+echo "# pacman -S $P13: ${t_stopped} s with flocon stopped, ${EL[4]} s without flocon configured"
+mv "$W/h4/pacman.conf.flocon" "$W/h4/pacman.conf"
+start 4
+
+# ------------------------------------------------------------------------------ 14
+UPD=$FIXTURE_UPDATE_PKG
+scenario 14 "an update is published ($FIXTURE_UPDATE_FILE): pacman -Syu on hosts 1 then 2, twice each"
+for f in "$FIXTURE_UPDATE_DIR"/*; do
+  b=${f##*/}
+  cp -L "$f" "$MROOT/$FIXTURE_REPO/os/x86_64/$b.new" && mv "$MROOT/$FIXTURE_REPO/os/x86_64/$b.new" "$MROOT/$FIXTURE_REPO/os/x86_64/$b"
+done
+UPD_SHA=$(sha256sum < "$FIXTURE_UPDATE_DIR/$FIXTURE_UPDATE_FILE" | cut -d' ' -f1)
+updated() { # updated I: host I has the new release installed and its cached file is the repo's
+  [[ $("${IN_TREE[@]}" pacman --config "$W/h$1/pacman.conf" -Q "$UPD" 2>/dev/null) == "$UPD 1.0-2" ]] &&
+    [[ $(sha256sum < "$W/h$1/cache/$FIXTURE_UPDATE_FILE" | cut -d' ' -f1) == "$UPD_SHA" ]]
+}
+for i in 1 2; do
+  "${IN_TREE[@]}" pacman --config "$W/h$i/pacman.conf" -Q "$UPD" >/dev/null 2>&1 || pm "$i" -S "$UPD"
+done
+wait_for "$EXPIRE_WAIT" sees 2 1 || ko "host 2 does not see host 1"
+m=$(mark)
+pm 1 -Syu
+check_pm 1 "host 1: pacman -Syu"
+check "host 1 upgraded $UPD to 1.0-2" updated 1
+r=$(pkg_req_names "$m" "$(addr 1)")
+check "host 1's flocon fetched it from the mirror (served: $r)" [ "$r" == "$FIXTURE_UPDATE_FILE $FIXTURE_UPDATE_FILE.sig " ]
+wait_for 10 indexed 2 || true
+m=$(mark)
+pm 2 -Syu
+check_pm 2 "host 2: pacman -Syu"
+check "host 2 upgraded $UPD to 1.0-2" updated 2
+no_reqs "$m" 2 "host 2 (the update came from host 1)"
+for i in 1 2; do
+  pm "$i" -Syu
+  check_pm "$i" "host $i: pacman -Syu again"
+  check "host $i: \"there is nothing to do\"" grep -q 'there is nothing to do' "${OUT[$i]}"
+done
 
 SCEN=end
 echo "# daemons still alive at the end: $(for i in $(seq $N_HOSTS); do st "$i" >/dev/null 2>&1 && printf 'host%s ' "$i"; done)"

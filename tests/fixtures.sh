@@ -8,6 +8,9 @@
 #   alt/<file>(.sig)             another build of an `any` package, SAME file name, other
 #                                content (what an Arch ARM peer holds), signed by the same key
 #   corrupt/<file>(.sig)         a package with one byte flipped (same size) + its genuine .sig
+#   update/                      the next release of one package (pkgrel 2, signed) and the
+#                                repo's db/files naming it (+ .sig): published on the mirror
+#                                for the `pacman -Syu` scenario
 #   signer.asc, signer.fpr       the throw-away signing key (public) and its fingerprint
 #   packages.tsv                 name, arch, file, size, sha256 of every package
 #   fixtures.env                 shell variables naming all of the above (source it)
@@ -50,6 +53,7 @@ PACKAGES=(
   "flocon-big    x86_64 $((BIG_MB * 1024)) zst"
 )
 ALT_PKG=flocon-anyalt       # rebuilt with other content into alt/
+UPDATE_PKG=flocon-tiny      # rebuilt as pkgrel 2 into update/
 CORRUPT_PKG=flocon-mid      # copied with one byte flipped into corrupt/
 BIG_PKG=flocon-big
 
@@ -69,7 +73,7 @@ OUT=$(readlink -f "$OUT")
 touch "$OUT/$MARK"
 DB=$OUT/repo/$REPO/os/x86_64
 B=$OUT/build
-mkdir -p "$DB" "$OUT/alt" "$OUT/corrupt" "$B/pkgdb" "$B/home" "$B/out"
+mkdir -p "$DB" "$OUT/alt" "$OUT/corrupt" "$OUT/update" "$B/pkgdb" "$B/home" "$B/out"
 t_start=$(date +%s.%N)
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f s", b - a }'; }
 
@@ -92,9 +96,10 @@ as_builder() {
   if [[ $(id -u) == 0 ]]; then unshare --user -- "$@"; else "$@"; fi
 }
 
-# build NAME ARCH KIB EXT VARIANT: makepkg one package in $B/<name>.<variant>, echo its path
+# build NAME ARCH KIB EXT VARIANT [PKGREL]: makepkg one package in $B/<name>.<variant>, echo
+# its path
 build() {
-  local name=$1 arch=$2 kib=$3 ext=$4 variant=$5 d t0
+  local name=$1 arch=$2 kib=$3 ext=$4 variant=$5 rel=${6:-1} d t0
   d=$B/$name.$variant
   mkdir -p "$d"
   t0=$(date +%s.%N)
@@ -102,7 +107,7 @@ build() {
   cat > "$d/PKGBUILD" <<EOF
 pkgname=$name
 pkgver=1.0
-pkgrel=1
+pkgrel=$rel
 pkgdesc="flocon test package ($variant build, $kib KiB)"
 arch=('$arch')
 license=('MIT')
@@ -132,12 +137,16 @@ for p in "${PACKAGES[@]}"; do
   if [[ $name == "$ALT_PKG" ]]; then
     build "$name" "$arch" "$kib" "$ext" alt > "$B/$name.alt.path" & jobs+=($!)
   fi
+  if [[ $name == "$UPDATE_PKG" ]]; then
+    build "$name" "$arch" "$kib" "$ext" update 2 > "$B/$name.update.path" & jobs+=($!)
+  fi
 done
 for j in "${jobs[@]}"; do wait "$j" || { echo "fixtures.sh: a build failed" >&2; exit 1; }; done
 for p in "${PACKAGES[@]}"; do
   read -r name _ <<<"$p"
   mv "$(cat "$B/$name.main.path")" "$DB/"
   [[ $name == "$ALT_PKG" ]] && mv "$(cat "$B/$name.alt.path")" "$OUT/alt/"
+  [[ $name == "$UPDATE_PKG" ]] && mv "$(cat "$B/$name.update.path")" "$OUT/update/"
 done
 echo "  built in $(since "$t_start")" >&2
 
@@ -158,11 +167,16 @@ gpg --armor --export "$FPR" > "$OUT/signer.asc"
 # end-to-end tests must exercise.
 (cd "$DB" && repo-add --quiet --sign --key "$FPR" "$REPO.db.tar.gz" ./*.pkg.tar.* >"$B/repo-add.log" 2>&1) ||
   { echo "fixtures.sh: repo-add failed:" >&2; cat "$B/repo-add.log" >&2; exit 1; }
-for f in "$DB"/*.pkg.tar.* "$OUT"/alt/*.pkg.tar.*; do
+# the update's db: the repo's, with the new release replacing the old (repo-add does that)
+cp "$DB"/"$REPO".{db,files}.tar.gz "$OUT/update/"
+(cd "$OUT/update" && repo-add --quiet --sign --key "$FPR" "$REPO.db.tar.gz" ./*.pkg.tar.* >"$B/repo-add.log" 2>&1 &&
+   rm -f ./*.old ./*.old.sig) ||
+  { echo "fixtures.sh: repo-add (update) failed:" >&2; cat "$B/repo-add.log" >&2; exit 1; }
+for f in "$DB"/*.pkg.tar.* "$OUT"/alt/*.pkg.tar.* "$OUT"/update/*.pkg.tar.*; do
   [[ $f == *.sig ]] && continue
   gpg --batch --yes --quiet --detach-sign --no-armor -u "$FPR" --output "$f.sig" "$f"
 done
-echo "  key $FPR, db and $(ls "$DB"/*.pkg.tar.*.sig "$OUT"/alt/*.sig | wc -l) signatures in $(since "$t0")" >&2
+echo "  key $FPR, dbs and $(ls "$DB"/*.pkg.tar.*.sig "$OUT"/alt/*.sig "$OUT"/update/*.pkg.tar.*.sig | wc -l) signatures in $(since "$t0")" >&2
 gpgconf --kill all 2>/dev/null || true
 unset GNUPGHOME
 
@@ -205,6 +219,9 @@ FIXTURE_ALT_PKG=$ALT_PKG
 FIXTURE_ALT_FILE=$alt
 FIXTURE_CORRUPT_PKG=$CORRUPT_PKG
 FIXTURE_CORRUPT_FILE=$corrupt
+FIXTURE_UPDATE_PKG=$UPDATE_PKG
+FIXTURE_UPDATE_FILE=$(pkg_in "$OUT"/update/*.pkg.tar.*)
+FIXTURE_UPDATE_DIR=$OUT/update
 EOF
 rm -rf "$B"
 echo "$inputs" > "$OUT/.done"

@@ -5,7 +5,8 @@
 #
 #   debootstrap --variant=minbase trixie DIR MIRROR, then inside (chroot):
 #   apt-get install pacman-package-manager makepkg libarchive-tools fakeroot gnupg zstd
-#   xz-utils ca-certificates, and a system user `alpm` (for `DownloadUser = alpm`).
+#   xz-utils ca-certificates, a system user `alpm` (for `DownloadUser = alpm`) and an
+#   /etc/hosts naming localhost.
 #
 # MIRROR is the Debian mirror this machine's apt already uses (the first http(s) URI of a
 # "debian" archive in /etc/apt/sources.list*), or TRIXIE_MIRROR. Idempotent: a finished tree
@@ -62,6 +63,8 @@ chroot "$DIR" env DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get install -y -qq
   { tail -20 "$DIR.apt.log" >&2; die "apt-get install in the tree failed (log: $DIR.apt.log)"; }
 chroot "$DIR" id alpm >/dev/null 2>&1 ||
   chroot "$DIR" useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin alpm
+# pacman's curl resolves "localhost" through /etc/hosts, which debootstrap does not write
+printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$DIR/etc/hosts"
 chroot "$DIR" apt-get clean
 rm -rf "$DIR"/var/lib/apt/lists/*
 umount -l "$DIR/proc" "$DIR/dev"
