@@ -506,9 +506,26 @@ fn strip_comment(line: &str) -> &str {
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, ConfigError> {
     let mut command = parse_args_from(args, Sources::system())?;
     if let Command::Daemon(config) = &mut command {
+        refuse_unimplemented(config)?;
         check_paths(config);
     }
     Ok(command)
+}
+
+/// An option this build cannot honour stops the daemon (exit 2): a `--key-file` ignored with
+/// a warning would run unauthenticated on a LAN the operator believes is keyed.
+fn refuse_unimplemented(config: &Config) -> Result<(), ConfigError> {
+    match &config.key_file {
+        Some(k) => Err(ConfigError::new(
+            "--key-file",
+            format!(
+                "{}: group keys are not implemented in this build (docs/PROTOCOL.md §10); \
+                 flocon will not run unauthenticated in their place: remove the option",
+                k.display()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn parse_args_from(
@@ -607,6 +624,7 @@ fn lexopt_error(e: lexopt::Error) -> ConfigError {
 /// SIGHUP: re-reads the config file and pacman.conf; command-line values still win.
 pub fn reload(config: &Config) -> Result<Config, ConfigError> {
     let mut config = build(&config.cli)?;
+    refuse_unimplemented(&config)?;
     check_paths(&mut config);
     Ok(config)
 }
@@ -2341,6 +2359,16 @@ Server = http://mirror.two/$arch/$repo
             Some("armv7h")
         );
         assert!(config.warnings.is_empty());
+    }
+
+    #[test]
+    fn key_file_is_refused_until_implemented() {
+        let dir = TempDir::new("keyfile");
+        let config = dir.daemon(&["--key-file", "/etc/flocon.key"]);
+        let e = refuse_unimplemented(&config).unwrap_err();
+        assert_eq!(e.option, "--key-file");
+        assert!(e.reason.contains("not implemented"), "{e}");
+        assert!(refuse_unimplemented(&dir.daemon(&[])).is_ok());
     }
 
     #[test]
