@@ -652,8 +652,11 @@ if [[ $MODE == cacheserver ]]; then
   mkconf 4 1 "DownloadUser = alpm"
   uncache 4 "$P11"
   m=$(mark)
-  pm 4 -S "$P11"
+  pm 4 -S --debug "$P11"
+  grep -v '^debug: ' "${OUT[4]}" > "${OUT[4]}.nodebug"; OUT[4]=${OUT[4]}.nodebug
   check_pm 4 "pacman -S $P11 with DownloadUser = alpm"
+  check "pacman's downloader ran as alpm (debug: sandboxuser = alpm, no failed switch)" \
+    bash -c "grep -q \"option 'sandboxuser' = alpm\" '${OUT[4]%.nodebug}' && ! grep -qi 'sandbox user.*failed' '${OUT[4]%.nodebug}'"
   check "installed: $P11" installed 4 "$P11"
   no_reqs "$m" 4 "host 4"
   mkconf 4 1
