@@ -32,7 +32,7 @@
 # (printing no "passed" line) when a tool or the tree's pacman 7 is missing.
 #
 # Environment: FLOCON_BIN (the binary when no argument is given), FIXTURE_BIG_MB (size of the
-# large package, default 150: ~12.6 s at 100 Mbit/s, past pacman's 10 s no-progress abort),
+# large package, default 80: ~13.4 s at 50 Mbit/s, past pacman's 10 s no-progress abort),
 # E2E_FIXTURES=DIR (build the fixtures there and keep them, to re-run faster; default: inside
 # the temp dir), E2E_KEEP=1 (keep the temp dir for inspection).
 # Needs: pacman-package-manager makepkg libarchive-tools fakeroot gnupg zstd xz-utils python3
@@ -82,7 +82,7 @@ MIRROR_HOST=5
 MIRROR=$("$LAN" addr $MIRROR_HOST)
 MIRROR_PORT=8080
 MIRROR_TLS_PORT=8443
-SHAPED=100mbit          # the "slow LAN link" of scenarios 3 and 6
+SHAPED=50mbit           # the "slow LAN link" of scenarios 3 and 6 (80 MB: ~13.4 s)
 EXPIRE_WAIT=10          # s: peers expire after 4 x --announce-interval 1, plus slack
 T_START=$SECONDS
 W=$(mktemp -d /tmp/flocon-e2e.XXXXXX)
@@ -131,7 +131,7 @@ trap cleanup EXIT
 
 # ------------------------------------------------------------------------------ fixtures
 FX=${E2E_FIXTURES:-$W/fx}
-FIXTURE_BIG_MB=${FIXTURE_BIG_MB:-150} "$here/fixtures.sh" "$FX" >"$W/fixtures.log" 2>&1 ||
+FIXTURE_BIG_MB=${FIXTURE_BIG_MB:-80} "$here/fixtures.sh" "$FX" >"$W/fixtures.log" 2>&1 ||
   { cat "$W/fixtures.log"; die "fixtures.sh failed"; }
 # shellcheck source=/dev/null
 source "$FX/fixtures.env"
