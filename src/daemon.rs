@@ -94,6 +94,8 @@ pub struct Daemon {
     stopping: Option<Instant>,
     /// Accepting is paused after EMFILE until descriptors free up.
     accept_paused: bool,
+    /// The last accept failed (its warning is given once until one succeeds).
+    accept_failing: bool,
     discovery: Discovery,
     index: SyncIndex,
     dbload: DbLoader,
@@ -220,6 +222,7 @@ impl Daemon {
             ready: Ready::default(),
             stopping: None,
             accept_paused: false,
+            accept_failing: false,
             discovery,
             index: SyncIndex::new(),
             dbload,
@@ -620,13 +623,19 @@ impl Daemon {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and friends: the connection stays queued; try again when a
-                    // descriptor is freed or the retry timer fires
-                    warn!("accept ({which:?}): {e}; retrying when descriptors free up");
+                    // descriptor is freed or the retry timer fires (one warning per episode)
+                    if !self.accept_failing {
+                        warn!("accept ({which:?}): {e}; retrying when descriptors free up");
+                    }
+                    self.accept_failing = true;
                     self.accept_paused = true;
                     self.timers.always(self.now + ACCEPT_RETRY, Timer::Accept);
                     return;
                 }
             };
+            if std::mem::take(&mut self.accept_failing) {
+                info!("accepting connections again");
+            }
             // answers are a small head then sendfile: Nagle + delayed ACK would hold the head
             // back 40 ms per request
             let _ = stream.set_nodelay(true);
