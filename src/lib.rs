@@ -17,6 +17,7 @@ pub mod eventloop;
 pub mod fetch;
 pub mod front;
 pub mod http;
+pub mod outbuf;
 pub mod peers;
 pub mod protocol;
 pub mod resolver;
