@@ -19,6 +19,7 @@ pub use crate::listen::StartError;
 use crate::listen::{Accepted, Listener, Listeners};
 use crate::resolver::Resolver;
 use crate::server::{self, CacheDirs};
+use crate::stager::Stager;
 use crate::status::{Counters, Snapshot};
 use crate::syncdb::SyncIndex;
 use crate::{sys, transfer};
@@ -66,6 +67,8 @@ pub struct Daemon {
     index: SyncIndex,
     dbload: DbLoader,
     resolver: Resolver,
+    /// Staging writes and hashing of peer copies, off the loop.
+    stager: Stager,
     front: Front,
     /// Lookups decided outside discovery's own events (nobody to ask), for the front.
     decided: Vec<DiscoveryEvent>,
@@ -122,6 +125,8 @@ impl Daemon {
         let discovery =
             Discovery::new(identity, poll.registry()).map_err(|e| StartError(e.to_string()))?;
         prepare_staging(&cfg);
+        let stager = Stager::new(&cfg.state_dir.join("staging"), waker.clone())
+            .map_err(err("staging thread"))?;
         let now = Instant::now();
         let mut timers = Timers::new();
         timers.always(now + SWEEP_INTERVAL, Timer::Sweep);
@@ -143,6 +148,7 @@ impl Daemon {
             index: SyncIndex::new(),
             dbload,
             resolver,
+            stager,
             front: Front::new(),
             decided: Vec::new(),
             peer_bytes_sent: 0,
@@ -214,6 +220,7 @@ impl Daemon {
             index: &mut self.index,
             dbload: &mut self.dbload,
             resolver: &mut self.resolver,
+            stager: &self.stager,
             decided: &mut self.decided,
         };
         (&mut self.front, env)
@@ -317,6 +324,16 @@ impl Daemon {
         for (id, r) in self.resolver.results() {
             let (front, mut env) = self.parts();
             front.on_resolved(&mut env, id, r);
+        }
+        for r in self.stager.reports() {
+            let (front, mut env) = self.parts();
+            front.on_staged(&mut env, r);
+        }
+        // the stager's queue has room again: peer copies paused for it read on
+        if self.stager.take_room_freed() {
+            for t in self.front.copy_fetches("") {
+                self.ready.schedule(t);
+            }
         }
         let loaded = self.dbload.results();
         let any = !loaded.is_empty();
@@ -461,9 +478,6 @@ impl Daemon {
         }
         crate::log::set_debug(cfg.debug);
         self.cache = CacheDirs::new(&cfg.cache_dirs);
-        if cfg.state_dir != self.cfg.state_dir {
-            prepare_staging(&cfg);
-        }
         self.cfg = cfg;
         // re-read every sync db, changed or not
         self.index = SyncIndex::new();
@@ -654,10 +668,12 @@ impl Daemon {
     }
 
     fn drive_fetch(&mut self, tok: Token) {
-        // backpressure: a proxied stream pauses while its client's buffer is full
-        let room = match self.front.fetch_client(tok).and_then(|c| self.slots.get(c)) {
-            Some(Slot::Front(c)) => c.stream_room(),
-            _ => usize::MAX,
+        // backpressure: a proxied stream reads what its client's buffer has room for, a
+        // peer copy what the stager's queue has
+        let room = match self.front.fetch_client(tok).map(|c| self.slots.get(c)) {
+            Some(Some(Slot::Front(c))) => c.stream_room(),
+            Some(_) => usize::MAX,
+            None => self.stager.handle().room(),
         };
         let Some(Slot::Fetch(f)) = self.slots.get_mut(tok) else {
             return;
@@ -733,7 +749,7 @@ fn keep_restart_settings(old: &Config, new: &mut Config) -> Vec<&'static str> {
         )*};
     }
     keep!(listen: "listen", port: "port", peer_addr: "peer-addr", interfaces: "interface",
-        name: "name", distro: "distro", architectures: "architecture",
+        name: "name", distro: "distro", architectures: "architecture", state_dir: "state-dir",
         announce_interval: "announce-interval");
     kept
 }

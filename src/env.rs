@@ -10,11 +10,11 @@ use crate::eventloop::{Ready, Slots, TimerId, Timers};
 use crate::fetch::{self, Fetch};
 use crate::front::{Deadline, Env, Reply};
 use crate::resolver::Resolver;
+use crate::stager::{StageHandle, Stager};
 use crate::syncdb::{PkgInfo, SyncIndex};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// What a slot holds.
@@ -60,6 +60,7 @@ pub(crate) struct Loop<'a> {
     pub(crate) index: &'a mut SyncIndex,
     pub(crate) dbload: &'a mut DbLoader,
     pub(crate) resolver: &'a mut Resolver,
+    pub(crate) stager: &'a Stager,
     pub(crate) decided: &'a mut Vec<DiscoveryEvent>,
 }
 
@@ -182,8 +183,8 @@ impl Env for Loop<'_> {
             .unwrap_or_default()
     }
 
-    fn staging_dir(&self) -> PathBuf {
-        self.cfg.state_dir.join("staging")
+    fn stage(&self) -> StageHandle {
+        self.stager.handle()
     }
 
     fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {

@@ -8,6 +8,7 @@
 #[macro_use]
 pub mod log;
 
+pub mod chunk;
 pub mod config;
 pub mod conn;
 pub mod daemon;
@@ -24,6 +25,7 @@ pub mod peers;
 pub mod protocol;
 pub mod resolver;
 pub mod server;
+pub mod stager;
 pub mod status;
 pub mod syncdb;
 #[allow(unsafe_code)]
