@@ -977,11 +977,10 @@ impl Front {
     }
 
     /// The stager's final word on a staged copy (stale when the copy is gone or was reset).
+    /// A local error can come while the copy is still arriving.
     pub fn on_staged(&mut self, env: &mut impl Env, r: Report) {
-        let verifying =
-            |c: &Copy| c.transfer.stage_id() == r.id && c.transfer.phase == Phase::Verifying;
         let Some(file) = (self.copies.iter())
-            .find(|(_, c)| verifying(c))
+            .find(|(_, c)| c.transfer.stage_id() == r.id)
             .map(|(f, _)| f.clone())
         else {
             return;
@@ -1721,6 +1720,22 @@ mod tests {
         assert_eq!(env.files[&c1], data);
         assert_eq!(env.files[&c2], data);
         assert_eq!(env.fetches_started, 1);
+    }
+
+    #[test]
+    fn our_own_disk_failing_sends_the_waiters_upstream_and_bans_nobody() {
+        let (mut f, mut env) = (Front::new(), Fake::new("disk"));
+        let data = package(&mut env, 5000);
+        std::fs::remove_dir_all(&env.staging).unwrap();
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t, head(200, 5000));
+        event(&mut f, &mut env, t, body(&data[..100]));
+        staged(&mut f, &mut env);
+        assert!(env.bans.is_empty());
+        assert!(env.fetch_to("10.0.0.1:19432").is_none(), "the copy stopped");
+        assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream instead");
     }
 
     #[test]
