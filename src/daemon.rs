@@ -52,6 +52,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 pub struct Daemon {
     cfg: Config,
+    /// After the next interface rescan, warn if no multicast group is joined (set at start
+    /// and by every re-read of the configuration).
+    check_joined: bool,
     poll: Poll,
     now: Instant,
     started: Instant,
@@ -96,13 +99,8 @@ impl Daemon {
         (poll.registry())
             .register(&mut SourceFd(&fd), SIGNAL, Interest::READABLE)
             .map_err(err("epoll"))?;
+        // (a cache dir that cannot be listed is among cfg.warnings)
         let cache = CacheDirs::new(&cfg.cache_dirs);
-        for d in cache.missing() {
-            warn!(
-                "cache dir {} does not exist; serving it as empty",
-                d.display()
-            );
-        }
         for w in &cfg.warnings {
             warn!("{w}");
         }
@@ -155,6 +153,7 @@ impl Daemon {
             refused_busy: 0,
             peer_conns: 0,
             front_conns: 0,
+            check_joined: true,
         };
         check_dbs(&d.cfg, &mut d.index, &mut d.dbload);
         Ok(d)
@@ -375,6 +374,11 @@ impl Daemon {
                 {
                     self.announce_soon();
                 }
+                if self.check_joined {
+                    self.check_joined = false;
+                    self.warn_if_no_multicast();
+                }
+                self.follow_pacman_conf();
                 check_dbs(&self.cfg, &mut self.index, &mut self.dbload);
                 let at = self.now + discovery::RESCAN_INTERVAL;
                 self.timers.always(at, Timer::Rescan);
@@ -465,24 +469,76 @@ impl Daemon {
     /// SIGHUP: every setting is applied, except those bound to sockets and identity, which
     /// keep their old values until a restart (one warning line names them).
     fn reload(&mut self) {
+        if self.apply_config("SIGHUP") {
+            // re-read every sync db, changed or not
+            self.index = SyncIndex::new();
+            check_dbs(&self.cfg, &mut self.index, &mut self.dbload);
+            info!("SIGHUP: configuration and sync dbs re-read");
+        }
+    }
+
+    /// pacman.conf, a file it includes or a mirrorlist changed (reflector, a merged .pacnew,
+    /// an edit): re-read the configuration as SIGHUP does; the sync dbs follow their own
+    /// stamps. One log line.
+    fn follow_pacman_conf(&mut self) {
+        let Some(path) = crate::config::changed_file(&self.cfg.pacman_files) else {
+            return;
+        };
+        let why = format!("{} changed", path.display());
+        if self.apply_config(&why) {
+            let servers: usize = self.cfg.repos.iter().map(|r| r.servers.len()).sum();
+            info!(
+                "{why}: pacman.conf re-read ({} repos, {servers} server lines)",
+                self.cfg.repos.len()
+            );
+        }
+    }
+
+    /// Re-reads the configuration and applies it, logging each of its warnings; on failure
+    /// keeps the running one and re-stamps pacman's files (the broken one included), so that
+    /// only a further change tries again.
+    fn apply_config(&mut self, why: &str) -> bool {
         let mut cfg = match crate::config::reload(&self.cfg) {
             Ok(cfg) => cfg,
-            Err(e) => return warn!("SIGHUP: keeping the old configuration: {e}"),
+            Err(e) => {
+                warn!("{why}: keeping the old configuration: {e}");
+                self.cfg.pacman_files = crate::config::pacman_conf_stamps(&self.cfg.pacman_conf);
+                return false;
+            }
         };
+        for w in &cfg.warnings {
+            warn!("{w}");
+        }
         let kept = keep_restart_settings(&self.cfg, &mut cfg);
         if !kept.is_empty() {
             warn!(
-                "SIGHUP: {} changed; keeping the old value until flocon restarts",
+                "{why}: {} changed; keeping the old value until flocon restarts",
                 kept.join(", ")
             );
         }
         crate::log::set_debug(cfg.debug);
         self.cache = CacheDirs::new(&cfg.cache_dirs);
+        if cfg.state_dir != self.cfg.state_dir {
+            prepare_staging(&cfg);
+        }
         self.cfg = cfg;
-        // re-read every sync db, changed or not
-        self.index = SyncIndex::new();
-        check_dbs(&self.cfg, &mut self.index, &mut self.dbload);
-        info!("SIGHUP: configuration and sync dbs re-read");
+        self.check_joined = true;
+        true
+    }
+
+    /// Once after start and after each re-read: no multicast group joined means no peer.
+    fn warn_if_no_multicast(&self) {
+        if self.discovery.joined().is_empty() {
+            let named = if self.cfg.interfaces.is_empty() {
+                String::new()
+            } else {
+                format!(" (--interface {})", self.cfg.interfaces.join(", "))
+            };
+            warn!(
+                "no multicast interface joined{named}: no peer can be found (flocon serves \
+                 from the mirrors only) until one comes up"
+            );
+        }
     }
 
     /// Connections with a response in flight (what a stop waits for).

@@ -664,11 +664,12 @@ fi
 
 # ------------------------------------------------------------------------------ 12
 P12=$FIXTURE_UPDATE_PKG
-scenario 12 "an https mirror on host 4: for $P12, which no peer has, flocon answers 307"
+scenario 12 "an https mirror: host 4 follows its new pacman.conf; for $P12, which no peer has, flocon answers 307"
 for i in 1 2 3 4; do uncache "$i" "$P12"; done
+l0=$(loglines 4)
 MIRROR_URL=https://$MIRROR:$MIRROR_TLS_PORT mkconf 4 1
-stop 4; start 4
-wait_for 10 indexed 4 || ko "flocon on host 4 did not index its db"
+check "flocon on host 4 re-read pacman.conf on its own, no signal (one log line)" \
+  wait_for 10 bash -c "tail -n +$((l0 + 1)) '$W/h4/flocon.log' | grep -q 'pacman.conf changed: pacman.conf re-read'"
 m=$(mark); l0=$(loglines 4)
 pm 4 -S "$P12"
 check_pm 4 "pacman -S $P12 (mirror https://$MIRROR:$MIRROR_TLS_PORT)"
@@ -677,8 +678,10 @@ r=$(pkg_reqs "$m" "$(addr 4)" | awk '/ tls / && $5 == 200 && $NF !~ /^ua=flocon/
 check "pacman fetched $P12 and its .sig over https itself ($r requests)" [ "$r" -ge 2 ]
 check "flocon sent pacman there with a 307" \
   bash -c "tail -n +$((l0 + 1)) '$W/h4/flocon.log' | grep -q 'redirecting pacman to https://$MIRROR:$MIRROR_TLS_PORT/'"
+l0=$(loglines 4)
 mkconf 4 1
-stop 4; start 4
+wait_for 10 bash -c "tail -n +$((l0 + 1)) '$W/h4/flocon.log' | grep -q 'pacman.conf changed: pacman.conf re-read'" ||
+  ko "flocon on host 4 did not follow its pacman.conf back to the http mirror"
 
 # ------------------------------------------------------------------------------ 13
 P13=flocon-xz
