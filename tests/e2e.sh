@@ -68,14 +68,20 @@ if [[ -n $TREE ]]; then
 fi
 
 # Only lo in sight means a private network namespace; anything else: re-run in one.
-if ip -o link show | grep -qv '^[0-9]*: lo:'; then
+# (not `ip ... | grep -q`: with pipefail, grep quitting early kills ip with SIGPIPE, and the
+# failed pipeline read as "only lo" ran the suite, mounts and all, in the caller's namespaces)
+others=$(ip -o link show | grep -v '^[0-9]*: lo:' || true)
+if [[ -n $others ]]; then
   [[ -z ${FLOCON_E2E_INSIDE:-} ]] || die "still not in a private network namespace; refusing to run"
   if [[ $(id -u) != 0 ]] && ! unshare --user --map-root-user --net true 2>/dev/null; then
     die "this kernel does not allow unprivileged user namespaces; run as root (or: sysctl kernel.unprivileged_userns_clone=1)"
   fi
-  FLOCON_E2E_INSIDE=1 exec "$LAN" isolated "$here/e2e.sh" ${TREE:+--tree "$TREE"} "$BIN"
+  FLOCON_E2E_INSIDE=1 FLOCON_E2E_OUTER_MNT=$(readlink /proc/self/ns/mnt) exec "$LAN" isolated "$here/e2e.sh" ${TREE:+--tree "$TREE"} "$BIN"
 fi
 
+# this suite mounts things (the tree's /tmp, a CA bundle): only in a mount namespace of its own
+[[ -z ${FLOCON_E2E_OUTER_MNT:-} || $(readlink /proc/self/ns/mnt) != "$FLOCON_E2E_OUTER_MNT" ]] ||
+  die "still in the caller's mount namespace; refusing to run"
 export FLAN_PREFIX=fe2e-
 N_HOSTS=4
 MIRROR_HOST=5
