@@ -406,8 +406,8 @@ for i in $(seq $N_HOSTS); do
     "${IN_TREE[@]}" pacman-key --gpgdir "$W/h$i/gnupg" --lsign-key "$FIXTURE_FPR" ) >"$W/h$i/pacman-key.log" 2>&1 &
   keyjobs+=($!)
 done
-wait_for 10 "$LAN" exec 1 bash -c "exec 3<>/dev/tcp/$MIRROR/$MIRROR_PORT" 2>/dev/null || die "the mirror does not answer"
-wait_for 10 "$LAN" exec 1 bash -c "exec 3<>/dev/tcp/$MIRROR/$MIRROR_TLS_PORT" 2>/dev/null || die "the https mirror does not answer"
+wait_for 60 "$LAN" exec 1 bash -c "exec 3<>/dev/tcp/$MIRROR/$MIRROR_PORT" 2>/dev/null || die "the mirror does not answer"
+wait_for 60 "$LAN" exec 1 bash -c "exec 3<>/dev/tcp/$MIRROR/$MIRROR_TLS_PORT" 2>/dev/null || die "the https mirror does not answer"
 wait "${keyjobs[@]}"
 for i in $(seq $N_HOSTS); do
   "${IN_TREE[@]}" pacman-key --gpgdir "$W/h$i/gnupg" --list-keys "$FIXTURE_FPR" >/dev/null 2>&1 ||
