@@ -207,6 +207,17 @@ pub fn rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Asks the allocator to give free memory back to the kernel. glibc keeps freed heap pages
+/// (and raises its mmap threshold after each large free), so after a sync db's index is
+/// replaced the daemon would stay at its parsing peak; musl returns large blocks by itself.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
