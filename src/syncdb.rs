@@ -398,16 +398,17 @@ impl Builder {
 
 /// Standard base64 with padding, no whitespace; `false` on anything else.
 fn base64_decode(s: &[u8], out: &mut Vec<u8>) -> bool {
-    fn val(c: u8) -> Option<u32> {
-        Some(u32::from(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        }))
-    }
+    /// Each byte's 6-bit value, 0xff for a byte outside the alphabet.
+    const VAL: [u8; 256] = {
+        let mut t = [0xffu8; 256];
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut i = 0;
+        while i < 64 {
+            t[alphabet[i] as usize] = i as u8;
+            i += 1;
+        }
+        t
+    };
     out.clear();
     if !s.len().is_multiple_of(4) || s.len() / 4 * 3 > MAX_SIG_LEN + 2 {
         return false;
@@ -424,8 +425,11 @@ fn base64_decode(s: &[u8], out: &mut Vec<u8>) -> bool {
         }
         let mut n = 0u32;
         for &c in &q[..4 - pad] {
-            let Some(v) = val(c) else { return false };
-            n = (n << 6) | v;
+            let v = VAL[usize::from(c)];
+            if v == 0xff {
+                return false;
+            }
+            n = (n << 6) | u32::from(v);
         }
         n <<= 6 * pad as u32;
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
@@ -788,17 +792,32 @@ fn gzip_header<R: Read>(src: &mut Source<R>) -> Result<(), DbError> {
     Ok(())
 }
 
-/// CRC-32 (IEEE, reflected, as gzip uses), one table built at compile time.
+/// CRC-32 (IEEE, reflected, as gzip uses), slicing by 8 bytes: every inflated byte of a db
+/// goes through it (a quarter of the parse time with one table, bytewise).
 fn crc32_update(crc: u32, data: &[u8]) -> u32 {
+    let t = &CRC_TABLES;
     let mut c = !crc;
-    for &b in data {
-        c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+    let mut chunks = data.chunks_exact(8);
+    for b in &mut chunks {
+        let lo = c ^ u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        c = t[7][(lo & 0xff) as usize]
+            ^ t[6][((lo >> 8) & 0xff) as usize]
+            ^ t[5][((lo >> 16) & 0xff) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][usize::from(b[4])]
+            ^ t[2][usize::from(b[5])]
+            ^ t[1][usize::from(b[6])]
+            ^ t[0][usize::from(b[7])];
+    }
+    for &b in chunks.remainder() {
+        c = t[0][((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
     }
     !c
 }
 
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
+/// `[0]` is the classic bytewise table; `[k][i]` is the CRC of byte `i` followed by k zeros.
+const CRC_TABLES: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut c = i as u32;
@@ -811,10 +830,20 @@ const CRC_TABLE: [u32; 256] = {
             };
             k += 1;
         }
-        table[i] = c;
+        t[0][i] = c;
         i += 1;
     }
-    table
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = t[0][(prev & 0xff) as usize] ^ (prev >> 8);
+            i += 1;
+        }
+        k += 1;
+    }
+    t
 };
 
 // ---------------------------------------------------------------------------------------
@@ -959,13 +988,23 @@ fn checksum_ok(hdr: &[u8]) -> bool {
     let Some(want) = hdr.get(148..156).and_then(parse_octal) else {
         return false;
     };
-    let (mut unsigned, mut signed) = (0u64, 0i64);
-    for (i, &b) in hdr.iter().take(BLOCK).enumerate() {
-        let b = if (148..156).contains(&i) { b' ' } else { b };
-        unsigned += u64::from(b);
-        signed += i64::from(b as i8);
+    let Some(hdr) = hdr.get(..BLOCK) else {
+        return false;
+    };
+    let field = 8 * u64::from(b' ');
+    let unsigned: u64 = hdr.iter().map(|&b| u64::from(b)).sum::<u64>()
+        - hdr[148..156].iter().map(|&b| u64::from(b)).sum::<u64>()
+        + field;
+    if want == unsigned {
+        return true;
     }
-    want == unsigned || i64::try_from(want).is_ok_and(|w| w == signed)
+    let signed: i64 = hdr.iter().map(|&b| i64::from(b as i8)).sum::<i64>()
+        - hdr[148..156]
+            .iter()
+            .map(|&b| i64::from(b as i8))
+            .sum::<i64>()
+        + field as i64;
+    i64::try_from(want).is_ok_and(|w| w == signed)
 }
 
 /// Octal (leading spaces, then digits, then spaces/NULs) or GNU base-256 (high bit set).
@@ -1860,6 +1899,43 @@ mod tests {
             crc32_update(crc32_update(0, b"1234"), b"56789"),
             0xcbf4_3926
         );
+        // Slicing by 8 agrees with the bytewise definition at every length and split.
+        let bytewise = |crc: u32, data: &[u8]| {
+            let mut c = !crc;
+            for &b in data {
+                c = CRC_TABLES[0][((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+            }
+            !c
+        };
+        let mut rng = Rng::new(8);
+        let data = random_bytes(&mut rng, 100);
+        for n in 0..data.len() {
+            assert_eq!(crc32_update(0, &data[..n]), bytewise(0, &data[..n]), "{n}");
+            let (a, b) = data.split_at(n);
+            assert_eq!(crc32_update(crc32_update(0, a), b), bytewise(0, &data));
+        }
+    }
+
+    #[test]
+    fn tar_checksums_signed_or_unsigned() {
+        let mut h = header("é-1-1/desc".as_bytes(), 0, b'0', false);
+        assert!(checksum_ok(&h));
+        let signed: i64 = h
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    i64::from(b as i8)
+                }
+            })
+            .sum();
+        h[148..156].copy_from_slice(format!("{signed:06o}\0 ").as_bytes());
+        assert!(checksum_ok(&h));
+        h[148..156].copy_from_slice(format!("{:06o}\0 ", signed + 1).as_bytes());
+        assert!(!checksum_ok(&h));
+        assert!(!checksum_ok(&h[..511]));
     }
 
     // --- streaming, signatures, bounds ---
