@@ -218,6 +218,66 @@ pub fn release_free_memory() {
     }
 }
 
+/// Static builds (musl, `panic = "abort"`) never unwind: a panic prints its message from our
+/// hook (main.rs) and aborts. What still reaches the unwinder is std's default panic hook,
+/// which can print a backtrace, and the landing pads of the prebuilt std. These definitions
+/// stand in for libunwind's: the backtrace walk ends at once, and everything that only an
+/// unwind could call aborts. With LTO the optimiser then sees that no frame is ever
+/// symbolised and drops std's symboliser (gimli, addr2line, the demangler) and libunwind:
+/// ~250 KB of a ~870 KB binary. See docs/DESIGN.md, "Binary size".
+#[cfg(all(target_env = "musl", panic = "abort"))]
+#[allow(non_snake_case)]
+mod no_unwinder {
+    use std::ffi::{c_int, c_void};
+
+    /// `_URC_END_OF_STACK`: the walk is over.
+    const END_OF_STACK: c_int = 5;
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_Backtrace(
+        _trace: extern "C" fn(*mut c_void, *mut c_void) -> c_int,
+        _arg: *mut c_void,
+    ) -> c_int {
+        END_OF_STACK
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_Resume(_exception: *mut c_void) -> ! {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetIP(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetIPInfo(_ctx: *mut c_void, _before: *mut c_int) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetLanguageSpecificData(_ctx: *mut c_void) -> *mut c_void {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetRegionStart(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetDataRelBase(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetTextRelBase(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_SetGR(_ctx: *mut c_void, _reg: c_int, _value: usize) {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_SetIP(_ctx: *mut c_void, _value: usize) {
+        std::process::abort()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
