@@ -97,7 +97,8 @@ uninstall:
 # $(call have-target,TRIPLE[,+TOOLCHAIN]): the toolchain has the target's standard library
 have-target = [ -d "$$(rustc $(2) --print sysroot)/lib/rustlib/$(1)/lib" ]
 # $(call show,TRIPLE,QEMU): size of the (already stripped, see Cargo.toml) binary, and a
-# smoke run under qemu-user when it is installed
+# smoke run (--version) under qemu-user when it is installed, in a private network namespace
+# like every run of flocon
 # The static builds use profile "static" (opt-level z, LTO, panic = "abort"); src/sys.rs
 # stands in for the unwinder they never use, which drops std's backtrace symboliser:
 # ~873 KB -> ~610 KB on x86_64, with the prebuilt std of a stable toolchain (docs/DESIGN.md,
@@ -117,7 +118,7 @@ define show
 	@f=target/$(1)/static/flocon; \
 	echo "$$f: $$(stat -c %s $$f) bytes"; \
 	if command -v file >/dev/null; then file -b $$f; fi; \
-	if [ -n "$(2)" ] && command -v $(2) >/dev/null; then echo "$(2): $$($(2) $$f --version)"; fi
+	if [ -n "$(2)" ] && command -v $(2) >/dev/null; then echo "$(2): $$(tests/netns.sh $(2) $$f --version)"; fi
 endef
 
 # x86_64 musl links with the host's cc and the self-contained musl objects Rust ships.

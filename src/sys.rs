@@ -225,7 +225,14 @@ pub fn release_free_memory() {
 /// unwind could call aborts. With LTO the optimiser then sees that no frame is ever
 /// symbolised and drops std's symboliser (gimli, addr2line, the demangler) and libunwind:
 /// ~250 KB of a ~870 KB binary. See docs/DESIGN.md, "Binary size".
-#[cfg(all(target_env = "musl", panic = "abort"))]
+///
+/// Not on 32-bit ARM: its EHABI unwinder has other entry points (`__aeabi_unwind_cpp_pr*`,
+/// `_Unwind_VRS_*`) in the same objects, and a partial stand-in collides with them.
+#[cfg(all(
+    target_env = "musl",
+    panic = "abort",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 #[allow(non_snake_case)]
 mod no_unwinder {
     use std::ffi::{c_int, c_void};
