@@ -11,6 +11,7 @@
 #   make verify-unit     systemd-analyze verify flocon.service
 #   make bench           bench/bench.sh (peer server vs nginx, RSS, binary size),
 #                        bench/lookup.sh (lookup latency), bench/front.sh (front vs direct),
+#                        bench/io.sh (RSS with 256 slow clients, CPU per GiB of a relayed hit),
 #                        bench/index.sh (sync-db index memory vs pacman -Sl, the three
 #                        static binaries' sizes)
 #
@@ -153,6 +154,7 @@ bench:
 	bench/bench.sh
 	FLOCON_BIN_PREBUILT=1 bench/lookup.sh
 	FLOCON_BIN_PREBUILT=1 bench/front.sh
+	FLOCON_BIN_PREBUILT=1 bench/io.sh
 	bench/index.sh
 
 clean:
