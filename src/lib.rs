@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod eventloop;
 pub mod fetch;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod peers;
 pub mod protocol;
