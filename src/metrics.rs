@@ -293,6 +293,20 @@ impl Metrics {
         )
     }
 
+    /// The one line systemd shows as the unit's status (`STATUS=`): peers, LAN hits and
+    /// bytes from the LAN since start, and the lifetime saving.
+    pub fn systemd_status(&self, peers: usize) -> String {
+        let (hits, bytes, _) = self.totals();
+        format!(
+            "{peers} {}, {hits} LAN {}, {} from the LAN; saved {} since {}",
+            if peers == 1 { "peer" } else { "peers" },
+            if hits == 1 { "hit" } else { "hits" },
+            human_bytes(bytes),
+            human_bytes(self.lifetime.lan_bytes),
+            date(self.lifetime.since)
+        )
+    }
+
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn render(&self, peers_known: usize) -> String {
         let mut o = String::with_capacity(4096);
@@ -541,6 +555,15 @@ mod tests {
             assert_eq!(sample(&p, series).as_deref(), Some(v), "{series} in\n{p}");
         }
         assert_eq!(m.totals(), (2, 1500, 4096));
+        assert_eq!(
+            m.systemd_status(3),
+            "3 peers, 2 LAN hits, 1.5 KiB from the LAN; saved 1.5 KiB since 2025-12-01"
+        );
+        let fresh = Metrics::new(None, Instant::now(), T);
+        assert_eq!(
+            fresh.systemd_status(1),
+            "1 peer, 0 LAN hits, 0 B from the LAN; saved 0 B since 2025-12-01"
+        );
     }
 
     #[test]
