@@ -78,7 +78,6 @@ pub struct Lifetime {
     pub lan_bytes: u64,
     pub lan_hits: u64,
     pub served_bytes: u64,
-    pub served_files: u64,
 }
 
 impl Lifetime {
@@ -88,7 +87,6 @@ impl Lifetime {
             lan_bytes: 0,
             lan_hits: 0,
             served_bytes: 0,
-            served_files: 0,
         }
     }
 
@@ -96,8 +94,8 @@ impl Lifetime {
     pub fn to_text(&self) -> String {
         format!(
             "# flocon's lifetime counters, rewritten by flocon (delete to start again at 0)\n\
-             since {}\nlan_bytes {}\nlan_hits {}\nserved_bytes {}\nserved_files {}\n",
-            self.since, self.lan_bytes, self.lan_hits, self.served_bytes, self.served_files
+             since {}\nlan_bytes {}\nlan_hits {}\nserved_bytes {}\n",
+            self.since, self.lan_bytes, self.lan_hits, self.served_bytes
         )
     }
 
@@ -119,7 +117,6 @@ impl Lifetime {
                 "lan_bytes" => l.lan_bytes = value,
                 "lan_hits" => l.lan_hits = value,
                 "served_bytes" => l.served_bytes = value,
-                "served_files" => l.served_files = value,
                 _ => {}
             }
         }
@@ -165,7 +162,6 @@ impl Lifetime {
 #[derive(Debug)]
 pub struct Metrics {
     repos: BTreeMap<String, RepoCounters>,
-    pub served_files: u64,
     pub served_bytes: u64,
     pub rejected_copies: u64,
     pub bans: u64,
@@ -182,7 +178,6 @@ impl Metrics {
     pub fn new(loaded: Option<Lifetime>, now: Instant, now_unix: u64) -> Metrics {
         Metrics {
             repos: BTreeMap::new(),
-            served_files: 0,
             served_bytes: 0,
             rejected_copies: 0,
             bans: 0,
@@ -229,15 +224,11 @@ impl Metrics {
         r.upstream_bytes += bytes;
     }
 
-    /// Bytes sent by the peer server (counted as they go); `file_done` when one ends.
-    pub fn served(&mut self, bytes: u64, file_done: bool) {
+    /// Bytes sent by the peer server, counted as they go.
+    pub fn served(&mut self, bytes: u64) {
         self.served_bytes += bytes;
         self.lifetime.served_bytes += bytes;
-        if file_done {
-            self.served_files += 1;
-            self.lifetime.served_files += 1;
-        }
-        self.dirty |= bytes > 0 || file_done;
+        self.dirty |= bytes > 0;
     }
 
     pub fn rejected_copy(&mut self) {
@@ -344,18 +335,12 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{repo=\"{}\"}} {}", label(repo), field(r));
             }
         }
-        let plain: [(&str, &str, &str, u64); 9] = [
+        let plain: [(&str, &str, &str, u64); 8] = [
             (
                 "flocon_served_bytes_total",
                 "Bytes the peer server sent to LAN peers.",
                 "counter",
                 self.served_bytes,
-            ),
-            (
-                "flocon_served_files_total",
-                "Files the peer server sent completely.",
-                "counter",
-                self.served_files,
             ),
             (
                 "flocon_rejected_copies_total",
@@ -521,8 +506,9 @@ mod tests {
         m.lan_hit("core", 500);
         m.lan_miss("extra");
         m.upstream_file("extra", 4096);
-        m.served(300, false);
-        m.served(200, true);
+        m.served(300);
+        m.served(200);
+        m.served(0);
         m.rejected_copy();
         m.banned();
         m.lookup(Duration::from_micros(700));
@@ -537,7 +523,6 @@ mod tests {
             ("flocon_upstream_bytes_total{repo=\"extra\"}", "4096"),
             ("flocon_upstream_files_total{repo=\"extra\"}", "1"),
             ("flocon_served_bytes_total", "500"),
-            ("flocon_served_files_total", "1"),
             ("flocon_rejected_copies_total", "1"),
             ("flocon_bans_total", "1"),
             ("flocon_peers", "3"),
@@ -613,7 +598,7 @@ mod tests {
         let mut m = Metrics::new(None, t0, T);
         assert!(!m.save_due(t0 + SAVE_INTERVAL * 2), "nothing changed");
         m.lan_hit("core", 3 << 30);
-        m.served(1 << 20, true);
+        m.served(1 << 20);
         assert!(!m.save_due(t0 + SAVE_INTERVAL / 2));
         assert!(m.save_due(t0 + SAVE_INTERVAL));
         m.save(&dir, t0 + SAVE_INTERVAL, false).unwrap();
@@ -638,8 +623,8 @@ mod tests {
         m2.save(&dir, t0, true).unwrap();
         let again = Lifetime::load(&dir).unwrap().unwrap();
         assert_eq!(
-            (again.lan_bytes, again.lan_hits, again.served_files),
-            (4 << 30, 2, 1)
+            (again.lan_bytes, again.lan_hits, again.served_bytes),
+            (4 << 30, 2, 1 << 20)
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -681,7 +666,6 @@ mod tests {
             lan_bytes: u64::MAX,
             lan_hits: 1,
             served_bytes: 2,
-            served_files: 3,
         };
         assert_eq!(Lifetime::parse(&l.to_text()), Ok(l));
     }
