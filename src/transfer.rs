@@ -73,6 +73,17 @@ pub enum Verdict {
     WrongHash,
 }
 
+/// In words: ban reasons end up in the log and in `flocon status`.
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Verified => f.write_str("verified"),
+            Verdict::WrongSize { got } => write!(f, "sent {got} bytes"),
+            Verdict::WrongHash => f.write_str("sent bytes whose SHA-256 is not the sync db's"),
+        }
+    }
+}
+
 impl Transfer {
     pub fn new(
         file: &str,
@@ -280,6 +291,9 @@ mod tests {
         t.begin_source(2, addr(), Instant::now()).unwrap();
         t.append(b"01234").unwrap();
         assert_eq!(t.verify(), Verdict::WrongSize { got: 5 });
+        // ban reasons are words, not enum names
+        assert_eq!(Verdict::WrongSize { got: 5 }.to_string(), "sent 5 bytes");
+        assert!(!Verdict::WrongHash.to_string().contains("WrongHash"));
         assert!(t.append(b"0123456789").is_err(), "more than the db size");
         std::fs::remove_dir_all(dir).unwrap();
     }
