@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod outbuf;
 pub mod peers;
 pub mod protocol;
 pub mod resolver;
