@@ -5,6 +5,7 @@
 #[macro_use]
 pub mod log;
 
+pub mod chunk;
 pub mod config;
 pub mod conn;
 pub mod daemon;
@@ -21,6 +22,7 @@ pub mod protocol;
 pub mod resolver;
 pub mod route;
 pub mod server;
+pub mod stager;
 pub mod syncdb;
 pub mod sys;
 pub mod transfer;
