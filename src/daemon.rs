@@ -175,8 +175,8 @@ impl Daemon {
         );
         let resolver = Resolver::new(waker.clone())
             .map_err(|e| StartError(format!("resolver thread: {e}")))?;
-        let dbload =
-            DbLoader::new(waker.clone()).map_err(|e| StartError(format!("db thread: {e}")))?;
+        let dbload = DbLoader::new(waker.clone(), cfg.state_dir.join("staging"))
+            .map_err(|e| StartError(format!("db thread: {e}")))?;
         let peer_ip = cfg
             .peer_addr
             .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));

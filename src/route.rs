@@ -450,7 +450,7 @@ impl Daemon {
             self.waiting.remove(&t);
             let req = self.requests.remove(&t);
             let range = req.as_ref().and_then(|r| r.range.clone());
-            let Some(Ok(f)) = self.transfers.get(file).map(|tr| tr.open_copy()) else {
+            let Some(f) = self.transfers.get(file).and_then(|tr| tr.open_copy()) else {
                 self.answer_error(t, 503);
                 continue;
             };
