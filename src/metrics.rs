@@ -173,6 +173,13 @@ pub struct Metrics {
     dirty: bool,
 }
 
+/// Counting from now, nothing loaded (the daemon replaces it with the loaded counters).
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(None, Instant::now(), unix_now())
+    }
+}
+
 impl Metrics {
     /// `loaded` is what `Lifetime::load` found, if anything; otherwise counting starts now.
     pub fn new(loaded: Option<Lifetime>, now: Instant, now_unix: u64) -> Metrics {
