@@ -1027,11 +1027,11 @@ impl Front {
         let (size, contributors, source) = (tr.expected.size, tr.contributors.clone(), tr.source);
         match verdict {
             Verdict::Verified => {
+                // "<file>: <bytes> bytes from peer <addr>" is what tests/demo.sh looks for
                 info!(
-                    "{file}: {} from peer {} ({}) verified in {:.2} s ({:.1} MB/s)",
-                    human_bytes(size),
-                    source.map(|s| env.peer_name(s.0)).unwrap_or_default(),
+                    "{file}: {size} bytes from peer {} ({}) verified in {:.2} s ({:.1} MB/s)",
                     source.map(|s| s.1.to_string()).unwrap_or_default(),
+                    source.map(|s| env.peer_name(s.0)).unwrap_or_default(),
                     elapsed.as_secs_f64(),
                     size as f64 / elapsed.as_secs_f64().max(0.001) / 1e6
                 );
