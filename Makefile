@@ -4,7 +4,9 @@
 #   make test            the test suite: unit, integration and end-to-end tests (real pacman on
 #                        a namespace LAN), all inside private network namespaces
 #   make demo            a small namespace LAN showing discovery and a verified transfer
-#   sudo make install    binary, systemd unit, /etc/flocon.conf, /etc/pacman.d/flocon
+#   sudo make install    binary, systemd unit, /etc/flocon.conf, /etc/pacman.d/flocon,
+#                        flocon(8), flocon.conf(5), the licence and the docs
+#   sudo make uninstall  the same, except configuration that was changed or is still in use
 #   make static          static x86_64 binary (musl)
 #   make aarch64 armv7   static ARM binaries (musl) for Raspberry Pi hosts
 #   make lint            cargo fmt --check + clippy -D warnings
@@ -19,18 +21,27 @@
 # goes to /usr/local/lib/systemd/system, which systemd searches). An Arch package builds with
 #   make install PREFIX=/usr DESTDIR="$pkgdir"
 # SYSCONFDIR (default /etc) holds flocon.conf and pacman.d/flocon; existing copies there are
-# never overwritten.
+# never overwritten. MANDIR, DOCDIR and LICENSEDIR follow PREFIX (share/man, share/doc/flocon,
+# share/licenses/flocon). The PKGBUILD does exactly this.
 
 PREFIX ?= /usr/local
 DESTDIR ?=
 BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSCONFDIR ?= /etc
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/flocon
+LICENSEDIR ?= $(PREFIX)/share/licenses/flocon
+# pacman's configuration, checked by uninstall (under DESTDIR)
+PACMAN_CONF ?= $(SYSCONFDIR)/pacman.conf
 CARGO ?= cargo
 # extra arguments for the test binaries, e.g. CARGO_TEST_ARGS=--test-threads=1
 CARGO_TEST_ARGS ?=
 
-BIN := target/release/flocon
+# the binary install copies; BIN=... installs a cross-built one
+BIN ?= target/release/flocon
+# etc/ source:installed name under SYSCONFDIR
+CONF_FILES := flocon.conf:flocon.conf pacman.d-flocon:pacman.d/flocon
 MUSL_X86_64 := x86_64-unknown-linux-musl
 MUSL_AARCH64 := aarch64-unknown-linux-musl
 MUSL_ARMV7 := armv7-unknown-linux-musleabihf
@@ -67,20 +78,34 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # systemd-analyze verify insists that ExecStart exists: check a copy pointing at our build.
+# It also opens each Documentation= page with man(1): ours are found through MANPATH.
 verify-unit: build
 	@command -v systemd-analyze >/dev/null || { echo "verify-unit: systemd-analyze not found (apt-get install systemd)"; exit 1; }
 	@d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
 	sed 's|^ExecStart=[^ ]*|ExecStart=$(CURDIR)/$(BIN)|' flocon.service > "$$d/flocon.service" && \
-	systemd-analyze verify "$$d/flocon.service" && echo "verify-unit: flocon.service is clean"
+	mkdir -p "$$d/man/man5" "$$d/man/man8" && cp man/flocon.8 "$$d/man/man8/" && \
+	cp man/flocon.conf.5 "$$d/man/man5/" && \
+	if command -v man >/dev/null; then manopt=--man=yes; else \
+		echo "verify-unit: man(1) not installed, Documentation= not checked"; manopt=--man=no; fi && \
+	MANPATH="$$d/man" systemd-analyze verify $$manopt "$$d/flocon.service" && \
+	echo "verify-unit: flocon.service is clean"
+	@# the sandbox must stay at least this tight: exposure <= 1.5 (the threshold is x10)
+	@out=$$(systemd-analyze security --offline=yes --threshold=15 flocon.service 2>&1); rc=$$?; \
+	echo "verify-unit: $$(echo "$$out" | tail -1)"; exit $$rc
 
-# Not built here: `make && sudo make install` keeps root out of target/.
+# Not built here: `make && sudo make install` keeps root out of target/. BIN=path installs
+# another binary (a cross-built one: make install BIN=target/aarch64-unknown-linux-musl/static/flocon).
 install:
 	@test -x $(BIN) || { echo "install: $(BIN) is missing; run 'make' first"; exit 1; }
 	install -Dm755 $(BIN) "$(DESTDIR)$(BINDIR)/flocon"
 	install -d "$(DESTDIR)$(UNITDIR)"
 	sed 's|^ExecStart=[^ ]*|ExecStart=$(BINDIR)/flocon|' flocon.service > "$(DESTDIR)$(UNITDIR)/flocon.service"
 	chmod 644 "$(DESTDIR)$(UNITDIR)/flocon.service"
-	@for f in flocon.conf:flocon.conf pacman.d-flocon:pacman.d/flocon; do \
+	install -Dm644 man/flocon.8 "$(DESTDIR)$(MANDIR)/man8/flocon.8"
+	install -Dm644 man/flocon.conf.5 "$(DESTDIR)$(MANDIR)/man5/flocon.conf.5"
+	install -Dm644 LICENSE "$(DESTDIR)$(LICENSEDIR)/LICENSE"
+	install -Dm644 -t "$(DESTDIR)$(DOCDIR)" README.md docs/DESIGN.md docs/PROTOCOL.md
+	@for f in $(CONF_FILES); do \
 		src=etc/$${f%%:*}; dst="$(DESTDIR)$(SYSCONFDIR)/$${f#*:}"; \
 		if [ -e "$$dst" ]; then echo "install: keeping existing $$dst"; \
 		else echo "install -Dm644 $$src $$dst"; install -Dm644 "$$src" "$$dst"; fi; \
@@ -88,15 +113,36 @@ install:
 	@echo "Next: add 'Include = $(SYSCONFDIR)/pacman.d/flocon' to each repo section of pacman.conf"
 	@echo "      (see that file), then: systemctl daemon-reload && systemctl enable --now flocon"
 
-# Configuration is removed only when it is still exactly what install put there.
+# Configuration is removed only when it is still exactly what install put there, and
+# pacman.d/flocon never while pacman's configuration still includes it: pacman refuses to
+# run with an Include of a missing file. The lines to remove are printed instead.
 uninstall:
-	rm -f "$(DESTDIR)$(BINDIR)/flocon" "$(DESTDIR)$(UNITDIR)/flocon.service"
-	@for f in flocon.conf:flocon.conf pacman.d-flocon:pacman.d/flocon; do \
+	rm -f "$(DESTDIR)$(BINDIR)/flocon" "$(DESTDIR)$(UNITDIR)/flocon.service" \
+		"$(DESTDIR)$(MANDIR)/man8/flocon.8" "$(DESTDIR)$(MANDIR)/man5/flocon.conf.5" \
+		"$(DESTDIR)$(LICENSEDIR)/LICENSE" "$(DESTDIR)$(DOCDIR)/README.md" \
+		"$(DESTDIR)$(DOCDIR)/DESIGN.md" "$(DESTDIR)$(DOCDIR)/PROTOCOL.md"
+	@rmdir "$(DESTDIR)$(LICENSEDIR)" "$(DESTDIR)$(DOCDIR)" 2>/dev/null || true
+	@inc="$(SYSCONFDIR)/pacman.d/flocon"; re=$$(printf '%s' "$$inc" | sed 's/[].[*^$$\\]/\\&/g'); \
+	refs=$$(grep -HnE "^[[:space:]]*Include[[:space:]]*=[[:space:]]*$$re[[:space:]]*$$" \
+		"$(DESTDIR)$(PACMAN_CONF)" $$(find "$(DESTDIR)$(SYSCONFDIR)/pacman.d" -maxdepth 1 -type f \
+		! -name flocon 2>/dev/null) 2>/dev/null); \
+	old=$$(grep -HnE '^[[:space:]]*Server[[:space:]]*=[[:space:]]*http://(localhost|127\.0\.0\.1|\[::1\]):19433/' \
+		"$(DESTDIR)$(PACMAN_CONF)" $$(find "$(DESTDIR)$(SYSCONFDIR)/pacman.d" -maxdepth 1 -type f \
+		! -name flocon 2>/dev/null) 2>/dev/null); \
+	for f in $(CONF_FILES); do \
 		src=etc/$${f%%:*}; dst="$(DESTDIR)$(SYSCONFDIR)/$${f#*:}"; \
 		if [ ! -e "$$dst" ]; then :; \
+		elif [ "$$dst" = "$(DESTDIR)$$inc" ] && [ -n "$$refs" ]; then \
+			echo "uninstall: keeping $$dst: pacman's configuration still includes it."; \
+			echo "  Remove these lines, then delete $$dst (or run 'make uninstall' again):"; \
+			echo "$$refs" | sed 's/^/    /'; \
 		elif cmp -s "$$src" "$$dst"; then echo "rm -f $$dst"; rm -f "$$dst"; \
 		else echo "uninstall: keeping modified $$dst"; fi; \
-	done
+	done; \
+	if [ -n "$$old" ]; then \
+		echo "uninstall: pacman still lists flocon as a Server (it will skip it, after an error each time):"; \
+		echo "$$old" | sed 's/^/    /'; \
+	fi
 
 # ---------------------------------------------------------------------------- static builds
 # $(call have-target,TRIPLE[,+TOOLCHAIN]): the toolchain has the target's standard library

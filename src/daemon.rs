@@ -17,6 +17,8 @@ use crate::fetch;
 use crate::front::{self, Env, Front, Reply};
 pub use crate::listen::StartError;
 use crate::listen::{Accepted, Listener, Listeners};
+use crate::metrics::{self, Lifetime, Metrics};
+use crate::notify::Notifier;
 use crate::resolver::Resolver;
 use crate::server::{self, CacheDirs};
 use crate::stager::Stager;
@@ -79,6 +81,8 @@ pub struct Daemon {
     refused_busy: u64,
     peer_conns: usize,
     front_conns: usize,
+    /// systemd's `Type=notify`: READY=1, STATUS=, STOPPING=1.
+    notifier: Notifier,
 }
 
 /// A startup error's message from what failed and why.
@@ -155,7 +159,13 @@ impl Daemon {
             peer_conns: 0,
             front_conns: 0,
             check_joined: true,
+            notifier: Notifier::from_env(),
         };
+        let lifetime = Lifetime::load(&d.cfg.state_dir).unwrap_or_else(|e| {
+            warn!("{e}; counting what the LAN saved starts again at 0");
+            None
+        });
+        d.front.metrics = Metrics::new(lifetime, now, metrics::unix_now());
         check_dbs(&d.cfg, &mut d.index, &mut d.dbload);
         Ok(d)
     }
@@ -171,16 +181,21 @@ impl Daemon {
             "started: peers on {peers}, pacman on {front}, cache {}",
             cache.join(" ")
         );
+        info!("{}", self.front.metrics.saved_line());
+        // the listeners are open (Daemon::new): pacman can connect from here on
+        let status = self.systemd_status();
+        self.notifier.ready(&status, self.now);
         loop {
             self.now = Instant::now();
             if let Some(deadline) = self.stopping {
                 let busy = self.busy_connections();
-                if busy == 0 {
-                    info!("stopped");
-                    return 0;
-                }
-                if self.now >= deadline {
-                    info!("stopped with {busy} transfers cut short");
+                if busy == 0 || self.now >= deadline {
+                    if busy == 0 {
+                        info!("stopped");
+                    } else {
+                        info!("stopped with {busy} transfers cut short");
+                    }
+                    self.save_counters(true);
                     return 0;
                 }
             }
@@ -364,6 +379,11 @@ impl Daemon {
         match t {
             Timer::Sweep => {
                 self.sweep();
+                let status = self.systemd_status();
+                self.notifier.status(&status, self.now);
+                if self.front.metrics.save_due(self.now) {
+                    self.save_counters(false);
+                }
                 let mut events = Vec::new();
                 self.discovery.expire(self.now, &mut events);
                 self.on_discovery_events(events);
@@ -449,7 +469,9 @@ impl Daemon {
         if self.stopping.is_some() {
             return;
         }
-        info!("stopping: {} connections busy", self.busy_connections());
+        let busy = self.busy_connections();
+        info!("stopping: {busy} connections busy");
+        (self.notifier).stopping(&format!("stopping: {busy} connections busy"));
         self.discovery.goodbye();
         self.listeners.close(self.poll.registry());
         let deadline = self.now + STOP_GRACE;
@@ -649,6 +671,7 @@ impl Daemon {
                 let before = c.body_bytes;
                 let p = c.drive(now);
                 self.peer_bytes_sent += c.body_bytes - before;
+                self.front.metrics.served(c.body_bytes - before);
                 if p == conn::Progress::Request
                     && let Some(req) = c.take_request()
                 {
@@ -709,6 +732,10 @@ impl Daemon {
         let page = match req.target.split('?').next().unwrap_or("") {
             "/.flocon/status" => Some((self.snapshot().text(), "text/plain; charset=utf-8")),
             "/.flocon/status.json" => Some((self.snapshot().json(), "application/json")),
+            "/metrics" | "/.flocon/metrics" => Some((
+                self.front.metrics.render(self.discovery.peers.len()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )),
             _ => None,
         };
         let stopping = self.stopping.is_some();
@@ -751,6 +778,19 @@ impl Daemon {
             self.close(tok);
         }
         self.on_discovery_events(Vec::new());
+    }
+
+    /// The unit's one-line status for `systemctl status`.
+    fn systemd_status(&self) -> String {
+        (self.front.metrics).systemd_status(self.discovery.peers.len())
+    }
+
+    /// Writes the lifetime counters to the state dir (`sync`: to the disk, at exit).
+    fn save_counters(&mut self, sync: bool) {
+        let dir = self.cfg.state_dir.clone();
+        if let Err(e) = self.front.metrics.save(&dir, self.now, sync) {
+            warn!("saving the counters in {}: {e}", dir.display());
+        }
     }
 
     fn snapshot(&self) -> Snapshot {

@@ -12,6 +12,7 @@
 use crate::eventloop::TimerId;
 use crate::fetch;
 use crate::http::{self, FileKind, Method, RangeOutcome, Request};
+use crate::metrics::{Metrics, human_bytes};
 use crate::peers::Candidate;
 use crate::stager::{Report, StageHandle};
 use crate::status::json_str;
@@ -72,6 +73,12 @@ pub struct Proxy {
     path: String,
     /// Addresses of `current` not tried yet: each is tried before the next source.
     addrs: VecDeque<SocketAddr>,
+    /// For the log line and the counters: the repo, when the request began, the status
+    /// relayed and the body bytes so far.
+    repo: String,
+    started: Instant,
+    status: u16,
+    bytes: u64,
 }
 
 /// What a front request waits for. Each wait with a deadline of its own names it; the
@@ -250,6 +257,8 @@ pub struct Front {
     sig_hints: HashMap<String, SigHint>,
     serial: u64,
     pub stats: FrontStats,
+    /// `/metrics` and the lifetime counters (the daemon loads and saves them).
+    pub metrics: Metrics,
 }
 
 impl Front {
@@ -474,9 +483,11 @@ impl Front {
             || staged.saturating_add(info.size) > transfer::MAX_STAGED_BYTES
             || !env.has_peers()
         {
+            self.metrics.lan_miss(repo);
             return self.serve_upstream(env, t, r, repo, arch, file, Vec::new());
         }
         let Some(id) = env.start_lookup(file, Some((info.size, info.sha256))) else {
+            self.metrics.lan_miss(repo);
             return self.serve_upstream(env, t, r, repo, arch, file, Vec::new());
         };
         self.serial += 1;
@@ -507,7 +518,9 @@ impl Front {
                 let Some((_, Wait::Lookup { started, .. })) = self.take(env, t) else {
                     return;
                 };
-                let micros = env.now().duration_since(started).as_micros();
+                let elapsed = env.now().duration_since(started);
+                self.metrics.lookup(elapsed);
+                let micros = elapsed.as_micros();
                 let have: Vec<String> = candidates
                     .iter()
                     .map(|c| {
@@ -532,6 +545,7 @@ impl Front {
                 };
                 let tr = &mut c.transfer;
                 tr.lookup = None;
+                self.metrics.lookup(env.now().duration_since(tr.started));
                 for cand in candidates {
                     if let Some(addr) = env.peer_addr(cand.instance) {
                         tr.candidates.push_back((cand, addr));
@@ -618,6 +632,7 @@ impl Front {
         };
         let (repo, arch) = (c.transfer.repo.clone(), c.transfer.arch.clone());
         drop(c);
+        self.metrics.lan_miss(&repo);
         for t in self.copy_waiters(file) {
             if let Some((r, _)) = self.take(env, t) {
                 self.serve_upstream(env, t, r, &repo, &arch, file, Vec::new());
@@ -770,6 +785,10 @@ impl Front {
             host_header: String::new(),
             path: String::new(),
             addrs: VecDeque::new(),
+            repo: repo.to_string(),
+            started: env.now(),
+            status: 0,
+            bytes: 0,
         };
         self.next_source(env, t, r, Box::new(p));
     }
@@ -934,16 +953,18 @@ impl Front {
                     h.status == 200
                 };
                 if !ok_status || h.content_length != Some(want) {
+                    let length = (h.content_length)
+                        .map_or_else(|| "no length".to_string(), |l| format!("{l} bytes"));
                     let why = format!(
-                        "answered {} with {:?} bytes for {} expected",
-                        h.status, h.content_length, want
+                        "{file}: answered {} with {length} where {want} bytes were due",
+                        h.status
                     );
                     self.end_fetch(env, tok);
                     if h.status == 404 {
                         // the file went away since the lookup: not a lie
                         debug!("{file}: peer {why}");
                     } else {
-                        env.ban(instance, &why);
+                        self.ban(env, instance, &why);
                     }
                     self.next_peer(env, file);
                 }
@@ -951,7 +972,8 @@ impl Front {
             fetch::Event::Body(data) => {
                 if tr.append(data).is_err() {
                     self.end_fetch(env, tok);
-                    env.ban(instance, "sent more bytes than the sync db's size");
+                    let why = format!("{file}: sent more bytes than the sync db's size");
+                    self.ban(env, instance, &why);
                     self.next_peer(env, file);
                 }
             }
@@ -1005,14 +1027,17 @@ impl Front {
         let (size, contributors, source) = (tr.expected.size, tr.contributors.clone(), tr.source);
         match verdict {
             Verdict::Verified => {
+                // "<file>: <bytes> bytes from peer <addr>" is what tests/demo.sh looks for
                 info!(
-                    "{file}: {size} bytes from peer {} verified in {:.2} s ({:.1} MB/s)",
+                    "{file}: {size} bytes from peer {} ({}) verified in {:.2} s ({:.1} MB/s)",
                     source.map(|s| s.1.to_string()).unwrap_or_default(),
+                    source.map(|s| env.peer_name(s.0)).unwrap_or_default(),
                     elapsed.as_secs_f64(),
                     size as f64 / elapsed.as_secs_f64().max(0.001) / 1e6
                 );
                 self.stats.lan_hits += 1;
                 self.stats.lan_bytes += size;
+                self.metrics.lan_hit(&tr.repo, size);
                 if let Some((instance, addr)) = source {
                     if self.sig_hints.len() >= MAX_SIG_HINTS {
                         self.sig_hints.clear();
@@ -1034,15 +1059,22 @@ impl Front {
                 self.copy_failed(env, file);
             }
             v => {
-                let why = format!("{file}: {v:?} (sync db says {size} bytes)");
+                let why = format!("{file}: {v} (the sync db says {size} bytes)");
+                tr.reset_staging();
                 for c in contributors {
-                    env.ban(c, &why);
+                    self.ban(env, c, &why);
                 }
                 self.stats.rejected_copies += 1;
-                tr.reset_staging();
+                self.metrics.rejected_copy();
                 self.next_peer(env, file);
             }
         }
+    }
+
+    /// Bans a peer for bytes that were not what the sync db says (counted for `/metrics`).
+    fn ban(&mut self, env: &mut impl Env, instance: u64, why: &str) {
+        env.ban(instance, why);
+        self.metrics.banned();
     }
 
     /// The fetches copying `file` from peers; all peer copies' for "".
@@ -1095,19 +1127,23 @@ impl Front {
                     .collect();
                 env.reply(client, Reply::Stream(h.status, &refs, length));
                 proxy.answered = true;
+                proxy.status = h.status;
                 if length == Some(0) {
                     env.reply(client, Reply::End(true));
+                    self.upstream_done(env, &proxy, "done");
                     return self.end_fetch(env, tok);
                 }
                 self.wait(env, client, r, Wait::Upstream { fetch, proxy });
             }
             fetch::Event::Body(data) => {
                 self.stats.upstream_bytes += data.len() as u64;
+                proxy.bytes += data.len() as u64;
                 env.reply(client, Reply::Body(&data));
                 self.wait(env, client, r, Wait::Upstream { fetch, proxy });
             }
             fetch::Event::Done => {
                 env.reply(client, Reply::End(true));
+                self.upstream_done(env, &proxy, "done");
                 self.end_fetch(env, tok);
             }
             fetch::Event::Failed(why) => {
@@ -1116,12 +1152,26 @@ impl Front {
                 if proxy.answered {
                     // bytes already went out: cut, so pacman resumes on its next server
                     env.reply(client, Reply::End(false));
+                    self.upstream_done(env, &proxy, &format!("cut: {why}"));
                     return;
                 }
                 proxy.last_status = Some(502);
                 self.next_source(env, client, r, proxy);
             }
         }
+    }
+
+    /// One info line per file relayed from a mirror (or a peer's `.sig`), and its counters.
+    fn upstream_done(&mut self, env: &impl Env, p: &Proxy, result: &str) {
+        let secs = env.now().duration_since(p.started).as_secs_f64();
+        info!(
+            "{}: {} from {} in {secs:.2} s (HTTP {}, {result})",
+            p.label,
+            human_bytes(p.bytes),
+            p.host_header,
+            p.status
+        );
+        self.metrics.upstream_file(&p.repo, p.bytes);
     }
 
     /// Debug builds: the records agree with each other and with the loop (after each pass).

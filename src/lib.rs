@@ -21,6 +21,8 @@ pub mod front;
 pub mod guard;
 pub mod http;
 pub mod listen;
+pub mod metrics;
+pub mod notify;
 pub mod outbuf;
 pub mod peers;
 pub mod policy;

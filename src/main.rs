@@ -1,7 +1,7 @@
 //! flocon: share pacman package caches across a LAN. This file only dispatches the command
 //! line: the daemon (daemon.rs) or `flocon status`, which asks the running daemon.
 
-use flocon::{config, daemon, log};
+use flocon::{config, daemon, error, log};
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -11,12 +11,15 @@ use std::time::Duration;
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
+    log::init();
     std::panic::set_hook(Box::new(panic_line));
     let cmd = match config::parse_args(std::env::args_os().skip(1)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("flocon: {e}");
-            eprintln!("Try 'flocon --help'.");
+            error!("{e}");
+            if !log::journal() {
+                eprintln!("Try 'flocon --help'.");
+            }
             return ExitCode::from(2);
         }
     };
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
             match daemon::Daemon::new(config) {
                 Ok(mut d) => ExitCode::from(d.run() as u8),
                 Err(e) => {
-                    eprintln!("flocon: {}", e.0);
+                    error!("{}", e.0);
                     ExitCode::from(1)
                 }
             }
@@ -60,8 +63,9 @@ fn panic_line(info: &std::panic::PanicHookInfo<'_>) {
     let at = info
         .location()
         .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
-    eprintln!(
-        "flocon: panic in thread {}{at}: {msg}",
+    // through the log: in the journal at priority 3 (err)
+    error!(
+        "panic in thread {}{at}: {msg}",
         thread.name().unwrap_or("?")
     );
 }

@@ -5,6 +5,8 @@
 use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::front::Front;
+use crate::metrics::{date, human_bytes};
+use crate::peers::BanKey;
 use crate::syncdb::SyncIndex;
 use crate::sys;
 use std::fmt::Write;
@@ -40,6 +42,8 @@ pub struct CopyRow {
 }
 
 pub struct BanRow {
+    /// The banned peer's announced name, when it is (or was just) in the peer table.
+    pub name: String,
     pub peer: String,
     pub seconds_left: u64,
     pub reason: String,
@@ -68,6 +72,12 @@ pub struct Snapshot {
     pub datagrams_in: u64,
     pub datagrams_rejected: u64,
     pub connections: usize,
+    /// The lifetime counters (they survive restarts): bytes and packages from the LAN,
+    /// bytes served to peers, since the Unix time `saved_since`.
+    pub saved_lan_bytes: u64,
+    pub saved_lan_hits: u64,
+    pub saved_served_bytes: u64,
+    pub saved_since: u64,
 }
 
 impl Snapshot {
@@ -98,12 +108,21 @@ impl Snapshot {
             rate: c.rate,
             phase: format!("{:?}", c.phase),
         });
+        let name_of = |key: &BanKey| {
+            let p = match key {
+                BanKey::Instance(i) => discovery.peers.get(*i),
+                BanKey::Ip(ip) => discovery.peers.iter().find(|p| p.addr.ip() == *ip),
+            };
+            p.map(|p| p.name.clone()).unwrap_or_default()
+        };
         let bans = discovery.bans.iter(now).map(|b| BanRow {
+            name: name_of(&b.0),
             peer: b.0.to_string(),
             seconds_left: b.1.as_secs(),
             reason: b.2.to_string(),
         });
         let s = &front.stats;
+        let saved = front.metrics.lifetime();
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             name: cfg.name.clone(),
@@ -126,6 +145,10 @@ impl Snapshot {
             datagrams_in: discovery.stats.datagrams_in,
             datagrams_rejected: discovery.stats.rejected,
             connections: counters.connections,
+            saved_lan_bytes: saved.lan_bytes,
+            saved_lan_hits: saved.lan_hits,
+            saved_served_bytes: saved.served_bytes,
+            saved_since: saved.since,
         }
     }
 
@@ -170,33 +193,42 @@ impl Snapshot {
         for t in &self.transfers {
             let _ = writeln!(
                 s,
-                "  {} from {} {}/{} bytes {:.1} MB/s {}",
+                "  {} from {} {} of {} {:.1} MB/s {}",
                 t.file,
                 if t.source.is_empty() { "-" } else { &t.source },
-                t.bytes,
-                t.size,
+                human_bytes(t.bytes),
+                human_bytes(t.size),
                 t.rate / 1e6,
                 t.phase
             );
         }
         let _ = writeln!(s, "bans: {}", self.bans.len());
         for b in &self.bans {
+            let name = if b.name.is_empty() { "?" } else { &b.name };
             let _ = writeln!(
                 s,
-                "  {} for {} s more: {}",
+                "  {name} ({}) for {} s more: {}",
                 b.peer, b.seconds_left, b.reason
             );
         }
         let _ = writeln!(
             s,
-            "served: {} LAN hits ({} bytes), {} bytes upstream, {} copies rejected, \
-             {} bytes to peers, {} refused (busy)",
+            "since start: {} LAN hits ({}), {} upstream, {} copies rejected, \
+             {} to peers, {} refused (busy)",
             self.lan_hits,
-            self.lan_bytes,
-            self.upstream_bytes,
+            human_bytes(self.lan_bytes),
+            human_bytes(self.upstream_bytes),
             self.rejected_copies,
-            self.peer_bytes_sent,
+            human_bytes(self.peer_bytes_sent),
             self.refused_busy
+        );
+        let _ = writeln!(
+            s,
+            "saved from the Internet: {} since {} ({} packages); served to peers: {}",
+            human_bytes(self.saved_lan_bytes),
+            date(self.saved_since),
+            self.saved_lan_hits,
+            human_bytes(self.saved_served_bytes)
         );
         let _ = writeln!(
             s,
@@ -245,7 +277,8 @@ impl Snapshot {
             .iter()
             .map(|b| {
                 format!(
-                    "{{\"peer\":{},\"seconds_left\":{},\"reason\":{}}}",
+                    "{{\"name\":{},\"peer\":{},\"seconds_left\":{},\"reason\":{}}}",
+                    json_str(&b.name),
                     json_str(&b.peer),
                     b.seconds_left,
                     json_str(&b.reason)
@@ -253,7 +286,7 @@ impl Snapshot {
             })
             .collect();
         format!(
-            "{{\"version\":{},\"name\":{},\"distro\":{},\"archs\":[{}],\"instance\":\"{:016x}\",\"uptime_s\":{},\"rss_kib\":{},\"multicast\":[{}],\"indexed_packages\":{},\"peers\":[{}],\"transfers\":[{}],\"bans\":[{}],\"lan_hits\":{},\"lan_bytes\":{},\"upstream_bytes\":{},\"rejected_copies\":{},\"peer_bytes_sent\":{},\"refused_busy\":{},\"datagrams_in\":{},\"datagrams_rejected\":{},\"connections\":{}}}\n",
+            "{{\"version\":{},\"name\":{},\"distro\":{},\"archs\":[{}],\"instance\":\"{:016x}\",\"uptime_s\":{},\"rss_kib\":{},\"multicast\":[{}],\"indexed_packages\":{},\"peers\":[{}],\"transfers\":[{}],\"bans\":[{}],\"lan_hits\":{},\"lan_bytes\":{},\"upstream_bytes\":{},\"rejected_copies\":{},\"peer_bytes_sent\":{},\"refused_busy\":{},\"datagrams_in\":{},\"datagrams_rejected\":{},\"connections\":{},\"saved_lan_bytes\":{},\"saved_lan_hits\":{},\"saved_served_bytes\":{},\"saved_since\":{}}}\n",
             json_str(self.version),
             json_str(&self.name),
             json_str(&self.distro),
@@ -274,7 +307,11 @@ impl Snapshot {
             self.refused_busy,
             self.datagrams_in,
             self.datagrams_rejected,
-            self.connections
+            self.connections,
+            self.saved_lan_bytes,
+            self.saved_lan_hits,
+            self.saved_served_bytes,
+            self.saved_since
         )
     }
 }
@@ -329,6 +366,7 @@ mod tests {
                 phase: "Fetching".into(),
             }],
             bans: vec![BanRow {
+                name: "c".into(),
                 peer: "127.0.0.9".into(),
                 seconds_left: 30,
                 reason: "wrong hash".into(),
@@ -342,6 +380,10 @@ mod tests {
             datagrams_in: 107,
             datagrams_rejected: 108,
             connections: 109,
+            saved_lan_bytes: 3 << 30,
+            saved_lan_hits: 110,
+            saved_served_bytes: 111,
+            saved_since: 1_764_547_200,
         }
     }
 
@@ -349,7 +391,7 @@ mod tests {
     fn both_renderings_carry_every_counter() {
         let s = snapshot();
         let (text, json) = (s.text(), s.json());
-        for n in 101..=109 {
+        for n in 101..=111 {
             assert!(text.contains(&n.to_string()), "text lacks {n}:\n{text}");
             assert!(json.contains(&format!(":{n}")), "json lacks {n}: {json}");
         }
@@ -358,6 +400,28 @@ mod tests {
         }
         assert!(json.contains("\"name\":\"host \\\"a\\\"\""), "{json}");
         assert!(json.ends_with("}\n"));
+        // people get sizes and dates, peer names in ban lines; tools get the numbers
+        assert!(
+            text.contains("saved from the Internet: 3.0 GiB since 2025-12-01 (110 packages)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  c (127.0.0.9) for 30 s more: wrong hash"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x.pkg.tar.zst from 127.0.0.3:19432 10 B of 20 B"),
+            "{text}"
+        );
+        assert!(
+            json.contains(&format!("\"saved_lan_bytes\":{}", 3u64 << 30)),
+            "{json}"
+        );
+        assert!(json.contains("\"saved_since\":1764547200"), "{json}");
+        assert!(
+            json.contains("{\"name\":\"c\",\"peer\":\"127.0.0.9\""),
+            "{json}"
+        );
     }
 
     #[test]

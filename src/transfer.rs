@@ -87,6 +87,18 @@ pub enum Verdict {
     Local(String),
 }
 
+/// In words: ban reasons end up in the log and in `flocon status`.
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Verified => f.write_str("verified"),
+            Verdict::WrongSize { got } => write!(f, "sent {got} bytes"),
+            Verdict::WrongHash => f.write_str("sent bytes whose SHA-256 is not the sync db's"),
+            Verdict::Local(e) => write!(f, "could not be staged here: {e}"),
+        }
+    }
+}
+
 impl Transfer {
     pub fn new(
         file: &str,
@@ -375,6 +387,21 @@ mod tests {
         assert!(s.reports().is_empty(), "one report per staged copy");
         drop(t);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn verdicts_read_as_words() {
+        // ban reasons are words, not enum names
+        assert_eq!(Verdict::WrongSize { got: 5 }.to_string(), "sent 5 bytes");
+        assert_eq!(
+            Verdict::WrongHash.to_string(),
+            "sent bytes whose SHA-256 is not the sync db's"
+        );
+        assert!(
+            Verdict::Local("disk full".into())
+                .to_string()
+                .ends_with("disk full")
+        );
     }
 
     #[test]
