@@ -22,7 +22,7 @@ for t in python3:python3 curl:curl ip:iproute2 tc:iproute2 unshare:util-linux; d
 done
 
 # Only lo in sight means a private network namespace; anything else: re-run in one.
-if ip -o link show | grep -qv '^[0-9]*: lo:'; then
+if [[ -n $(ip -o link show | grep -v '^[0-9]*: lo:' || true) ]]; then   # no grep -q: SIGPIPE + pipefail made this false
   [[ -z ${FLOCON_DEMO_INSIDE:-} ]] || die "still not in a private network namespace; refusing to run"
   if [[ $(id -u) != 0 ]] && ! unshare --user --map-root-user --net true 2>/dev/null; then
     die "this kernel does not allow unprivileged user namespaces, which the demo needs to build

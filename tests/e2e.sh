@@ -43,7 +43,7 @@ done
   die "missing tools; on Debian: apt-get install -y $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
 
 # Only lo in sight means a private network namespace; anything else: re-run in one.
-if ip -o link show | grep -qv '^[0-9]*: lo:'; then
+if [[ -n $(ip -o link show | grep -v '^[0-9]*: lo:' || true) ]]; then   # no grep -q: SIGPIPE + pipefail made this false
   [[ -z ${FLOCON_E2E_INSIDE:-} ]] || die "still not in a private network namespace; refusing to run"
   if [[ $(id -u) != 0 ]] && ! unshare --user --map-root-user --net true 2>/dev/null; then
     die "this kernel does not allow unprivileged user namespaces; run as root (or: sysctl kernel.unprivileged_userns_clone=1)"
