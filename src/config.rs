@@ -3,7 +3,7 @@
 //! Everything the operator tells the daemon arrives here and leaves as one validated [`Config`].
 //! Precedence, highest first: command line, flocon.conf, pacman.conf, built-in defaults. A
 //! repeatable option given in a higher layer replaces the lower layer's list as a whole; within
-//! one layer its occurrences accumulate. The repo list and the upstream rules of SPEC §7 come
+//! one layer its occurrences accumulate. The repo list and the upstream rules (docs/DESIGN.md, "Upstreams") come
 //! from pacman.conf ([`PacmanConf`], [`Repo::upstreams`]). No sockets; every file read is bounded.
 
 use std::ffi::{OsStr, OsString};
@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use lexopt::prelude::*;
 
-/// Loopback port pacman talks to (SPEC §3).
+/// Loopback port pacman talks to (README, "Ports").
 pub const DEFAULT_FRONT_PORT: u16 = 19433;
-/// Peer TCP and UDP port (SPEC §3).
+/// Peer TCP and UDP port (README, "Ports").
 pub const DEFAULT_PEER_PORT: u16 = 19432;
 /// Packagers move these at build time (build.rs: FLOCON_DEFAULT_CONFIG etc.).
 pub const DEFAULT_CONFIG_FILE: &str = env!("FLOCON_DEFAULT_CONFIG");

@@ -1,4 +1,4 @@
-//! Discovery's sockets (SPEC §3, docs/PROTOCOL.md): the multicast memberships per interface
+//! Discovery's sockets (docs/PROTOCOL.md): the multicast memberships per interface
 //! and family, the unicast sockets that carry queries and answers, announcements, and the
 //! "who has this file?" lookups. The wire format is protocol.rs; the peer table, rate limits,
 //! bans and lookup decisions are peers.rs. This module only moves datagrams and keeps the

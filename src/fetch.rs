@@ -1,5 +1,5 @@
 //! flocon's outbound HTTP/1.1 client: one request on one connection, to a LAN peer or an
-//! `http://` mirror (SPEC §7), driven by the daemon's single-threaded mio loop. It owns the
+//! `http://` mirror (docs/DESIGN.md, "Upstreams"), driven by the daemon's single-threaded mio loop. It owns the
 //! connection's state machine (connect, send, response head, body framing), the three time
 //! bounds that keep a dead server from stalling pacman, and `http://` URL splitting. Parsing
 //! lives in http.rs; this file only moves bytes and decides when a response is complete.

@@ -1,5 +1,5 @@
-//! HTTP/1.x without sockets: request-head parsing for the peer server (SPEC §5) and the
-//! loopback front (SPEC §4), response-head parsing and chunked decoding for flocon's own
+//! HTTP/1.x without sockets: request-head parsing for the peer server (docs/DESIGN.md, "The peer server") and the
+//! loopback front (docs/DESIGN.md, "The front"), response-head parsing and chunked decoding for flocon's own
 //! client, single-range math, the file-name rules that keep every request inside the cache,
 //! response-head formatting and HTTP dates. Everything here is a pure function of its input,
 //! never panics on network bytes, and returns a typed `HttpError` that maps to a status code.
@@ -374,7 +374,7 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-/// Name rules for a file requested from the peer server (SPEC §5): the target must be "/"
+/// Name rules for a file requested from the peer server (docs/DESIGN.md, "The peer server"): the target must be "/"
 /// plus one safe name of a package or a package signature. Bad encoding is 400; a name we
 /// refuse is 404, which tells a prober nothing more.
 pub fn peer_file_name(target: &str) -> Result<String, HttpError> {
@@ -391,7 +391,7 @@ pub fn peer_file_name(target: &str) -> Result<String, HttpError> {
     }
 }
 
-/// The loopback front's path `/<repo>/os/<arch>/<file>` (SPEC §4), each part decoded once and
+/// The loopback front's path `/<repo>/os/<arch>/<file>` (docs/DESIGN.md, "The front"), each part decoded once and
 /// checked with `is_safe_name`. Returns (repo, arch, file); the file may be of any kind, the
 /// front decides what to do with it by `classify`.
 pub fn front_path(target: &str) -> Result<(String, String, String), HttpError> {

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub const MAGIC: [u8; 4] = *b"FLCN";
 /// Protocol version; a receiver drops every other value (no negotiation, see PROTOCOL.md).
 pub const VERSION: u8 = 1;
-/// UDP port for discovery; the same number as the peer TCP port (SPEC §3).
+/// UDP port for discovery; the same number as the peer TCP port (README, "Ports").
 pub const PORT: u16 = 19432;
 /// Administratively scoped (RFC 2365); "194.32" recalls the port 19432.
 pub const GROUP_V4: Ipv4Addr = Ipv4Addr::new(239, 255, 194, 32);

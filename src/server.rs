@@ -1,4 +1,4 @@
-//! The peer file server (SPEC §5): what another flocon daemon gets for GET/HEAD of a package
+//! The peer file server (docs/DESIGN.md, "The peer server"): what another flocon daemon gets for GET/HEAD of a package
 //! file (or its `.sig`) in the shared cache dirs — the file with sendfile, a single range, or
 //! a refusal. The HTTP connection itself is conn.rs; this module owns the cache dirs and the
 //! rules for what may leave them.

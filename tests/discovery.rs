@@ -1,5 +1,5 @@
 //! Discovery and lookups between real daemons on `lo` inside a private network namespace
-//! per test (SPEC §3, §9; docs/PROTOCOL.md).
+//! per test (docs/PROTOCOL.md; docs/DESIGN.md, "Testing").
 
 mod common;
 use common::*;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # lan_discovery.sh - discovery on a real (namespace) LAN with a bridge: each host runs flocon
-# on its own eth0 with the default ports and interfaces (SPEC §3). Run it isolated:
+# on its own eth0 with the default ports and interfaces (README, "Ports"). Run it isolated:
 #   tests/lan.sh isolated tests/lan_discovery.sh [path/to/flocon]
 # Prints one line per check and "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # netns.sh [--veth] CMD... - run CMD inside a fresh, private network namespace.
 #
-# Every test that opens a multicast socket runs through this (SPEC §9): inside, the only
+# Every test that opens a multicast socket runs through this (docs/DESIGN.md, "Testing"): inside, the only
 # interface is a loopback that is up, with a route 224.0.0.0/4 dev lo, so an IPv4 multicast
 # join or send can only ever reach this namespace. Nothing is created outside of it, and
 # it disappears with CMD.

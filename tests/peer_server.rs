@@ -1,4 +1,4 @@
-//! The peer file server (SPEC §5) against the real binary, over real sockets, inside a
+//! The peer file server (docs/DESIGN.md, "The peer server") against the real binary, over real sockets, inside a
 //! private network namespace per test.
 
 mod common;

@@ -1,5 +1,5 @@
 //! Shared test harness: every test that starts the daemon runs in a private user + network
-//! namespace of its own (SPEC §9), so no datagram can reach a real interface and every test
+//! namespace of its own (docs/DESIGN.md, "Testing"), so no datagram can reach a real interface and every test
 //! can use the default ports (and a private mount namespace, for tests that mount a small
 //! tmpfs). A test calls `netns!()` first: outside a namespace it re-runs
 //! itself inside a fresh one (via `unshare`) and reports that run's result.
