@@ -12,6 +12,7 @@ pub mod dbload;
 pub mod discovery;
 pub mod eventloop;
 pub mod fetch;
+pub mod guard;
 pub mod http;
 pub mod peers;
 pub mod policy;

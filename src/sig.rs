@@ -2,13 +2,20 @@
 //! is one OpenPGP signature packet of plausible size (pacman verifies the signature itself;
 //! this only keeps garbage from failing its transaction), and the decoding of a sync db's
 //! `%PGPSIG%` (the same file, base64) so flocon can answer from the db with no network.
-//! Pure: bytes in, verdict out. See docs/DESIGN.md, "The .sig files".
+//! Pure: bytes in, verdict out, time passed in. See docs/DESIGN.md, "The .sig files".
+
+use crate::policy::Conduct;
+use std::time::{Duration, Instant};
 
 /// Largest `.sig` accepted. pacman itself refuses a `.sig` above 16 KiB ("hard upper limit"
 /// in libalpm's dload.c), so nothing bigger can ever be useful to it; real ones are 119 bytes
 /// (ed25519) to ~570 (RSA 4096), and even an RSA 16384 signature with generous subpackets
 /// stays under 3 KiB.
 pub const MAX_SIG_BYTES: usize = 16 * 1024;
+
+/// The whole `.sig` from a peer within this, else upstream: a LAN peer sends a few hundred
+/// bytes in milliseconds, and pacman's 10 s no-progress clock must keep room for the mirror.
+pub const SIG_DEADLINE: Duration = Duration::from_secs(2);
 
 /// OpenPGP packet tag of a signature (RFC 9580, 5.2).
 const TAG_SIGNATURE: u8 = 2;
@@ -191,6 +198,77 @@ fn subpackets(mut area: &[u8]) -> Result<(), SigError> {
         area = &area[end..];
     }
     Ok(())
+}
+
+/// A `.sig` being fetched from a peer: the whole file within `SIG_DEADLINE` and
+/// `MAX_SIG_BYTES`, checked before anything reaches pacman. Each step returns the peer's
+/// `Conduct` when it fails (policy.rs judges it); the caller then asks the mirror.
+#[derive(Debug)]
+pub struct SigFetch {
+    deadline: Instant,
+    bytes: Vec<u8>,
+}
+
+impl SigFetch {
+    pub fn new(now: Instant) -> Self {
+        SigFetch {
+            deadline: now + SIG_DEADLINE,
+            bytes: Vec::new(),
+        }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The answer's head. A flocon peer answers 200 with a Content-Length for a file it has,
+    /// 404 for one it has not, 503 when full; nothing else (no redirect is ever followed).
+    pub fn on_head(&mut self, status: u16, length: Option<u64>) -> Result<(), Conduct> {
+        match status {
+            200 => {}
+            404 | 416 => return Err(Conduct::Gone),
+            503 => return Err(Conduct::Busy),
+            _ => return Err(Conduct::BadHead),
+        }
+        match length {
+            Some(n) if n > 0 && n <= MAX_SIG_BYTES as u64 => Ok(()),
+            Some(_) => Err(Conduct::BadSig),
+            None => Err(Conduct::BadHead),
+        }
+    }
+
+    pub fn on_body(&mut self, data: &[u8], now: Instant) -> Result<(), Conduct> {
+        if now >= self.deadline {
+            return Err(self.late());
+        }
+        if self.bytes.len() + data.len() > MAX_SIG_BYTES {
+            return Err(Conduct::BadSig);
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The body ended cleanly: the bytes if they are one signature.
+    pub fn finish(self, now: Instant) -> Result<Vec<u8>, Conduct> {
+        if now >= self.deadline {
+            return Err(self.late());
+        }
+        check(&self.bytes).map_err(|_| Conduct::BadSig)?;
+        Ok(self.bytes)
+    }
+
+    /// The deadline passed with the `.sig` incomplete: nothing (a stall) or some (a drip).
+    pub fn late(&self) -> Conduct {
+        if self.bytes.is_empty() {
+            Conduct::Stall
+        } else {
+            Conduct::Drip
+        }
+    }
+
+    pub fn timed_out(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
 }
 
 /// The `.sig` a sync db entry carries in `%PGPSIG%` (standard base64, no line breaks, as
@@ -382,6 +460,55 @@ mod tests {
         assert_eq!(from_pgpsig("iQ=a"), None);
         assert_eq!(from_pgpsig(&encode_base64(b"hello world")), None);
         assert_eq!(from_pgpsig(""), None);
+    }
+
+    #[test]
+    fn a_peer_sig_fetch() {
+        let real = include_bytes!("../tests/data/sig/ed25519.sig");
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // the good case, in pieces
+        let mut f = SigFetch::new(t0);
+        f.on_head(200, Some(real.len() as u64)).unwrap();
+        f.on_body(&real[..50], ms(10)).unwrap();
+        f.on_body(&real[50..], ms(20)).unwrap();
+        assert_eq!(f.finish(ms(30)).unwrap(), real);
+        // heads
+        let head = |status, len| SigFetch::new(t0).on_head(status, len);
+        assert_eq!(head(404, Some(0)), Err(Conduct::Gone));
+        assert_eq!(head(503, Some(0)), Err(Conduct::Busy));
+        assert_eq!(head(302, Some(0)), Err(Conduct::BadHead));
+        assert_eq!(head(200, None), Err(Conduct::BadHead));
+        assert_eq!(head(200, Some(0)), Err(Conduct::BadSig));
+        assert_eq!(
+            head(200, Some(MAX_SIG_BYTES as u64 + 1)),
+            Err(Conduct::BadSig)
+        );
+        // 1,000 bytes of x: the right length, the wrong bytes
+        let mut f = SigFetch::new(t0);
+        f.on_head(200, Some(1000)).unwrap();
+        f.on_body(&[b'x'; 1000], ms(5)).unwrap();
+        assert_eq!(f.finish(ms(6)), Err(Conduct::BadSig));
+        // more than the cap, whatever the head said
+        let mut f = SigFetch::new(t0);
+        f.on_body(&[0; MAX_SIG_BYTES], ms(5)).unwrap();
+        assert_eq!(f.on_body(&[0], ms(6)), Err(Conduct::BadSig));
+        // a drip: some bytes, then the deadline
+        let mut f = SigFetch::new(t0);
+        f.on_head(200, Some(real.len() as u64)).unwrap();
+        f.on_body(&real[..1], ms(1000)).unwrap();
+        assert!(!f.timed_out(ms(1999)));
+        assert!(f.timed_out(ms(2000)));
+        assert_eq!(f.on_body(&real[1..2], ms(2000)), Err(Conduct::Drip));
+        assert_eq!(f.late(), Conduct::Drip);
+        // a stall: nothing at all
+        let f = SigFetch::new(t0);
+        assert_eq!(f.late(), Conduct::Stall);
+        assert_eq!(f.deadline(), t0 + SIG_DEADLINE);
+        // the whole file, but too late
+        let mut f = SigFetch::new(t0);
+        f.on_body(real, ms(100)).unwrap();
+        assert_eq!(f.finish(ms(2500)), Err(Conduct::Drip));
     }
 
     fn encode_base64(b: &[u8]) -> String {
