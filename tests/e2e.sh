@@ -522,6 +522,22 @@ no_reqs "$m" 4 "host 4"
 sent=$(( $(stq 1 's["peer_bytes_sent"]') - sent0 ))
 check "host 1 served it: $sent bytes sent (>= ${SIZE[$LARGE]})" [ "$sent" -ge "${SIZE[$LARGE]}" ]
 
+# ------------------------------------------------------------------------------ 9
+scenario 9 "host 1 freezes (SIGSTOP) just after serving $LARGE to host 4, which asks again"
+# host 4 holds a fresh "host 1 had it" hint; a frozen daemon's sockets still accept
+uncache 4 "$LARGE"
+p1=$(cat "$W/h1/flocon.pid")
+kill -STOP "$p1"
+m=$(mark)
+pm 4 -S "$LARGE"
+kill -CONT "$p1"
+check_pm 4 "with host 1 frozen: pacman -S $LARGE"
+check "installed: $LARGE" installed 4 "$LARGE"
+r=$(pkg_req_names "$m" "$(addr 4)")
+check "the package and its .sig came from the mirror (served: $r)" [ "$r" == "$(files_of "$LARGE")" ]
+check "no wait for the frozen host: ${EL[4]} s (< 8 s: the .sig is asked only of peers that answered)" \
+  awk -v e="${EL[4]}" 'BEGIN { exit !(e < 8) }'
+
 SCEN=end
 echo "# daemons still alive at the end: $(for i in $(seq $N_HOSTS); do st "$i" >/dev/null 2>&1 && printf 'host%s ' "$i"; done)"
 check "every daemon survived (no crash)" bash -c "for i in \$(seq $N_HOSTS); do '$LAN' exec \$i '$BIN' status >/dev/null 2>&1 || exit 1; done"

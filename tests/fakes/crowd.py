@@ -22,6 +22,8 @@ import socket
 import sys
 import time
 
+REOPEN_AFTER = 0.5
+
 
 def main(argv):
     opts = {"--keepalive": "0", "--slow": "0", "--every": "20", "--sources": "",
@@ -57,11 +59,16 @@ def main(argv):
         except OSError:
             stats["refused"] += 1
             s.close()
+            reopen.append((time.monotonic() + REOPEN_AFTER, kind, n))
             return
         stats["opened"] += 1
         conns[s.fileno()] = {"sock": s, "kind": kind, "n": n, "due": time.monotonic(),
                              "sent": 0}
         sel.register(s, selectors.EVENT_READ)
+
+    # (reopen time, kind, n): a closed connection comes back after REOPEN_AFTER, so a
+    # server that closes at once does not turn the crowd into a connect storm
+    reopen = []
 
     def close(fd, by_server):
         c = conns.pop(fd)
@@ -69,8 +76,7 @@ def main(argv):
         c["sock"].close()
         if by_server:
             stats["closed_by_server"] += 1
-        if time.monotonic() < end:
-            open_one(c["kind"], c["n"])
+        reopen.append((time.monotonic() + REOPEN_AFTER, c["kind"], c["n"]))
 
     for n in range(int(opts["--keepalive"])):
         open_one("keepalive", n)
@@ -80,6 +86,9 @@ def main(argv):
     slow_head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 100000
     while time.monotonic() < end:
         now = time.monotonic()
+        while reopen and reopen[0][0] <= now:
+            _, kind, n = reopen.pop(0)
+            open_one(kind, n)
         for fd, c in list(conns.items()):
             if fd not in conns or c["due"] > now:
                 continue

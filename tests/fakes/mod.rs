@@ -156,10 +156,12 @@ pub struct Offer {
 }
 
 /// Makes `ip` a flocon peer on discovery whose file server is at `ip:tcp_port`: announces
-/// every 300 ms and answers lookups ("have" for its offers). With `mute`, it announces but
-/// answers no lookup. Stops on drop.
+/// every 300 ms and answers lookups ("have" for its offers) after `delay` (set_delay).
+/// `freeze` makes it silent, as a stopped daemon is. Stops on drop.
 pub struct Announcer {
     stop: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     pub instance: u64,
     pub answered: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -178,10 +180,14 @@ impl Announcer {
         udp.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         let udp: std::net::UdpSocket = udp.into();
-        let instance = 0x0fa4_e500_0000_0000 | u64::from(ipv4.octets()[3]) << 8 | 0x5a;
+        // "0fa4" and the address's last octet lead: short ids differ per fake
+        let instance = 0x0fa4_0000_0000_005a | u64::from(ipv4.octets()[3]) << 40;
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (stop2, answered2) = (stop.clone(), answered.clone());
+        let (frozen2, delay2) = (frozen.clone(), delay_ms.clone());
         let name = name.to_string();
         let thread = std::thread::spawn(move || {
             let group = SocketAddr::new(protocol::GROUP_V4.into(), protocol::PORT);
@@ -189,6 +195,10 @@ impl Announcer {
             let mut last = Instant::now() - Duration::from_secs(10);
             let mut out = Vec::new();
             while !stop2.load(Ordering::SeqCst) {
+                if frozen2.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
                 if last.elapsed() > Duration::from_millis(300) {
                     seq = seq.wrapping_add(1);
                     let a = Announce {
@@ -210,6 +220,10 @@ impl Announcer {
                     continue;
                 };
                 let offer = offers.iter().find(|o| o.name == q.name);
+                let delay = delay2.load(Ordering::SeqCst);
+                if delay > 0 {
+                    std::thread::sleep(Duration::from_millis(delay));
+                }
                 seq = seq.wrapping_add(1);
                 let ans = Answer {
                     id: q.id,
@@ -225,10 +239,24 @@ impl Announcer {
         });
         Announcer {
             stop,
+            frozen,
+            delay_ms,
             instance,
             answered,
             thread: Some(thread),
         }
+    }
+}
+
+impl Announcer {
+    /// Answers lookups this long after they arrive (so another peer answers first).
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Stops announcing and answering, as a frozen (SIGSTOP) daemon.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
     }
 }
 
