@@ -1,7 +1,7 @@
-//! The `.sig` files flocon hands to pacman without the mirror: the check that a peer's `.sig`
-//! is one OpenPGP signature packet of plausible size (pacman verifies the signature itself;
-//! this only keeps garbage from failing its transaction), and the decoding of a sync db's
-//! `%PGPSIG%` (the same file, base64) so flocon can answer from the db with no network.
+//! The `.sig` files flocon takes from a peer: the check that one is a single OpenPGP
+//! signature packet of plausible size (pacman verifies the signature itself; this only keeps
+//! garbage from failing its transaction), and `SigFetch`, the bounds of fetching one. (A sync
+//! db's `%PGPSIG%` needs neither: syncdb.rs decodes it, and it is right by construction.)
 //! Pure: bytes in, verdict out, time passed in. See docs/DESIGN.md, "The .sig files".
 
 use crate::policy::Conduct;
@@ -271,48 +271,6 @@ impl SigFetch {
     }
 }
 
-/// The `.sig` a sync db entry carries in `%PGPSIG%` (standard base64, no line breaks, as
-/// repo-add writes it), checked like a peer's. None if it is not one.
-pub fn from_pgpsig(b64: &str) -> Option<Vec<u8>> {
-    let bytes = decode_base64(b64.trim())?;
-    check(&bytes).ok()?;
-    Some(bytes)
-}
-
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    // 4 characters per 3 bytes: anything longer cannot be a .sig we would accept
-    if s.len() > MAX_SIG_BYTES / 3 * 4 + 4 || !s.len().is_multiple_of(4) {
-        return None;
-    }
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    let quads = s.as_bytes().chunks(4);
-    let last = quads.len().saturating_sub(1);
-    for (i, q) in quads.enumerate() {
-        let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && i != last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &q[..4 - pad] {
-            n = n << 6 | value(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..4 - pad]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,26 +401,6 @@ mod tests {
     }
 
     #[test]
-    fn pgpsig_from_the_db() {
-        let real = include_bytes!("../tests/data/sig/rsa4096.sig");
-        let b64 = encode_base64(real);
-        assert_eq!(from_pgpsig(&b64).as_deref(), Some(&real[..]));
-        assert_eq!(from_pgpsig(&format!("{b64}\n")).as_deref(), Some(&real[..]));
-        // every padding length decodes
-        for n in 1..=3 {
-            assert_eq!(
-                decode_base64(&encode_base64(&real[..n])).unwrap(),
-                real[..n]
-            );
-        }
-        // not base64, bad padding, or base64 of something else than a signature
-        assert_eq!(from_pgpsig("not base64!"), None);
-        assert_eq!(from_pgpsig("iQ=a"), None);
-        assert_eq!(from_pgpsig(&encode_base64(b"hello world")), None);
-        assert_eq!(from_pgpsig(""), None);
-    }
-
-    #[test]
     fn a_peer_sig_fetch() {
         let real = include_bytes!("../tests/data/sig/ed25519.sig");
         let t0 = Instant::now();
@@ -509,23 +447,5 @@ mod tests {
         let mut f = SigFetch::new(t0);
         f.on_body(real, ms(100)).unwrap();
         assert_eq!(f.finish(ms(2500)), Err(Conduct::Drip));
-    }
-
-    fn encode_base64(b: &[u8]) -> String {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut s = String::new();
-        for c in b.chunks(3) {
-            let n = (c[0] as u32) << 16
-                | (*c.get(1).unwrap_or(&0) as u32) << 8
-                | *c.get(2).unwrap_or(&0) as u32;
-            for i in 0..4 {
-                if i <= c.len() {
-                    s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    s.push('=');
-                }
-            }
-        }
-        s
     }
 }
