@@ -374,7 +374,7 @@ fn five_parallel_downloads_from_each_of_two_clients() {
             handles.push(std::thread::spawn(move || {
                 go.wait();
                 let (r, body) = get(front, &format!("{REPO}/{file}"), &[]);
-                assert_eq!(r.status, 200, "{file}");
+                assert_eq!(r.status, 200, "{file}: {}", r.head);
                 assert!(body == want, "{file} differs");
             }));
         }

@@ -1,0 +1,1222 @@
+//! The loopback front: what each request from pacman gets. A package the local sync db lists
+//! comes from a verified peer copy (transfer.rs) or upstream; its `.sig` from the peer that
+//! had the package, else upstream; everything else upstream only. Upstream `http://` is
+//! proxied (streamed, Range and If-Modified-Since passed through, redirects followed, every
+//! resolved address tried); `https://` gets a 307 so pacman's own TLS does the work.
+//!
+//! `Front` owns one `FrontRequest` per front connection that waits for something, the
+//! shared copies from peers and their lookups, what each fetch is for, and the `.sig` hints.
+//! It reaches sockets, timers, discovery and the index only through `Env`, so the whole
+//! state machine runs in unit tests with time passed in (see the tests at the end).
+
+use crate::eventloop::TimerId;
+use crate::fetch;
+use crate::http::{self, FileKind, Method, RangeOutcome, Request};
+use crate::peers::Candidate;
+use crate::status::json_str;
+use crate::syncdb::PkgInfo;
+use crate::transfer::{self, Phase, Transfer, Verdict};
+use mio::Token;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// Concurrent front connections. pacman holds up to ParallelDownloads (default 5) per host;
+/// a few local tools on top are still far below this.
+pub const MAX_CONNECTIONS: usize = 256;
+/// pacman keeps connections alive between the files of one transaction, then drops them.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Redirects followed for one upstream request (pacman itself allows 10; mirrors use 1-2).
+const MAX_UPSTREAM_REDIRECTS: u32 = 5;
+/// Recent "this peer had that package" records, for fetching the `.sig` from the same peer.
+const MAX_SIG_HINTS: usize = 256;
+/// A hint older than this is not trusted (the peer may have cleaned its cache).
+const SIG_HINT_TTL: Duration = Duration::from_secs(600);
+/// Longest a package request waits for a sync db being parsed before going upstream.
+const DB_WAIT_MAX: Duration = Duration::from_secs(3);
+/// Longest a request waits for a mirror's name to resolve: the next source then gets its
+/// turn, well inside pacman's 10 s without progress.
+pub const DNS_WAIT_MAX: Duration = Duration::from_secs(4);
+/// A verified copy stays this long after it was handed out, for requests for the same file
+/// that arrive just after (a second pacman, a retry): no second lookup or copy.
+pub const READY_LINGER: Duration = Duration::from_secs(10);
+
+/// Where a proxied answer can come from, tried in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A LAN peer's file server (only for `.sig` files).
+    Peer(SocketAddr, String),
+    /// An upstream mirror URL (http:// proxied, https:// redirected).
+    Url(String),
+}
+
+/// A front request being answered from a list of sources.
+#[derive(Debug)]
+pub struct Proxy {
+    method: Method,
+    sources: VecDeque<Source>,
+    range: Option<String>,
+    if_modified_since: Option<String>,
+    redirects: u32,
+    /// The head went to the client: any failure now must cut the connection.
+    answered: bool,
+    /// Status of the last source that answered with an error, passed on if none succeeds.
+    last_status: Option<u16>,
+    label: String,
+    /// The URL now being fetched (for relative redirects), its Host header and path.
+    current: String,
+    host_header: String,
+    path: String,
+    /// Addresses of `current` not tried yet: each is tried before the next source.
+    addrs: VecDeque<SocketAddr>,
+}
+
+/// What a front request waits for. Each wait with a deadline of its own names it; the
+/// others are bounded elsewhere (a fetch by its connect/head/stall bounds, a lookup by its
+/// budget).
+#[derive(Debug)]
+pub enum Wait {
+    /// A sync db being parsed: the request is dispatched again when it is in.
+    Db { until: Instant },
+    /// `/.flocon/lookup/`: answered with what the lookup decided.
+    Lookup { id: u32, started: Instant },
+    /// The shared copy of `file` from a peer; at `until` the client is sent round again.
+    Copy { file: String, until: Instant },
+    /// A fetch streaming a source's answer to the client.
+    Upstream { fetch: Token, proxy: Box<Proxy> },
+    /// The name of the proxy's next source being resolved.
+    Dns {
+        id: u64,
+        proxy: Box<Proxy>,
+        host: String,
+        port: u16,
+        until: Instant,
+    },
+}
+
+impl Wait {
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Wait::Db { until } | Wait::Copy { until, .. } | Wait::Dns { until, .. } => Some(*until),
+            Wait::Lookup { .. } | Wait::Upstream { .. } => None,
+        }
+    }
+}
+
+/// One front connection's request while it waits.
+#[derive(Debug)]
+pub struct FrontRequest {
+    /// The connection's request number (a keep-alive connection asks again and again).
+    pub number: u64,
+    pub request: Request,
+    pub wait: Wait,
+    /// The timer of the wait's deadline, cancelled with the record.
+    timer: Option<TimerId>,
+    /// It waited for a db parse once already and will not again.
+    db_waited: bool,
+}
+
+/// A request between two waits (taken out of its record, or just arrived).
+struct Asked {
+    number: u64,
+    request: Request,
+    db_waited: bool,
+}
+
+/// The timers the front sets through `Env::timer`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Deadline {
+    /// The deadline of a request's wait (connection, request number).
+    Request(Token, u64),
+    /// A handed-out copy (file, serial) is dropped.
+    Linger(String, u64),
+}
+
+/// What a fetch is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Purpose {
+    /// Copying a package from a peer into the staging dir (shared by its waiters).
+    PeerCopy {
+        file: String,
+        instance: u64,
+        resume: u64,
+    },
+    /// Streaming a source's answer to one front connection.
+    Proxy(Token),
+}
+
+/// Who waits for a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LookupFor {
+    Client(Token),
+    Copy(String),
+}
+
+/// A copy from peers, shared by every request for its file.
+struct Copy {
+    transfer: Transfer,
+    serial: u64,
+}
+
+/// A `.sig` is asked first from the peer that served its package.
+struct SigHint {
+    instance: u64,
+    addr: SocketAddr,
+    at: Instant,
+}
+
+/// An answer to a front connection, given through `Env::reply`.
+pub enum Reply<'a> {
+    Error(u16),
+    Bytes(u16, &'a [(&'a str, &'a str)], &'a [u8]),
+    /// `file[start..end]` after the headers (which carry its Content-Length).
+    File(u16, &'a [(&'a str, &'a str)], File, u64, u64),
+    /// The head of a streamed answer with its promised body length.
+    Stream(u16, &'a [(&'a str, &'a str)], Option<u64>),
+    Body(&'a [u8]),
+    /// The stream ended: complete, or cut so the client sees the failure.
+    End(bool),
+}
+
+/// Counters for the status page.
+#[derive(Default, Debug, Clone)]
+pub struct FrontStats {
+    pub lan_hits: u64,
+    pub lan_bytes: u64,
+    pub upstream_bytes: u64,
+    pub rejected_copies: u64,
+}
+
+/// A copy in flight, for the status page.
+pub struct CopyStatus {
+    pub file: String,
+    pub source: Option<SocketAddr>,
+    pub received: u64,
+    pub size: u64,
+    pub rate: f64,
+    pub phase: Phase,
+}
+
+/// What the front needs from the loop around it. The daemon implements it over its sockets,
+/// timers, discovery and index; the tests implement it with plain records.
+pub trait Env {
+    fn now(&self) -> Instant;
+    /// Gives a front connection its answer (and schedules it); false when it is gone.
+    fn reply(&mut self, client: Token, reply: Reply<'_>) -> bool;
+    /// Whether a front connection exists and waits for its answer (invariant checks).
+    fn client_waits(&self, client: Token) -> bool;
+    /// Connects and schedules a fetch; None when that cannot start (logged).
+    fn start_fetch(&mut self, req: fetch::Request) -> Option<Token>;
+    /// Closes a fetch (nothing happens if it is gone already).
+    fn stop_fetch(&mut self, fetch: Token);
+    fn fetch_exists(&self, fetch: Token) -> bool;
+    fn timer(&mut self, at: Instant, d: Deadline) -> Option<TimerId>;
+    fn cancel(&mut self, id: TimerId);
+    /// Starts "who has `name`?" with the configured budget; the decision comes back
+    /// through `Front::on_decided`. None when too many are in flight.
+    fn start_lookup(
+        &mut self,
+        name: &str,
+        expected: Option<(u64, Option<[u8; 32]>)>,
+    ) -> Option<u32>;
+    fn has_peers(&self) -> bool;
+    /// The file server of a live peer.
+    fn peer_addr(&self, instance: u64) -> Option<SocketAddr>;
+    fn peer_name(&self, instance: u64) -> String;
+    fn is_banned(&self, instance: u64) -> bool;
+    fn ban(&mut self, instance: u64, why: &str);
+    fn indexed(&self, repo: &str, file: &str) -> Option<PkgInfo>;
+    /// Whether a sync db changed and is being parsed (stats the db files first).
+    fn dbs_loading(&mut self) -> bool;
+    fn upstreams(&self, repo: &str, arch: &str) -> Vec<String>;
+    fn staging_dir(&self) -> PathBuf;
+    /// Addresses known without waiting (a literal, a fresh cache entry).
+    fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>>;
+    /// Starts resolving; the answer comes through `Front::on_resolved`. False when refused.
+    fn resolve(&mut self, id: u64, host: &str, port: u16) -> bool;
+}
+
+#[derive(Default)]
+pub struct Front {
+    requests: HashMap<Token, FrontRequest>,
+    copies: HashMap<String, Copy>,
+    lookups: HashMap<u32, LookupFor>,
+    fetches: HashMap<Token, Purpose>,
+    sig_hints: HashMap<String, SigHint>,
+    serial: u64,
+    pub stats: FrontStats,
+}
+
+impl Front {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Front requests waiting for something.
+    pub fn waiting(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// The client a proxy fetch streams to (for its backpressure).
+    pub fn fetch_client(&self, fetch: Token) -> Option<Token> {
+        match self.fetches.get(&fetch) {
+            Some(Purpose::Proxy(c)) => Some(*c),
+            _ => None,
+        }
+    }
+
+    /// The fetch streaming to a client, if any (room freed there lets it read again).
+    pub fn client_fetch(&self, client: Token) -> Option<Token> {
+        match self.requests.get(&client).map(|r| &r.wait) {
+            Some(Wait::Upstream { fetch, .. }) => Some(*fetch),
+            _ => None,
+        }
+    }
+
+    pub fn copies(&self, now: Instant) -> Vec<CopyStatus> {
+        let mut v: Vec<CopyStatus> = self
+            .copies
+            .values()
+            .map(|c| {
+                let t = &c.transfer;
+                CopyStatus {
+                    file: t.file.clone(),
+                    source: t.source.map(|s| s.1),
+                    received: t.received,
+                    size: t.expected.size,
+                    rate: t.rate(now),
+                    phase: t.phase,
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.file.cmp(&b.file));
+        v
+    }
+
+    // ------------------------------------------------------------------ records
+
+    /// Records what a request waits for (and sets the wait's deadline).
+    fn wait(&mut self, env: &mut impl Env, t: Token, r: Asked, wait: Wait) {
+        let timer = wait
+            .deadline()
+            .and_then(|at| env.timer(at, Deadline::Request(t, r.number)));
+        let record = FrontRequest {
+            number: r.number,
+            request: r.request,
+            wait,
+            timer,
+            db_waited: r.db_waited,
+        };
+        if let Some(old) = self.requests.insert(t, record) {
+            debug_assert!(false, "{t:?} had a record already");
+            if let Some(id) = old.timer {
+                env.cancel(id);
+            }
+        }
+    }
+
+    /// Takes a request's record out (its deadline timer cancelled).
+    fn take(&mut self, env: &mut impl Env, t: Token) -> Option<(Asked, Wait)> {
+        let r = self.requests.remove(&t)?;
+        if let Some(id) = r.timer {
+            env.cancel(id);
+        }
+        let asked = Asked {
+            number: r.number,
+            request: r.request,
+            db_waited: r.db_waited,
+        };
+        Some((asked, r.wait))
+    }
+
+    /// A front connection closed: stop whatever worked for it alone. One removal; a shared
+    /// copy goes on (another request, or pacman's retry, will want it).
+    pub fn forget(&mut self, env: &mut impl Env, t: Token) {
+        let Some((_, wait)) = self.take(env, t) else {
+            return;
+        };
+        match wait {
+            Wait::Upstream { fetch, .. } => {
+                self.fetches.remove(&fetch);
+                env.stop_fetch(fetch);
+            }
+            Wait::Lookup { id, .. } => {
+                self.lookups.remove(&id);
+            }
+            Wait::Db { .. } | Wait::Copy { .. } | Wait::Dns { .. } => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    /// A request arrived on front connection `t` (its `number`th).
+    pub fn on_request(&mut self, env: &mut impl Env, t: Token, number: u64, req: Request) {
+        let r = Asked {
+            number,
+            request: req,
+            db_waited: false,
+        };
+        self.dispatch(env, t, r);
+    }
+
+    fn dispatch(&mut self, env: &mut impl Env, t: Token, r: Asked) {
+        let path = r.request.target.split('?').next().unwrap_or("").to_string();
+        if let Some(name) = path.strip_prefix("/.flocon/lookup/") {
+            return self.debug_lookup(env, t, r, name);
+        }
+        let (repo, arch, file) = match http::front_path(&path) {
+            Ok(x) => x,
+            Err(e) => return answer(env, t, Reply::Error(e.status())),
+        };
+        let kind = http::classify(&file);
+        debug!(
+            "{} /{repo}/os/{arch}/{file} ({kind:?})",
+            r.request.method.as_str()
+        );
+        match kind {
+            FileKind::Package => {
+                if let Some(info) = env.indexed(&repo, &file) {
+                    return self.serve_from_lan(env, t, r, &repo, &arch, &file, info);
+                }
+                // pacman may have just replaced the db (`pacman -Syu` asks for packages the
+                // moment the new db is in place): if a db changed, wait for its parse
+                if !r.db_waited && env.dbs_loading() {
+                    debug!("{file}: not indexed yet; waiting for the sync db being read");
+                    let until = env.now() + DB_WAIT_MAX;
+                    return self.wait(env, t, r, Wait::Db { until });
+                }
+                self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new());
+            }
+            FileKind::PackageSig => {
+                let pkg = file.trim_end_matches(".sig");
+                let mut first = Vec::new();
+                // the peer that just served the package, if it is still there
+                if let Some(h) = self.sig_hints.get(pkg)
+                    && env.now().duration_since(h.at) < SIG_HINT_TTL
+                    && env.peer_addr(h.instance).is_some()
+                    && !env.is_banned(h.instance)
+                {
+                    first.push(Source::Peer(h.addr, format!("/{file}")));
+                }
+                self.serve_upstream(env, t, r, &repo, &arch, &file, first);
+            }
+            // databases never come from peers: a peer's db can be stale (rollback)
+            FileKind::Database | FileKind::DatabaseSig => {
+                self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new())
+            }
+            FileKind::Other => answer(env, t, Reply::Error(404)),
+        }
+    }
+
+    /// `/.flocon/lookup/<name>[?size=N]`: one lookup, answered with what it decided. For
+    /// tests and the benchmark; loopback only like everything on the front.
+    fn debug_lookup(&mut self, env: &mut impl Env, t: Token, r: Asked, name: &str) {
+        if !http::is_safe_name(name) {
+            return answer(env, t, Reply::Error(400));
+        }
+        let size = r
+            .request
+            .target
+            .split_once("?size=")
+            .and_then(|(_, s)| s.parse::<u64>().ok());
+        match env.start_lookup(name, size.map(|s| (s, None))) {
+            Some(id) => {
+                self.lookups.insert(id, LookupFor::Client(t));
+                let started = env.now();
+                self.wait(env, t, r, Wait::Lookup { id, started });
+            }
+            None => answer(env, t, Reply::Error(503)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn serve_from_lan(
+        &mut self,
+        env: &mut impl Env,
+        t: Token,
+        r: Asked,
+        repo: &str,
+        arch: &str,
+        file: &str,
+        info: PkgInfo,
+    ) {
+        if r.request.method == Method::Head {
+            // a HEAD needs no bytes: answer from the db's size without asking anyone
+            let len = info.size.to_string();
+            let h = [("Content-Length", len.as_str()), ("Accept-Ranges", "bytes")];
+            env.reply(t, Reply::Stream(200, &h, Some(0)));
+            env.reply(t, Reply::End(true));
+            return;
+        }
+        let now = env.now();
+        if let Some(c) = self.copies.get(file) {
+            if c.transfer.phase == Phase::Ready {
+                let (path, len) = (c.transfer.staged_path.clone(), c.transfer.expected.size);
+                return hand_one(env, t, &r.request, &path, len);
+            }
+            // another request for a file on its way: share the copy
+            let until = now + transfer::REDIRECT_AFTER;
+            let file = file.to_string();
+            return self.wait(env, t, r, Wait::Copy { file, until });
+        }
+        let staged: u64 = self
+            .copies
+            .values()
+            .map(|c| c.transfer.expected.size)
+            .fold(0, u64::saturating_add);
+        // without a SHA-256 in the db a copy could only be checked by size: not enough
+        if info.sha256.is_none()
+            || staged.saturating_add(info.size) > transfer::MAX_STAGED_BYTES
+            || !env.has_peers()
+        {
+            return self.serve_upstream(env, t, r, repo, arch, file, Vec::new());
+        }
+        let Some(id) = env.start_lookup(file, Some((info.size, info.sha256))) else {
+            return self.serve_upstream(env, t, r, repo, arch, file, Vec::new());
+        };
+        self.serial += 1;
+        let mut tr = Transfer::new(file, repo, arch, info, &env.staging_dir(), self.serial, now);
+        tr.lookup = Some(id);
+        self.lookups.insert(id, LookupFor::Copy(file.to_string()));
+        let copy = Copy {
+            transfer: tr,
+            serial: self.serial,
+        };
+        self.copies.insert(file.to_string(), copy);
+        let until = now + transfer::REDIRECT_AFTER;
+        let file = file.to_string();
+        self.wait(env, t, r, Wait::Copy { file, until });
+    }
+
+    /// A lookup was decided (by its answers or its deadline).
+    pub fn on_decided(
+        &mut self,
+        env: &mut impl Env,
+        id: u32,
+        candidates: Vec<Candidate>,
+        asked: usize,
+        answered: usize,
+    ) {
+        match self.lookups.remove(&id) {
+            Some(LookupFor::Client(t)) => {
+                let Some((_, Wait::Lookup { started, .. })) = self.take(env, t) else {
+                    return;
+                };
+                let micros = env.now().duration_since(started).as_micros();
+                let have: Vec<String> = candidates
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{{\"peer\":{},\"size\":{},\"uploads\":{}}}",
+                            json_str(&env.peer_name(c.instance)),
+                            c.size,
+                            c.uploads
+                        )
+                    })
+                    .collect();
+                let body = format!(
+                    "{{\"asked\":{asked},\"answered\":{answered},\"micros\":{micros},\"have\":[{}]}}\n",
+                    have.join(",")
+                );
+                let h = [("Content-Type", "application/json")];
+                env.reply(t, Reply::Bytes(200, &h, body.as_bytes()));
+            }
+            Some(LookupFor::Copy(file)) => {
+                let Some(c) = self.copies.get_mut(&file) else {
+                    return;
+                };
+                let tr = &mut c.transfer;
+                tr.lookup = None;
+                for cand in candidates {
+                    if let Some(addr) = env.peer_addr(cand.instance) {
+                        tr.candidates.push_back((cand, addr));
+                    }
+                }
+                debug!(
+                    "lookup for {file}: {asked} asked, {answered} answered, {} have it",
+                    tr.candidates.len()
+                );
+                self.next_peer(env, &file);
+            }
+            None => {}
+        }
+    }
+
+    /// Starts the copy from the next candidate peer, or gives up on the LAN.
+    fn next_peer(&mut self, env: &mut impl Env, file: &str) {
+        loop {
+            let Some(c) = self.copies.get_mut(file) else {
+                return;
+            };
+            let tr = &mut c.transfer;
+            let next = if tr.attempts < transfer::MAX_PEER_ATTEMPTS {
+                tr.candidates.pop_front()
+            } else {
+                None
+            };
+            let Some((cand, addr)) = next else {
+                debug!("{file}: no peer can deliver; upstream");
+                return self.copy_failed(env, file);
+            };
+            if env.is_banned(cand.instance) {
+                continue;
+            }
+            let resume = tr.received;
+            if let Err(e) = tr.begin_source(cand.instance, addr, env.now()) {
+                warn!("staging {file}: {e}; going upstream");
+                return self.copy_failed(env, file);
+            }
+            let mut headers = Vec::new();
+            if resume > 0 {
+                headers.push(("Range".to_string(), format!("bytes={resume}-")));
+            }
+            let req = fetch::Request {
+                method: Method::Get,
+                addr,
+                host_header: addr.to_string(),
+                path: format!("/{file}"),
+                headers,
+            };
+            if let Some(tok) = env.start_fetch(req) {
+                info!(
+                    "fetching {file} from peer {addr}{}",
+                    if resume > 0 {
+                        format!(" (from byte {resume})")
+                    } else {
+                        String::new()
+                    }
+                );
+                let purpose = Purpose::PeerCopy {
+                    file: file.to_string(),
+                    instance: cand.instance,
+                    resume,
+                };
+                self.fetches.insert(tok, purpose);
+                return;
+            }
+        }
+    }
+
+    /// Requests waiting for the copy of `file`.
+    fn copy_waiters(&self, file: &str) -> Vec<Token> {
+        let mut v: Vec<Token> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| matches!(&r.wait, Wait::Copy { file: f, .. } if f == file))
+            .map(|(t, _)| *t)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The LAN cannot deliver this file: the copy ends and every waiter goes upstream.
+    fn copy_failed(&mut self, env: &mut impl Env, file: &str) {
+        let Some(c) = self.copies.remove(file) else {
+            return;
+        };
+        let (repo, arch) = (c.transfer.repo.clone(), c.transfer.arch.clone());
+        drop(c);
+        for t in self.copy_waiters(file) {
+            if let Some((r, _)) = self.take(env, t) {
+                self.serve_upstream(env, t, r, &repo, &arch, file, Vec::new());
+            }
+        }
+    }
+
+    /// A verified copy is ready: every waiter gets it (with its own Range). The copy stays
+    /// READY_LINGER for requests that come just after.
+    fn hand_out(&mut self, env: &mut impl Env, file: &str) {
+        let Some(c) = self.copies.get(file) else {
+            return;
+        };
+        let (path, len, serial) = (
+            c.transfer.staged_path.clone(),
+            c.transfer.expected.size,
+            c.serial,
+        );
+        for t in self.copy_waiters(file) {
+            if let Some((r, _)) = self.take(env, t) {
+                hand_one(env, t, &r.request, &path, len);
+            }
+        }
+        let at = env.now() + READY_LINGER;
+        if env
+            .timer(at, Deadline::Linger(file.to_string(), serial))
+            .is_none()
+        {
+            // no timer: keep nothing that could not be cleaned up
+            self.copies.remove(file);
+        }
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    pub fn on_deadline(&mut self, env: &mut impl Env, d: Deadline) {
+        match d {
+            Deadline::Linger(file, serial) => {
+                if self
+                    .copies
+                    .get(&file)
+                    .is_some_and(|c| c.serial == serial && c.transfer.phase == Phase::Ready)
+                {
+                    self.copies.remove(&file);
+                }
+            }
+            Deadline::Request(t, n) => {
+                if self.requests.get(&t).is_none_or(|r| r.number != n) {
+                    return;
+                }
+                let Some((mut r, wait)) = self.take(env, t) else {
+                    return;
+                };
+                match wait {
+                    Wait::Db { .. } => {
+                        r.db_waited = true;
+                        self.dispatch(env, t, r);
+                    }
+                    Wait::Copy { file, .. } => self.copy_too_slow(env, t, r, file),
+                    Wait::Dns {
+                        mut proxy, host, ..
+                    } => {
+                        warn!("{}: resolving {host} takes too long", proxy.label);
+                        proxy.last_status = Some(504);
+                        self.next_source(env, t, r, proxy);
+                    }
+                    w @ (Wait::Lookup { .. } | Wait::Upstream { .. }) => {
+                        // no deadline of their own: put back untouched
+                        self.wait(env, t, r, w);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A request has waited REDIRECT_AFTER for its verified copy: send it round again
+    /// (pacman's 10 s no-progress clock restarts) while the copy can still finish in time,
+    /// else upstream.
+    fn copy_too_slow(&mut self, env: &mut impl Env, t: Token, r: Asked, file: String) {
+        let Some(c) = self.copies.get_mut(&file) else {
+            return answer(env, t, Reply::Error(503));
+        };
+        let tr = &mut c.transfer;
+        let progressing = tr.phase == Phase::Fetching && tr.received > 0;
+        if progressing && tr.redirect_rounds < transfer::MAX_REDIRECT_ROUNDS {
+            tr.redirect_rounds += 1;
+            info!(
+                "{file}: {} of {} bytes staged; redirecting the client to itself (pacman's 10 s clock)",
+                tr.received, tr.expected.size
+            );
+            let loc = r.request.target.clone();
+            let h = [("Location", loc.as_str()), ("Retry-After", "0")];
+            env.reply(t, Reply::Bytes(307, &h, b""));
+            return;
+        }
+        // no progress from the LAN: this request goes upstream, the copy may still finish
+        let (repo, arch) = (tr.repo.clone(), tr.arch.clone());
+        self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new());
+    }
+
+    /// Sync dbs were (re)loaded: the requests that waited for them are dispatched again.
+    pub fn on_dbs_loaded(&mut self, env: &mut impl Env) {
+        let mut waiting: Vec<Token> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| matches!(r.wait, Wait::Db { .. }))
+            .map(|(t, _)| *t)
+            .collect();
+        waiting.sort();
+        for t in waiting {
+            if let Some((mut r, _)) = self.take(env, t) {
+                r.db_waited = true;
+                self.dispatch(env, t, r);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ upstream
+
+    /// Answers from the sources: `first` (peers) then the repo's upstreams.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_upstream(
+        &mut self,
+        env: &mut impl Env,
+        t: Token,
+        r: Asked,
+        repo: &str,
+        arch: &str,
+        file: &str,
+        first: Vec<Source>,
+    ) {
+        let mut sources: VecDeque<Source> = first.into();
+        for url in env.upstreams(repo, arch) {
+            sources.push_back(Source::Url(format!(
+                "{}/{}",
+                url.trim_end_matches('/'),
+                file
+            )));
+        }
+        if sources.is_empty() {
+            return answer(env, t, Reply::Error(404));
+        }
+        let p = Proxy {
+            method: r.request.method,
+            sources,
+            range: r.request.range.clone(),
+            if_modified_since: r.request.if_modified_since.clone(),
+            redirects: 0,
+            answered: false,
+            last_status: None,
+            label: file.to_string(),
+            current: String::new(),
+            host_header: String::new(),
+            path: String::new(),
+            addrs: VecDeque::new(),
+        };
+        self.next_source(env, t, r, Box::new(p));
+    }
+
+    /// Tries the proxy's next address, then its next source; answers the client when none
+    /// is left.
+    fn next_source(&mut self, env: &mut impl Env, t: Token, r: Asked, mut p: Box<Proxy>) {
+        loop {
+            if let Some(addr) = p.addrs.pop_front() {
+                let mut headers = Vec::new();
+                if let Some(range) = &p.range {
+                    headers.push(("Range".to_string(), range.clone()));
+                }
+                if let Some(ims) = &p.if_modified_since {
+                    headers.push(("If-Modified-Since".to_string(), ims.clone()));
+                }
+                let req = fetch::Request {
+                    method: p.method,
+                    addr,
+                    host_header: p.host_header.clone(),
+                    path: p.path.clone(),
+                    headers,
+                };
+                match env.start_fetch(req) {
+                    Some(fetch) => {
+                        self.fetches.insert(fetch, Purpose::Proxy(t));
+                        return self.wait(env, t, r, Wait::Upstream { fetch, proxy: p });
+                    }
+                    None => {
+                        p.last_status = Some(502);
+                        continue;
+                    }
+                }
+            }
+            let Some(src) = p.sources.pop_front() else {
+                let status = p.last_status.unwrap_or(502);
+                debug!("{}: no source left, answering {status}", p.label);
+                return answer(env, t, Reply::Error(status));
+            };
+            match src {
+                Source::Peer(addr, path) => {
+                    p.current = format!("http://{addr}{path}");
+                    p.host_header = addr.to_string();
+                    p.path = path;
+                    p.addrs = VecDeque::from([addr]);
+                }
+                Source::Url(url) if url.starts_with("https://") => {
+                    if p.answered {
+                        continue;
+                    }
+                    debug!("{}: redirecting pacman to {url}", p.label);
+                    let h = [("Location", url.as_str())];
+                    env.reply(t, Reply::Bytes(307, &h, b""));
+                    return;
+                }
+                Source::Url(url) => {
+                    let Some((host, port, path)) = fetch::parse_http_url(&url) else {
+                        warn!("unusable upstream URL {url}");
+                        continue;
+                    };
+                    p.current = url;
+                    p.host_header = fetch::host_header(&host, port);
+                    p.path = path;
+                    if let Some(addrs) = env.resolve_now(&host, port) {
+                        p.addrs = addrs.into();
+                        continue;
+                    }
+                    // resolve on the helper thread; come back here when it answers
+                    self.serial += 1;
+                    let id = self.serial;
+                    if !env.resolve(id, &host, port) {
+                        p.last_status = Some(503);
+                        continue;
+                    }
+                    let until = env.now() + DNS_WAIT_MAX;
+                    let wait = Wait::Dns {
+                        id,
+                        proxy: p,
+                        host,
+                        port,
+                        until,
+                    };
+                    return self.wait(env, t, r, wait);
+                }
+            }
+        }
+    }
+
+    /// The resolver answered request `id`.
+    pub fn on_resolved(
+        &mut self,
+        env: &mut impl Env,
+        id: u64,
+        result: std::io::Result<Vec<SocketAddr>>,
+    ) {
+        let Some(t) = self
+            .requests
+            .iter()
+            .find(|(_, r)| matches!(r.wait, Wait::Dns { id: i, .. } if i == id))
+            .map(|(t, _)| *t)
+        else {
+            return; // the client left, or the wait's deadline passed
+        };
+        let Some((
+            r,
+            Wait::Dns {
+                mut proxy, host, ..
+            },
+        )) = self.take(env, t)
+        else {
+            return;
+        };
+        match result {
+            Ok(addrs) if !addrs.is_empty() => proxy.addrs = addrs.into(),
+            Ok(_) | Err(_) => {
+                warn!("cannot resolve {host}");
+                proxy.last_status = Some(502);
+            }
+        }
+        self.next_source(env, t, r, proxy);
+    }
+
+    // ------------------------------------------------------------------ fetches
+
+    /// Something happened on a fetch. After `Done` or `Failed` the fetch is over.
+    pub fn on_fetch_event(&mut self, env: &mut impl Env, tok: Token, ev: fetch::Event) {
+        match self.fetches.get(&tok).cloned() {
+            Some(Purpose::PeerCopy {
+                file,
+                instance,
+                resume,
+            }) => self.on_peer_copy_event(env, tok, &file, instance, resume, ev),
+            Some(Purpose::Proxy(client)) => self.on_proxy_event(env, tok, client, ev),
+            None => env.stop_fetch(tok),
+        }
+    }
+
+    fn end_fetch(&mut self, env: &mut impl Env, tok: Token) {
+        self.fetches.remove(&tok);
+        env.stop_fetch(tok);
+    }
+
+    fn on_peer_copy_event(
+        &mut self,
+        env: &mut impl Env,
+        tok: Token,
+        file: &str,
+        instance: u64,
+        resume: u64,
+        ev: fetch::Event,
+    ) {
+        let now = env.now();
+        let Some(c) = self.copies.get_mut(file) else {
+            return self.end_fetch(env, tok);
+        };
+        let tr = &mut c.transfer;
+        match ev {
+            fetch::Event::Head(h) => {
+                let want = tr.expected.size - resume;
+                let ok_status = if resume > 0 {
+                    h.status == 206
+                } else {
+                    h.status == 200
+                };
+                if !ok_status || h.content_length != Some(want) {
+                    let why = format!(
+                        "answered {} with {:?} bytes for {} expected",
+                        h.status, h.content_length, want
+                    );
+                    self.end_fetch(env, tok);
+                    if h.status == 404 {
+                        // the file went away since the lookup: not a lie
+                        debug!("{file}: peer {why}");
+                    } else {
+                        env.ban(instance, &why);
+                    }
+                    self.next_peer(env, file);
+                }
+            }
+            fetch::Event::Body(data) => match tr.append(&data) {
+                Ok(()) => {}
+                Err(transfer::AppendError::TooLong) => {
+                    self.end_fetch(env, tok);
+                    env.ban(instance, "sent more bytes than the sync db's size");
+                    self.next_peer(env, file);
+                }
+                // our disk, not the peer: this copy ends, the waiters go upstream
+                Err(transfer::AppendError::Local(e)) => {
+                    warn!("staging {file}: {e}; going upstream");
+                    self.end_fetch(env, tok);
+                    self.copy_failed(env, file);
+                }
+            },
+            fetch::Event::Done => {
+                let verdict = tr.verify();
+                let elapsed = now.duration_since(tr.started);
+                let (size, contributors, addr) = (
+                    tr.expected.size,
+                    tr.contributors.clone(),
+                    tr.source.map(|s| s.1),
+                );
+                self.end_fetch(env, tok);
+                match verdict {
+                    Verdict::Verified => {
+                        info!(
+                            "{file}: {size} bytes from peer {} verified in {:.2} s ({:.1} MB/s)",
+                            addr.map(|a| a.to_string()).unwrap_or_default(),
+                            elapsed.as_secs_f64(),
+                            size as f64 / elapsed.as_secs_f64().max(0.001) / 1e6
+                        );
+                        self.stats.lan_hits += 1;
+                        self.stats.lan_bytes += size;
+                        if let Some(addr) = addr {
+                            if self.sig_hints.len() >= MAX_SIG_HINTS {
+                                self.sig_hints.clear();
+                            }
+                            let hint = SigHint {
+                                instance,
+                                addr,
+                                at: now,
+                            };
+                            self.sig_hints.insert(file.to_string(), hint);
+                        }
+                        self.hand_out(env, file);
+                    }
+                    v => {
+                        let why = format!("{file}: {v:?} (sync db says {size} bytes)");
+                        for c in contributors {
+                            env.ban(c, &why);
+                        }
+                        self.stats.rejected_copies += 1;
+                        if let Some(c) = self.copies.get_mut(file) {
+                            c.transfer.reset_staging();
+                        }
+                        self.next_peer(env, file);
+                    }
+                }
+            }
+            fetch::Event::Failed(why) => {
+                // every byte arrived, only the end of the framing did not: verify what we have
+                // (resuming would only get a legitimate 416)
+                if tr.received == tr.expected.size {
+                    let done = fetch::Event::Done;
+                    return self.on_peer_copy_event(env, tok, file, instance, resume, done);
+                }
+                debug!("{file}: peer fetch failed: {why}");
+                self.end_fetch(env, tok);
+                self.next_peer(env, file);
+            }
+        }
+    }
+
+    fn on_proxy_event(&mut self, env: &mut impl Env, tok: Token, client: Token, ev: fetch::Event) {
+        let Some((r, wait)) = self.take(env, client) else {
+            return self.end_fetch(env, tok);
+        };
+        let Wait::Upstream { fetch, mut proxy } = wait else {
+            self.wait(env, client, r, wait);
+            return self.end_fetch(env, tok);
+        };
+        debug_assert_eq!(fetch, tok);
+        match ev {
+            fetch::Event::Head(h) => {
+                let redirect = matches!(h.status, 301 | 302 | 303 | 307 | 308);
+                if redirect && let Some(loc) = &h.location {
+                    self.end_fetch(env, tok);
+                    proxy.redirects += 1;
+                    proxy.addrs.clear();
+                    if proxy.redirects > MAX_UPSTREAM_REDIRECTS {
+                        proxy.last_status = Some(502);
+                    } else {
+                        let url = absolute_location(&proxy.current, loc);
+                        proxy.sources.push_front(Source::Url(url));
+                    }
+                    return self.next_source(env, client, r, proxy);
+                }
+                if !matches!(h.status, 200 | 206 | 304 | 416) {
+                    debug!("{}: {} answered {}", proxy.label, proxy.current, h.status);
+                    self.end_fetch(env, tok);
+                    proxy.addrs.clear();
+                    proxy.last_status = Some(h.status);
+                    return self.next_source(env, client, r, proxy);
+                }
+                let (headers, length) = relayed_head(&h);
+                let refs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                env.reply(client, Reply::Stream(h.status, &refs, length));
+                proxy.answered = true;
+                if length == Some(0) {
+                    env.reply(client, Reply::End(true));
+                    return self.end_fetch(env, tok);
+                }
+                self.wait(env, client, r, Wait::Upstream { fetch, proxy });
+            }
+            fetch::Event::Body(data) => {
+                self.stats.upstream_bytes += data.len() as u64;
+                env.reply(client, Reply::Body(&data));
+                self.wait(env, client, r, Wait::Upstream { fetch, proxy });
+            }
+            fetch::Event::Done => {
+                env.reply(client, Reply::End(true));
+                self.end_fetch(env, tok);
+            }
+            fetch::Event::Failed(why) => {
+                debug!("{}: source failed: {why}", proxy.label);
+                self.end_fetch(env, tok);
+                if proxy.answered {
+                    // bytes already went out: cut, so pacman resumes on its next server
+                    env.reply(client, Reply::End(false));
+                    return;
+                }
+                proxy.last_status = Some(502);
+                self.next_source(env, client, r, proxy);
+            }
+        }
+    }
+
+    /// Debug builds: the records agree with each other and with the loop (after each pass).
+    pub fn check(&self, env: &impl Env) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        for (t, r) in &self.requests {
+            assert!(
+                env.client_waits(*t),
+                "record {t:?} without a waiting client"
+            );
+            match &r.wait {
+                Wait::Upstream { fetch, .. } => {
+                    assert!(env.fetch_exists(*fetch), "{t:?}: its fetch is gone");
+                    assert_eq!(self.fetches.get(fetch), Some(&Purpose::Proxy(*t)));
+                }
+                Wait::Copy { file, .. } => {
+                    assert!(self.copies.contains_key(file), "{t:?} waits for no copy");
+                }
+                Wait::Lookup { id, .. } => {
+                    assert_eq!(self.lookups.get(id), Some(&LookupFor::Client(*t)));
+                }
+                Wait::Db { .. } | Wait::Dns { .. } => {}
+            }
+        }
+        for (tok, p) in &self.fetches {
+            assert!(env.fetch_exists(*tok), "fetch {tok:?} recorded but gone");
+            if let Purpose::Proxy(c) = p {
+                assert_eq!(self.client_fetch(*c), Some(*tok), "proxy {tok:?} unowned");
+            }
+        }
+        for (file, c) in &self.copies {
+            let fetching = self
+                .fetches
+                .values()
+                .filter(|p| matches!(p, Purpose::PeerCopy { file: f, .. } if f == file))
+                .count();
+            match c.transfer.phase {
+                Phase::Fetching => assert_eq!(fetching, 1, "{file}: {fetching} fetches"),
+                Phase::Looking | Phase::Ready => assert_eq!(fetching, 0, "{file}"),
+            }
+        }
+    }
+}
+
+/// A final answer: the client waits for nothing more.
+fn answer(env: &mut impl Env, t: Token, reply: Reply<'_>) {
+    env.reply(t, reply);
+}
+
+/// A verified copy to one client, with its own Range.
+fn hand_one(env: &mut impl Env, t: Token, req: &Request, path: &std::path::Path, len: u64) {
+    let Ok(f) = File::open(path) else {
+        return answer(env, t, Reply::Error(503));
+    };
+    let lm = http::http_date(UNIX_EPOCH + Duration::from_secs(crate::server::unix_now()));
+    match http::resolve_range(req.range.as_deref(), len) {
+        RangeOutcome::Full => {
+            let l = len.to_string();
+            let h = [
+                ("Content-Length", l.as_str()),
+                ("Accept-Ranges", "bytes"),
+                ("Last-Modified", lm.as_str()),
+            ];
+            env.reply(t, Reply::File(200, &h, f, 0, len));
+        }
+        RangeOutcome::Partial { start, end } => {
+            let l = (end + 1 - start).to_string();
+            let cr = http::content_range(start, end, len);
+            let h = [
+                ("Content-Length", l.as_str()),
+                ("Content-Range", cr.as_str()),
+                ("Accept-Ranges", "bytes"),
+            ];
+            env.reply(t, Reply::File(206, &h, f, start, end + 1));
+        }
+        RangeOutcome::Unsatisfiable => {
+            let cr = http::content_range_unsatisfied(len);
+            env.reply(t, Reply::Bytes(416, &[("Content-Range", &cr)], b""));
+        }
+    }
+}
+
+/// The head relayed to the client for a source's answer, and the body length it promises.
+fn relayed_head(h: &http::ResponseInfo) -> (Vec<(String, String)>, Option<u64>) {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let length = match h.status {
+        304 | 416 => Some(0),
+        _ => h.content_length,
+    };
+    if let Some(l) = length {
+        headers.push(("Content-Length".into(), l.to_string()));
+    }
+    if let Some((s, e, total)) = h.content_range {
+        let total = total.map(|t| t.to_string()).unwrap_or_else(|| "*".into());
+        headers.push(("Content-Range".into(), format!("bytes {s}-{e}/{total}")));
+    } else if let (416, Some(total)) = (h.status, h.unsatisfied_length) {
+        headers.push((
+            "Content-Range".into(),
+            http::content_range_unsatisfied(total),
+        ));
+    }
+    if let Some(lm) = &h.last_modified {
+        headers.push(("Last-Modified".into(), lm.clone()));
+    }
+    headers.push(("Accept-Ranges".into(), "bytes".into()));
+    (headers, length)
+}
+
+/// A Location header made absolute against the URL that answered with it.
+fn absolute_location(base: &str, loc: &str) -> String {
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        return loc.to_string();
+    }
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    if loc.starts_with('/') {
+        return format!("{}{}", &base[..authority_end], loc);
+    }
+    let dir_end = base
+        .rfind('/')
+        .filter(|i| *i >= authority_end)
+        .map(|i| i + 1)
+        .unwrap_or(base.len());
+    format!("{}{}", &base[..dir_end], loc)
+}
