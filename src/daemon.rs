@@ -14,6 +14,7 @@ use crate::discovery::{self, Discovery, DiscoveryEvent, Identity};
 use crate::eventloop::{Ready, Slots, TimerId, Timers};
 use crate::fetch::{self, Fetch};
 use crate::front::{self, Deadline, Env, Front, Reply};
+use crate::policy::Strikes;
 use crate::resolver::Resolver;
 use crate::server::{self, CacheDirs};
 use crate::status::{BanRow, CopyRow, PeerRow, Snapshot};
@@ -23,7 +24,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,6 +88,10 @@ pub struct Daemon {
     _waker: Arc<Waker>,
     peer_listener: TcpListener,
     front_listeners: Vec<TcpListener>,
+    /// Where the front listens: an upstream there would be flocon calling itself.
+    front_addrs: Vec<SocketAddr>,
+    /// Peers struck (policy.rs) and benched, by address.
+    strikes: Strikes<IpAddr>,
     cache: CacheDirs,
     slots: Slots<Slot>,
     timers: Timers<Timer>,
@@ -205,6 +210,10 @@ impl Daemon {
         let mut timers = Timers::new();
         timers.always(now + SWEEP_INTERVAL, Timer::Sweep);
         timers.always(now, Timer::Rescan);
+        let front_addrs = front_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
         let mut d = Daemon {
             cfg,
             poll,
@@ -214,6 +223,8 @@ impl Daemon {
             _waker: waker,
             peer_listener,
             front_listeners,
+            front_addrs,
+            strikes: Strikes::new(),
             cache,
             slots: Slots::new(server::MAX_CONNECTIONS + front::MAX_CONNECTIONS + MAX_FETCHES),
             timers,
@@ -308,6 +319,8 @@ impl Daemon {
             dbload: &mut self.dbload,
             resolver: &mut self.resolver,
             decided: &mut self.decided,
+            strikes: &mut self.strikes,
+            front_addrs: &self.front_addrs,
         };
         (&mut self.front, env)
     }
@@ -753,6 +766,14 @@ impl Daemon {
     }
 
     fn on_front_request(&mut self, t: Token, number: u64, req: crate::http::Request) {
+        // only the loopback by name: a web page that rebinds its own name to 127.0.0.1 still
+        // sends that name, and gets nothing (status, lookups, packages) from the front
+        if !crate::guard::is_loopback_host(req.host.as_deref()) {
+            debug!("Host {:?} is not the loopback: 421", req.host);
+            let (_, mut env) = self.parts();
+            env.reply(t, Reply::Error(421));
+            return;
+        }
         let page = match req.target.split('?').next().unwrap_or("") {
             "/.flocon/status" => Some((self.snapshot().text(), "text/plain; charset=utf-8")),
             "/.flocon/status.json" => Some((self.snapshot().json(), "application/json")),
@@ -844,6 +865,13 @@ impl Daemon {
             seconds_left: b.1.as_secs(),
             reason: b.2.to_string(),
         });
+        // strikes (policy.rs) bench a peer's address for a while: shown with the bans
+        let benches = self.strikes.iter(now).map(|(ip, left, why)| BanRow {
+            peer: format!("address {ip}"),
+            seconds_left: left.as_secs(),
+            reason: format!("benched: {why}"),
+        });
+        let bans = bans.chain(benches);
         let s = &self.front.stats;
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
@@ -923,6 +951,8 @@ struct Loop<'a> {
     dbload: &'a mut DbLoader,
     resolver: &'a mut Resolver,
     decided: &'a mut Vec<DiscoveryEvent>,
+    strikes: &'a mut Strikes<IpAddr>,
+    front_addrs: &'a [SocketAddr],
 }
 
 impl Env for Loop<'_> {
@@ -1022,10 +1052,34 @@ impl Env for Loop<'_> {
 
     fn is_banned(&self, instance: u64) -> bool {
         self.discovery.is_banned(instance, self.now)
+            || self
+                .discovery
+                .peers
+                .get(instance)
+                .is_some_and(|p| self.strikes.is_benched(p.addr.ip(), self.now))
     }
 
     fn ban(&mut self, instance: u64, why: &str) {
         self.discovery.ban(instance, self.now, why);
+    }
+
+    fn strike(&mut self, instance: u64, why: &str) {
+        let Some(p) = self.discovery.peers.get(instance) else {
+            return;
+        };
+        let d = self.strikes.strike(p.addr.ip(), self.now, why);
+        warn!("benched peer {} ({}) for {d:?}: {why}", p.name, p.addr.ip());
+    }
+
+    fn db_signature(&self, _repo: &str, _file: &str) -> Option<Vec<u8>> {
+        // syncdb.rs does not keep %PGPSIG% yet (issue 8's index work adds it)
+        None
+    }
+
+    fn is_own_front(&self, addr: SocketAddr) -> bool {
+        self.front_addrs
+            .iter()
+            .any(|f| crate::guard::is_own_front(addr, *f))
     }
 
     fn indexed(&self, repo: &str, file: &str) -> Option<PkgInfo> {

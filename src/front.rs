@@ -1,6 +1,8 @@
 //! The loopback front: what each request from pacman gets. A package the local sync db lists
-//! comes from a verified peer copy (transfer.rs) or upstream; its `.sig` from the peer that
-//! had the package, else upstream; everything else upstream only. Upstream `http://` is
+//! comes from a verified peer copy (transfer.rs), resumed from the next peer or the mirror
+//! when a source fails, or upstream; its `.sig` from the db's `%PGPSIG%`, else from the peer
+//! that had the package if that peer says so now (checked, bounded: sig.rs), else upstream;
+//! everything else upstream only. What a misbehaving peer earns is policy.rs's decision. Upstream `http://` is
 //! proxied (streamed, Range and If-Modified-Since passed through, redirects followed, every
 //! resolved address tried); `https://` gets a 307 so pacman's own TLS does the work.
 //!
@@ -11,8 +13,11 @@
 
 use crate::eventloop::TimerId;
 use crate::fetch;
+use crate::guard;
 use crate::http::{self, FileKind, Method, RangeOutcome, Request};
 use crate::peers::Candidate;
+use crate::policy::{self, Action, Conduct, Pace};
+use crate::sig::SigFetch;
 use crate::status::json_str;
 use crate::syncdb::PkgInfo;
 use crate::transfer::{self, Phase, Transfer, Verdict};
@@ -42,12 +47,21 @@ pub const DNS_WAIT_MAX: Duration = Duration::from_secs(4);
 /// A verified copy stays this long after it was handed out, for requests for the same file
 /// that arrive just after (a second pacman, a retry): no second lookup or copy.
 pub const READY_LINGER: Duration = Duration::from_secs(10);
+/// How often a copy from a peer is measured (policy::pace over the last PACE_MEASURE).
+const PACE_CHECK: Duration = Duration::from_millis(500);
+/// The time a copy has before pacman runs out of self-redirects: its first wait plus every
+/// redirect round. A copy that cannot finish within it hands its remainder to the mirror.
+const COPY_BUDGET: Duration = Duration::from_secs(
+    transfer::REDIRECT_AFTER.as_secs() * (transfer::MAX_REDIRECT_ROUNDS as u64 + 1),
+);
+/// The "instance" recorded for bytes a copy took from the mirror (no peer is ever 0: ids are
+/// random, and a contributor 0 is never judged).
+const MIRROR: u64 = 0;
 
-/// Where a proxied answer can come from, tried in order.
+/// Where a proxied answer can come from, tried in order. Peers never: a proxy follows
+/// redirects, and a peer's redirect could point anywhere (the host's own loopback).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// A LAN peer's file server (only for `.sig` files).
-    Peer(SocketAddr, String),
     /// An upstream mirror URL (http:// proxied, https:// redirected).
     Url(String),
 }
@@ -86,6 +100,14 @@ pub enum Wait {
     Copy { file: String, until: Instant },
     /// A fetch streaming a source's answer to the client.
     Upstream { fetch: Token, proxy: Box<Proxy> },
+    /// "Who has this `.sig`?": the peer that served the package must say so again.
+    SigLookup { id: u32, hint: u64 },
+    /// The `.sig` from that peer, whole within `SigFetch`'s bounds, checked before it goes out.
+    Sig {
+        fetch: Token,
+        instance: u64,
+        sig: SigFetch,
+    },
     /// The name of the proxy's next source being resolved.
     Dns {
         id: u64,
@@ -100,7 +122,8 @@ impl Wait {
     fn deadline(&self) -> Option<Instant> {
         match self {
             Wait::Db { until } | Wait::Copy { until, .. } | Wait::Dns { until, .. } => Some(*until),
-            Wait::Lookup { .. } | Wait::Upstream { .. } => None,
+            Wait::Sig { sig, .. } => Some(sig.deadline()),
+            Wait::Lookup { .. } | Wait::Upstream { .. } | Wait::SigLookup { .. } => None,
         }
     }
 }
@@ -132,6 +155,8 @@ pub enum Deadline {
     Request(Token, u64),
     /// A handed-out copy (file, serial) is dropped.
     Linger(String, u64),
+    /// A copy (file, serial) from a peer is measured (policy::pace).
+    Pace(String, u64),
 }
 
 /// What a fetch is for.
@@ -143,8 +168,12 @@ enum Purpose {
         instance: u64,
         resume: u64,
     },
+    /// The rest of a copy from the mirror, with Range from the bytes already staged.
+    MirrorCopy { file: String },
     /// Streaming a source's answer to one front connection.
     Proxy(Token),
+    /// A `.sig` from a peer for one front connection.
+    Sig(Token),
 }
 
 /// Who waits for a lookup.
@@ -152,18 +181,26 @@ enum Purpose {
 enum LookupFor {
     Client(Token),
     Copy(String),
+    Sig(Token),
 }
 
 /// A copy from peers, shared by every request for its file.
 struct Copy {
     transfer: Transfer,
     serial: u64,
+    /// Peers this copy was started from, in order (a failed mixed copy starts again from
+    /// one of them).
+    tried: Vec<(Candidate, SocketAddr)>,
+    /// It started again from one source once already.
+    restarted: bool,
+    /// Where the current source's rate is measured from: (when, bytes staged then).
+    pace_mark: (Instant, u64),
+    pace_timer: Option<TimerId>,
 }
 
 /// A `.sig` is asked first from the peer that served its package.
 struct SigHint {
     instance: u64,
-    addr: SocketAddr,
     at: Instant,
 }
 
@@ -225,8 +262,15 @@ pub trait Env {
     /// The file server of a live peer.
     fn peer_addr(&self, instance: u64) -> Option<SocketAddr>;
     fn peer_name(&self, instance: u64) -> String;
+    /// Banned (proven wrong) or benched (struck): not asked.
     fn is_banned(&self, instance: u64) -> bool;
     fn ban(&mut self, instance: u64, why: &str);
+    /// A strike (policy.rs): the peer is benched for a while.
+    fn strike(&mut self, instance: u64, why: &str);
+    /// The `.sig` the local sync db carries for a package (`%PGPSIG%`), if any.
+    fn db_signature(&self, repo: &str, file: &str) -> Option<Vec<u8>>;
+    /// Whether an upstream address is this daemon's own front (asking it would loop).
+    fn is_own_front(&self, addr: SocketAddr) -> bool;
     fn indexed(&self, repo: &str, file: &str) -> Option<PkgInfo>;
     /// Whether a sync db changed and is being parsed (stats the db files first).
     fn dbs_loading(&mut self) -> bool;
@@ -342,8 +386,12 @@ impl Front {
                 self.fetches.remove(&fetch);
                 env.stop_fetch(fetch);
             }
-            Wait::Lookup { id, .. } => {
+            Wait::Lookup { id, .. } | Wait::SigLookup { id, .. } => {
                 self.lookups.remove(&id);
+            }
+            Wait::Sig { fetch, .. } => {
+                self.fetches.remove(&fetch);
+                env.stop_fetch(fetch);
             }
             Wait::Db { .. } | Wait::Copy { .. } | Wait::Dns { .. } => {}
         }
@@ -391,16 +439,24 @@ impl Front {
             }
             FileKind::PackageSig => {
                 let pkg = file.trim_end_matches(".sig");
-                let mut first = Vec::new();
-                // the peer that just served the package, if it is still there
+                // the db's own signature: no network, right by construction
+                if let Some(sig) = env.db_signature(&repo, pkg) {
+                    return hand_bytes(env, t, &r.request, &sig);
+                }
+                // the peer that just served the package, if it says now that it has the .sig
                 if let Some(h) = self.sig_hints.get(pkg)
+                    && r.request.method == Method::Get
                     && env.now().duration_since(h.at) < SIG_HINT_TTL
                     && env.peer_addr(h.instance).is_some()
                     && !env.is_banned(h.instance)
                 {
-                    first.push(Source::Peer(h.addr, format!("/{file}")));
+                    let hint = h.instance;
+                    if let Some(id) = env.start_lookup(&file, None) {
+                        self.lookups.insert(id, LookupFor::Sig(t));
+                        return self.wait(env, t, r, Wait::SigLookup { id, hint });
+                    }
                 }
-                self.serve_upstream(env, t, r, &repo, &arch, &file, first);
+                self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new());
             }
             // databases never come from peers: a peer's db can be stale (rollback)
             FileKind::Database | FileKind::DatabaseSig => {
@@ -483,6 +539,10 @@ impl Front {
         let copy = Copy {
             transfer: tr,
             serial: self.serial,
+            tried: Vec::new(),
+            restarted: false,
+            pace_mark: (now, 0),
+            pace_timer: None,
         };
         self.copies.insert(file.to_string(), copy);
         let until = now + transfer::REDIRECT_AFTER;
@@ -540,7 +600,131 @@ impl Front {
                 );
                 self.next_peer(env, &file);
             }
+            Some(LookupFor::Sig(t)) => {
+                let Some((r, Wait::SigLookup { hint, .. })) = self.take(env, t) else {
+                    return;
+                };
+                let said_so = candidates.iter().any(|c| c.instance == hint);
+                match env.peer_addr(hint) {
+                    Some(addr) if said_so && !env.is_banned(hint) => {
+                        self.sig_from_peer(env, t, r, hint, addr)
+                    }
+                    _ => {
+                        debug!("the .sig's peer did not answer that it has it: upstream");
+                        self.upstream_again(env, t, r)
+                    }
+                }
+            }
             None => {}
+        }
+    }
+
+    /// Fetches a `.sig` from the peer that served its package, bounded by `SigFetch`.
+    fn sig_from_peer(
+        &mut self,
+        env: &mut impl Env,
+        t: Token,
+        r: Asked,
+        instance: u64,
+        addr: SocketAddr,
+    ) {
+        let Ok((_, _, file)) = http::front_path(r.request.target.split('?').next().unwrap_or(""))
+        else {
+            return answer(env, t, Reply::Error(400));
+        };
+        let req = fetch::Request {
+            method: Method::Get,
+            addr,
+            host_header: addr.to_string(),
+            path: format!("/{}", guard::encode_segment(&file)),
+            headers: Vec::new(),
+        };
+        match env.start_fetch(req) {
+            Some(fetch) => {
+                debug!("{file}: from peer {addr}");
+                self.fetches.insert(fetch, Purpose::Sig(t));
+                let sig = SigFetch::new(env.now());
+                self.wait(
+                    env,
+                    t,
+                    r,
+                    Wait::Sig {
+                        fetch,
+                        instance,
+                        sig,
+                    },
+                );
+            }
+            None => self.upstream_again(env, t, r),
+        }
+    }
+
+    /// A request whose peer source fell through goes to the upstreams.
+    fn upstream_again(&mut self, env: &mut impl Env, t: Token, r: Asked) {
+        let path = r.request.target.split('?').next().unwrap_or("").to_string();
+        match http::front_path(&path) {
+            Ok((repo, arch, file)) => {
+                self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new())
+            }
+            Err(e) => answer(env, t, Reply::Error(e.status())),
+        }
+    }
+
+    /// What a peer did, judged once (policy.rs), and done.
+    fn judge(&mut self, env: &mut impl Env, instance: u64, c: Conduct, why: &str) {
+        if instance == MIRROR {
+            return;
+        }
+        match policy::judge(c) {
+            Action::Ban => env.ban(instance, why),
+            Action::Strike => env.strike(instance, why),
+            Action::NextSource => debug!(
+                "peer {}: {why} ({c:?}); next source, nothing held against it",
+                env.peer_name(instance)
+            ),
+        }
+    }
+
+    fn on_sig_event(&mut self, env: &mut impl Env, tok: Token, client: Token, ev: fetch::Event) {
+        let Some((r, wait)) = self.take(env, client) else {
+            return self.end_fetch(env, tok);
+        };
+        let Wait::Sig {
+            fetch,
+            instance,
+            mut sig,
+        } = wait
+        else {
+            self.wait(env, client, r, wait);
+            return self.end_fetch(env, tok);
+        };
+        let now = env.now();
+        let step = match ev {
+            fetch::Event::Head(h) => sig.on_head(h.status, h.content_length).map(|()| None),
+            fetch::Event::Body(data) => sig.on_body(&data, now).map(|()| None),
+            fetch::Event::Done => sig.finish(now).map(Some),
+            fetch::Event::Failed(why) => Err(policy::conduct_of_failure(&why)),
+        };
+        match step {
+            Ok(None) => self.wait(
+                env,
+                client,
+                r,
+                Wait::Sig {
+                    fetch,
+                    instance,
+                    sig,
+                },
+            ),
+            Ok(Some(bytes)) => {
+                self.end_fetch(env, tok);
+                hand_bytes(env, client, &r.request, &bytes);
+            }
+            Err(c) => {
+                self.end_fetch(env, tok);
+                self.judge(env, instance, c, &format!("its .sig: {c:?}"));
+                self.upstream_again(env, client, r);
+            }
         }
     }
 
@@ -557,17 +741,28 @@ impl Front {
                 None
             };
             let Some((cand, addr)) = next else {
+                if tr.received > 0 {
+                    // what is staged stays: the mirror sends only the rest
+                    return self.rest_from_mirror(env, file);
+                }
                 debug!("{file}: no peer can deliver; upstream");
                 return self.copy_failed(env, file);
             };
             if env.is_banned(cand.instance) {
                 continue;
             }
+            let now = env.now();
             let resume = tr.received;
-            if let Err(e) = tr.begin_source(cand.instance, addr, env.now()) {
+            if let Err(e) = tr.begin_source(cand.instance, addr, now) {
                 warn!("staging {file}: {e}; going upstream");
                 return self.copy_failed(env, file);
             }
+            c.tried.push((cand.clone(), addr));
+            c.pace_mark = (now, resume);
+            if let Some(id) = c.pace_timer.take() {
+                env.cancel(id);
+            }
+            let serial = c.serial;
             let mut headers = Vec::new();
             if resume > 0 {
                 headers.push(("Range".to_string(), format!("bytes={resume}-")));
@@ -576,10 +771,15 @@ impl Front {
                 method: Method::Get,
                 addr,
                 host_header: addr.to_string(),
-                path: format!("/{file}"),
+                path: format!("/{}", guard::encode_segment(file)),
                 headers,
             };
             if let Some(tok) = env.start_fetch(req) {
+                // measured from now on: a stall or a drip costs one PACE_MEASURE, not 8 s
+                let pace = env.timer(now + PACE_CHECK, Deadline::Pace(file.to_string(), serial));
+                if let Some(c) = self.copies.get_mut(file) {
+                    c.pace_timer = pace;
+                }
                 info!(
                     "fetching {file} from peer {addr}{}",
                     if resume > 0 {
@@ -609,6 +809,26 @@ impl Front {
             .collect();
         v.sort();
         v
+    }
+
+    /// Ends a copy and its fetch (its waiters, if any, are the caller's business).
+    fn stop_copy(&mut self, env: &mut impl Env, file: &str) {
+        let Some(c) = self.copies.remove(file) else {
+            return;
+        };
+        if let Some(id) = c.pace_timer {
+            env.cancel(id);
+        }
+        let toks: Vec<Token> = self
+            .fetches
+            .iter()
+            .filter(|(_, p)| matches!(p, Purpose::PeerCopy { file: f, .. } | Purpose::MirrorCopy { file: f } if f == file))
+            .map(|(t, _)| *t)
+            .collect();
+        for tok in toks {
+            self.end_fetch(env, tok);
+        }
+        info!("{file}: copy stopped (nobody waits for it)");
     }
 
     /// The LAN cannot deliver this file: the copy ends and every waiter goes upstream.
@@ -664,6 +884,7 @@ impl Front {
                     self.copies.remove(&file);
                 }
             }
+            Deadline::Pace(file, serial) => self.on_pace(env, &file, serial),
             Deadline::Request(t, n) => {
                 if self.requests.get(&t).is_none_or(|r| r.number != n) {
                     return;
@@ -677,6 +898,21 @@ impl Front {
                         self.dispatch(env, t, r);
                     }
                     Wait::Copy { file, .. } => self.copy_too_slow(env, t, r, file),
+                    Wait::Sig {
+                        fetch,
+                        instance,
+                        sig,
+                    } => {
+                        self.end_fetch(env, fetch);
+                        let c = sig.late();
+                        self.judge(
+                            env,
+                            instance,
+                            c,
+                            &format!("its .sig: {c:?} past the deadline"),
+                        );
+                        self.upstream_again(env, t, r);
+                    }
                     Wait::Dns {
                         mut proxy, host, ..
                     } => {
@@ -684,7 +920,7 @@ impl Front {
                         proxy.last_status = Some(504);
                         self.next_source(env, t, r, proxy);
                     }
-                    w @ (Wait::Lookup { .. } | Wait::Upstream { .. }) => {
+                    w @ (Wait::Lookup { .. } | Wait::Upstream { .. } | Wait::SigLookup { .. }) => {
                         // no deadline of their own: put back untouched
                         self.wait(env, t, r, w);
                     }
@@ -713,9 +949,13 @@ impl Front {
             env.reply(t, Reply::Bytes(307, &h, b""));
             return;
         }
-        // no progress from the LAN: this request goes upstream, the copy may still finish
+        // no progress from the LAN (or no redirect left): this request goes upstream
         let (repo, arch) = (tr.repo.clone(), tr.arch.clone());
         self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new());
+        // the mirror won: a copy nobody waits for any more is stopped
+        if self.copy_waiters(&file).is_empty() {
+            self.stop_copy(env, &file);
+        }
     }
 
     /// Sync dbs were (re)loaded: the requests that waited for them are dispatched again.
@@ -751,10 +991,11 @@ impl Front {
     ) {
         let mut sources: VecDeque<Source> = first.into();
         for url in env.upstreams(repo, arch) {
+            // the name as validated: decoded once by the front, encoded once here
             sources.push_back(Source::Url(format!(
                 "{}/{}",
                 url.trim_end_matches('/'),
-                file
+                guard::encode_segment(file)
             )));
         }
         if sources.is_empty() {
@@ -782,6 +1023,15 @@ impl Front {
     fn next_source(&mut self, env: &mut impl Env, t: Token, r: Asked, mut p: Box<Proxy>) {
         loop {
             if let Some(addr) = p.addrs.pop_front() {
+                if env.is_own_front(addr) {
+                    // an upstream (or its redirect) naming this daemon would loop
+                    warn!(
+                        "{}: {} is this daemon's own front; not asking it",
+                        p.label, p.current
+                    );
+                    p.last_status = Some(502);
+                    continue;
+                }
                 let mut headers = Vec::new();
                 if let Some(range) = &p.range {
                     headers.push(("Range".to_string(), range.clone()));
@@ -813,12 +1063,6 @@ impl Front {
                 return answer(env, t, Reply::Error(status));
             };
             match src {
-                Source::Peer(addr, path) => {
-                    p.current = format!("http://{addr}{path}");
-                    p.host_header = addr.to_string();
-                    p.path = path;
-                    p.addrs = VecDeque::from([addr]);
-                }
                 Source::Url(url) if url.starts_with("https://") => {
                     if p.answered {
                         continue;
@@ -906,6 +1150,8 @@ impl Front {
                 resume,
             }) => self.on_peer_copy_event(env, tok, &file, instance, resume, ev),
             Some(Purpose::Proxy(client)) => self.on_proxy_event(env, tok, client, ev),
+            Some(Purpose::Sig(client)) => self.on_sig_event(env, tok, client, ev),
+            Some(Purpose::MirrorCopy { file }) => self.on_mirror_copy_event(env, tok, &file, ev),
             None => env.stop_fetch(tok),
         }
     }
@@ -932,31 +1178,33 @@ impl Front {
         match ev {
             fetch::Event::Head(h) => {
                 let want = tr.expected.size - resume;
-                let ok_status = if resume > 0 {
-                    h.status == 206
+                let right = if resume > 0 {
+                    h.status == 206 && h.content_range.map(|r| r.0) == Some(resume)
                 } else {
                     h.status == 200
                 };
-                if !ok_status || h.content_length != Some(want) {
-                    let why = format!(
-                        "answered {} with {:?} bytes for {} expected",
-                        h.status, h.content_length, want
-                    );
-                    self.end_fetch(env, tok);
-                    if h.status == 404 {
-                        // the file went away since the lookup: not a lie
-                        debug!("{file}: peer {why}");
-                    } else {
-                        env.ban(instance, &why);
-                    }
-                    self.next_peer(env, file);
-                }
+                let conduct = match h.status {
+                    _ if right && h.content_length == Some(want) => return,
+                    // the file went away since the lookup, or the peer is full: not a lie
+                    404 | 416 => Conduct::Gone,
+                    503 => Conduct::Busy,
+                    // a redirect (never followed), another length than it answered, ...
+                    _ => Conduct::BadHead,
+                };
+                let why = format!(
+                    "{file}: answered {} with {:?} bytes for {want} expected",
+                    h.status, h.content_length
+                );
+                self.end_fetch(env, tok);
+                self.judge(env, instance, conduct, &why);
+                self.next_peer(env, file);
             }
             fetch::Event::Body(data) => match tr.append(&data) {
                 Ok(()) => {}
                 Err(transfer::AppendError::TooLong) => {
                     self.end_fetch(env, tok);
-                    env.ban(instance, "sent more bytes than the sync db's size");
+                    let why = format!("{file}: more bytes than the sync db's size");
+                    self.judge(env, instance, Conduct::WrongBytes { sources: 1 }, &why);
                     self.next_peer(env, file);
                 }
                 // our disk, not the peer: this copy ends, the waiters go upstream
@@ -985,29 +1233,19 @@ impl Front {
                         );
                         self.stats.lan_hits += 1;
                         self.stats.lan_bytes += size;
-                        if let Some(addr) = addr {
+                        // the peer that sent the whole package may be asked for its .sig
+                        if contributors == [instance] {
                             if self.sig_hints.len() >= MAX_SIG_HINTS {
                                 self.sig_hints.clear();
                             }
-                            let hint = SigHint {
-                                instance,
-                                addr,
-                                at: now,
-                            };
+                            let hint = SigHint { instance, at: now };
                             self.sig_hints.insert(file.to_string(), hint);
                         }
                         self.hand_out(env, file);
                     }
                     v => {
-                        let why = format!("{file}: {v:?} (sync db says {size} bytes)");
-                        for c in contributors {
-                            env.ban(c, &why);
-                        }
                         self.stats.rejected_copies += 1;
-                        if let Some(c) = self.copies.get_mut(file) {
-                            c.transfer.reset_staging();
-                        }
-                        self.next_peer(env, file);
+                        self.copy_refused(env, file, &contributors, &format!("{v:?}"));
                     }
                 }
             }
@@ -1018,11 +1256,233 @@ impl Front {
                     let done = fetch::Event::Done;
                     return self.on_peer_copy_event(env, tok, file, instance, resume, done);
                 }
-                debug!("{file}: peer fetch failed: {why}");
+                let conduct = policy::conduct_of_failure(&why);
                 self.end_fetch(env, tok);
+                let why = format!(
+                    "{file}: {why} after {} bytes",
+                    tr_received(&self.copies, file)
+                );
+                self.judge(env, instance, conduct, &why);
                 self.next_peer(env, file);
             }
         }
+    }
+
+    /// A finished copy failed verification. From one source alone, that source is proven
+    /// wrong (banned); mixed from several, no one is: the copy starts again from one of
+    /// them (the last first), and only a copy from a single source can prove anything.
+    fn copy_refused(&mut self, env: &mut impl Env, file: &str, contributors: &[u64], what: &str) {
+        let peers: Vec<u64> = contributors
+            .iter()
+            .copied()
+            .filter(|c| *c != MIRROR)
+            .collect();
+        let mixed = contributors.len() > 1;
+        let conduct = Conduct::WrongBytes {
+            sources: contributors.len(),
+        };
+        let Some(c) = self.copies.get_mut(file) else {
+            return;
+        };
+        let size = c.transfer.expected.size;
+        c.transfer.reset_staging();
+        let why = format!("{file}: {what} (sync db says {size} bytes)");
+        if !mixed {
+            for p in peers {
+                self.judge(env, p, conduct, &why);
+            }
+            return self.next_peer(env, file);
+        }
+        warn!(
+            "{why}: copied from {} sources, none proven wrong; starting again from one",
+            contributors.len()
+        );
+        if c.restarted || contributors.contains(&MIRROR) {
+            return self.copy_failed(env, file);
+        }
+        c.restarted = true;
+        c.transfer.attempts = 0;
+        for tried in c.tried.drain(..) {
+            c.transfer.candidates.push_front(tried);
+        }
+        self.next_peer(env, file);
+    }
+
+    /// The rest of a copy from the first `http://` upstream, with Range from the staged
+    /// bytes: nothing is fetched twice. Without one (or with a name not resolved yet) the
+    /// waiters go upstream as they are.
+    fn rest_from_mirror(&mut self, env: &mut impl Env, file: &str) {
+        let Some(c) = self.copies.get_mut(file) else {
+            return;
+        };
+        let tr = &mut c.transfer;
+        let url = env
+            .upstreams(&tr.repo, &tr.arch)
+            .into_iter()
+            .find(|u| u.starts_with("http://"))
+            .map(|u| {
+                format!(
+                    "{}/{}",
+                    u.trim_end_matches('/'),
+                    guard::encode_segment(file)
+                )
+            });
+        let Some((host, port, path)) = url.as_deref().and_then(fetch::parse_http_url) else {
+            return self.copy_failed(env, file);
+        };
+        let addr = env
+            .resolve_now(&host, port)
+            .and_then(|a| a.into_iter().find(|a| !env.is_own_front(*a)));
+        let Some(addr) = addr else {
+            return self.copy_failed(env, file);
+        };
+        let now = env.now();
+        let resume = tr.received;
+        if let Err(e) = tr.begin_source(MIRROR, addr, now) {
+            warn!("staging {file}: {e}; going upstream");
+            return self.copy_failed(env, file);
+        }
+        let req = fetch::Request {
+            method: Method::Get,
+            addr,
+            host_header: fetch::host_header(&host, port),
+            path,
+            headers: vec![("Range".to_string(), format!("bytes={resume}-"))],
+        };
+        let Some(tok) = env.start_fetch(req) else {
+            return self.copy_failed(env, file);
+        };
+        info!(
+            "{file}: {resume} of {} bytes staged; the rest from the mirror {host}",
+            tr.expected.size
+        );
+        let purpose = Purpose::MirrorCopy {
+            file: file.to_string(),
+        };
+        self.fetches.insert(tok, purpose);
+    }
+
+    fn on_mirror_copy_event(
+        &mut self,
+        env: &mut impl Env,
+        tok: Token,
+        file: &str,
+        ev: fetch::Event,
+    ) {
+        let Some(c) = self.copies.get_mut(file) else {
+            return self.end_fetch(env, tok);
+        };
+        let tr = &mut c.transfer;
+        match ev {
+            fetch::Event::Head(h) => {
+                let (start, size) = (tr.received, tr.expected.size);
+                let rest = h.status == 206
+                    && h.content_range == Some((start, size.saturating_sub(1), Some(size)))
+                    && h.content_length == Some(size - start);
+                let whole = h.status == 200 && h.content_length == Some(size);
+                if whole && start > 0 {
+                    // a mirror that ignores Range: the whole file, from the start
+                    let addr = tr.source.map(|s| s.1);
+                    tr.reset_staging();
+                    let reopened = addr.map(|a| tr.begin_source(MIRROR, a, env.now()));
+                    if !matches!(reopened, Some(Ok(()))) {
+                        self.end_fetch(env, tok);
+                        return self.copy_failed(env, file);
+                    }
+                } else if !rest && !whole {
+                    debug!("{file}: the mirror answered {} to the rest", h.status);
+                    self.end_fetch(env, tok);
+                    self.copy_failed(env, file);
+                }
+            }
+            fetch::Event::Body(data) => {
+                self.stats.upstream_bytes += data.len() as u64;
+                if let Err(e) = tr.append(&data) {
+                    debug!("{file}: the mirror's rest: {e:?}");
+                    self.end_fetch(env, tok);
+                    self.copy_failed(env, file);
+                }
+            }
+            fetch::Event::Done => {
+                let verdict = tr.verify();
+                let contributors = tr.contributors.clone();
+                self.end_fetch(env, tok);
+                match verdict {
+                    Verdict::Verified => {
+                        info!("{file}: completed from the mirror and verified");
+                        self.hand_out(env, file);
+                    }
+                    v => {
+                        self.stats.rejected_copies += 1;
+                        self.copy_refused(env, file, &contributors, &format!("{v:?}"));
+                    }
+                }
+            }
+            fetch::Event::Failed(why) => {
+                debug!("{file}: the mirror's rest failed: {why}");
+                self.end_fetch(env, tok);
+                self.copy_failed(env, file);
+            }
+        }
+    }
+
+    /// A copy's pace check (every PACE_CHECK while a peer sends it): a stall or a drip is
+    /// struck and the next source resumes; a rate that cannot finish in pacman's budget
+    /// hands the rest to the mirror.
+    fn on_pace(&mut self, env: &mut impl Env, file: &str, serial: u64) {
+        let now = env.now();
+        let Some(c) = self.copies.get_mut(file) else {
+            return;
+        };
+        c.pace_timer = None;
+        if c.serial != serial || c.transfer.phase != Phase::Fetching {
+            return;
+        }
+        let Some((tok, instance)) = self.fetches.iter().find_map(|(t, p)| match p {
+            Purpose::PeerCopy {
+                file: f, instance, ..
+            } if f == file => Some((*t, *instance)),
+            _ => None,
+        }) else {
+            return; // the mirror sends the rest: nothing to measure
+        };
+        let tr = &c.transfer;
+        let (since, mark) = c.pace_mark;
+        let over = now.saturating_duration_since(since);
+        let got = tr.received.saturating_sub(mark);
+        let left = tr.expected.size - tr.received;
+        let time_left = COPY_BUDGET.saturating_sub(now.saturating_duration_since(tr.started));
+        let pace = policy::pace(got, over, left, time_left);
+        if over >= policy::PACE_MEASURE {
+            c.pace_mark = (now, tr.received);
+        }
+        let conduct = match pace {
+            Pace::Keep | Pace::Measuring => {
+                c.pace_timer =
+                    env.timer(now + PACE_CHECK, Deadline::Pace(file.to_string(), serial));
+                return;
+            }
+            Pace::Drip if got == 0 => Conduct::Stall,
+            Pace::Drip => Conduct::Drip,
+            Pace::TooSlow => Conduct::TooSlow,
+        };
+        let why = format!(
+            "{file}: {got} bytes in {:.1} s ({conduct:?})",
+            over.as_secs_f64()
+        );
+        info!(
+            "{why}; {} of {} bytes staged",
+            tr.received, tr.expected.size
+        );
+        self.end_fetch(env, tok);
+        self.judge(env, instance, conduct, &why);
+        if conduct == Conduct::TooSlow {
+            // no other peer gets the rest: time is short, and the mirror is there
+            if let Some(c) = self.copies.get_mut(file) {
+                c.transfer.candidates.clear();
+            }
+        }
+        self.next_peer(env, file);
     }
 
     fn on_proxy_event(&mut self, env: &mut impl Env, tok: Token, client: Token, ev: fetch::Event) {
@@ -1113,6 +1573,13 @@ impl Front {
                 Wait::Lookup { id, .. } => {
                     assert_eq!(self.lookups.get(id), Some(&LookupFor::Client(*t)));
                 }
+                Wait::SigLookup { id, .. } => {
+                    assert_eq!(self.lookups.get(id), Some(&LookupFor::Sig(*t)));
+                }
+                Wait::Sig { fetch, .. } => {
+                    assert!(env.fetch_exists(*fetch), "{t:?}: its .sig fetch is gone");
+                    assert_eq!(self.fetches.get(fetch), Some(&Purpose::Sig(*t)));
+                }
                 Wait::Db { .. } | Wait::Dns { .. } => {}
             }
         }
@@ -1126,7 +1593,12 @@ impl Front {
             let fetching = self
                 .fetches
                 .values()
-                .filter(|p| matches!(p, Purpose::PeerCopy { file: f, .. } if f == file))
+                .filter(|p| match p {
+                    Purpose::PeerCopy { file: f, .. } | Purpose::MirrorCopy { file: f } => {
+                        f == file
+                    }
+                    _ => false,
+                })
                 .count();
             match c.transfer.phase {
                 Phase::Fetching => assert_eq!(fetching, 1, "{file}: {fetching} fetches"),
@@ -1139,6 +1611,29 @@ impl Front {
 /// A final answer: the client waits for nothing more.
 fn answer(env: &mut impl Env, t: Token, reply: Reply<'_>) {
     env.reply(t, reply);
+}
+
+/// A small answer held in memory (a `.sig`) to one client, with its own Range.
+fn hand_bytes(env: &mut impl Env, t: Token, req: &Request, bytes: &[u8]) {
+    let len = bytes.len() as u64;
+    match http::resolve_range(req.range.as_deref(), len) {
+        RangeOutcome::Full => {
+            let h = [("Accept-Ranges", "bytes")];
+            env.reply(t, Reply::Bytes(200, &h, bytes));
+        }
+        RangeOutcome::Partial { start, end } => {
+            let cr = http::content_range(start, end, len);
+            let h = [("Content-Range", cr.as_str()), ("Accept-Ranges", "bytes")];
+            env.reply(
+                t,
+                Reply::Bytes(206, &h, &bytes[start as usize..=end as usize]),
+            );
+        }
+        RangeOutcome::Unsatisfiable => {
+            let cr = http::content_range_unsatisfied(len);
+            env.reply(t, Reply::Bytes(416, &[("Content-Range", &cr)], b""));
+        }
+    }
 }
 
 /// A verified copy to one client, with its own Range.
@@ -1219,4 +1714,9 @@ fn absolute_location(base: &str, loc: &str) -> String {
         .map(|i| i + 1)
         .unwrap_or(base.len());
     format!("{}{}", &base[..dir_end], loc)
+}
+
+/// Bytes a copy has staged (for messages).
+fn tr_received(copies: &HashMap<String, Copy>, file: &str) -> u64 {
+    copies.get(file).map(|c| c.transfer.received).unwrap_or(0)
 }

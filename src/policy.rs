@@ -69,6 +69,19 @@ pub const fn judge(c: Conduct) -> Action {
     }
 }
 
+/// What a failed fetch (fetch.rs: `Event::Failed`, or the loop's `timed_out` reason) says the
+/// source did: refused outright, silent past a deadline, a head that is no HTTP, or a
+/// connection cut before the end.
+pub fn conduct_of_failure(why: &str) -> Conduct {
+    match why {
+        // the loop's time bounds (fetch::timed_out)
+        "connect" | "response head" | "stall" => Conduct::Stall,
+        w if w.starts_with("connect:") => Conduct::Unreachable,
+        w if w.starts_with("response head:") || w.starts_with("unexpected") => Conduct::BadHead,
+        _ => Conduct::Cut,
+    }
+}
+
 /// Whether the bytes staged so far stay (the next source resumes after them with Range).
 /// Bytes that failed verification are thrown away; every other failure keeps them: each was
 /// hashed as it arrived and the final SHA-256 still judges the whole copy.
@@ -283,6 +296,30 @@ mod tests {
         ];
         for (c, want) in table {
             assert_eq!(judge(c), want, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn failed_fetches() {
+        let table = [
+            ("connect", Conduct::Stall),
+            ("response head", Conduct::Stall),
+            ("stall", Conduct::Stall),
+            (
+                "connect: Connection refused (os error 111)",
+                Conduct::Unreachable,
+            ),
+            ("response head: bad status line", Conduct::BadHead),
+            ("unexpected 101 Switching Protocols", Conduct::BadHead),
+            ("connection closed without a response", Conduct::Cut),
+            (
+                "read: Connection reset by peer (os error 104)",
+                Conduct::Cut,
+            ),
+            ("truncated chunked body: connection closed", Conduct::Cut),
+        ];
+        for (why, want) in table {
+            assert_eq!(conduct_of_failure(why), want, "{why}");
         }
     }
 

@@ -249,12 +249,12 @@ impl SigFetch {
     }
 
     /// The body ended cleanly: the bytes if they are one signature.
-    pub fn finish(self, now: Instant) -> Result<Vec<u8>, Conduct> {
+    pub fn finish(&mut self, now: Instant) -> Result<Vec<u8>, Conduct> {
         if now >= self.deadline {
             return Err(self.late());
         }
         check(&self.bytes).map_err(|_| Conduct::BadSig)?;
-        Ok(self.bytes)
+        Ok(std::mem::take(&mut self.bytes))
     }
 
     /// The deadline passed with the `.sig` incomplete: nothing (a stall) or some (a drip).
@@ -445,6 +445,9 @@ mod tests {
         assert_eq!(f.deadline(), t0 + SIG_DEADLINE);
         // the whole file, but too late
         let mut f = SigFetch::new(t0);
+        let mut g = SigFetch::new(t0);
+        g.on_body(real, ms(100)).unwrap();
+        assert_eq!(g.finish(ms(200)).unwrap(), real);
         f.on_body(real, ms(100)).unwrap();
         assert_eq!(f.finish(ms(2500)), Err(Conduct::Drip));
     }

@@ -527,7 +527,7 @@ fn a_dead_first_mirror_then_a_slow_client_still_gets_every_byte() {
     use std::io::{Read, Write};
     write!(
         s,
-        "GET {REPO}/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET {REPO}/{} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         p.file
     )
     .unwrap();
@@ -567,9 +567,9 @@ fn thousands_of_pipelined_requests_do_not_crash_the_front() {
         })
     };
     use std::io::Write;
-    let one = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    let one = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let mut req = one.repeat(n - 1);
-    req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     s.write_all(&req).unwrap();
     let all = reader.join().unwrap();
     let answers = all.windows(12).filter(|w| w == b"HTTP/1.1 404").count();
