@@ -801,7 +801,7 @@ impl Daemon {
         let Some(Slot::Fetch(f)) = self.slots.get_mut(tok) else {
             return;
         };
-        f.pause(room < fetch::MAX_BODY_BUFFER);
+        f.set_room(room);
         let mut events = Vec::new();
         f.drive(self.now, &mut events);
         let finished = f.is_finished();
@@ -969,7 +969,7 @@ impl Env for Loop<'_> {
             Reply::Bytes(status, h, body) => c.answer_bytes(status, h, body),
             Reply::File(status, h, f, start, end) => c.answer_file(status, h, f, start, end),
             Reply::Stream(status, h, length) => c.answer_stream(status, h, length),
-            Reply::Body(data) => c.push_stream(data),
+            Reply::Body(data) => _ = c.push_stream(data),
             Reply::End(complete) => c.end_stream(complete),
         }
         self.ready.schedule(client);

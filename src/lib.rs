@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod front;
 pub mod guard;
 pub mod http;
+pub mod outbuf;
 pub mod peers;
 pub mod policy;
 pub mod protocol;
