@@ -14,6 +14,8 @@ use crate::discovery::{self, Discovery, DiscoveryEvent, Identity};
 use crate::eventloop::{Ready, Slots, TimerId, Timers};
 use crate::fetch::{self, Fetch};
 use crate::front::{self, Deadline, Env, Front, Reply};
+use crate::guard::{self, PerAddress};
+use crate::peers;
 use crate::policy::Strikes;
 use crate::resolver::Resolver;
 use crate::server::{self, CacheDirs};
@@ -23,6 +25,7 @@ use crate::{sys, transfer};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -92,6 +95,9 @@ pub struct Daemon {
     front_addrs: Vec<SocketAddr>,
     /// Peers struck (policy.rs) and benched, by address.
     strikes: Strikes<IpAddr>,
+    /// Peer-port connections per address (guard::MAX_PER_ADDRESS), and each one's address.
+    per_address: PerAddress,
+    peer_ips: HashMap<Token, IpAddr>,
     cache: CacheDirs,
     slots: Slots<Slot>,
     timers: Timers<Timer>,
@@ -225,6 +231,8 @@ impl Daemon {
             front_listeners,
             front_addrs,
             strikes: Strikes::new(),
+            per_address: PerAddress::new(),
+            peer_ips: HashMap::new(),
             cache,
             slots: Slots::new(server::MAX_CONNECTIONS + front::MAX_CONNECTIONS + MAX_FETCHES),
             timers,
@@ -614,7 +622,10 @@ impl Daemon {
     }
 
     /// Accepts every pending connection on one listener (edge-triggered: until WouldBlock).
-    /// Past the listener's limit a connection gets a 503 and is closed; the others go on.
+    /// An address past its share of the peer port gets a 503. On a full listener the
+    /// connection idle the longest (else the one opening the longest: a slow sender) is closed
+    /// to make room (guard::make_room); only when every one is at work does the newcomer
+    /// get a 503. See docs/DESIGN.md, "Faults and bans".
     fn accept(&mut self, which: Listener) {
         if self.accept_paused {
             return;
@@ -655,10 +666,27 @@ impl Daemon {
                     front::IDLE_TIMEOUT,
                 ),
             };
-            if self.slots.is_full() || open >= limit {
+            let ip = peers::normalize_addr(addr).ip();
+            let peer_port = matches!(which, Listener::Peers);
+            if peer_port && !self.per_address.admit(ip) {
                 self.refused_busy += 1;
                 let _ = stream.write(&conn::busy_response());
                 continue;
+            }
+            if self.slots.is_full() || open >= limit {
+                let victim = self.make_room(which);
+                if let Some(v) = victim {
+                    debug!("{which:?} full: closing {v:?} to make room for {addr}");
+                    self.close(v);
+                }
+                if victim.is_none() || self.slots.is_full() {
+                    if peer_port {
+                        self.per_address.release(ip);
+                    }
+                    self.refused_busy += 1;
+                    let _ = stream.write(&conn::busy_response());
+                    continue;
+                }
             }
             let now = self.now;
             let Some(t) = self.slots.insert_with(|_| {
@@ -668,8 +696,14 @@ impl Daemon {
                     Listener::Front(_) => Slot::Front(c),
                 }
             }) else {
+                if peer_port {
+                    self.per_address.release(ip);
+                }
                 continue;
             };
+            if peer_port {
+                self.peer_ips.insert(t, ip);
+            }
             match which {
                 Listener::Peers => self.peer_conns += 1,
                 Listener::Front(_) => self.front_conns += 1,
@@ -686,8 +720,24 @@ impl Daemon {
                 continue;
             }
             debug!("{which:?} connection from {addr}");
-            self.ready.schedule(t);
+            // read its head now: a client's whole head is usually there already, and a
+            // connection with its request in hand is never the one that gives way
+            self.drive(t);
         }
+    }
+
+    /// The connection of listener `which` that gives way to a new one (guard::make_room).
+    fn make_room(&self, which: Listener) -> Option<Token> {
+        let conns =
+            self.slots
+                .tokens()
+                .into_iter()
+                .filter_map(|t| match (which, self.slots.get(t)) {
+                    (Listener::Peers, Some(Slot::Peer(c))) => Some((t, c.activity())),
+                    (Listener::Front(_), Some(Slot::Front(c))) => Some((t, c.activity())),
+                    _ => None,
+                });
+        guard::make_room(conns)
     }
 
     /// A descriptor was freed (or the retry timer fired): accept what queued meanwhile.
@@ -825,6 +875,9 @@ impl Daemon {
             Some(Slot::Peer(mut c)) => {
                 self.peer_conns -= 1;
                 let _ = reg.deregister(&mut c.stream);
+                if let Some(ip) = self.peer_ips.remove(&t) {
+                    self.per_address.release(ip);
+                }
             }
             Some(Slot::Front(mut c)) => {
                 self.front_conns -= 1;

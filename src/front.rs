@@ -1387,7 +1387,7 @@ impl Front {
                     let reopened = addr.map(|a| tr.begin_source(MIRROR, a, env.now()));
                     if !matches!(reopened, Some(Ok(()))) {
                         self.end_fetch(env, tok);
-                        return self.copy_failed(env, file);
+                        self.copy_failed(env, file);
                     }
                 } else if !rest && !whole {
                     debug!("{file}: the mirror answered {} to the rest", h.status);

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Whether a front request's `Host` names the loopback: `localhost`, or a loopback address
 /// (`127.0.0.1`, `[::1]`, any of 127/8), with or without a port. A web page that rebinds its
@@ -101,41 +101,36 @@ impl PerAddress {
 /// What a connection is doing, as far as making room goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activity {
-    /// Keep-alive, between requests, since then.
+    /// Keep-alive between two requests (it was answered at least once), since then.
     Idle(Instant),
-    /// A request head has been arriving since then.
-    ReadingHead(Instant),
+    /// Part of a request head has arrived, since then: a slow sender, or one mid-packet.
+    Partial(Instant),
+    /// Nothing read yet, since it was accepted (a client's head may be in the socket).
+    Fresh(Instant),
     /// Answering a request (or waiting for what answers it).
     Busy,
 }
 
-/// A request head still incomplete after this is a slow sender, and may give way to a new
-/// connection when the listener is full. Every real client sends its head in one packet
-/// right after connecting; this only spares a connection accepted a moment ago.
-pub const HEAD_GRACE: Duration = Duration::from_secs(1);
-
 /// The connection to close so that a new one can be accepted on a full listener: the one
-/// idle the longest, else the one whose head has been arriving the longest (beyond
-/// HEAD_GRACE). None: every connection is at work; the newcomer gets 503.
-pub fn make_room<T: Copy>(
-    conns: impl IntoIterator<Item = (T, Activity)>,
-    now: Instant,
-) -> Option<T> {
-    let mut idle: Option<(T, Instant)> = None;
-    let mut slow: Option<(T, Instant)> = None;
+/// idle the longest, else the oldest partial head (a slow sender), else the oldest fresh one.
+/// Every real client (pacman, a peer's daemon) sends its whole head right after connecting:
+/// it is read whole or not at all, so it is never a partial head, and a fresh one gives way
+/// only after every older one did. None: every connection is at work (the newcomer gets 503).
+pub fn make_room<T: Copy>(conns: impl IntoIterator<Item = (T, Activity)>) -> Option<T> {
+    // (rank, since): the lowest rank, then the oldest, gives way
+    let mut best: Option<(T, u8, Instant)> = None;
     for (t, a) in conns {
-        match a {
-            Activity::Idle(since) if idle.is_none_or(|(_, s)| since < s) => idle = Some((t, since)),
-            Activity::ReadingHead(since)
-                if now.saturating_duration_since(since) >= HEAD_GRACE
-                    && slow.is_none_or(|(_, s)| since < s) =>
-            {
-                slow = Some((t, since))
-            }
-            _ => {}
+        let (rank, since) = match a {
+            Activity::Idle(s) => (0, s),
+            Activity::Partial(s) => (1, s),
+            Activity::Fresh(s) => (2, s),
+            Activity::Busy => continue,
+        };
+        if best.is_none_or(|(_, r, s)| (rank, since) < (r, s)) {
+            best = Some((t, rank, since));
         }
     }
-    idle.or(slow).map(|(t, _)| t)
+    best.map(|(t, _, _)| t)
 }
 
 /// Whether an upstream address is flocon's own front (`front`, the address it listens on):
@@ -236,29 +231,25 @@ mod tests {
     }
 
     #[test]
-    fn a_full_listener_closes_idle_first_then_slow_heads_never_busy() {
+    fn a_full_listener_closes_idle_then_slow_heads_then_fresh_never_busy() {
         let t0 = Instant::now();
-        let s = |n: u64| t0 + Duration::from_secs(n);
-        let now = s(100);
+        let s = |n: u64| t0 + std::time::Duration::from_secs(n);
         use Activity::*;
         // idle the longest goes first, even with slow heads around
         let conns = [
             (1, Busy),
-            (2, ReadingHead(s(10))),
+            (2, Partial(s(10))),
             (3, Idle(s(50))),
             (4, Idle(s(20))),
         ];
-        assert_eq!(make_room(conns, now), Some(4));
-        // no idle one: the oldest slow head
-        let conns = [(1, Busy), (2, ReadingHead(s(90))), (3, ReadingHead(s(30)))];
-        assert_eq!(make_room(conns, now), Some(3));
-        // a head that started a moment ago is spared, busy connections always are
-        let conns = [
-            (1, Busy),
-            (2, ReadingHead(now - Duration::from_millis(200))),
-        ];
-        assert_eq!(make_room(conns, now), None);
-        assert_eq!(make_room::<u8>([], now), None);
+        assert_eq!(make_room(conns), Some(4));
+        // no idle one: the oldest partial head, even when a fresh one is older
+        let conns = [(1, Fresh(s(5))), (2, Partial(s(90))), (3, Partial(s(30)))];
+        assert_eq!(make_room(conns), Some(3));
+        // only fresh ones: the oldest
+        assert_eq!(make_room([(1, Fresh(s(9))), (2, Fresh(s(3)))]), Some(2));
+        assert_eq!(make_room([(1, Busy), (2, Busy)]), None);
+        assert_eq!(make_room::<u8>([]), None);
     }
 
     #[test]

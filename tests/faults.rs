@@ -749,15 +749,27 @@ fn a_too_slow_peer_hands_the_rest_to_the_mirror_early() {
     );
 }
 
-/// `n` downloads of `path` from `addr` (with a 10 s limit each): how many got the whole body.
-fn legit_downloads(addr: SocketAddr, path: &str, want: &[u8], n: usize) -> usize {
-    (0..n)
-        .filter(|_| {
-            let (all, _) = raw_get(addr, path, "Connection: close\r\n", Duration::from_secs(10));
-            std::thread::sleep(Duration::from_millis(100));
-            body_of(&all) == want
-        })
-        .count()
+/// `n` downloads of `path` from `addr` (with a 10 s limit each): how many got the whole body,
+/// and what the others got (first line, or how the connection ended).
+fn legit_downloads(addr: SocketAddr, path: &str, want: &[u8], n: usize) -> (usize, Vec<String>) {
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let (all, closed) = raw_get(addr, path, "Connection: close\r\n", Duration::from_secs(10));
+        if body_of(&all) == want {
+            ok += 1;
+        } else {
+            let first = head_of(&all).lines().next().unwrap_or("").to_string();
+            failed.push(format!(
+                "{first:?} {} bytes closed={closed} after {:.1} s",
+                all.len(),
+                t0.elapsed().as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (ok, failed)
 }
 
 #[test]
@@ -791,10 +803,10 @@ fn hogs_and_slow_headers_leave_room_for_a_legitimate_client() {
             let crowd = Crowd::start(*addr, 25, &a);
             std::thread::sleep(Duration::from_secs(3));
             let n = 40;
-            let ok = legit_downloads(*addr, path, &p.bytes, n);
+            let (ok, failed) = legit_downloads(*addr, path, &p.bytes, n);
             let stats = crowd.finish();
             eprintln!(
-                "FAULT {what} on the {name}: {ok} of {n} downloads succeeded; crowd {}",
+                "FAULT {what} on the {name}: {ok} of {n} downloads succeeded; crowd {}; failures {failed:?}",
                 stats.trim()
             );
             assert!(ok * 100 >= n * 95, "{what} on the {name}: {ok} of {n}");

@@ -46,6 +46,12 @@ pub fn enter_netns(test: &str) -> bool {
         out.status.success() && stdout.contains("1 passed"),
         "test {test} failed inside its network namespace:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
+    // evidence lines a test prints for its report (see with `cargo test -- --nocapture`)
+    for l in stderr.lines().chain(stdout.lines()) {
+        if l.starts_with("FAULT ") {
+            eprintln!("{l}");
+        }
+    }
     false
 }
 
