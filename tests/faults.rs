@@ -290,32 +290,6 @@ fn header(head: &str, name: &str) -> Option<String> {
     })
 }
 
-/// Decodes a chunked body; None when it does not end with the last chunk.
-fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return (out, false);
-        };
-        let size = std::str::from_utf8(&b[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap().trim(), 16).ok());
-        let Some(size) = size else {
-            return (out, false);
-        };
-        b = &b[eol + 2..];
-        if size == 0 {
-            return (out, b.starts_with(b"\r\n"));
-        }
-        if b.len() < size + 2 {
-            out.extend_from_slice(&b[..b.len().min(size)]);
-            return (out, false);
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
-}
-
 fn fetch(addr: SocketAddr, path: &str, host: &str, extra: &str) -> Got {
     let t0 = Instant::now();
     let mut path = path.to_string();
@@ -339,7 +313,10 @@ fn fetch(addr: SocketAddr, path: &str, host: &str, extra: &str) -> Got {
             }
         }
         let (body, complete) = if header(&head, "transfer-encoding").is_some() {
-            dechunk(&raw)
+            match dechunk(&raw) {
+                Some(b) => (b, true),
+                None => (raw, false),
+            }
         } else {
             // without a length, the close ends the body: a client cannot tell a cut
             let complete = match header(&head, "content-length") {
