@@ -105,6 +105,8 @@ pub struct Daemon {
     stopping: Option<Instant>,
     /// Accepting is paused after EMFILE until descriptors free up.
     accept_paused: bool,
+    /// The last accept failed (its warning is given once until one succeeds).
+    accept_failing: bool,
     discovery: Discovery,
     index: SyncIndex,
     dbload: DbLoader,
@@ -239,6 +241,7 @@ impl Daemon {
             ready: Ready::default(),
             stopping: None,
             accept_paused: false,
+            accept_failing: false,
             discovery,
             index: SyncIndex::new(),
             dbload,
@@ -644,13 +647,19 @@ impl Daemon {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and friends: the connection stays queued; try again when a
-                    // descriptor is freed or the retry timer fires
-                    warn!("accept ({which:?}): {e}; retrying when descriptors free up");
+                    // descriptor is freed or the retry timer fires (one warning per episode)
+                    if !self.accept_failing {
+                        warn!("accept ({which:?}): {e}; retrying when descriptors free up");
+                    }
+                    self.accept_failing = true;
                     self.accept_paused = true;
                     self.timers.always(self.now + ACCEPT_RETRY, Timer::Accept);
                     return;
                 }
             };
+            if std::mem::take(&mut self.accept_failing) {
+                info!("accepting connections again");
+            }
             // answers are a small head then sendfile: Nagle + delayed ACK would hold the head
             // back 40 ms per request
             let _ = stream.set_nodelay(true);
@@ -1022,6 +1031,7 @@ impl Env for Loop<'_> {
             Reply::Bytes(status, h, body) => c.answer_bytes(status, h, body),
             Reply::File(status, h, f, start, end) => c.answer_file(status, h, f, start, end),
             Reply::Stream(status, h, length) => c.answer_stream(status, h, length),
+            // more than its room cuts the stream (the conn closes on its turn)
             Reply::Body(data) => _ = c.push_stream(data),
             Reply::End(complete) => c.end_stream(complete),
         }

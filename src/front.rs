@@ -1720,3 +1720,644 @@ fn absolute_location(base: &str, loc: &str) -> String {
 fn tr_received(copies: &HashMap<String, Copy>, file: &str) -> u64 {
     copies.get(file).map(|c| c.transfer.received).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The front's state machine without sockets: a fake loop records answers, fetches,
+    //! lookups and timers; the tests play the events and move time.
+    use super::*;
+    use crate::eventloop::Timers;
+    use sha2::{Digest, Sha256};
+    use std::collections::{BTreeMap, HashSet};
+
+    const PKG: &str = "pkg-1.0-1-x86_64.pkg.tar.zst";
+    const MIRROR: &str = "http://10.0.0.100/core/os/x86_64";
+    const PEER1: u64 = 1;
+    const PEER2: u64 = 2;
+
+    struct Fake {
+        now: Instant,
+        /// Answers as text: "error 404", "bytes 307 <location>", "file 200 <len>",
+        /// "stream 200", "body <n>", "end true".
+        replies: Vec<(Token, String)>,
+        /// Bytes of File answers, read from the staged file at once.
+        files: HashMap<Token, Vec<u8>>,
+        done: HashSet<Token>,
+        fetches: BTreeMap<Token, fetch::Request>,
+        fetches_started: usize,
+        refused: Vec<SocketAddr>,
+        next_tok: usize,
+        timers: Timers<Deadline>,
+        lookups: Vec<(u32, String)>,
+        peers: HashMap<u64, SocketAddr>,
+        bans: Vec<(u64, String)>,
+        strikes: Vec<(u64, String)>,
+        index: HashMap<String, PkgInfo>,
+        loading: bool,
+        upstreams: Vec<String>,
+        staging: PathBuf,
+        dns_cache: HashMap<String, Vec<SocketAddr>>,
+        resolving: Vec<(u64, String)>,
+    }
+
+    impl Fake {
+        fn new(tag: &str) -> Fake {
+            let staging = std::env::temp_dir()
+                .join(format!("flocon-front-unit-{tag}-{}", std::process::id()));
+            transfer::prepare_staging(&staging).unwrap();
+            Fake {
+                now: Instant::now(),
+                replies: Vec::new(),
+                files: HashMap::new(),
+                done: HashSet::new(),
+                fetches: BTreeMap::new(),
+                fetches_started: 0,
+                refused: Vec::new(),
+                next_tok: 5000,
+                timers: Timers::new(),
+                lookups: Vec::new(),
+                peers: HashMap::from([
+                    (PEER1, "10.0.0.1:19432".parse().unwrap()),
+                    (PEER2, "10.0.0.2:19432".parse().unwrap()),
+                ]),
+                bans: Vec::new(),
+                strikes: Vec::new(),
+                index: HashMap::new(),
+                loading: false,
+                upstreams: vec![MIRROR.to_string()],
+                staging,
+                dns_cache: HashMap::new(),
+                resolving: Vec::new(),
+            }
+        }
+
+        fn last(&self, t: Token) -> String {
+            let r = self.replies.iter().rev().find(|(c, _)| *c == t);
+            r.map(|r| r.1.clone()).unwrap_or_default()
+        }
+
+        fn fetch_to(&self, addr: &str) -> Option<Token> {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let f = self.fetches.iter().find(|(_, r)| r.addr == addr);
+            f.map(|(t, _)| *t)
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+
+    impl Env for Fake {
+        fn now(&self) -> Instant {
+            self.now
+        }
+        fn reply(&mut self, client: Token, reply: Reply<'_>) -> bool {
+            let text = match reply {
+                Reply::Error(s) => format!("error {s}"),
+                Reply::Bytes(s, h, _) => {
+                    let loc = h.iter().find(|(k, _)| *k == "Location").map(|x| x.1);
+                    format!("bytes {s} {}", loc.unwrap_or(""))
+                }
+                Reply::File(s, _, mut f, start, end) => {
+                    let mut all = Vec::new();
+                    std::io::Read::read_to_end(&mut f, &mut all).unwrap();
+                    self.files
+                        .insert(client, all[start as usize..end as usize].to_vec());
+                    format!("file {s} {}", end - start)
+                }
+                Reply::Stream(s, _, _) => format!("stream {s}"),
+                Reply::Body(b) => format!("body {}", b.len()),
+                Reply::End(c) => format!("end {c}"),
+            };
+            if !text.starts_with("stream") && !text.starts_with("body") {
+                self.done.insert(client);
+            }
+            self.replies.push((client, text));
+            true
+        }
+        fn client_waits(&self, client: Token) -> bool {
+            !self.done.contains(&client)
+        }
+        fn start_fetch(&mut self, req: fetch::Request) -> Option<Token> {
+            if self.refused.contains(&req.addr) {
+                return None;
+            }
+            self.next_tok += 1;
+            let t = Token(self.next_tok);
+            self.fetches.insert(t, req);
+            self.fetches_started += 1;
+            Some(t)
+        }
+        fn stop_fetch(&mut self, fetch: Token) {
+            self.fetches.remove(&fetch);
+        }
+        fn fetch_exists(&self, fetch: Token) -> bool {
+            self.fetches.contains_key(&fetch)
+        }
+        fn timer(&mut self, at: Instant, d: Deadline) -> Option<TimerId> {
+            self.timers.at(at, d)
+        }
+        fn cancel(&mut self, id: TimerId) {
+            self.timers.cancel(id);
+        }
+        fn start_lookup(
+            &mut self,
+            name: &str,
+            _expected: Option<(u64, Option<[u8; 32]>)>,
+        ) -> Option<u32> {
+            let id = self.lookups.len() as u32 + 1;
+            self.lookups.push((id, name.to_string()));
+            Some(id)
+        }
+        fn has_peers(&self) -> bool {
+            !self.peers.is_empty()
+        }
+        fn peer_addr(&self, instance: u64) -> Option<SocketAddr> {
+            self.peers.get(&instance).copied()
+        }
+        fn peer_name(&self, instance: u64) -> String {
+            format!("peer{instance}")
+        }
+        fn is_banned(&self, instance: u64) -> bool {
+            self.bans
+                .iter()
+                .chain(&self.strikes)
+                .any(|b| b.0 == instance)
+        }
+        fn ban(&mut self, instance: u64, why: &str) {
+            self.bans.push((instance, why.to_string()));
+        }
+        fn strike(&mut self, instance: u64, why: &str) {
+            self.strikes.push((instance, why.to_string()));
+        }
+        fn db_signature(&self, _repo: &str, _file: &str) -> Option<Vec<u8>> {
+            None
+        }
+        fn is_own_front(&self, addr: SocketAddr) -> bool {
+            addr == "127.0.0.1:19433".parse().unwrap()
+        }
+        fn indexed(&self, _repo: &str, file: &str) -> Option<PkgInfo> {
+            self.index.get(file).copied()
+        }
+        fn dbs_loading(&mut self) -> bool {
+            self.loading
+        }
+        fn upstreams(&self, _repo: &str, _arch: &str) -> Vec<String> {
+            self.upstreams.clone()
+        }
+        fn staging_dir(&self) -> PathBuf {
+            self.staging.clone()
+        }
+        fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                return Some(vec![SocketAddr::new(ip, port)]);
+            }
+            self.dns_cache.get(host).cloned()
+        }
+        fn resolve(&mut self, id: u64, host: &str, _port: u16) -> bool {
+            self.resolving.push((id, host.to_string()));
+            true
+        }
+    }
+
+    fn request(target: &str) -> Request {
+        Request {
+            method: Method::Get,
+            version: http::Version::Http11,
+            target: target.to_string(),
+            keep_alive: true,
+            range: None,
+            if_modified_since: None,
+            host: None,
+            head_len: 0,
+        }
+    }
+
+    fn pkg_path(file: &str) -> String {
+        format!("/core/os/x86_64/{file}")
+    }
+
+    fn head(status: u16, len: u64) -> fetch::Event {
+        fetch::Event::Head(http::ResponseInfo {
+            status,
+            content_length: Some(len),
+            chunked: false,
+            location: None,
+            content_range: None,
+            unsatisfied_length: None,
+            last_modified: None,
+            keep_alive: true,
+            head_len: 0,
+            headers_extra: Vec::new(),
+        })
+    }
+
+    /// A 206 for `start..size`, as a peer or mirror resuming sends it.
+    fn head_range(start: u64, size: u64) -> fetch::Event {
+        let fetch::Event::Head(mut h) = head(206, size - start) else {
+            unreachable!()
+        };
+        h.content_range = Some((start, size - 1, Some(size)));
+        fetch::Event::Head(h)
+    }
+
+    fn cand(instance: u64, size: u64) -> Candidate {
+        Candidate {
+            instance,
+            size,
+            sha256: None,
+            uploads: 0,
+        }
+    }
+
+    /// A package of `len` bytes listed in the fake's index.
+    fn package(env: &mut Fake, len: usize) -> Vec<u8> {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let info = PkgInfo {
+            size: len as u64,
+            sha256: Some(Sha256::digest(&data).into()),
+        };
+        env.index.insert(PKG.to_string(), info);
+        data
+    }
+
+    fn ask(front: &mut Front, env: &mut Fake, t: Token, file: &str) {
+        front.on_request(env, t, 1, request(&pkg_path(file)));
+        front.check(env);
+    }
+
+    /// Moves time on and runs the timers that come due.
+    fn advance(front: &mut Front, env: &mut Fake, d: Duration) {
+        env.now += d;
+        while let Some(dl) = env.timers.pop_expired(env.now) {
+            front.on_deadline(env, dl);
+            front.check(env);
+        }
+    }
+
+    fn event(front: &mut Front, env: &mut Fake, tok: Token, ev: fetch::Event) {
+        front.on_fetch_event(env, tok, ev);
+        front.check(env);
+    }
+
+    /// Delivers `data` as a complete answer on fetch `tok`.
+    fn deliver(front: &mut Front, env: &mut Fake, tok: Token, data: &[u8]) {
+        event(front, env, tok, head(200, data.len() as u64));
+        for chunk in data.chunks(1000) {
+            event(front, env, tok, fetch::Event::Body(chunk.to_vec()));
+        }
+        event(front, env, tok, fetch::Event::Done);
+    }
+
+    fn decide(front: &mut Front, env: &mut Fake, id: u32, c: Vec<Candidate>) {
+        let n = c.len();
+        front.on_decided(env, id, c, 2, n);
+        front.check(env);
+    }
+
+    #[test]
+    fn hit_a_verified_copy_from_a_peer() {
+        let (mut f, mut env) = (Front::new(), Fake::new("hit"));
+        let data = package(&mut env, 5000);
+        let c = Token(1);
+        ask(&mut f, &mut env, c, PKG);
+        assert_eq!(env.lookups, vec![(1, PKG.to_string())]);
+        assert!(
+            env.replies.is_empty(),
+            "nothing before the copy is verified"
+        );
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let tok = env.fetch_to("10.0.0.1:19432").expect("a fetch to the peer");
+        assert_eq!(env.fetches[&tok].path, format!("/{PKG}"));
+        deliver(&mut f, &mut env, tok, &data);
+        assert_eq!(env.last(c), "file 200 5000");
+        assert_eq!(env.files[&c], data);
+        assert_eq!(f.stats.lan_hits, 1);
+        assert_eq!(f.waiting(), 0);
+        assert!(env.fetches.is_empty());
+    }
+
+    #[test]
+    fn miss_goes_upstream_and_streams() {
+        let (mut f, mut env) = (Front::new(), Fake::new("miss"));
+        package(&mut env, 5000);
+        let c = Token(1);
+        ask(&mut f, &mut env, c, PKG);
+        decide(&mut f, &mut env, 1, vec![]);
+        let tok = env.fetch_to("10.0.0.100:80").expect("the mirror");
+        assert_eq!(env.fetches[&tok].path, format!("/core/os/x86_64/{PKG}"));
+        event(&mut f, &mut env, tok, head(200, 3));
+        event(&mut f, &mut env, tok, fetch::Event::Body(vec![1, 2, 3]));
+        event(&mut f, &mut env, tok, fetch::Event::Done);
+        let got: Vec<&str> = env.replies.iter().map(|r| r.1.as_str()).collect();
+        assert_eq!(got, ["stream 200", "body 3", "end true"]);
+        assert_eq!(f.stats.upstream_bytes, 3);
+        assert_eq!(f.waiting(), 0);
+    }
+
+    #[test]
+    fn a_package_waits_for_a_db_being_parsed_then_for_no_longer_than_its_deadline() {
+        let (mut f, mut env) = (Front::new(), Fake::new("db"));
+        env.loading = true;
+        ask(&mut f, &mut env, Token(1), PKG);
+        ask(&mut f, &mut env, Token(2), PKG);
+        assert!(env.lookups.is_empty() && env.fetches.is_empty());
+        assert_eq!(f.waiting(), 2);
+        // the parse ends: the package is in the db now, both go to the LAN
+        package(&mut env, 100);
+        env.loading = false;
+        f.on_dbs_loaded(&mut env);
+        f.check(&env);
+        assert_eq!(env.lookups.len(), 1, "one lookup for both");
+        // a third request for another file, with the parse never ending: upstream at 3 s
+        env.loading = true;
+        ask(&mut f, &mut env, Token(3), "other-1-1-any.pkg.tar.zst");
+        advance(&mut f, &mut env, Duration::from_millis(2900));
+        assert_eq!(env.fetches.len(), 0);
+        advance(&mut f, &mut env, Duration::from_millis(200));
+        assert!(
+            env.fetch_to("10.0.0.100:80").is_some(),
+            "upstream after the wait"
+        );
+    }
+
+    #[test]
+    fn a_peer_dying_mid_copy_is_replaced_and_the_copy_resumes() {
+        let (mut f, mut env) = (Front::new(), Fake::new("dies"));
+        let data = package(&mut env, 5000);
+        let c = Token(1);
+        ask(&mut f, &mut env, c, PKG);
+        decide(
+            &mut f,
+            &mut env,
+            1,
+            vec![cand(PEER1, 5000), cand(PEER2, 5000)],
+        );
+        let t1 = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t1, head(200, 5000));
+        event(
+            &mut f,
+            &mut env,
+            t1,
+            fetch::Event::Body(data[..2000].to_vec()),
+        );
+        event(&mut f, &mut env, t1, fetch::Event::Failed("reset".into()));
+        assert!(env.bans.is_empty(), "dying is no lie");
+        let t2 = env.fetch_to("10.0.0.2:19432").expect("the second peer");
+        assert_eq!(
+            env.fetches[&t2].headers,
+            vec![("Range".to_string(), "bytes=2000-".to_string())]
+        );
+        event(&mut f, &mut env, t2, head_range(2000, 5000));
+        event(
+            &mut f,
+            &mut env,
+            t2,
+            fetch::Event::Body(data[2000..].to_vec()),
+        );
+        event(&mut f, &mut env, t2, fetch::Event::Done);
+        assert_eq!(env.files[&c], data);
+        // dying is a strike (a bench), never a ban
+        assert_eq!(env.strikes.len(), 1);
+        assert_eq!(env.strikes[0].0, PEER1);
+    }
+
+    #[test]
+    fn a_dripping_copy_is_struck_and_the_mirror_sends_the_rest_while_the_client_is_redirected() {
+        let (mut f, mut env) = (Front::new(), Fake::new("drip"));
+        let data = package(&mut env, 5000);
+        let c1 = Token(1);
+        ask(&mut f, &mut env, c1, PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t, head(200, 5000));
+        event(&mut f, &mut env, t, fetch::Event::Body(data[..10].to_vec()));
+        // 10 bytes in the first 1.5 s: a drip, struck; the mirror is asked for the rest
+        advance(&mut f, &mut env, Duration::from_millis(1000));
+        assert!(env.strikes.is_empty());
+        advance(&mut f, &mut env, Duration::from_millis(1000));
+        assert_eq!(env.strikes.len(), 1, "{:?}", env.strikes);
+        assert!(env.bans.is_empty());
+        assert!(!env.fetches.contains_key(&t), "the drip was stopped");
+        let m = env.fetch_to("10.0.0.100:80").expect("the mirror");
+        assert_eq!(
+            env.fetches[&m].headers,
+            vec![("Range".to_string(), "bytes=10-".to_string())]
+        );
+        // the client's clock: a redirect to itself while the rest arrives
+        advance(&mut f, &mut env, transfer::REDIRECT_AFTER);
+        assert_eq!(env.last(c1), format!("bytes 307 {}", pkg_path(PKG)));
+        let c2 = Token(2);
+        ask(&mut f, &mut env, c2, PKG);
+        event(&mut f, &mut env, m, head_range(10, 5000));
+        event(&mut f, &mut env, m, fetch::Event::Body(data[10..].to_vec()));
+        event(&mut f, &mut env, m, fetch::Event::Done);
+        assert_eq!(env.files[&c2], data, "verified whole");
+    }
+
+    #[test]
+    fn a_copy_that_never_progresses_is_struck_and_its_request_goes_upstream_early() {
+        let (mut f, mut env) = (Front::new(), Fake::new("noprogress"));
+        package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        // accepted, never answered: a stall after 1.5 s, not 7
+        advance(&mut f, &mut env, Duration::from_millis(2000));
+        assert_eq!(env.strikes.len(), 1);
+        assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream");
+        assert!(!env.fetches.contains_key(&t), "the stalled copy stopped");
+        assert_eq!(f.copies(env.now).len(), 0);
+        // benched: the next request for it does not ask PEER1 again
+        ask(&mut f, &mut env, Token(2), PKG);
+        decide(&mut f, &mut env, 2, vec![cand(PEER1, 5000)]);
+        assert!(env.fetch_to("10.0.0.1:19432").is_none());
+    }
+
+    #[test]
+    fn a_wrong_hash_bans_the_peer_and_is_never_handed_out() {
+        let (mut f, mut env) = (Front::new(), Fake::new("hash"));
+        let mut data = package(&mut env, 5000);
+        let c = Token(1);
+        ask(&mut f, &mut env, c, PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        data[100] ^= 1;
+        deliver(&mut f, &mut env, t, &data);
+        assert_eq!(env.bans.len(), 1);
+        assert_eq!(env.bans[0].0, PEER1);
+        assert_eq!(f.stats.rejected_copies, 1);
+        assert!(!env.files.contains_key(&c));
+        assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream instead");
+    }
+
+    #[test]
+    fn two_requests_for_one_file_share_one_lookup_and_one_copy() {
+        let (mut f, mut env) = (Front::new(), Fake::new("two"));
+        let data = package(&mut env, 5000);
+        let (c1, c2) = (Token(1), Token(2));
+        ask(&mut f, &mut env, c1, PKG);
+        ask(&mut f, &mut env, c2, PKG);
+        assert_eq!(env.lookups.len(), 1);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        assert_eq!(env.fetches.len(), 1);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        deliver(&mut f, &mut env, t, &data);
+        assert_eq!(env.files[&c1], data);
+        assert_eq!(env.files[&c2], data);
+        assert_eq!(env.fetches_started, 1);
+    }
+
+    #[test]
+    fn a_request_just_after_the_hand_out_gets_the_same_copy() {
+        let (mut f, mut env) = (Front::new(), Fake::new("after"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        deliver(&mut f, &mut env, t, &data);
+        advance(&mut f, &mut env, Duration::from_millis(5));
+        let c = Token(2);
+        ask(&mut f, &mut env, c, PKG);
+        assert_eq!(env.files[&c], data, "answered at once");
+        assert_eq!((env.lookups.len(), env.fetches_started), (1, 1));
+        // with a Range too
+        let mut r = request(&pkg_path(PKG));
+        r.range = Some("bytes=4990-".into());
+        f.on_request(&mut env, Token(3), 1, r);
+        assert_eq!(env.last(Token(3)), "file 206 10");
+        // once the linger is over, a new request asks the LAN again
+        advance(&mut f, &mut env, READY_LINGER);
+        assert_eq!(f.copies(env.now).len(), 0);
+        ask(&mut f, &mut env, Token(4), PKG);
+        assert_eq!(env.lookups.len(), 2);
+    }
+
+    #[test]
+    fn a_slow_name_gives_way_to_the_next_source_and_every_address_is_tried() {
+        let (mut f, mut env) = (Front::new(), Fake::new("dns"));
+        env.upstreams = vec![
+            "http://slow.example/core/os/x86_64".into(),
+            "http://two.example/core/os/x86_64".into(),
+        ];
+        let c = Token(1);
+        ask(&mut f, &mut env, c, "core.db");
+        assert_eq!(env.resolving.len(), 1);
+        assert!(env.fetches.is_empty());
+        advance(&mut f, &mut env, DNS_WAIT_MAX);
+        assert_eq!(env.resolving.len(), 2, "the next name");
+        // the slow answer comes late: ignored
+        let (id1, id2) = (env.resolving[0].0, env.resolving[1].0);
+        let late = vec!["10.0.0.50:80".parse().unwrap()];
+        f.on_resolved(&mut env, id1, Ok(late));
+        f.check(&env);
+        assert!(env.fetches.is_empty());
+        // two addresses: the first refuses to connect, the second fails before its head,
+        // the third answers
+        let a: Vec<SocketAddr> = ["10.0.0.7:80", "10.0.0.8:80", "10.0.0.9:80"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        env.refused.push(a[0]);
+        f.on_resolved(&mut env, id2, Ok(a.clone()));
+        f.check(&env);
+        let t8 = env.fetch_to("10.0.0.8:80").expect("second address");
+        assert_eq!(env.fetches[&t8].host_header, "two.example");
+        event(&mut f, &mut env, t8, fetch::Event::Failed("refused".into()));
+        let t9 = env.fetch_to("10.0.0.9:80").expect("third address");
+        event(&mut f, &mut env, t9, head(200, 0));
+        assert_eq!(env.last(c), "end true");
+    }
+
+    #[test]
+    fn an_upstream_416_keeps_its_content_range() {
+        let mut h = http::ResponseInfo {
+            status: 416,
+            content_length: Some(0),
+            chunked: false,
+            location: None,
+            content_range: None,
+            unsatisfied_length: Some(1234),
+            last_modified: None,
+            keep_alive: true,
+            head_len: 0,
+            headers_extra: Vec::new(),
+        };
+        let (headers, len) = relayed_head(&h);
+        assert_eq!(len, Some(0));
+        assert!(headers.contains(&("Content-Range".into(), "bytes */1234".into())));
+        h.status = 206;
+        h.content_range = Some((0, 9, Some(20)));
+        h.content_length = Some(10);
+        let (headers, len) = relayed_head(&h);
+        assert_eq!(len, Some(10));
+        assert!(headers.contains(&("Content-Range".into(), "bytes 0-9/20".into())));
+    }
+
+    #[test]
+    fn a_client_gone_in_any_wait_leaves_nothing_behind() {
+        let (mut f, mut env) = (Front::new(), Fake::new("gone"));
+        package(&mut env, 5000);
+        env.upstreams = vec![
+            "http://name.example/core/os/x86_64".into(),
+            MIRROR.to_string(),
+        ];
+        // Db
+        env.loading = true;
+        ask(&mut f, &mut env, Token(1), "notyet-1-1-any.pkg.tar.zst");
+        env.loading = false;
+        // Lookup (the debug endpoint)
+        f.on_request(
+            &mut env,
+            Token(2),
+            1,
+            request("/.flocon/lookup/x.pkg.tar.zst"),
+        );
+        // Copy
+        ask(&mut f, &mut env, Token(3), PKG);
+        // Dns
+        ask(&mut f, &mut env, Token(4), "core.db");
+        // Upstream: name.example resolved, its fetch streaming
+        env.dns_cache
+            .insert("name.example".into(), vec!["10.0.0.60:80".parse().unwrap()]);
+        ask(&mut f, &mut env, Token(5), "extra.db");
+        let t5 = env.fetch_to("10.0.0.60:80").unwrap();
+        event(&mut f, &mut env, t5, head(200, 100));
+        let kinds: Vec<&str> = (1..=5)
+            .map(|i| match f.requests[&Token(i)].wait {
+                Wait::Db { .. } => "db",
+                Wait::Lookup { .. } => "lookup",
+                Wait::Copy { .. } => "copy",
+                Wait::Dns { .. } => "dns",
+                Wait::Upstream { .. } => "upstream",
+                Wait::SigLookup { .. } | Wait::Sig { .. } => "sig",
+            })
+            .collect();
+        assert_eq!(kinds, ["db", "lookup", "copy", "dns", "upstream"]);
+        for i in 1..=5 {
+            f.forget(&mut env, Token(i));
+            f.check(&env);
+        }
+        assert_eq!(f.waiting(), 0);
+        assert!(
+            env.fetch_to("10.0.0.60:80").is_none(),
+            "the proxy fetch stopped"
+        );
+        assert_eq!(env.timers.len(), 0, "every deadline cancelled");
+        // what arrives later for them is dropped quietly
+        f.on_decided(&mut env, 1, vec![], 0, 0);
+        let (id, _) = env.resolving[0];
+        f.on_resolved(&mut env, id, Ok(vec!["10.0.0.61:80".parse().unwrap()]));
+        f.on_fetch_event(&mut env, t5, fetch::Event::Done);
+        f.check(&env);
+        assert!(env.replies.iter().all(|(t, _)| *t == Token(5)));
+        // the shared copy went on without its client; the LAN has nothing: it ends, and
+        // nobody is sent upstream
+        assert_eq!(f.copies(env.now).len(), 1);
+        decide(&mut f, &mut env, 2, vec![]);
+        assert_eq!(f.copies(env.now).len(), 0);
+        assert!(env.fetches.is_empty());
+    }
+}

@@ -1,4 +1,4 @@
-//! Name resolution off the event loop (SPEC §7: DNS never blocks the loop). One helper
+//! Name resolution off the event loop (docs/DESIGN.md: DNS never blocks the loop). One helper
 //! thread runs the blocking system resolver (`getaddrinfo` via `ToSocketAddrs`, so
 //! /etc/hosts, nsswitch and /etc/gai.conf ordering all apply) and reports back through the
 //! loop's mio `Waker`. Literal addresses and fresh cache hits never reach the thread: they
