@@ -2193,6 +2193,203 @@ mod tests {
         assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream instead");
     }
 
+    /// A verified copy of PKG from PEER1, handed to client 1 (leaves a `.sig` hint).
+    fn copied_from_peer1(f: &mut Front, env: &mut Fake) -> Vec<u8> {
+        let data = package(env, 5000);
+        ask(f, env, Token(1), PKG);
+        decide(f, env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        deliver(f, env, t, &data);
+        assert_eq!(env.files[&Token(1)], data);
+        data
+    }
+
+    const REAL_SIG: &[u8] = include_bytes!("../tests/data/sig/ed25519.sig");
+
+    #[test]
+    fn a_sig_comes_from_the_peer_only_if_it_says_so_now_and_only_checked() {
+        let sig = format!("{PKG}.sig");
+        // it says so, and sends a real signature: handed out, the mirror is not asked
+        let (mut f, mut env) = (Front::new(), Fake::new("sig-ok"));
+        copied_from_peer1(&mut f, &mut env);
+        ask(&mut f, &mut env, Token(2), &sig);
+        assert_eq!(
+            env.lookups.last().unwrap().1,
+            sig,
+            "a lookup for this request"
+        );
+        decide(
+            &mut f,
+            &mut env,
+            2,
+            vec![cand(PEER1, REAL_SIG.len() as u64)],
+        );
+        let t = env.fetch_to("10.0.0.1:19432").expect("asked of the peer");
+        assert_eq!(env.fetches[&t].path, format!("/{sig}"));
+        deliver(&mut f, &mut env, t, REAL_SIG);
+        assert!(
+            env.last(Token(2)).starts_with("bytes 200"),
+            "{}",
+            env.last(Token(2))
+        );
+        assert!(env.fetch_to("10.0.0.100:80").is_none());
+        // it does not answer (frozen, gone): upstream at once, no wait, nothing held
+        let (mut f, mut env) = (Front::new(), Fake::new("sig-silent"));
+        copied_from_peer1(&mut f, &mut env);
+        ask(&mut f, &mut env, Token(2), &sig);
+        decide(&mut f, &mut env, 2, vec![]);
+        assert!(env.fetch_to("10.0.0.1:19432").is_none());
+        assert!(env.fetch_to("10.0.0.100:80").is_some());
+        assert!(env.strikes.is_empty() && env.bans.is_empty());
+        // garbage, a redirect, or nothing within 2 s: a strike and upstream
+        for how in ["garbage", "redirect", "late"] {
+            let (mut f, mut env) = (Front::new(), Fake::new(&format!("sig-{how}")));
+            copied_from_peer1(&mut f, &mut env);
+            ask(&mut f, &mut env, Token(2), &sig);
+            decide(&mut f, &mut env, 2, vec![cand(PEER1, 1000)]);
+            let t = env.fetch_to("10.0.0.1:19432").unwrap();
+            match how {
+                "garbage" => deliver(&mut f, &mut env, t, &[b'x'; 1000]),
+                "redirect" => {
+                    let fetch::Event::Head(mut h) = head(302, 0) else {
+                        unreachable!()
+                    };
+                    h.location = Some("http://127.0.0.1:631/".into());
+                    event(&mut f, &mut env, t, fetch::Event::Head(h));
+                }
+                _ => advance(&mut f, &mut env, crate::sig::SIG_DEADLINE),
+            }
+            assert_eq!(env.strikes.len(), 1, "{how}");
+            assert!(env.bans.is_empty(), "{how}");
+            assert!(env.fetch_to("10.0.0.100:80").is_some(), "{how}: upstream");
+            assert!(
+                env.fetch_to("127.0.0.1:631").is_none(),
+                "{how}: followed a redirect"
+            );
+            assert!(
+                !env.last(Token(2)).starts_with("bytes 200"),
+                "{how}: handed out"
+            );
+        }
+    }
+
+    #[test]
+    fn a_busy_peer_is_no_fault_and_a_mixed_copy_bans_no_one() {
+        // 503: next peer, nothing held against it
+        let (mut f, mut env) = (Front::new(), Fake::new("busy"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(
+            &mut f,
+            &mut env,
+            1,
+            vec![cand(PEER1, 5000), cand(PEER2, 5000)],
+        );
+        let t1 = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t1, head(503, 0));
+        assert!(env.strikes.is_empty() && env.bans.is_empty());
+        let t2 = env.fetch_to("10.0.0.2:19432").unwrap();
+        deliver(&mut f, &mut env, t2, &data);
+        assert_eq!(env.files[&Token(1)], data);
+
+        // the resume trap: PEER1 sends a wrong first half and closes, PEER2 resumes
+        let (mut f, mut env) = (Front::new(), Fake::new("trap"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(
+            &mut f,
+            &mut env,
+            1,
+            vec![cand(PEER1, 5000), cand(PEER2, 5000)],
+        );
+        let t1 = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t1, head(200, 5000));
+        let lie: Vec<u8> = data[..2500].iter().map(|b| !b).collect();
+        event(&mut f, &mut env, t1, fetch::Event::Body(lie));
+        event(
+            &mut f,
+            &mut env,
+            t1,
+            fetch::Event::Failed("connection closed".into()),
+        );
+        let t2 = env.fetch_to("10.0.0.2:19432").unwrap();
+        event(&mut f, &mut env, t2, head_range(2500, 5000));
+        event(
+            &mut f,
+            &mut env,
+            t2,
+            fetch::Event::Body(data[2500..].to_vec()),
+        );
+        event(&mut f, &mut env, t2, fetch::Event::Done);
+        assert!(
+            env.bans.is_empty(),
+            "banned on a mixed copy: {:?}",
+            env.bans
+        );
+        assert_eq!(env.strikes.len(), 1, "the early close");
+        assert_eq!(env.strikes[0].0, PEER1);
+        // it starts again from one source: PEER2, whole (PEER1 is benched)
+        let t3 = env.fetch_to("10.0.0.2:19432").expect("again from PEER2");
+        assert!(env.fetches[&t3].headers.is_empty(), "from the start");
+        deliver(&mut f, &mut env, t3, &data);
+        assert_eq!(env.files[&Token(1)], data);
+        assert!(env.bans.is_empty());
+    }
+
+    #[test]
+    fn a_peer_killed_half_way_leaves_only_the_rest_to_the_mirror() {
+        let (mut f, mut env) = (Front::new(), Fake::new("killed"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t, head(200, 5000));
+        event(
+            &mut f,
+            &mut env,
+            t,
+            fetch::Event::Body(data[..3000].to_vec()),
+        );
+        event(
+            &mut f,
+            &mut env,
+            t,
+            fetch::Event::Failed("read: reset".into()),
+        );
+        let m = env.fetch_to("10.0.0.100:80").expect("the mirror");
+        assert_eq!(env.fetches[&m].path, format!("/core/os/x86_64/{PKG}"));
+        assert_eq!(
+            env.fetches[&m].headers,
+            vec![("Range".to_string(), "bytes=3000-".to_string())]
+        );
+        // a mirror that ignores Range: the whole file replaces what was staged
+        deliver(&mut f, &mut env, m, &data);
+        assert_eq!(env.files[&Token(1)], data);
+    }
+
+    #[test]
+    fn an_upstream_naming_the_front_is_refused_and_names_are_encoded_once() {
+        let (mut f, mut env) = (Front::new(), Fake::new("loop"));
+        env.upstreams = vec![
+            "http://127.0.0.1:19433/core/os/x86_64".into(),
+            MIRROR.into(),
+        ];
+        ask(&mut f, &mut env, Token(1), "a%3Fb-1-1-any.pkg.tar.zst");
+        assert!(env.fetch_to("127.0.0.1:19433").is_none(), "called itself");
+        let m = env.fetch_to("10.0.0.100:80").unwrap();
+        assert_eq!(
+            env.fetches[&m].path,
+            "/core/os/x86_64/a%3Fb-1-1-any.pkg.tar.zst"
+        );
+        // a redirect to the front: 502, not a loop
+        let fetch::Event::Head(mut h) = head(302, 0) else {
+            unreachable!()
+        };
+        h.location = Some("http://127.0.0.1:19433/core/os/x86_64/x".into());
+        event(&mut f, &mut env, m, fetch::Event::Head(h));
+        assert_eq!(env.last(Token(1)), "error 502");
+    }
+
     #[test]
     fn two_requests_for_one_file_share_one_lookup_and_one_copy() {
         let (mut f, mut env) = (Front::new(), Fake::new("two"));
