@@ -775,7 +775,7 @@ impl Front {
                 headers,
             };
             if let Some(tok) = env.start_fetch(req) {
-                // measured from now on: a stall or a drip costs one PACE_MEASURE, not 8 s
+                // measured from now on: a stall or a drip costs one PACE_MEASURE (3 s), not 8 s
                 let pace = env.timer(now + PACE_CHECK, Deadline::Pace(file.to_string(), serial));
                 if let Some(c) = self.copies.get_mut(file) {
                     c.pace_timer = pace;
@@ -2134,10 +2134,10 @@ mod tests {
         let t = env.fetch_to("10.0.0.1:19432").unwrap();
         event(&mut f, &mut env, t, head(200, 5000));
         event(&mut f, &mut env, t, fetch::Event::Body(data[..10].to_vec()));
-        // 10 bytes in the first 1.5 s: a drip, struck; the mirror is asked for the rest
-        advance(&mut f, &mut env, Duration::from_millis(1000));
+        // 10 bytes in the first 3 s: a drip, struck; the mirror is asked for the rest
+        advance(&mut f, &mut env, Duration::from_millis(2000));
         assert!(env.strikes.is_empty());
-        advance(&mut f, &mut env, Duration::from_millis(1000));
+        advance(&mut f, &mut env, Duration::from_millis(1500));
         assert_eq!(env.strikes.len(), 1, "{:?}", env.strikes);
         assert!(env.bans.is_empty());
         assert!(!env.fetches.contains_key(&t), "the drip was stopped");
@@ -2164,8 +2164,8 @@ mod tests {
         ask(&mut f, &mut env, Token(1), PKG);
         decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
         let t = env.fetch_to("10.0.0.1:19432").unwrap();
-        // accepted, never answered: a stall after 1.5 s, not 7
-        advance(&mut f, &mut env, Duration::from_millis(2000));
+        // accepted, never answered: a stall after 3 s, not 7
+        advance(&mut f, &mut env, Duration::from_millis(3500));
         assert_eq!(env.strikes.len(), 1);
         assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream");
         assert!(!env.fetches.contains_key(&t), "the stalled copy stopped");

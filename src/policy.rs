@@ -239,9 +239,11 @@ pub enum Pace {
     TooSlow,
 }
 
-/// How long a source is measured before its rate is trusted: a few round trips and TCP's
-/// slow start are over by then on any LAN.
-pub const PACE_MEASURE: Duration = Duration::from_millis(1500);
+/// How long a source is measured before its rate is trusted, and the longest silence that is
+/// not yet a stall: TCP's slow start is over in milliseconds on a LAN, but a loaded peer (a
+/// Raspberry Pi writing to its SD card) can pause for a second or two without being broken.
+/// Well inside pacman's 10 s, and the mirror still has time to send something.
+pub const PACE_MEASURE: Duration = Duration::from_secs(3);
 /// The rate must finish the copy with this much of the remaining time to spare: rates
 /// wobble, and the client still has to be handed the file.
 const PACE_MARGIN: f64 = 1.25;
@@ -396,16 +398,16 @@ mod tests {
         // 1 byte/s, 1 KB/s: drips
         assert_eq!(pace(3, secs(3), 150 * mb, secs(40)), Pace::Drip);
         assert_eq!(pace(3_000, secs(3), mb, secs(40)), Pace::Drip);
-        // 2.5 MB/s (20 Mbit/s) for 150 MB with 40 s left: cannot finish
-        assert_eq!(pace(5 * mb, secs(2), 150 * mb, secs(40)), Pace::TooSlow);
+        // ~2.3 MB/s (20 Mbit/s) for 150 MB with 40 s left: cannot finish
+        assert_eq!(pace(7 * mb, secs(3), 150 * mb, secs(40)), Pace::TooSlow);
         // the same rate for 50 MB: fine
-        assert_eq!(pace(5 * mb, secs(2), 50 * mb, secs(40)), Pace::Keep);
+        assert_eq!(pace(7 * mb, secs(3), 50 * mb, secs(40)), Pace::Keep);
         // 100 MB/s on a gigabit LAN
-        assert_eq!(pace(200 * mb, secs(2), 150 * mb, secs(40)), Pace::Keep);
+        assert_eq!(pace(300 * mb, secs(3), 150 * mb, secs(40)), Pace::Keep);
         // just at the margin
-        assert_eq!(pace(2 * mb, secs(2), 32 * mb, secs(40)), Pace::Keep);
-        assert_eq!(pace(2 * mb, secs(2), 33 * mb, secs(40)), Pace::TooSlow);
+        assert_eq!(pace(3 * mb, secs(3), 32 * mb, secs(40)), Pace::Keep);
+        assert_eq!(pace(3 * mb, secs(3), 33 * mb, secs(40)), Pace::TooSlow);
         // nothing left: always fine once measured
-        assert_eq!(pace(DRIP_RATE * 2, secs(2), 0, Duration::ZERO), Pace::Keep);
+        assert_eq!(pace(DRIP_RATE * 4, secs(3), 0, Duration::ZERO), Pace::Keep);
     }
 }

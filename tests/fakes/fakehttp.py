@@ -121,28 +121,27 @@ class Handler(socketserver.BaseRequestHandler):
     def send(self, data):
         self.request.sendall(data)
 
-    def body(self, data, bps=None):
-        """Sends body bytes, paced at bps bytes/s if given; counts what left."""
-        if bps is None:
-            view = memoryview(data)
-            step = 1 << 20
-            for i in range(0, len(view), step):
-                self.request.sendall(view[i : i + step])
-                self.sent += len(view[i : i + step])
-            return
-        # pace in slices of ~50 ms (at least one byte each)
-        slice_len = max(1, bps // 20)
+    def body(self, f, start, n, bps=None, flip=False):
+        """Sends n bytes of file f from start (read as it goes: a 150 MB file is not read whole
+        before the first byte), paced at bps bytes/s if given, flipped if asked; counts what
+        left."""
+        f.seek(start)
         t0 = time.monotonic()
+        step = (1 << 20) if bps is None else max(1, bps // 20)
         done = 0
-        while done < len(data):
-            piece = data[done : done + slice_len]
+        while done < n:
+            piece = f.read(min(step, n - done))
+            if not piece:
+                return
+            if flip:
+                piece = piece.translate(FLIP)
             self.request.sendall(piece)
             done += len(piece)
             self.sent += len(piece)
-            due = t0 + done / bps
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            if bps is not None:
+                delay = t0 + done / bps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
 
     def handle(self):
         peer = self.client_address[0]
@@ -191,15 +190,19 @@ class Handler(socketserver.BaseRequestHandler):
         if kind == "garbage":
             n = int(arg or 1000)
             self.send(f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n".encode())
-            self.body(b"x" * n)
+            self.request.sendall(b"x" * n)
+            self.sent += n
             return "keep-alive"
         try:
-            with open(os.path.join(Config.root, name), "rb") as f:
-                data = f.read()
+            f = open(os.path.join(Config.root, name), "rb")
         except OSError:
             self.simple(404, "Not Found")
             return "keep-alive"
-        size = len(data)
+        with f:
+            return self.answer_file(f, method, target, name, mode, kind, arg, rng)
+
+    def answer_file(self, f, method, target, name, mode, kind, arg, rng):
+        size = os.fstat(f.fileno()).st_size
         r = parse_range(rng, size)
         if r == "bad":
             self.simple(416, "Range Not Satisfiable", f"Content-Range: bytes */{size}\r\n")
@@ -210,50 +213,49 @@ class Handler(socketserver.BaseRequestHandler):
             start, end = r
             status = "206 Partial Content"
             extra = f"Content-Range: bytes {start}-{end - 1}/{size}\r\n"
-        part = data[start:end]
+        n = end - start
         lm = "Last-Modified: Sat, 01 Jan 2022 00:00:00 GMT\r\n"
         if kind in ("chunked", "chunked-cut"):
             self.send(f"HTTP/1.1 {status}\r\n{lm}{extra}Transfer-Encoding: chunked\r\n\r\n".encode())
             if method == "HEAD":
                 return "keep-alive"
-            upto = len(part) if kind == "chunked" else len(part) // 2
-            for i in range(0, upto, 65536):
-                c = part[i : min(i + 65536, upto)]
+            upto = n if kind == "chunked" else n // 2
+            f.seek(start)
+            done = 0
+            while done < upto:
+                c = f.read(min(65536, upto - done))
                 self.send(b"%x\r\n" % len(c) + c + b"\r\n")
+                done += len(c)
                 self.sent += len(c)
             if kind == "chunked-cut":
                 return "cut"
             self.send(b"0\r\n\r\n")
             return "keep-alive"
-        self.send(f"HTTP/1.1 {status}\r\n{lm}{extra}Content-Length: {len(part)}\r\n\r\n".encode())
+        self.send(f"HTTP/1.1 {status}\r\n{lm}{extra}Content-Length: {n}\r\n\r\n".encode())
         if method == "HEAD":
             return "keep-alive"
-        half = len(part) // 2
+        half = n // 2
         if kind == "honest":
-            self.body(part)
+            self.body(f, start, n)
             return "keep-alive"
-        if kind == "rate":
-            self.body(part, int(arg))
-            return "keep-alive"
-        if kind == "drip":
-            self.body(part, int(arg or 1))
+        if kind in ("rate", "drip"):
+            self.body(f, start, n, int(arg or 1))
             return "keep-alive"
         if kind == "head-stall":
             self.hold()
             return "stalled"
         if kind == "half-stall":
-            self.body(part[:half])
+            self.body(f, start, half)
             self.hold()
             return "stalled"
         if kind == "short":
-            self.body(part[:half])
+            self.body(f, start, half)
             return "cut"
         if kind == "liar-half":
-            self.body(part[:half].translate(FLIP))
+            self.body(f, start, half, flip=True)
             return "cut"
         if kind in ("cut", "die"):
-            n = int(len(part) * float(arg))
-            self.body(part[:n])
+            self.body(f, start, int(n * float(arg)))
             if kind == "die":
                 log("end", method=method, path=target, name=name, range=rng, mode=mode,
                     sent=self.sent, how="died", client=self.client_address[0])

@@ -219,6 +219,10 @@ impl Announcer {
                 let Ok((_, Message::Query(q))) = protocol::decode(&buf[..n]) else {
                     continue;
                 };
+                // frozen while this query was on its way: a stopped daemon answers nothing
+                if frozen2.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let offer = offers.iter().find(|o| o.name == q.name);
                 let delay = delay2.load(Ordering::SeqCst);
                 if delay > 0 {
