@@ -10,7 +10,8 @@
 #   make lint            cargo fmt --check + clippy -D warnings
 #   make verify-unit     systemd-analyze verify flocon.service
 #   make bench           bench/bench.sh (peer server vs nginx, RSS, binary size),
-#                        bench/lookup.sh (lookup latency), bench/front.sh (front vs direct)
+#                        bench/lookup.sh (lookup latency), bench/front.sh (front vs direct),
+#                        bench/io.sh (RSS with 256 slow clients, CPU per GiB of a relayed hit)
 #
 # PREFIX defaults to /usr/local, the place for software a user installs by hand (the unit
 # goes to /usr/local/lib/systemd/system, which systemd searches). An Arch package builds with
@@ -148,6 +149,7 @@ bench:
 	bench/bench.sh
 	FLOCON_BIN_PREBUILT=1 bench/lookup.sh
 	FLOCON_BIN_PREBUILT=1 bench/front.sh
+	FLOCON_BIN_PREBUILT=1 bench/io.sh
 
 clean:
 	$(CARGO) clean

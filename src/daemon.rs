@@ -11,35 +11,32 @@ use crate::config::Config;
 use crate::conn::{self, Conn};
 use crate::dbload::DbLoader;
 use crate::discovery::{self, Discovery, DiscoveryEvent, Identity};
-use crate::eventloop::{Ready, Slots, TimerId, Timers};
-use crate::fetch::{self, Fetch};
-use crate::front::{self, Deadline, Env, Front, Reply};
+use crate::env::{Loop, Slot, Timer, check_dbs};
+use crate::eventloop::{Ready, Slots, Timers};
+use crate::fetch;
+use crate::front::{self, Env, Front, Reply};
 use crate::guard::{self, PerAddress};
+pub use crate::listen::StartError;
+use crate::listen::{Accepted, Listener, Listeners};
 use crate::peers;
 use crate::policy::Strikes;
 use crate::resolver::Resolver;
 use crate::server::{self, CacheDirs};
-use crate::status::{BanRow, CopyRow, PeerRow, Snapshot};
-use crate::syncdb::{PkgInfo, SyncIndex};
+use crate::stager::Stager;
+use crate::status::{BanRow, Counters, Snapshot};
+use crate::syncdb::SyncIndex;
 use crate::{sys, transfer};
-use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SIGNAL: Token = Token(0);
-const PEER_LISTENER: Token = Token(1);
 const WAKER: Token = Token(2);
-/// Front listeners take tokens FRONT_LISTENER_BASE..+MAX_FRONT_LISTENERS.
-const FRONT_LISTENER_BASE: usize = 8;
-const MAX_FRONT_LISTENERS: usize = 8;
-
 /// After SIGTERM, in-flight transfers get this long to finish before the daemon exits.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How often idle and stalled connections are looked for.
@@ -58,30 +55,6 @@ const TIMERS_PER_PASS: usize = 1024;
 /// whenever a connection closes (darkhttpd does the same).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// What a slot holds.
-enum Slot {
-    Peer(Conn<TcpStream>),
-    Front(Conn<TcpStream>),
-    Fetch(Box<Fetch>),
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Listener {
-    Peers,
-    Front(usize),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Timer {
-    Sweep,
-    StopDeadline,
-    Announce,
-    Rescan,
-    Accept,
-    Lookup(u32),
-    Front(Deadline),
-}
-
 pub struct Daemon {
     cfg: Config,
     poll: Poll,
@@ -89,8 +62,7 @@ pub struct Daemon {
     started: Instant,
     signals: OwnedFd,
     _waker: Arc<Waker>,
-    peer_listener: TcpListener,
-    front_listeners: Vec<TcpListener>,
+    listeners: Listeners,
     /// Where the front listens: an upstream there would be flocon calling itself.
     front_addrs: Vec<SocketAddr>,
     /// Peers struck (policy.rs) and benched, by address.
@@ -103,14 +75,12 @@ pub struct Daemon {
     timers: Timers<Timer>,
     ready: Ready,
     stopping: Option<Instant>,
-    /// Accepting is paused after EMFILE until descriptors free up.
-    accept_paused: bool,
-    /// The last accept failed (its warning is given once until one succeeds).
-    accept_failing: bool,
     discovery: Discovery,
     index: SyncIndex,
     dbload: DbLoader,
     resolver: Resolver,
+    /// Staging writes and hashing of peer copies, off the loop.
+    stager: Stager,
     front: Front,
     /// Lookups decided outside discovery's own events (nobody to ask), for the front.
     decided: Vec<DiscoveryEvent>,
@@ -118,32 +88,6 @@ pub struct Daemon {
     refused_busy: u64,
     peer_conns: usize,
     front_conns: usize,
-}
-
-/// A startup failure with a message for the operator.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
-    let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)
-        .map_err(|e| StartError(format!("{what} {addr}: {e}")))?;
-    let _ = sock.set_reuse_address(true);
-    if addr.is_ipv6() {
-        // an explicit IPv6 address means IPv6 only; [::] serves both families
-        let _ = sock.set_only_v6(!addr.ip().is_unspecified());
-    }
-    sock.bind(&addr.into()).map_err(|e| {
-        let hint = if e.kind() == io::ErrorKind::AddrInUse {
-            " (is another flocon running?)"
-        } else {
-            ""
-        };
-        StartError(format!("cannot listen on {addr} for {what}: {e}{hint}"))
-    })?;
-    sock.listen(1024)
-        .map_err(|e| StartError(format!("{what} {addr}: {e}")))?;
-    Ok(TcpListener::from_std(sock.into()))
 }
 
 /// A startup error's message from what failed and why.
@@ -159,32 +103,11 @@ impl Daemon {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(err("waker"))?);
         let resolver = Resolver::new(waker.clone()).map_err(err("resolver thread"))?;
         let dbload = DbLoader::new(waker.clone()).map_err(err("db thread"))?;
-        let peer_ip = cfg
-            .peer_addr
-            .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-        let mut peer_listener = bind_tcp(SocketAddr::new(peer_ip, cfg.port), "peers")?;
-        if cfg.listen.len() > MAX_FRONT_LISTENERS {
-            let n = MAX_FRONT_LISTENERS;
-            return Err(StartError(format!("--listen: at most {n} addresses")));
-        }
-        let mut front_listeners = Vec::new();
-        for addr in &cfg.listen {
-            match bind_tcp(*addr, "pacman") {
-                Ok(l) => front_listeners.push(l),
-                // a host without IPv6 still serves pacman on 127.0.0.1
-                Err(e) if addr.is_ipv6() && cfg.listen.len() > 1 => warn!("{}", e.0),
-                Err(e) => return Err(e),
-            }
-        }
-        let reg = poll.registry();
+        let listeners = Listeners::bind(&cfg, poll.registry())?;
         let fd = signals.as_raw_fd();
-        reg.register(&mut SourceFd(&fd), SIGNAL, Interest::READABLE)
-            .and_then(|_| reg.register(&mut peer_listener, PEER_LISTENER, Interest::READABLE))
+        (poll.registry())
+            .register(&mut SourceFd(&fd), SIGNAL, Interest::READABLE)
             .map_err(err("epoll"))?;
-        for (i, l) in front_listeners.iter_mut().enumerate() {
-            reg.register(l, Token(FRONT_LISTENER_BASE + i), Interest::READABLE)
-                .map_err(err("epoll"))?;
-        }
         let cache = CacheDirs::new(&cfg.cache_dirs);
         for d in cache.missing() {
             warn!(
@@ -214,14 +137,12 @@ impl Daemon {
         let discovery =
             Discovery::new(identity, poll.registry()).map_err(|e| StartError(e.to_string()))?;
         prepare_staging(&cfg);
+        let stager = Stager::new(&cfg.state_dir.join("staging"), waker.clone())
+            .map_err(err("staging thread"))?;
         let now = Instant::now();
         let mut timers = Timers::new();
         timers.always(now + SWEEP_INTERVAL, Timer::Sweep);
         timers.always(now, Timer::Rescan);
-        let front_addrs = front_listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
         let mut d = Daemon {
             cfg,
             poll,
@@ -229,9 +150,8 @@ impl Daemon {
             started: now,
             signals,
             _waker: waker,
-            peer_listener,
-            front_listeners,
-            front_addrs,
+            front_addrs: listeners.front_addrs(),
+            listeners,
             strikes: Strikes::new(),
             per_address: PerAddress::new(),
             peer_ips: HashMap::new(),
@@ -240,12 +160,11 @@ impl Daemon {
             timers,
             ready: Ready::default(),
             stopping: None,
-            accept_paused: false,
-            accept_failing: false,
             discovery,
             index: SyncIndex::new(),
             dbload,
             resolver,
+            stager,
             front: Front::new(),
             decided: Vec::new(),
             peer_bytes_sent: 0,
@@ -260,25 +179,13 @@ impl Daemon {
     /// Runs until a stop signal and the grace period; returns the exit code.
     pub fn run(&mut self) -> i32 {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        let addrs = |v: Vec<io::Result<SocketAddr>>| {
-            let v: Vec<String> = v.into_iter().flatten().map(|a| a.to_string()).collect();
-            v.join(" ")
-        };
+        let (peers, front) = self.listeners.describe();
+        let cache: Vec<String> = (self.cfg.cache_dirs.iter())
+            .map(|d| d.display().to_string())
+            .collect();
         info!(
-            "started: peers on {}, pacman on {}, cache {}",
-            addrs(vec![self.peer_listener.local_addr()]),
-            addrs(
-                self.front_listeners
-                    .iter()
-                    .map(|l| l.local_addr())
-                    .collect()
-            ),
-            self.cfg
-                .cache_dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
+            "started: peers on {peers}, pacman on {front}, cache {}",
+            cache.join(" ")
         );
         loop {
             self.now = Instant::now();
@@ -329,6 +236,7 @@ impl Daemon {
             index: &mut self.index,
             dbload: &mut self.dbload,
             resolver: &mut self.resolver,
+            stager: &self.stager,
             decided: &mut self.decided,
             strikes: &mut self.strikes,
             front_addrs: &self.front_addrs,
@@ -337,16 +245,12 @@ impl Daemon {
     }
 
     fn on_event(&mut self, token: Token) {
+        if let Some(which) = Listener::of(token) {
+            return self.accept(which);
+        }
         match token {
             SIGNAL => self.on_signals(),
             WAKER => self.on_wake(),
-            PEER_LISTENER => self.accept(Listener::Peers),
-            Token(t)
-                if (FRONT_LISTENER_BASE..FRONT_LISTENER_BASE + MAX_FRONT_LISTENERS)
-                    .contains(&t) =>
-            {
-                self.accept(Listener::Front(t - FRONT_LISTENER_BASE))
-            }
             Token(t) if t < crate::eventloop::FIXED_TOKENS => self.on_datagrams(token),
             t => self.ready.schedule(t),
         }
@@ -438,6 +342,16 @@ impl Daemon {
         for (id, r) in self.resolver.results() {
             let (front, mut env) = self.parts();
             front.on_resolved(&mut env, id, r);
+        }
+        for r in self.stager.reports() {
+            let (front, mut env) = self.parts();
+            front.on_staged(&mut env, r);
+        }
+        // the stager's queue has room again: peer copies paused for it read on
+        if self.stager.take_room_freed() {
+            for t in self.front.copy_fetches("") {
+                self.ready.schedule(t);
+            }
         }
         let loaded = self.dbload.results();
         let any = !loaded.is_empty();
@@ -550,11 +464,7 @@ impl Daemon {
         }
         info!("stopping: {} connections busy", self.busy_connections());
         self.discovery.goodbye();
-        let reg = self.poll.registry();
-        let _ = reg.deregister(&mut self.peer_listener);
-        for l in &mut self.front_listeners {
-            let _ = reg.deregister(l);
-        }
+        self.listeners.close(self.poll.registry());
         let deadline = self.now + STOP_GRACE;
         self.stopping = Some(deadline);
         self.timers.always(deadline, Timer::StopDeadline);
@@ -586,9 +496,6 @@ impl Daemon {
         }
         crate::log::set_debug(cfg.debug);
         self.cache = CacheDirs::new(&cfg.cache_dirs);
-        if cfg.state_dir != self.cfg.state_dir {
-            prepare_staging(&cfg);
-        }
         self.cfg = cfg;
         // re-read every sync db, changed or not
         self.index = SyncIndex::new();
@@ -625,41 +532,17 @@ impl Daemon {
     }
 
     /// Accepts every pending connection on one listener (edge-triggered: until WouldBlock).
-    /// An address past its share of the peer port gets a 503. On a full listener the
-    /// connection idle the longest (else the one opening the longest: a slow sender) is closed
-    /// to make room (guard::make_room); only when every one is at work does the newcomer
-    /// get a 503. See docs/DESIGN.md, "Faults and bans".
+    /// Past the listener's limit a connection gets a 503 and is closed; the others go on.
     fn accept(&mut self, which: Listener) {
-        if self.accept_paused {
-            return;
-        }
         loop {
-            let listener = match which {
-                Listener::Peers => &self.peer_listener,
-                Listener::Front(i) => match self.front_listeners.get(i) {
-                    Some(l) => l,
-                    None => return,
-                },
-            };
-            let (mut stream, addr) = match listener.accept() {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: the connection stays queued; try again when a
-                    // descriptor is freed or the retry timer fires (one warning per episode)
-                    if !self.accept_failing {
-                        warn!("accept ({which:?}): {e}; retrying when descriptors free up");
-                    }
-                    self.accept_failing = true;
-                    self.accept_paused = true;
+            let (mut stream, addr) = match self.listeners.accept(which) {
+                Accepted::Conn(stream, addr) => (stream, addr),
+                Accepted::Nothing => return,
+                Accepted::Paused => {
                     self.timers.always(self.now + ACCEPT_RETRY, Timer::Accept);
                     return;
                 }
             };
-            if std::mem::take(&mut self.accept_failing) {
-                info!("accepting connections again");
-            }
             // answers are a small head then sendfile: Nagle + delayed ACK would hold the head
             // back 40 ms per request
             let _ = stream.set_nodelay(true);
@@ -751,13 +634,11 @@ impl Daemon {
 
     /// A descriptor was freed (or the retry timer fired): accept what queued meanwhile.
     fn resume_accepting(&mut self) {
-        if !self.accept_paused || self.stopping.is_some() {
+        if self.stopping.is_some() || !self.listeners.resume() {
             return;
         }
-        self.accept_paused = false;
-        self.accept(Listener::Peers);
-        for i in 0..self.front_listeners.len() {
-            self.accept(Listener::Front(i));
+        for which in self.listeners.all() {
+            self.accept(which);
         }
     }
 
@@ -827,7 +708,7 @@ impl Daemon {
     fn on_front_request(&mut self, t: Token, number: u64, req: crate::http::Request) {
         // only the loopback by name: a web page that rebinds its own name to 127.0.0.1 still
         // sends that name, and gets nothing (status, lookups, packages) from the front
-        if !crate::guard::is_loopback_host(req.host.as_deref()) {
+        if !guard::is_loopback_host(req.host.as_deref()) {
             debug!("Host {:?} is not the loopback: 421", req.host);
             let (_, mut env) = self.parts();
             env.reply(t, Reply::Error(421));
@@ -852,10 +733,12 @@ impl Daemon {
     }
 
     fn drive_fetch(&mut self, tok: Token) {
-        // backpressure: a proxied stream pauses while its client's buffer is full
-        let room = match self.front.fetch_client(tok).and_then(|c| self.slots.get(c)) {
-            Some(Slot::Front(c)) => c.stream_room(),
-            _ => usize::MAX,
+        // backpressure: a proxied stream reads what its client's buffer has room for, a
+        // peer copy what the stager's queue has
+        let room = match self.front.fetch_client(tok).map(|c| self.slots.get(c)) {
+            Some(Some(Slot::Front(c))) => c.stream_room(),
+            Some(_) => usize::MAX,
+            None => self.stager.handle().room(),
         };
         let Some(Slot::Fetch(f)) = self.slots.get_mut(tok) else {
             return;
@@ -876,6 +759,32 @@ impl Daemon {
             self.close(tok);
         }
         self.on_discovery_events(Vec::new());
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let counters = Counters {
+            started: self.started,
+            peer_bytes_sent: self.peer_bytes_sent,
+            refused_busy: self.refused_busy,
+            connections: self.slots.len(),
+        };
+        let (cfg, index) = (&self.cfg, &self.index);
+        let mut s = Snapshot::gather(
+            cfg,
+            &self.discovery,
+            &self.front,
+            index,
+            &counters,
+            self.now,
+        );
+        // strikes (policy.rs) bench a peer's address for a while: shown with the bans
+        s.bans
+            .extend(self.strikes.iter(self.now).map(|(ip, left, why)| BanRow {
+                peer: format!("address {ip}"),
+                seconds_left: left.as_secs(),
+                reason: format!("benched: {why}"),
+            }));
+        s
     }
 
     fn close(&mut self, t: Token) {
@@ -901,64 +810,6 @@ impl Daemon {
         }
         self.resume_accepting();
     }
-
-    fn snapshot(&self) -> Snapshot {
-        let now = self.now;
-        let peers = self.discovery.peers.iter().map(|p| PeerRow {
-            instance: p.instance,
-            name: p.name.clone(),
-            addr: p.addr.to_string(),
-            tcp_port: p.tcp_port,
-            distro: p.distro.clone(),
-            archs: p.archs.clone(),
-            version: p.version,
-            last_seen_ms: now.duration_since(p.last_seen).as_millis(),
-        });
-        let transfers = self.front.copies(now).into_iter().map(|c| CopyRow {
-            file: c.file,
-            source: c.source.map(|a| a.to_string()).unwrap_or_default(),
-            bytes: c.received,
-            size: c.size,
-            rate: c.rate,
-            phase: format!("{:?}", c.phase),
-        });
-        let bans = self.discovery.bans.iter(now).map(|b| BanRow {
-            peer: b.0.to_string(),
-            seconds_left: b.1.as_secs(),
-            reason: b.2.to_string(),
-        });
-        // strikes (policy.rs) bench a peer's address for a while: shown with the bans
-        let benches = self.strikes.iter(now).map(|(ip, left, why)| BanRow {
-            peer: format!("address {ip}"),
-            seconds_left: left.as_secs(),
-            reason: format!("benched: {why}"),
-        });
-        let bans = bans.chain(benches);
-        let s = &self.front.stats;
-        Snapshot {
-            version: env!("CARGO_PKG_VERSION"),
-            name: self.cfg.name.clone(),
-            distro: self.cfg.distro.clone(),
-            archs: self.cfg.architectures.clone(),
-            instance: self.discovery.instance(),
-            uptime_s: now.duration_since(self.started).as_secs(),
-            rss_kib: sys::rss_kib().unwrap_or(0),
-            multicast: self.discovery.joined(),
-            indexed_packages: self.index.len(),
-            peers: peers.collect(),
-            transfers: transfers.collect(),
-            bans: bans.collect(),
-            lan_hits: s.lan_hits,
-            lan_bytes: s.lan_bytes,
-            upstream_bytes: s.upstream_bytes,
-            rejected_copies: s.rejected_copies,
-            peer_bytes_sent: self.peer_bytes_sent,
-            refused_busy: self.refused_busy,
-            datagrams_in: self.discovery.stats.datagrams_in,
-            datagrams_rejected: self.discovery.stats.rejected,
-            connections: self.slots.len(),
-        }
-    }
 }
 
 /// Settings bound to sockets or to the identity peers know: a reload keeps their old values
@@ -974,7 +825,7 @@ fn keep_restart_settings(old: &Config, new: &mut Config) -> Vec<&'static str> {
         )*};
     }
     keep!(listen: "listen", port: "port", peer_addr: "peer-addr", interfaces: "interface",
-        name: "name", distro: "distro", architectures: "architecture",
+        name: "name", distro: "distro", architectures: "architecture", state_dir: "state-dir",
         announce_interval: "announce-interval");
     kept
 }
@@ -984,191 +835,5 @@ fn prepare_staging(cfg: &Config) {
     if let Err(e) = transfer::prepare_staging(&staging) {
         let s = staging.display();
         warn!("staging dir {s}: {e}; every request goes upstream");
-    }
-}
-
-/// Sends every sync db whose file changed (pacman renames new ones into place) to the
-/// helper thread. A stat per repo: cheap enough for every rescan.
-fn check_dbs(cfg: &Config, index: &mut SyncIndex, dbload: &mut DbLoader) {
-    let repos: Vec<String> = cfg.repos.iter().map(|r| r.name.clone()).collect();
-    index.retain_repos(&repos);
-    for (repo, path, stamp) in index.changed(&cfg.db_path.join("sync"), &repos) {
-        match stamp {
-            Some(_) => dbload.load(&repo, path),
-            None => index.keep_old(&repo, None),
-        }
-    }
-}
-
-/// The loop as the front sees it (`front::Env`).
-struct Loop<'a> {
-    now: Instant,
-    cfg: &'a Config,
-    registry: &'a Registry,
-    slots: &'a mut Slots<Slot>,
-    timers: &'a mut Timers<Timer>,
-    ready: &'a mut Ready,
-    discovery: &'a mut Discovery,
-    index: &'a mut SyncIndex,
-    dbload: &'a mut DbLoader,
-    resolver: &'a mut Resolver,
-    decided: &'a mut Vec<DiscoveryEvent>,
-    strikes: &'a mut Strikes<IpAddr>,
-    front_addrs: &'a [SocketAddr],
-}
-
-impl Env for Loop<'_> {
-    fn now(&self) -> Instant {
-        self.now
-    }
-
-    fn reply(&mut self, client: Token, reply: Reply<'_>) -> bool {
-        let Some(Slot::Front(c)) = self.slots.get_mut(client) else {
-            return false;
-        };
-        match reply {
-            Reply::Error(status) => c.answer_error(status),
-            Reply::Bytes(status, h, body) => c.answer_bytes(status, h, body),
-            Reply::File(status, h, f, start, end) => c.answer_file(status, h, f, start, end),
-            Reply::Stream(status, h, length) => c.answer_stream(status, h, length),
-            // more than its room cuts the stream (the conn closes on its turn)
-            Reply::Body(data) => _ = c.push_stream(data),
-            Reply::End(complete) => c.end_stream(complete),
-        }
-        self.ready.schedule(client);
-        true
-    }
-
-    fn client_waits(&self, client: Token) -> bool {
-        matches!(self.slots.get(client), Some(Slot::Front(c))
-            if matches!(c.state(), conn::State::WaitingForSource | conn::State::Streaming))
-    }
-
-    fn start_fetch(&mut self, req: fetch::Request) -> Option<Token> {
-        let addr = req.addr;
-        let f = Fetch::connect(req, self.now)
-            .map_err(|e| debug!("connect {addr}: {e}"))
-            .ok()?;
-        let Some(tok) = self.slots.insert_with(|_| Slot::Fetch(Box::new(f))) else {
-            debug!("connect {addr}: no slot left");
-            return None;
-        };
-        let rw = Interest::READABLE | Interest::WRITABLE;
-        if let Some(Slot::Fetch(f)) = self.slots.get_mut(tok)
-            && let Err(e) = self.registry.register(&mut f.stream, tok, rw)
-        {
-            debug!("connect {addr}: {e}");
-            self.slots.remove(tok);
-            return None;
-        }
-        // driven on its turn: the caller records what it is for first
-        self.ready.schedule(tok);
-        Some(tok)
-    }
-
-    fn stop_fetch(&mut self, fetch: Token) {
-        if let Some(Slot::Fetch(_)) = self.slots.get(fetch)
-            && let Some(Slot::Fetch(mut f)) = self.slots.remove(fetch)
-        {
-            let _ = self.registry.deregister(&mut f.stream);
-        }
-    }
-
-    fn fetch_exists(&self, fetch: Token) -> bool {
-        matches!(self.slots.get(fetch), Some(Slot::Fetch(_)))
-    }
-
-    fn timer(&mut self, at: Instant, d: Deadline) -> Option<TimerId> {
-        self.timers.at(at, Timer::Front(d))
-    }
-
-    fn cancel(&mut self, id: TimerId) {
-        self.timers.cancel(id);
-    }
-
-    fn start_lookup(
-        &mut self,
-        name: &str,
-        expected: Option<(u64, Option<[u8; 32]>)>,
-    ) -> Option<u32> {
-        let budget = self.cfg.lookup_budget;
-        let id =
-            self.discovery
-                .start_lookup(name, expected, budget, self.now, &mut *self.decided)?;
-        // lookups are bounded by discovery (MAX_LOOKUPS); their deadline is never dropped
-        self.timers.always(self.now + budget, Timer::Lookup(id));
-        Some(id)
-    }
-
-    fn has_peers(&self) -> bool {
-        !self.discovery.peers.is_empty()
-    }
-
-    fn peer_addr(&self, instance: u64) -> Option<SocketAddr> {
-        self.discovery.peers.get(instance).map(|p| p.tcp_addr())
-    }
-
-    fn peer_name(&self, instance: u64) -> String {
-        let p = self.discovery.peers.get(instance);
-        p.map(|p| p.name.clone()).unwrap_or_default()
-    }
-
-    fn is_banned(&self, instance: u64) -> bool {
-        self.discovery.is_banned(instance, self.now)
-            || self
-                .discovery
-                .peers
-                .get(instance)
-                .is_some_and(|p| self.strikes.is_benched(p.addr.ip(), self.now))
-    }
-
-    fn ban(&mut self, instance: u64, why: &str) {
-        self.discovery.ban(instance, self.now, why);
-    }
-
-    fn strike(&mut self, instance: u64, why: &str) {
-        let Some(p) = self.discovery.peers.get(instance) else {
-            return;
-        };
-        let d = self.strikes.strike(p.addr.ip(), self.now, why);
-        warn!("benched peer {} ({}) for {d:?}: {why}", p.name, p.addr.ip());
-    }
-
-    fn db_signature(&self, _repo: &str, _file: &str) -> Option<Vec<u8>> {
-        // syncdb.rs does not keep %PGPSIG% yet (issue 8's index work adds it)
-        None
-    }
-
-    fn is_own_front(&self, addr: SocketAddr) -> bool {
-        self.front_addrs
-            .iter()
-            .any(|f| crate::guard::is_own_front(addr, *f))
-    }
-
-    fn indexed(&self, repo: &str, file: &str) -> Option<PkgInfo> {
-        self.index.lookup(repo, file)
-    }
-
-    fn dbs_loading(&mut self) -> bool {
-        check_dbs(self.cfg, self.index, self.dbload);
-        !self.dbload.in_flight.is_empty()
-    }
-
-    fn upstreams(&self, repo: &str, arch: &str) -> Vec<String> {
-        let r = self.cfg.repos.iter().find(|r| r.name == repo);
-        r.map(|r| r.upstreams(arch, self.cfg.front_port()))
-            .unwrap_or_default()
-    }
-
-    fn staging_dir(&self) -> PathBuf {
-        self.cfg.state_dir.join("staging")
-    }
-
-    fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {
-        self.resolver.cached(host, port, self.now)
-    }
-
-    fn resolve(&mut self, id: u64, host: &str, port: u16) -> bool {
-        self.resolver.resolve(id, host.to_string(), port)
     }
 }

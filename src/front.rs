@@ -18,6 +18,7 @@ use crate::http::{self, FileKind, Method, RangeOutcome, Request};
 use crate::peers::Candidate;
 use crate::policy::{self, Action, Conduct, Pace};
 use crate::sig::SigFetch;
+use crate::stager::{Report, StageHandle};
 use crate::status::json_str;
 use crate::syncdb::PkgInfo;
 use crate::transfer::{self, Phase, Transfer, Verdict};
@@ -25,7 +26,6 @@ use mio::Token;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Concurrent front connections. pacman holds up to ParallelDownloads (default 5) per host;
@@ -275,7 +275,8 @@ pub trait Env {
     /// Whether a sync db changed and is being parsed (stats the db files first).
     fn dbs_loading(&mut self) -> bool;
     fn upstreams(&self, repo: &str, arch: &str) -> Vec<String>;
-    fn staging_dir(&self) -> PathBuf;
+    /// Where peer copies are staged and hashed (the stager thread).
+    fn stage(&self) -> StageHandle;
     /// Addresses known without waiting (a literal, a fresh cache entry).
     fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>>;
     /// Starts resolving; the answer comes through `Front::on_resolved`. False when refused.
@@ -509,8 +510,8 @@ impl Front {
         let now = env.now();
         if let Some(c) = self.copies.get(file) {
             if c.transfer.phase == Phase::Ready {
-                let (path, len) = (c.transfer.staged_path.clone(), c.transfer.expected.size);
-                return hand_one(env, t, &r.request, &path, len);
+                let len = c.transfer.expected.size;
+                return hand_one(env, t, &r.request, c.transfer.open_copy(), len);
             }
             // another request for a file on its way: share the copy
             let until = now + transfer::REDIRECT_AFTER;
@@ -533,7 +534,7 @@ impl Front {
             return self.serve_upstream(env, t, r, repo, arch, file, Vec::new());
         };
         self.serial += 1;
-        let mut tr = Transfer::new(file, repo, arch, info, &env.staging_dir(), self.serial, now);
+        let mut tr = Transfer::new(file, repo, arch, info, &env.stage(), self.serial, now);
         tr.lookup = Some(id);
         self.lookups.insert(id, LookupFor::Copy(file.to_string()));
         let copy = Copy {
@@ -753,10 +754,7 @@ impl Front {
             }
             let now = env.now();
             let resume = tr.received;
-            if let Err(e) = tr.begin_source(cand.instance, addr, now) {
-                warn!("staging {file}: {e}; going upstream");
-                return self.copy_failed(env, file);
-            }
+            tr.begin_source(cand.instance, addr, now);
             c.tried.push((cand.clone(), addr));
             c.pace_mark = (now, resume);
             if let Some(id) = c.pace_timer.take() {
@@ -851,14 +849,12 @@ impl Front {
         let Some(c) = self.copies.get(file) else {
             return;
         };
-        let (path, len, serial) = (
-            c.transfer.staged_path.clone(),
-            c.transfer.expected.size,
-            c.serial,
-        );
+        let (len, serial) = (c.transfer.expected.size, c.serial);
         for t in self.copy_waiters(file) {
             if let Some((r, _)) = self.take(env, t) {
-                hand_one(env, t, &r.request, &path, len);
+                let copy = self.copies.get(file).map(|c| c.transfer.open_copy());
+                let copy = copy.unwrap_or_else(|| Err(std::io::ErrorKind::NotFound.into()));
+                hand_one(env, t, &r.request, copy, len);
             }
         }
         let at = env.now() + READY_LINGER;
@@ -937,7 +933,7 @@ impl Front {
             return answer(env, t, Reply::Error(503));
         };
         let tr = &mut c.transfer;
-        let progressing = tr.phase == Phase::Fetching && tr.received > 0;
+        let progressing = matches!(tr.phase, Phase::Fetching | Phase::Verifying) && tr.received > 0;
         if progressing && tr.redirect_rounds < transfer::MAX_REDIRECT_ROUNDS {
             tr.redirect_rounds += 1;
             info!(
@@ -1170,7 +1166,6 @@ impl Front {
         resume: u64,
         ev: fetch::Event,
     ) {
-        let now = env.now();
         let Some(c) = self.copies.get_mut(file) else {
             return self.end_fetch(env, tok);
         };
@@ -1199,54 +1194,20 @@ impl Front {
                 self.judge(env, instance, conduct, &why);
                 self.next_peer(env, file);
             }
-            fetch::Event::Body(data) => match tr.append(&data) {
-                Ok(()) => {}
-                Err(transfer::AppendError::TooLong) => {
+            fetch::Event::Body(data) => {
+                if tr.append(data).is_err() {
                     self.end_fetch(env, tok);
                     let why = format!("{file}: more bytes than the sync db's size");
                     self.judge(env, instance, Conduct::WrongBytes { sources: 1 }, &why);
                     self.next_peer(env, file);
                 }
-                // our disk, not the peer: this copy ends, the waiters go upstream
-                Err(transfer::AppendError::Local(e)) => {
-                    warn!("staging {file}: {e}; going upstream");
-                    self.end_fetch(env, tok);
-                    self.copy_failed(env, file);
-                }
-            },
+            }
             fetch::Event::Done => {
-                let verdict = tr.verify();
-                let elapsed = now.duration_since(tr.started);
-                let (size, contributors, addr) = (
-                    tr.expected.size,
-                    tr.contributors.clone(),
-                    tr.source.map(|s| s.1),
-                );
+                let r = tr.finish();
                 self.end_fetch(env, tok);
-                match verdict {
-                    Verdict::Verified => {
-                        info!(
-                            "{file}: {size} bytes from peer {} verified in {:.2} s ({:.1} MB/s)",
-                            addr.map(|a| a.to_string()).unwrap_or_default(),
-                            elapsed.as_secs_f64(),
-                            size as f64 / elapsed.as_secs_f64().max(0.001) / 1e6
-                        );
-                        self.stats.lan_hits += 1;
-                        self.stats.lan_bytes += size;
-                        // the peer that sent the whole package may be asked for its .sig
-                        if contributors == [instance] {
-                            if self.sig_hints.len() >= MAX_SIG_HINTS {
-                                self.sig_hints.clear();
-                            }
-                            let hint = SigHint { instance, at: now };
-                            self.sig_hints.insert(file.to_string(), hint);
-                        }
-                        self.hand_out(env, file);
-                    }
-                    v => {
-                        self.stats.rejected_copies += 1;
-                        self.copy_refused(env, file, &contributors, &format!("{v:?}"));
-                    }
+                // the hash is checked on the stager thread: its verdict comes to on_staged
+                if let Err(v) = r {
+                    self.settled(env, file, v);
                 }
             }
             fetch::Event::Failed(why) => {
@@ -1338,10 +1299,7 @@ impl Front {
         };
         let now = env.now();
         let resume = tr.received;
-        if let Err(e) = tr.begin_source(MIRROR, addr, now) {
-            warn!("staging {file}: {e}; going upstream");
-            return self.copy_failed(env, file);
-        }
+        tr.begin_source(MIRROR, addr, now);
         let req = fetch::Request {
             method: Method::Get,
             addr,
@@ -1382,12 +1340,15 @@ impl Front {
                 let whole = h.status == 200 && h.content_length == Some(size);
                 if whole && start > 0 {
                     // a mirror that ignores Range: the whole file, from the start
-                    let addr = tr.source.map(|s| s.1);
-                    tr.reset_staging();
-                    let reopened = addr.map(|a| tr.begin_source(MIRROR, a, env.now()));
-                    if !matches!(reopened, Some(Ok(()))) {
-                        self.end_fetch(env, tok);
-                        self.copy_failed(env, file);
+                    match tr.source.map(|s| s.1) {
+                        Some(addr) => {
+                            tr.reset_staging();
+                            tr.begin_source(MIRROR, addr, env.now());
+                        }
+                        None => {
+                            self.end_fetch(env, tok);
+                            self.copy_failed(env, file);
+                        }
                     }
                 } else if !rest && !whole {
                     debug!("{file}: the mirror answered {} to the rest", h.status);
@@ -1397,25 +1358,18 @@ impl Front {
             }
             fetch::Event::Body(data) => {
                 self.stats.upstream_bytes += data.len() as u64;
-                if let Err(e) = tr.append(&data) {
+                if let Err(e) = tr.append(data) {
                     debug!("{file}: the mirror's rest: {e:?}");
                     self.end_fetch(env, tok);
                     self.copy_failed(env, file);
                 }
             }
             fetch::Event::Done => {
-                let verdict = tr.verify();
-                let contributors = tr.contributors.clone();
+                let r = tr.finish();
                 self.end_fetch(env, tok);
-                match verdict {
-                    Verdict::Verified => {
-                        info!("{file}: completed from the mirror and verified");
-                        self.hand_out(env, file);
-                    }
-                    v => {
-                        self.stats.rejected_copies += 1;
-                        self.copy_refused(env, file, &contributors, &format!("{v:?}"));
-                    }
+                // the hash is checked on the stager thread: its verdict comes to on_staged
+                if let Err(v) = r {
+                    self.settled(env, file, v);
                 }
             }
             fetch::Event::Failed(why) => {
@@ -1483,6 +1437,84 @@ impl Front {
             }
         }
         self.next_peer(env, file);
+    }
+
+    /// The stager's final word on a staged copy (stale when the copy is gone or was reset).
+    /// A local error can come while the copy is still arriving.
+    pub fn on_staged(&mut self, env: &mut impl Env, r: Report) {
+        let Some(file) = (self.copies.iter())
+            .find(|(_, c)| c.transfer.stage_id() == r.id)
+            .map(|(f, _)| f.clone())
+        else {
+            return;
+        };
+        let Some(c) = self.copies.get_mut(&file) else {
+            return;
+        };
+        let verdict = c.transfer.settle(r.outcome);
+        self.settled(env, &file, verdict);
+    }
+
+    /// A copy's verdict: hand it out; or ban its contributors and try the next peer; or, when
+    /// our disk failed, send the waiters upstream (nobody is banned).
+    fn settled(&mut self, env: &mut impl Env, file: &str, verdict: Verdict) {
+        let now = env.now();
+        let Some(c) = self.copies.get_mut(file) else {
+            return;
+        };
+        let tr = &mut c.transfer;
+        let elapsed = now.duration_since(tr.started);
+        let (size, contributors, source) = (tr.expected.size, tr.contributors.clone(), tr.source);
+        match verdict {
+            Verdict::Verified => {
+                info!(
+                    "{file}: {size} bytes from peer {} verified in {:.2} s ({:.1} MB/s)",
+                    source.map(|s| s.1.to_string()).unwrap_or_default(),
+                    elapsed.as_secs_f64(),
+                    size as f64 / elapsed.as_secs_f64().max(0.001) / 1e6
+                );
+                if !contributors.contains(&MIRROR) {
+                    self.stats.lan_hits += 1;
+                    self.stats.lan_bytes += size;
+                }
+                // the peer that sent the whole package may be asked for its .sig
+                if let Some((instance, _)) = source
+                    && contributors == [instance]
+                    && instance != MIRROR
+                {
+                    if self.sig_hints.len() >= MAX_SIG_HINTS {
+                        self.sig_hints.clear();
+                    }
+                    let hint = SigHint { instance, at: now };
+                    self.sig_hints.insert(file.to_string(), hint);
+                }
+                self.hand_out(env, file);
+            }
+            Verdict::Local(e) => {
+                warn!("staging {file}: {e}; going upstream");
+                for tok in self.copy_fetches(file) {
+                    self.end_fetch(env, tok);
+                }
+                self.copy_failed(env, file);
+            }
+            v => {
+                self.stats.rejected_copies += 1;
+                self.copy_refused(env, file, &contributors, &format!("{v:?}"));
+            }
+        }
+    }
+
+    /// The fetches copying `file` from peers; all peer copies' for "".
+    pub fn copy_fetches(&self, file: &str) -> Vec<Token> {
+        let mut v: Vec<Token> = (self.fetches.iter())
+            .filter(|(_, p)| {
+                matches!(p, Purpose::PeerCopy { file: f, .. } | Purpose::MirrorCopy { file: f }
+                    if file.is_empty() || f == file)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        v.sort();
+        v
     }
 
     fn on_proxy_event(&mut self, env: &mut impl Env, tok: Token, client: Token, ev: fetch::Event) {
@@ -1602,7 +1634,9 @@ impl Front {
                 .count();
             match c.transfer.phase {
                 Phase::Fetching => assert_eq!(fetching, 1, "{file}: {fetching} fetches"),
-                Phase::Looking | Phase::Ready => assert_eq!(fetching, 0, "{file}"),
+                Phase::Looking | Phase::Verifying | Phase::Ready => {
+                    assert_eq!(fetching, 0, "{file}")
+                }
             }
         }
     }
@@ -1636,9 +1670,9 @@ fn hand_bytes(env: &mut impl Env, t: Token, req: &Request, bytes: &[u8]) {
     }
 }
 
-/// A verified copy to one client, with its own Range.
-fn hand_one(env: &mut impl Env, t: Token, req: &Request, path: &std::path::Path, len: u64) {
-    let Ok(f) = File::open(path) else {
+/// A verified copy (a handle of its own) to one client, with its own Range.
+fn hand_one(env: &mut impl Env, t: Token, req: &Request, copy: std::io::Result<File>, len: u64) {
+    let Ok(f) = copy else {
         return answer(env, t, Reply::Error(503));
     };
     let lm = http::http_date(UNIX_EPOCH + Duration::from_secs(crate::server::unix_now()));
@@ -1726,9 +1760,12 @@ mod tests {
     //! The front's state machine without sockets: a fake loop records answers, fetches,
     //! lookups and timers; the tests play the events and move time.
     use super::*;
+    use crate::chunk::Chunk;
     use crate::eventloop::Timers;
+    use crate::stager::Stager;
     use sha2::{Digest, Sha256};
     use std::collections::{BTreeMap, HashSet};
+    use std::path::PathBuf;
 
     const PKG: &str = "pkg-1.0-1-x86_64.pkg.tar.zst";
     const MIRROR: &str = "http://10.0.0.100/core/os/x86_64";
@@ -1756,6 +1793,7 @@ mod tests {
         loading: bool,
         upstreams: Vec<String>,
         staging: PathBuf,
+        stager: Stager,
         dns_cache: HashMap<String, Vec<SocketAddr>>,
         resolving: Vec<(u64, String)>,
     }
@@ -1765,6 +1803,7 @@ mod tests {
             let staging = std::env::temp_dir()
                 .join(format!("flocon-front-unit-{tag}-{}", std::process::id()));
             transfer::prepare_staging(&staging).unwrap();
+            let stager = Stager::with_wake(&staging, Box::new(|| {})).unwrap();
             Fake {
                 now: Instant::now(),
                 replies: Vec::new(),
@@ -1786,6 +1825,7 @@ mod tests {
                 loading: false,
                 upstreams: vec![MIRROR.to_string()],
                 staging,
+                stager,
                 dns_cache: HashMap::new(),
                 resolving: Vec::new(),
             }
@@ -1820,11 +1860,11 @@ mod tests {
                     let loc = h.iter().find(|(k, _)| *k == "Location").map(|x| x.1);
                     format!("bytes {s} {}", loc.unwrap_or(""))
                 }
-                Reply::File(s, _, mut f, start, end) => {
-                    let mut all = Vec::new();
-                    std::io::Read::read_to_end(&mut f, &mut all).unwrap();
-                    self.files
-                        .insert(client, all[start as usize..end as usize].to_vec());
+                Reply::File(s, _, f, start, end) => {
+                    // at explicit offsets, as sendfile does: the handles share one offset
+                    let mut part = vec![0; (end - start) as usize];
+                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut part, start).unwrap();
+                    self.files.insert(client, part);
                     format!("file {s} {}", end - start)
                 }
                 Reply::Stream(s, _, _) => format!("stream {s}"),
@@ -1907,8 +1947,8 @@ mod tests {
         fn upstreams(&self, _repo: &str, _arch: &str) -> Vec<String> {
             self.upstreams.clone()
         }
-        fn staging_dir(&self) -> PathBuf {
-            self.staging.clone()
+        fn stage(&self) -> StageHandle {
+            self.stager.handle()
         }
         fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {
             if let Ok(ip) = host.parse::<std::net::IpAddr>() {
@@ -2002,13 +2042,39 @@ mod tests {
         front.check(env);
     }
 
-    /// Delivers `data` as a complete answer on fetch `tok`.
+    fn body(data: &[u8]) -> fetch::Event {
+        fetch::Event::Body(Chunk::copy_of(data))
+    }
+
+    /// Waits for the stager thread's verdict on the copy that just ended and hands it to
+    /// the front (the only wait on real time in these tests: the thread's own work).
+    fn staged(front: &mut Front, env: &mut Fake) {
+        let t0 = Instant::now();
+        loop {
+            let reports = env.stager.reports();
+            if !reports.is_empty() {
+                for r in reports {
+                    front.on_staged(env, r);
+                    front.check(env);
+                }
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no report from the stager"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Delivers `data` as a complete answer on fetch `tok`, and the stager's verdict.
     fn deliver(front: &mut Front, env: &mut Fake, tok: Token, data: &[u8]) {
         event(front, env, tok, head(200, data.len() as u64));
         for chunk in data.chunks(1000) {
-            event(front, env, tok, fetch::Event::Body(chunk.to_vec()));
+            event(front, env, tok, body(chunk));
         }
         event(front, env, tok, fetch::Event::Done);
+        staged(front, env);
     }
 
     fn decide(front: &mut Front, env: &mut Fake, id: u32, c: Vec<Candidate>) {
@@ -2049,7 +2115,7 @@ mod tests {
         let tok = env.fetch_to("10.0.0.100:80").expect("the mirror");
         assert_eq!(env.fetches[&tok].path, format!("/core/os/x86_64/{PKG}"));
         event(&mut f, &mut env, tok, head(200, 3));
-        event(&mut f, &mut env, tok, fetch::Event::Body(vec![1, 2, 3]));
+        event(&mut f, &mut env, tok, body(&[1, 2, 3]));
         event(&mut f, &mut env, tok, fetch::Event::Done);
         let got: Vec<&str> = env.replies.iter().map(|r| r.1.as_str()).collect();
         assert_eq!(got, ["stream 200", "body 3", "end true"]);
@@ -2097,12 +2163,7 @@ mod tests {
         );
         let t1 = env.fetch_to("10.0.0.1:19432").unwrap();
         event(&mut f, &mut env, t1, head(200, 5000));
-        event(
-            &mut f,
-            &mut env,
-            t1,
-            fetch::Event::Body(data[..2000].to_vec()),
-        );
+        event(&mut f, &mut env, t1, body(&data[..2000]));
         event(&mut f, &mut env, t1, fetch::Event::Failed("reset".into()));
         assert!(env.bans.is_empty(), "dying is no lie");
         let t2 = env.fetch_to("10.0.0.2:19432").expect("the second peer");
@@ -2111,13 +2172,9 @@ mod tests {
             vec![("Range".to_string(), "bytes=2000-".to_string())]
         );
         event(&mut f, &mut env, t2, head_range(2000, 5000));
-        event(
-            &mut f,
-            &mut env,
-            t2,
-            fetch::Event::Body(data[2000..].to_vec()),
-        );
+        event(&mut f, &mut env, t2, body(&data[2000..]));
         event(&mut f, &mut env, t2, fetch::Event::Done);
+        staged(&mut f, &mut env);
         assert_eq!(env.files[&c], data);
         // dying is a strike (a bench), never a ban
         assert_eq!(env.strikes.len(), 1);
@@ -2133,7 +2190,7 @@ mod tests {
         decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
         let t = env.fetch_to("10.0.0.1:19432").unwrap();
         event(&mut f, &mut env, t, head(200, 5000));
-        event(&mut f, &mut env, t, fetch::Event::Body(data[..10].to_vec()));
+        event(&mut f, &mut env, t, body(&data[..10]));
         // 10 bytes in the first 3 s: a drip, struck; the mirror is asked for the rest
         advance(&mut f, &mut env, Duration::from_millis(2000));
         assert!(env.strikes.is_empty());
@@ -2152,8 +2209,9 @@ mod tests {
         let c2 = Token(2);
         ask(&mut f, &mut env, c2, PKG);
         event(&mut f, &mut env, m, head_range(10, 5000));
-        event(&mut f, &mut env, m, fetch::Event::Body(data[10..].to_vec()));
+        event(&mut f, &mut env, m, body(&data[10..]));
         event(&mut f, &mut env, m, fetch::Event::Done);
+        staged(&mut f, &mut env);
         assert_eq!(env.files[&c2], data, "verified whole");
     }
 
@@ -2204,6 +2262,13 @@ mod tests {
         data
     }
 
+    /// Delivers a `.sig` (no staging: it is held in memory).
+    fn deliver_sig(front: &mut Front, env: &mut Fake, tok: Token, data: &[u8]) {
+        event(front, env, tok, head(200, data.len() as u64));
+        event(front, env, tok, body(data));
+        event(front, env, tok, fetch::Event::Done);
+    }
+
     const REAL_SIG: &[u8] = include_bytes!("../tests/data/sig/ed25519.sig");
 
     #[test]
@@ -2226,7 +2291,7 @@ mod tests {
         );
         let t = env.fetch_to("10.0.0.1:19432").expect("asked of the peer");
         assert_eq!(env.fetches[&t].path, format!("/{sig}"));
-        deliver(&mut f, &mut env, t, REAL_SIG);
+        deliver_sig(&mut f, &mut env, t, REAL_SIG);
         assert!(
             env.last(Token(2)).starts_with("bytes 200"),
             "{}",
@@ -2249,7 +2314,7 @@ mod tests {
             decide(&mut f, &mut env, 2, vec![cand(PEER1, 1000)]);
             let t = env.fetch_to("10.0.0.1:19432").unwrap();
             match how {
-                "garbage" => deliver(&mut f, &mut env, t, &[b'x'; 1000]),
+                "garbage" => deliver_sig(&mut f, &mut env, t, &[b'x'; 1000]),
                 "redirect" => {
                     let fetch::Event::Head(mut h) = head(302, 0) else {
                         unreachable!()
@@ -2305,7 +2370,7 @@ mod tests {
         let t1 = env.fetch_to("10.0.0.1:19432").unwrap();
         event(&mut f, &mut env, t1, head(200, 5000));
         let lie: Vec<u8> = data[..2500].iter().map(|b| !b).collect();
-        event(&mut f, &mut env, t1, fetch::Event::Body(lie));
+        event(&mut f, &mut env, t1, body(&lie));
         event(
             &mut f,
             &mut env,
@@ -2314,13 +2379,9 @@ mod tests {
         );
         let t2 = env.fetch_to("10.0.0.2:19432").unwrap();
         event(&mut f, &mut env, t2, head_range(2500, 5000));
-        event(
-            &mut f,
-            &mut env,
-            t2,
-            fetch::Event::Body(data[2500..].to_vec()),
-        );
+        event(&mut f, &mut env, t2, body(&data[2500..]));
         event(&mut f, &mut env, t2, fetch::Event::Done);
+        staged(&mut f, &mut env);
         assert!(
             env.bans.is_empty(),
             "banned on a mixed copy: {:?}",
@@ -2344,12 +2405,7 @@ mod tests {
         decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
         let t = env.fetch_to("10.0.0.1:19432").unwrap();
         event(&mut f, &mut env, t, head(200, 5000));
-        event(
-            &mut f,
-            &mut env,
-            t,
-            fetch::Event::Body(data[..3000].to_vec()),
-        );
+        event(&mut f, &mut env, t, body(&data[..3000]));
         event(
             &mut f,
             &mut env,
@@ -2405,6 +2461,40 @@ mod tests {
         assert_eq!(env.files[&c1], data);
         assert_eq!(env.files[&c2], data);
         assert_eq!(env.fetches_started, 1);
+    }
+
+    #[test]
+    fn our_own_disk_failing_sends_the_waiters_upstream_and_bans_nobody() {
+        let (mut f, mut env) = (Front::new(), Fake::new("disk"));
+        let data = package(&mut env, 5000);
+        std::fs::remove_dir_all(&env.staging).unwrap();
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t, head(200, 5000));
+        event(&mut f, &mut env, t, body(&data[..100]));
+        staged(&mut f, &mut env);
+        assert!(env.bans.is_empty());
+        assert!(env.fetch_to("10.0.0.1:19432").is_none(), "the copy stopped");
+        assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream instead");
+    }
+
+    #[test]
+    fn a_request_while_the_copy_is_being_verified_joins_it() {
+        let (mut f, mut env) = (Front::new(), Fake::new("verifying"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t, head(200, 5000));
+        event(&mut f, &mut env, t, body(&data));
+        event(&mut f, &mut env, t, fetch::Event::Done);
+        assert_eq!(f.copies(env.now)[0].phase, Phase::Verifying);
+        ask(&mut f, &mut env, Token(2), PKG);
+        assert_eq!((env.lookups.len(), env.fetches_started), (1, 1));
+        staged(&mut f, &mut env);
+        assert_eq!(env.files[&Token(1)], data);
+        assert_eq!(env.files[&Token(2)], data);
     }
 
     #[test]

@@ -8,16 +8,19 @@
 #[macro_use]
 pub mod log;
 
+pub mod chunk;
 pub mod config;
 pub mod conn;
 pub mod daemon;
 pub mod dbload;
 pub mod discovery;
+pub mod env;
 pub mod eventloop;
 pub mod fetch;
 pub mod front;
 pub mod guard;
 pub mod http;
+pub mod listen;
 pub mod outbuf;
 pub mod peers;
 pub mod policy;
@@ -25,6 +28,7 @@ pub mod protocol;
 pub mod resolver;
 pub mod server;
 pub mod sig;
+pub mod stager;
 pub mod status;
 pub mod syncdb;
 #[allow(unsafe_code)]

@@ -2,7 +2,21 @@
 //! daemon's state, rendered as text for people and as JSON for tools. Both renderings show
 //! every field of `Snapshot`, so they cannot drift apart.
 
+use crate::config::Config;
+use crate::discovery::Discovery;
+use crate::front::Front;
+use crate::syncdb::SyncIndex;
+use crate::sys;
 use std::fmt::Write;
+use std::time::Instant;
+
+/// What only the loop knows, for the snapshot.
+pub struct Counters {
+    pub started: Instant,
+    pub peer_bytes_sent: u64,
+    pub refused_busy: u64,
+    pub connections: usize,
+}
 
 pub struct PeerRow {
     pub instance: u64,
@@ -57,6 +71,64 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Gathers the snapshot from the daemon's parts.
+    pub fn gather(
+        cfg: &Config,
+        discovery: &Discovery,
+        front: &Front,
+        index: &SyncIndex,
+        counters: &Counters,
+        now: Instant,
+    ) -> Snapshot {
+        let peers = discovery.peers.iter().map(|p| PeerRow {
+            instance: p.instance,
+            name: p.name.clone(),
+            addr: p.addr.to_string(),
+            tcp_port: p.tcp_port,
+            distro: p.distro.clone(),
+            archs: p.archs.clone(),
+            version: p.version,
+            last_seen_ms: now.duration_since(p.last_seen).as_millis(),
+        });
+        let transfers = front.copies(now).into_iter().map(|c| CopyRow {
+            file: c.file,
+            source: c.source.map(|a| a.to_string()).unwrap_or_default(),
+            bytes: c.received,
+            size: c.size,
+            rate: c.rate,
+            phase: format!("{:?}", c.phase),
+        });
+        let bans = discovery.bans.iter(now).map(|b| BanRow {
+            peer: b.0.to_string(),
+            seconds_left: b.1.as_secs(),
+            reason: b.2.to_string(),
+        });
+        let s = &front.stats;
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            name: cfg.name.clone(),
+            distro: cfg.distro.clone(),
+            archs: cfg.architectures.clone(),
+            instance: discovery.instance(),
+            uptime_s: now.duration_since(counters.started).as_secs(),
+            rss_kib: sys::rss_kib().unwrap_or(0),
+            multicast: discovery.joined(),
+            indexed_packages: index.len(),
+            peers: peers.collect(),
+            transfers: transfers.collect(),
+            bans: bans.collect(),
+            lan_hits: s.lan_hits,
+            lan_bytes: s.lan_bytes,
+            upstream_bytes: s.upstream_bytes,
+            rejected_copies: s.rejected_copies,
+            peer_bytes_sent: counters.peer_bytes_sent,
+            refused_busy: counters.refused_busy,
+            datagrams_in: discovery.stats.datagrams_in,
+            datagrams_rejected: discovery.stats.rejected,
+            connections: counters.connections,
+        }
+    }
+
     pub fn text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
