@@ -638,7 +638,7 @@ fn out_of_descriptors_the_front_resumes_accepting_and_serves_what_queued() {
     // the kernel completed this handshake; the daemon cannot accept it yet
     let mut queued = std::net::TcpStream::connect(d.front).unwrap();
     queued
-        .write_all(b"GET /.flocon/status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /.flocon/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let t0 = std::time::Instant::now();
     while !d.log_text().contains("retrying when descriptors free up") {
