@@ -102,7 +102,8 @@ impl Daemon {
         let poll = Poll::new().map_err(err("epoll"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(err("waker"))?);
         let resolver = Resolver::new(waker.clone()).map_err(err("resolver thread"))?;
-        let dbload = DbLoader::new(waker.clone()).map_err(err("db thread"))?;
+        let dbload = DbLoader::new(waker.clone(), cfg.state_dir.join("staging"))
+            .map_err(err("db thread"))?;
         let listeners = Listeners::bind(&cfg, poll.registry())?;
         let fd = signals.as_raw_fd();
         (poll.registry())

@@ -181,9 +181,8 @@ impl Env for Loop<'_> {
         warn!("benched peer {} ({}) for {d:?}: {why}", p.name, p.addr.ip());
     }
 
-    fn db_signature(&self, _repo: &str, _file: &str) -> Option<Vec<u8>> {
-        // syncdb.rs does not keep %PGPSIG% yet (the index work of issue 8 adds it)
-        None
+    fn db_signature(&self, repo: &str, file: &str) -> Option<Vec<u8>> {
+        self.index.signature(repo, file)
     }
 
     fn is_own_front(&self, addr: SocketAddr) -> bool {

@@ -209,7 +209,13 @@ pub enum Reply<'a> {
     Error(u16),
     Bytes(u16, &'a [(&'a str, &'a str)], &'a [u8]),
     /// `file[start..end]` after the headers (which carry its Content-Length).
-    File(u16, &'a [(&'a str, &'a str)], File, u64, u64),
+    File(
+        u16,
+        &'a [(&'a str, &'a str)],
+        std::sync::Arc<File>,
+        u64,
+        u64,
+    ),
     /// The head of a streamed answer with its promised body length.
     Stream(u16, &'a [(&'a str, &'a str)], Option<u64>),
     Body(&'a [u8]),
@@ -852,8 +858,7 @@ impl Front {
         let (len, serial) = (c.transfer.expected.size, c.serial);
         for t in self.copy_waiters(file) {
             if let Some((r, _)) = self.take(env, t) {
-                let copy = self.copies.get(file).map(|c| c.transfer.open_copy());
-                let copy = copy.unwrap_or_else(|| Err(std::io::ErrorKind::NotFound.into()));
+                let copy = self.copies.get(file).and_then(|c| c.transfer.open_copy());
                 hand_one(env, t, &r.request, copy, len);
             }
         }
@@ -1671,8 +1676,14 @@ fn hand_bytes(env: &mut impl Env, t: Token, req: &Request, bytes: &[u8]) {
 }
 
 /// A verified copy (a handle of its own) to one client, with its own Range.
-fn hand_one(env: &mut impl Env, t: Token, req: &Request, copy: std::io::Result<File>, len: u64) {
-    let Ok(f) = copy else {
+fn hand_one(
+    env: &mut impl Env,
+    t: Token,
+    req: &Request,
+    copy: Option<std::sync::Arc<File>>,
+    len: u64,
+) {
+    let Some(f) = copy else {
         return answer(env, t, Reply::Error(503));
     };
     let lm = http::http_date(UNIX_EPOCH + Duration::from_secs(crate::server::unix_now()));
@@ -1863,7 +1874,7 @@ mod tests {
                 Reply::File(s, _, f, start, end) => {
                     // at explicit offsets, as sendfile does: the handles share one offset
                     let mut part = vec![0; (end - start) as usize];
-                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut part, start).unwrap();
+                    std::os::unix::fs::FileExt::read_exact_at(&*f, &mut part, start).unwrap();
                     self.files.insert(client, part);
                     format!("file {s} {}", end - start)
                 }

@@ -21,11 +21,14 @@ use std::sync::Arc;
 #[cfg(test)]
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
 
 /// Body bytes queued for the thread and not yet written, over all copies: 2 MiB keeps a
 /// disk busy through a hiccup of the network and bounds memory on a Pi.
 pub const QUEUE_BYTES: usize = 2 << 20;
+/// How often the thread looks for discarded copies that no connection sends from any more.
+const LINGER_CHECK: Duration = Duration::from_secs(1);
 
 enum Job {
     Open {
@@ -41,12 +44,13 @@ enum Job {
         sha256: Option<[u8; 32]>,
     },
     /// Close (if open) and unlink: a copy that failed, was reset, or is no longer needed.
-    /// `file`: the verified copy's handle, closed here too (the last close of a big unlinked
-    /// file frees its pages, which takes a while).
+    /// `file`: the verified copy, kept here until no connection serves it any more, then
+    /// closed here (the last close of a big unlinked file frees its pages, which takes a
+    /// while: never on the loop).
     Discard {
         id: u64,
         path: PathBuf,
-        file: Option<File>,
+        file: Option<Arc<File>>,
     },
     /// Tests: the thread waits here until told, as behind a slow disk.
     #[cfg(test)]
@@ -184,7 +188,7 @@ impl StageHandle {
         let _ = self.jobs.send(Job::Verify { id, sha256 });
     }
 
-    pub fn discard(&self, id: u64, path: PathBuf, file: Option<File>) {
+    pub fn discard(&self, id: u64, path: PathBuf, file: Option<Arc<File>>) {
         let _ = self.jobs.send(Job::Discard { id, path, file });
     }
 
@@ -207,11 +211,24 @@ struct Open {
 
 fn run(jobs: Receiver<Job>, done: Sender<Report>, shared: &Shared) {
     let mut open: HashMap<u64, Open> = HashMap::new();
+    // discarded copies that connections still send from: closed here once they are done
+    let mut lingering: Vec<Arc<File>> = Vec::new();
     let report = |id: u64, outcome: Outcome| {
         let _ = done.send(Report { id, outcome });
         (shared.waker)();
     };
-    for job in jobs {
+    loop {
+        let job = if lingering.is_empty() {
+            jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            jobs.recv_timeout(LINGER_CHECK)
+        };
+        lingering.retain(|f| Arc::strong_count(f) > 1);
+        let job = match job {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         match job {
             Job::Open { id, path } => {
                 let r = OpenOptions::new()
@@ -272,7 +289,7 @@ fn run(jobs: Receiver<Job>, done: Sender<Report>, shared: &Shared) {
             Job::Discard { id, path, file } => {
                 drop(open.remove(&id));
                 let _ = std::fs::remove_file(&path);
-                drop(file);
+                lingering.extend(file);
             }
             #[cfg(test)]
             Job::Hold(wait) => {
@@ -351,8 +368,23 @@ mod tests {
         );
         assert_eq!(reports[0].id, id);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), QUEUE_BYTES as u64);
-        h.discard(id, path.clone(), None);
+        let Outcome::Verified(file) = reports.remove(0).outcome else {
+            unreachable!()
+        };
+        // a connection still sends from the copy when it is discarded: the name goes at
+        // once, the file is closed by the thread once the connection lets go
+        let copy = Arc::new(file);
+        let serving = copy.clone();
+        let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&*copy));
+        let target = std::fs::read_link(&fd).unwrap();
+        h.discard(id, path.clone(), Some(copy));
         wait_for("the unlink", || !path.exists());
+        std::thread::sleep(LINGER_CHECK + Duration::from_millis(100));
+        assert_eq!(Arc::strong_count(&serving), 2, "kept while served");
+        drop(serving);
+        wait_for("the close, on the thread", || {
+            std::fs::read_link(&fd).ok() != Some(target.clone())
+        });
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Total bytes staged at once. A full staging area means "go upstream", never an error.
@@ -58,8 +59,8 @@ pub struct Transfer {
     stage_id: u64,
     /// The staging file was asked for (first source).
     opened: bool,
-    /// The verified copy, open for reading.
-    copy: Option<File>,
+    /// The verified copy, open for reading, shared with the connections serving it.
+    copy: Option<Arc<File>>,
     pub received: u64,
     pub started: Instant,
     pub fetch_started: Option<Instant>,
@@ -172,7 +173,7 @@ impl Transfer {
     pub fn settle(&mut self, outcome: Outcome) -> Verdict {
         match outcome {
             Outcome::Verified(f) => {
-                self.copy = Some(f);
+                self.copy = Some(Arc::new(f));
                 self.phase = Phase::Ready;
                 Verdict::Verified
             }
@@ -181,14 +182,11 @@ impl Transfer {
         }
     }
 
-    /// A handle on the verified copy for one client (a `dup`: no path lookup, works after
-    /// the name is gone). The handles share one file offset: read them at explicit offsets
-    /// (`sendfile` with an offset, as `Conn::answer_file` does).
-    pub fn open_copy(&self) -> io::Result<File> {
-        self.copy
-            .as_ref()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?
-            .try_clone()
+    /// The verified copy for one client: no path lookup, valid after the name is gone.
+    /// Shared: read it at explicit offsets (`sendfile` with an offset, as
+    /// `Conn::answer_file` does). None before `Phase::Ready`.
+    pub fn open_copy(&self) -> Option<Arc<File>> {
+        self.copy.clone()
     }
 
     /// Throws away what was staged (after a failed hash) so the next source starts at 0.
@@ -324,7 +322,8 @@ mod tests {
         assert_eq!(t.settle(r.outcome), Verdict::Verified);
         assert_eq!(t.phase, Phase::Ready);
         let mut got = Vec::new();
-        let mut f = t.open_copy().unwrap();
+        let copy = t.open_copy().unwrap();
+        let mut f = &*copy;
         io::Seek::rewind(&mut f).unwrap();
         io::Read::read_to_end(&mut f, &mut got).unwrap();
         assert!(got == data, "the staged copy holds the bytes");
