@@ -1943,8 +1943,9 @@ mod tests {
         fn strike(&mut self, instance: u64, why: &str) {
             self.strikes.push((instance, why.to_string()));
         }
-        fn db_signature(&self, _repo: &str, _file: &str) -> Option<Vec<u8>> {
-            None
+        fn db_signature(&self, _repo: &str, file: &str) -> Option<Vec<u8>> {
+            // one package of the fake db carries its %PGPSIG%
+            (file == "signed-1-1-any.pkg.tar.zst").then(|| REAL_SIG.to_vec())
         }
         fn is_own_front(&self, addr: SocketAddr) -> bool {
             addr == "127.0.0.1:19433".parse().unwrap()
@@ -2284,6 +2285,15 @@ mod tests {
 
     #[test]
     fn a_sig_comes_from_the_peer_only_if_it_says_so_now_and_only_checked() {
+        // the db's own %PGPSIG% first: no lookup, no network
+        let (mut f, mut env) = (Front::new(), Fake::new("sig-db"));
+        ask(&mut f, &mut env, Token(9), "signed-1-1-any.pkg.tar.zst.sig");
+        assert!(
+            env.last(Token(9)).starts_with("bytes 200"),
+            "{}",
+            env.last(Token(9))
+        );
+        assert!(env.lookups.is_empty() && env.fetches.is_empty());
         let sig = format!("{PKG}.sig");
         // it says so, and sends a real signature: handed out, the mirror is not asked
         let (mut f, mut env) = (Front::new(), Fake::new("sig-ok"));
