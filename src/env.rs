@@ -91,7 +91,9 @@ impl Env for Loop<'_> {
 
     fn client_waits(&self, client: Token) -> bool {
         matches!(self.slots.get(client), Some(Slot::Front(c))
-            if matches!(c.state(), conn::State::WaitingForSource | conn::State::Streaming))
+            // Done: cut this pass, closed (and forgotten) on its next turn
+            if matches!(c.state(), conn::State::WaitingForSource | conn::State::Streaming
+                | conn::State::Done))
     }
 
     fn start_fetch(&mut self, req: fetch::Request) -> Option<Token> {

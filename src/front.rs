@@ -26,6 +26,7 @@ use mio::Token;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Concurrent front connections. pacman holds up to ParallelDownloads (default 5) per host;
@@ -208,14 +209,9 @@ struct SigHint {
 pub enum Reply<'a> {
     Error(u16),
     Bytes(u16, &'a [(&'a str, &'a str)], &'a [u8]),
-    /// `file[start..end]` after the headers (which carry its Content-Length).
-    File(
-        u16,
-        &'a [(&'a str, &'a str)],
-        std::sync::Arc<File>,
-        u64,
-        u64,
-    ),
+    /// `file[start..end]` after the headers (which carry its Content-Length); the file is
+    /// shared (a verified copy), read at explicit offsets.
+    File(u16, &'a [(&'a str, &'a str)], Arc<File>, u64, u64),
     /// The head of a streamed answer with its promised body length.
     Stream(u16, &'a [(&'a str, &'a str)], Option<u64>),
     Body(&'a [u8]),
@@ -1676,13 +1672,7 @@ fn hand_bytes(env: &mut impl Env, t: Token, req: &Request, bytes: &[u8]) {
 }
 
 /// A verified copy (a handle of its own) to one client, with its own Range.
-fn hand_one(
-    env: &mut impl Env,
-    t: Token,
-    req: &Request,
-    copy: Option<std::sync::Arc<File>>,
-    len: u64,
-) {
+fn hand_one(env: &mut impl Env, t: Token, req: &Request, copy: Option<Arc<File>>, len: u64) {
     let Some(f) = copy else {
         return answer(env, t, Reply::Error(503));
     };
