@@ -739,6 +739,8 @@ impl Daemon {
         let room = match self.front.fetch_client(tok).map(|c| self.slots.get(c)) {
             Some(Some(Slot::Front(c))) => c.stream_room(),
             Some(_) => usize::MAX,
+            // a peer's .sig waits for nobody's room (a full stager must not stall it)
+            None if self.front.is_sig_fetch(tok) => usize::MAX,
             None => self.stager.handle().room(),
         };
         let Some(Slot::Fetch(f)) = self.slots.get_mut(tok) else {

@@ -1505,6 +1505,12 @@ impl Front {
         }
     }
 
+    /// Whether a fetch brings a `.sig` from a peer (held in memory, at most 16 KiB: it reads
+    /// without waiting for a client's or the stager's room).
+    pub fn is_sig_fetch(&self, fetch: Token) -> bool {
+        matches!(self.fetches.get(&fetch), Some(Purpose::Sig(_)))
+    }
+
     /// The fetches copying `file` from peers; all peer copies' for "".
     pub fn copy_fetches(&self, file: &str) -> Vec<Token> {
         let mut v: Vec<Token> = (self.fetches.iter())
