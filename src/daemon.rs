@@ -214,12 +214,10 @@ impl Daemon {
         for w in &cfg.warnings {
             warn!("{w}");
         }
-        if let Some(k) = &cfg.key_file {
-            warn!(
-                "--key-file {}: group keys are not implemented yet (docs/PROTOCOL.md §10); \
-                 discovery runs unauthenticated",
-                k.display()
-            );
+        let (keys, key_warnings) =
+            crate::auth::Keys::load(&cfg.key_files).map_err(StartError)?;
+        for w in key_warnings {
+            warn!("{w}");
         }
         let discovery = Discovery::new(
             Identity {
@@ -230,6 +228,9 @@ impl Daemon {
                 name: cfg.name.clone(),
                 distro: cfg.distro.clone(),
                 archs: cfg.architectures.clone(),
+                exclude_interfaces: cfg.exclude_interfaces.clone(),
+                keys,
+                static_peers: cfg.static_peers.clone(),
             },
             poll.registry(),
         )

@@ -5,6 +5,7 @@
 #[macro_use]
 pub mod log;
 
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod daemon;
