@@ -116,7 +116,9 @@ impl Keys {
     pub fn load(paths: &[impl AsRef<Path>]) -> Result<(Keys, Vec<String>), String> {
         use std::os::unix::fs::PermissionsExt;
         if paths.len() > MAX_KEYS {
-            return Err(format!("at most {MAX_KEYS} key files (the current and the old one)"));
+            return Err(format!(
+                "at most {MAX_KEYS} key files (the current and the old one)"
+            ));
         }
         let mut secrets = Vec::new();
         let mut warnings = Vec::new();
@@ -418,11 +420,8 @@ mod tests {
         // the GOODBYE of §4 with FLAG_AUTH, stamp 1_700_000_000_000_000 µs
         let mut d = unhex_str("464c434e 0102 0001 1122334455667788 00000007");
         keys.seal(&mut d, 1_700_000_000_000_000);
-        let doc = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/docs/PROTOCOL.md"
-        ))
-        .unwrap();
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+            .unwrap();
         let want_dgram = hex(&d);
         let want_http = keys
             .sign_request("GET", "/v6-1.0-1-any.pkg.tar.zst", 1_700_000_000)

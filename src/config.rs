@@ -287,10 +287,9 @@ impl Overrides {
             Opt::PeerAddr => self.peer_addr = Some(parse_peer_addr(utf8(value)?)?),
             Opt::Interface => push_unique(&mut self.interfaces, parse_interface(utf8(value)?)?)?,
             Opt::KeyFile => push_unique(&mut self.key_files, parse_path(value)?)?,
-            Opt::ExcludeInterface => push_unique(
-                &mut self.exclude_interfaces,
-                parse_interface(utf8(value)?)?,
-            )?,
+            Opt::ExcludeInterface => {
+                push_unique(&mut self.exclude_interfaces, parse_interface(utf8(value)?)?)?
+            }
             Opt::Peer => push_unique(&mut self.static_peers, parse_static_peer(utf8(value)?)?)?,
             Opt::Debug => self.debug = Some(parse_bool(utf8(value)?)?),
             Opt::LookupMs => self.lookup_ms = Some(parse_lookup_ms(utf8(value)?)?),

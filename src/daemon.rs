@@ -214,8 +214,7 @@ impl Daemon {
         for w in &cfg.warnings {
             warn!("{w}");
         }
-        let (keys, key_warnings) =
-            crate::auth::Keys::load(&cfg.key_files).map_err(StartError)?;
+        let (keys, key_warnings) = crate::auth::Keys::load(&cfg.key_files).map_err(StartError)?;
         for w in key_warnings {
             warn!("{w}");
         }
@@ -397,7 +396,10 @@ impl Daemon {
 
     fn on_wake(&mut self) {
         for (id, r) in self.resolver.results() {
-            self.on_resolved(id, r);
+            match discovery::static_peer_of(id) {
+                Some(i) => self.discovery.static_resolved(i, r),
+                None => self.on_resolved(id, r),
+            }
         }
         for (repo, r) in self.dbload.results() {
             match r {
@@ -457,6 +459,10 @@ impl Daemon {
                     self.announce_soon();
                 }
                 self.check_dbs();
+                for (i, host, port) in self.discovery.static_resolutions_due(self.now) {
+                    self.resolver
+                        .resolve(discovery::static_resolve_id(i), host, port);
+                }
                 self.timers
                     .at(self.now + discovery::RESCAN_INTERVAL, Timer::Rescan);
             }
@@ -616,6 +622,16 @@ impl Daemon {
             };
             match listener.accept() {
                 Ok((mut stream, addr)) => {
+                    // a peer connection that came in on an interface flocon does not use
+                    // (excluded, or not among --interface) is closed unanswered
+                    if matches!(which, Listener::Peers)
+                        && !stream
+                            .local_addr()
+                            .is_ok_and(|l| self.discovery.accepts_on(l.ip()))
+                    {
+                        debug!("peer connection from {addr} on a foreign interface refused");
+                        continue;
+                    }
                     // answers are a small head then sendfile: Nagle + delayed ACK would hold
                     // the head back 40 ms per request
                     let _ = stream.set_nodelay(true);
@@ -689,7 +705,7 @@ impl Daemon {
                     conn::Progress::Close => Some(true),
                     conn::Progress::Request => {
                         if let Some(req) = c.take_request() {
-                            server::answer(c, &req, &self.cache);
+                            server::answer(c, &req, &self.cache, self.discovery.keys());
                         }
                         Some(false)
                     }

@@ -364,15 +364,8 @@ impl Discovery {
         if !a.up || !a.multicast && !a.loopback {
             return false;
         }
-        if self.excluded.contains(&a.name) {
-            return false;
-        }
-        if self.only_interfaces.is_empty() {
-            // the loopback interface only when asked for: it reaches no other host
-            !a.loopback
-        } else {
-            self.only_interfaces.contains(&a.name)
-        }
+        // the loopback interface only when asked for: it reaches no other host
+        self.interface_allowed(&a.name) && (!self.only_interfaces.is_empty() || !a.loopback)
     }
 
     /// Re-reads interfaces and joins or leaves memberships to match. Cheap enough to run
@@ -727,33 +720,31 @@ impl Discovery {
         &self.statics
     }
 
-    /// The addresses of the interfaces discovery uses (joined or joining): where the peer
-    /// server should accept connections. Loopback addresses are always included (tests,
-    /// `--peer-addr 127.0.0.x`).
-    pub fn serving_addresses(&self) -> Vec<IpAddr> {
-        self.local_nets
-            .iter()
-            .filter(|a| {
-                a.loopback
-                    || self
-                        .memberships
-                        .iter()
-                        .any(|m| m.ifname == a.name && m.index == a.index)
-            })
-            .map(|a| a.addr)
-            .collect()
+    /// Whether flocon uses the interface named `name` at all: not excluded, and among
+    /// `--interface` when that is given.
+    fn interface_allowed(&self, name: &str) -> bool {
+        !self.excluded.iter().any(|e| e == name)
+            && (self.only_interfaces.is_empty() || self.only_interfaces.iter().any(|i| i == name))
     }
 
     /// Whether a peer connection that arrived at local address `local` may be served: it
-    /// came in on an interface discovery uses (not an excluded or foreign one).
+    /// came in on an interface flocon uses (loopback always: tests, `--peer-addr 127.0.0.x`).
+    /// A laptop with `exclude-interface = wlan0` serves nothing on its café Wi-Fi.
     pub fn accepts_on(&self, local: IpAddr) -> bool {
         let local = canonical_ip(local);
-        if local.is_loopback() {
-            return true;
-        }
-        self.serving_addresses()
-            .iter()
-            .any(|a| canonical_ip(*a) == local)
+        local.is_loopback()
+            || self
+                .local_nets
+                .iter()
+                .any(|a| canonical_ip(a.addr) == local && self.interface_allowed(&a.name))
+    }
+
+    /// The `Flocon-Auth` header for a request to a peer's file server, when keyed.
+    pub fn auth_header(&self, method: &str, path: &str) -> Option<(String, String)> {
+        let v = self
+            .keys
+            .sign_request(method, path, crate::server::unix_now())?;
+        Some((crate::auth::HTTP_HEADER.to_string(), v))
     }
 
     pub fn keys(&self) -> &Keys {
@@ -999,7 +990,11 @@ impl Discovery {
                 self.stats.checks_failed += 1;
                 match c.reason {
                     CheckReason::Admit(_) => {
-                        debug!("{} at {} did not answer its check", short_id(c.instance), c.addr)
+                        debug!(
+                            "{} at {} did not answer its check",
+                            short_id(c.instance),
+                            c.addr
+                        )
                     }
                     CheckReason::Goodbye => {
                         self.remove_peer(c.instance, "said goodbye", events, now)
@@ -1205,6 +1200,19 @@ impl Discovery {
         );
         d
     }
+}
+
+/// Resolver request ids for static peer names: the top bit set, the peer's index below
+/// (the daemon's own requests count up from 1 and never reach it).
+const STATIC_RESOLVE_BIT: u64 = 1 << 63;
+
+pub fn static_resolve_id(index: usize) -> u64 {
+    STATIC_RESOLVE_BIT | index as u64
+}
+
+/// The static peer a resolver answer is for, if it is one.
+pub fn static_peer_of(id: u64) -> Option<usize> {
+    (id & STATIC_RESOLVE_BIT != 0).then_some((id & !STATIC_RESOLVE_BIT) as usize)
 }
 
 /// What the daemon knows of a file asked for: None, or its size and (maybe) SHA-256.

@@ -70,6 +70,8 @@ pub struct Request {
     /// Raw `Range` value, for `resolve_range`.
     pub range: Option<String>,
     pub if_modified_since: Option<String>,
+    /// `Flocon-Auth` (peer requests under a group key, auth.rs).
+    pub flocon_auth: Option<String>,
     /// Bytes taken by the head; pipelined bytes after it belong to the next request.
     pub head_len: usize,
 }
@@ -165,6 +167,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
     let mut keep = false;
     let mut range = None;
     let mut if_modified_since = None;
+    let mut flocon_auth = None;
     let mut host_seen = false;
     for h in req.headers.iter() {
         let name = h.name;
@@ -199,6 +202,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         } else if name.eq_ignore_ascii_case("if-modified-since") && if_modified_since.is_none() {
             // An unreadable date is ignored (RFC 9110 §13.1.3), not an error.
             if_modified_since = header_text(h.value).map(str::to_string);
+        } else if name.eq_ignore_ascii_case(crate::auth::HTTP_HEADER) && flocon_auth.is_none() {
+            flocon_auth = header_text(h.value).map(str::to_string);
         }
     }
     let keep_alive = match version {
@@ -212,6 +217,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         keep_alive,
         range,
         if_modified_since,
+        flocon_auth,
         head_len,
     }))
 }
@@ -1214,6 +1220,7 @@ mod tests {
             keep_alive,
             range: range.map(str::to_string),
             if_modified_since: None,
+            flocon_auth: None,
             head_len,
         }
     }

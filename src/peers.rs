@@ -155,7 +155,11 @@ pub struct Credit {
 impl Credit {
     /// Eviction and lookup rank: higher is kept longer and asked first.
     pub fn rank(&self) -> (bool, bool, bool) {
-        (self.served > 0, self.haves > 0, self.unanswered < SILENT_AFTER)
+        (
+            self.served > 0,
+            self.haves > 0,
+            self.unanswered < SILENT_AFTER,
+        )
     }
 }
 
@@ -415,13 +419,14 @@ impl PeerTable {
         let mut v: Vec<&Peer> = self
             .peers
             .iter()
-            .filter(|p| {
-                p.credit.unanswered < SILENT_AFTER || round.is_multiple_of(SILENT_RETRY)
-            })
+            .filter(|p| p.credit.unanswered < SILENT_AFTER || round.is_multiple_of(SILENT_RETRY))
             .collect();
         // stable: equal ranks keep arrival order
         v.sort_by_key(|p| std::cmp::Reverse(p.credit.rank()));
-        v.into_iter().take(max).map(|p| (p.instance, p.addr)).collect()
+        v.into_iter()
+            .take(max)
+            .map(|p| (p.instance, p.addr))
+            .collect()
     }
 
     /// Removes and returns the peers silent for PEER_EXPIRY or longer.
@@ -557,7 +562,10 @@ impl Checks {
     ) -> Option<&Check> {
         let addr = normalize_addr(addr);
         if self.checks.len() >= MAX_CHECKS
-            || self.checks.iter().any(|c| c.addr == addr || c.cookie == cookie)
+            || self
+                .checks
+                .iter()
+                .any(|c| c.addr == addr || c.cookie == cookie)
             || !self.budget.allow(now)
         {
             return None;
@@ -580,7 +588,12 @@ impl Checks {
 
     /// An ANSWER with id `cookie` from `src`, sent by `instance`: the outcome of the check it
     /// belongs to, or None when it belongs to none (then it is an ordinary answer).
-    pub fn on_answer(&mut self, src: SocketAddr, cookie: u32, instance: u64) -> Option<CheckOutcome> {
+    pub fn on_answer(
+        &mut self,
+        src: SocketAddr,
+        cookie: u32,
+        instance: u64,
+    ) -> Option<CheckOutcome> {
         let src = normalize_addr(src);
         let i = self
             .checks
@@ -995,7 +1008,9 @@ impl Lookup {
 
     /// Whether `instance` was asked and has not answered yet.
     pub fn is_pending(&self, instance: u64) -> bool {
-        self.asked.iter().any(|(i, answered)| *i == instance && !answered)
+        self.asked
+            .iter()
+            .any(|(i, answered)| *i == instance && !answered)
     }
 
     /// The peer left (goodbye, expiry, eviction): stop waiting for it. Returns whether it
@@ -1107,7 +1122,13 @@ mod tests {
 
     /// An announcement as the socket layer applies it: an unknown instance is admitted
     /// (as if its check had been answered), a known one updated.
-    fn verified(t: &mut PeerTable, src: SocketAddr, h: &Header, a: &Announce, now: Instant) -> PeerEvent {
+    fn verified(
+        t: &mut PeerTable,
+        src: SocketAddr,
+        h: &Header,
+        a: &Announce,
+        now: Instant,
+    ) -> PeerEvent {
         match t.on_announce(src, h, a, now) {
             PeerEvent::Ignored(IgnoreReason::Unverified) => t.admit(src, h, a, now, 0),
             e => e,
@@ -1156,7 +1177,13 @@ mod tests {
             PeerEvent::Ignored(IgnoreReason::BadSource)
         );
         assert_eq!(
-            verified(&mut t, SocketAddr::new(v4(3).ip(), 0), &h(2, 1), &ann("m"), t1),
+            verified(
+                &mut t,
+                SocketAddr::new(v4(3).ip(), 0),
+                &h(2, 1),
+                &ann("m"),
+                t1
+            ),
             PeerEvent::Ignored(IgnoreReason::BadSource)
         );
     }
@@ -1289,7 +1316,8 @@ mod tests {
             let ip = Ipv4Addr::from(0x0a00_0000 + i as u32 + 1);
             let src = SocketAddr::new(IpAddr::V4(ip), 19432);
             assert!(matches!(
-                verified(t, 
+                verified(
+                    t,
                     src,
                     &h(100 + i, 1),
                     &ann("p"),
@@ -1385,7 +1413,10 @@ mod tests {
             c.start(v4(1), 6, CheckReason::Goodbye, 78, t0).is_none(),
             "one per address"
         );
-        assert!(c.start(v4(2), 6, CheckReason::Goodbye, 77, t0).is_none(), "cookie in use");
+        assert!(
+            c.start(v4(2), 6, CheckReason::Goodbye, 77, t0).is_none(),
+            "cookie in use"
+        );
         assert!(c.start(v4(2), 6, CheckReason::Goodbye, 79, t0).is_some());
         // wrong cookie or wrong address: not a check's answer
         assert_eq!(c.on_answer(v4(1), 78, 5), None);
@@ -1416,7 +1447,8 @@ mod tests {
         let started = (0..1000u32)
             .filter(|&i| {
                 let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i)), 19432);
-                c.start(a, i as u64 + 100, CheckReason::Goodbye, i, t9).is_some()
+                c.start(a, i as u64 + 100, CheckReason::Goodbye, i, t9)
+                    .is_some()
             })
             .count();
         assert_eq!(started, CHECK_RATE as usize);

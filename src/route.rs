@@ -356,6 +356,7 @@ impl Daemon {
             if resume > 0 {
                 headers.push(("Range".to_string(), format!("bytes={resume}-")));
             }
+            headers.extend(self.discovery.auth_header("GET", &format!("/{file}")));
             let req = fetch::Request {
                 method: Method::Get,
                 addr,
@@ -617,6 +618,7 @@ impl Daemon {
                 Source::Peer(addr, path) => format!("http://{addr}{path}"),
                 Source::Url(u) => u.clone(),
             };
+            let to_peer = matches!(src, Source::Peer(..));
             let (addr, host_header, path) = match src {
                 Source::Peer(addr, path) => (addr, addr.to_string(), path),
                 Source::Url(url) if url.starts_with("https://") => {
@@ -662,6 +664,9 @@ impl Daemon {
             }
             if let Some(ims) = &p.if_modified_since {
                 headers.push(("If-Modified-Since".to_string(), ims.clone()));
+            }
+            if to_peer {
+                headers.extend(self.discovery.auth_header(p.method.as_str(), &path));
             }
             let req = fetch::Request {
                 method: p.method,
@@ -871,6 +876,7 @@ impl Daemon {
                         );
                         self.stats.lan_hits += 1;
                         self.stats.lan_bytes += size;
+                        self.discovery.peers.credit_served(instance);
                         if let Some(a) = addr {
                             if self.sig_hints.len() >= MAX_SIG_HINTS {
                                 self.sig_hints.clear();
@@ -1084,6 +1090,7 @@ fn synthetic_get(repo: &str, arch: &str, file: &str) -> Request {
         keep_alive: true,
         range: None,
         if_modified_since: None,
+        flocon_auth: None,
         head_len: 0,
     }
 }
