@@ -230,7 +230,8 @@ impl Discovery {
             limiter: RateLimiter::new(),
             local_nets: Vec::new(),
             lookups: HashMap::new(),
-            next_lookup: 1,
+            // unpredictable ids: a host that does not see our QUERYs cannot answer them
+            next_lookup: (random_u64() as u32).max(1),
             buf: Vec::with_capacity(protocol::MAX_DATAGRAM),
             uploads: 0,
             stats: DiscoveryStats::default(),

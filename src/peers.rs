@@ -493,6 +493,12 @@ pub const CHECK_TRIES: u8 = 2;
 /// The file name a check asks for: a valid QUERY name that is never a package, so the
 /// answer is a DON'T HAVE (its instance and source address are what count).
 pub const CHECK_NAME: &str = "flocon-check";
+/// An address whose admission check stayed unanswered is not checked again for this long:
+/// forged newcomers from addresses nobody receives at each cost one check per minute, and
+/// cannot keep the CHECK_RATE budget spent for real ones (docs/PROTOCOL.md §8.3).
+pub const CHECK_BACKOFF: Duration = Duration::from_secs(60);
+/// Addresses remembered for CHECK_BACKOFF; beyond, the oldest is forgotten.
+pub const MAX_FAILED_CHECKS: usize = 4096;
 
 /// Why an address is being asked "are you there, and who are you?".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,7 +539,12 @@ pub enum CheckOutcome {
 #[derive(Debug)]
 pub struct Checks {
     checks: Vec<Check>,
+    /// Admission checks; goodbye checks (of known peers only) have their own budget, so a
+    /// flood of forged newcomers cannot delay a real departure.
     budget: Bucket,
+    goodbye_budget: Bucket,
+    /// Addresses whose admission check stayed silent, with when.
+    failed: HashMap<IpAddr, Instant>,
 }
 
 impl Default for Checks {
@@ -547,6 +558,8 @@ impl Checks {
         Checks {
             checks: Vec::new(),
             budget: Bucket::new(CHECK_RATE, CHECK_RATE),
+            goodbye_budget: Bucket::new(CHECK_RATE, CHECK_RATE),
+            failed: HashMap::new(),
         }
     }
 
@@ -561,13 +574,26 @@ impl Checks {
         now: Instant,
     ) -> Option<&Check> {
         let addr = normalize_addr(addr);
+        let admit = matches!(reason, CheckReason::Admit(_));
         if self.checks.len() >= MAX_CHECKS
-            || self
-                .checks
-                .iter()
-                .any(|c| c.addr == addr || c.cookie == cookie)
-            || !self.budget.allow(now)
+            || self.checks.iter().any(|c| c.addr == addr || c.cookie == cookie)
         {
+            return None;
+        }
+        if admit
+            && self
+                .failed
+                .get(&addr.ip())
+                .is_some_and(|&t| now.saturating_duration_since(t) < CHECK_BACKOFF)
+        {
+            return None;
+        }
+        let budget = if admit {
+            &mut self.budget
+        } else {
+            &mut self.goodbye_budget
+        };
+        if !budget.allow(now) {
             return None;
         }
         self.checks.push(Check {
@@ -623,7 +649,11 @@ impl Checks {
                 again.push(c.clone());
                 i += 1;
             } else {
-                silent.push(CheckOutcome::Silent(self.checks.swap_remove(i)));
+                let c = self.checks.swap_remove(i);
+                if matches!(c.reason, CheckReason::Admit(_)) {
+                    self.remember_failed(c.addr.ip(), now);
+                }
+                silent.push(CheckOutcome::Silent(c));
             }
         }
         (again, silent)
@@ -631,6 +661,20 @@ impl Checks {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.checks.iter().map(|c| c.next_at).min()
+    }
+
+    fn remember_failed(&mut self, ip: IpAddr, now: Instant) {
+        if self.failed.len() >= MAX_FAILED_CHECKS {
+            self.failed
+                .retain(|_, t| now.saturating_duration_since(*t) < CHECK_BACKOFF);
+            if self.failed.len() >= MAX_FAILED_CHECKS {
+                let oldest = self.failed.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    self.failed.remove(&k);
+                }
+            }
+        }
+        self.failed.insert(ip, now);
     }
 
     pub fn len(&self) -> usize {
@@ -1422,7 +1466,7 @@ mod tests {
         assert_eq!(c.on_answer(v4(1), 78, 5), None);
         assert_eq!(c.on_answer(v4(3), 77, 5), None);
         match c.on_answer(v4(1), 77, 5) {
-            Some(CheckOutcome::Confirmed(k)) => assert_eq!((k.instance, k.reason), (5, admit)),
+            Some(CheckOutcome::Confirmed(k)) => assert_eq!((k.instance, &k.reason), (5, &admit)),
             o => panic!("{o:?}"),
         }
         assert!(!c.pending_for(5));
@@ -1435,8 +1479,18 @@ mod tests {
         assert_eq!(again.len(), 0);
         assert!(matches!(&silent[..], [CheckOutcome::Silent(k)] if k.instance == 6));
         assert!(c.is_empty());
+        // a silent admission check: that address is not checked again for CHECK_BACKOFF
+        let t1 = t0 + secs(1);
+        c.start(v4(7), 70, admit.clone(), 700, t1);
+        c.due(t1 + CHECK_TIMEOUT);
+        c.due(t1 + CHECK_TIMEOUT * 2);
+        assert!(c.start(v4(7), 71, admit.clone(), 701, t1 + secs(30)).is_none());
+        assert!(c.start(v4(7), 71, CheckReason::Goodbye, 701, t1 + secs(30)).is_some());
+        c.due(t1 + secs(31));
+        c.due(t1 + secs(32));
+        assert!(c.start(v4(7), 71, admit.clone(), 702, t1 + CHECK_BACKOFF + secs(1)).is_some());
         // another instance answering refutes the claim
-        c.start(v4(4), 8, CheckReason::Goodbye, 80, t0 + secs(1));
+        c.start(v4(4), 8, CheckReason::Goodbye, 80, t0 + secs(200));
         assert!(matches!(
             c.on_answer(v4(4), 80, 9),
             Some(CheckOutcome::Refuted(k, 9)) if k.instance == 8
@@ -1453,6 +1507,9 @@ mod tests {
             .count();
         assert_eq!(started, CHECK_RATE as usize);
         assert!(c.len() <= MAX_CHECKS);
+        // ... and goodbye checks still have their own budget
+        let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), 19432);
+        assert!(c.start(a, 5, CheckReason::Goodbye, 5_000_000, t9).is_some());
     }
 
     #[test]
