@@ -576,7 +576,10 @@ impl Checks {
         let addr = normalize_addr(addr);
         let admit = matches!(reason, CheckReason::Admit(_));
         if self.checks.len() >= MAX_CHECKS
-            || self.checks.iter().any(|c| c.addr == addr || c.cookie == cookie)
+            || self
+                .checks
+                .iter()
+                .any(|c| c.addr == addr || c.cookie == cookie)
         {
             return None;
         }
@@ -1484,11 +1487,20 @@ mod tests {
         c.start(v4(7), 70, admit.clone(), 700, t1);
         c.due(t1 + CHECK_TIMEOUT);
         c.due(t1 + CHECK_TIMEOUT * 2);
-        assert!(c.start(v4(7), 71, admit.clone(), 701, t1 + secs(30)).is_none());
-        assert!(c.start(v4(7), 71, CheckReason::Goodbye, 701, t1 + secs(30)).is_some());
+        assert!(
+            c.start(v4(7), 71, admit.clone(), 701, t1 + secs(30))
+                .is_none()
+        );
+        assert!(
+            c.start(v4(7), 71, CheckReason::Goodbye, 701, t1 + secs(30))
+                .is_some()
+        );
         c.due(t1 + secs(31));
         c.due(t1 + secs(32));
-        assert!(c.start(v4(7), 71, admit.clone(), 702, t1 + CHECK_BACKOFF + secs(1)).is_some());
+        assert!(
+            c.start(v4(7), 71, admit.clone(), 702, t1 + CHECK_BACKOFF + secs(1))
+                .is_some()
+        );
         // another instance answering refutes the claim
         c.start(v4(4), 8, CheckReason::Goodbye, 80, t0 + secs(200));
         assert!(matches!(
@@ -1501,8 +1513,7 @@ mod tests {
         let started = (0..1000u32)
             .filter(|&i| {
                 let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i)), 19432);
-                c.start(a, i as u64 + 100, CheckReason::Goodbye, i, t9)
-                    .is_some()
+                c.start(a, i as u64 + 100, admit.clone(), i, t9).is_some()
             })
             .count();
         assert_eq!(started, CHECK_RATE as usize);
