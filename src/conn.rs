@@ -7,6 +7,7 @@
 //! body must look like an error to the client).
 
 use crate::http::{self, Method, Request, Version};
+use crate::outbuf::OutBuf;
 use crate::sys;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -17,8 +18,10 @@ use std::time::{Duration, Instant};
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A receiver that takes nothing for this long is dead or hostile.
 pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bound on bytes buffered for a streaming answer before the source is paused.
-pub const MAX_STREAM_BUFFER: usize = 1 << 20;
+/// Bound on bytes (and memory) buffered for a streamed answer; the source is read only
+/// while there is room. The kernel's socket buffer does the real smoothing: this only has to
+/// hold one read's worth, and 256 slow clients at 32 KiB are 8 MiB (docs/DESIGN.md, "Memory").
+pub const MAX_STREAM_BUFFER: usize = 32 * 1024;
 /// Bytes per sendfile call: big enough for full throughput, small enough that one huge
 /// transfer yields the loop to the other connections between calls.
 pub const SENDFILE_CHUNK: usize = 1 << 20;
@@ -53,8 +56,7 @@ pub struct Conn<S> {
     pub stream: S,
     state: State,
     inbuf: Vec<u8>,
-    out: Vec<u8>,
-    out_pos: usize,
+    out: OutBuf,
     file: Option<File>,
     offset: u64,
     end: u64,
@@ -82,8 +84,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             stream,
             state: State::WaitingForHead,
             inbuf: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
+            out: OutBuf::new(MAX_STREAM_BUFFER),
             file: None,
             offset: 0,
             end: 0,
@@ -118,8 +119,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                 now.duration_since(self.last_active) > SEND_STALL_TIMEOUT
             }
             State::Streaming => {
-                self.out_pos < self.out.len()
-                    && now.duration_since(self.last_active) > SEND_STALL_TIMEOUT
+                !self.out.is_empty() && now.duration_since(self.last_active) > SEND_STALL_TIMEOUT
             }
             State::Done => true,
         }
@@ -137,7 +137,15 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
 
     /// Room for more streamed bytes (backpressure on the upstream read).
     pub fn stream_room(&self) -> usize {
-        MAX_STREAM_BUFFER.saturating_sub(self.out.len() - self.out_pos)
+        match self.state {
+            State::Streaming if !self.stream_done => self.out.room(),
+            _ => 0,
+        }
+    }
+
+    /// Memory held for unsent bytes (tests, status).
+    pub fn buffer_capacity(&self) -> usize {
+        self.out.capacity()
     }
 
     pub fn drive(&mut self, now: Instant) -> Progress {
@@ -218,7 +226,6 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
 
     fn begin(&mut self) {
         self.out.clear();
-        self.out_pos = 0;
         self.file = None;
         self.stream_left = None;
         self.stream_done = false;
@@ -229,9 +236,9 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     pub fn answer_error(&mut self, status: u16) {
         self.begin();
         if self.method == Method::Head {
-            http::error_head(&mut self.out, self.version, status, self.keep_alive);
+            http::error_head(self.out.whole(), self.version, status, self.keep_alive);
         } else {
-            http::error_response(&mut self.out, self.version, status, self.keep_alive);
+            http::error_response(self.out.whole(), self.version, status, self.keep_alive);
         }
         self.state = State::SendingHead;
     }
@@ -242,9 +249,10 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         let len = body.len().to_string();
         let mut h: Vec<(&str, &str)> = headers.to_vec();
         h.push(("Content-Length", &len));
-        http::write_head(&mut self.out, self.version, status, &h, self.keep_alive);
+        let out = self.out.whole();
+        http::write_head(out, self.version, status, &h, self.keep_alive);
         if self.method == Method::Get {
-            self.out.extend_from_slice(body);
+            out.extend_from_slice(body);
         }
         self.state = State::SendingHead;
     }
@@ -260,7 +268,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     ) {
         self.begin();
         http::write_head(
-            &mut self.out,
+            self.out.whole(),
             self.version,
             status,
             headers,
@@ -282,7 +290,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             self.keep_alive = false;
         }
         http::write_head(
-            &mut self.out,
+            self.out.whole(),
             self.version,
             status,
             headers,
@@ -297,19 +305,32 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         self.state = State::Streaming;
     }
 
-    /// Appends streamed body bytes (never more than promised).
-    pub fn push_stream(&mut self, data: &[u8]) {
+    /// Appends streamed body bytes (never more than promised). The source gives at most
+    /// `stream_room()`: bytes beyond it would break the bound, so the stream is cut instead
+    /// (the client sees a failure, never a body with a hole). False when that happened.
+    pub fn push_stream(&mut self, data: &[u8]) -> bool {
         if self.state != State::Streaming || self.stream_done {
-            return;
+            return true;
         }
         let take = match self.stream_left {
             Some(left) => (left.min(data.len() as u64)) as usize,
             None => data.len(),
         };
-        self.out.extend_from_slice(&data[..take]);
+        if self.out.push(&data[..take]) < take {
+            self.cut();
+            return false;
+        }
         if let Some(left) = &mut self.stream_left {
             *left -= take as u64;
         }
+        true
+    }
+
+    fn cut(&mut self) {
+        self.keep_alive = false;
+        // drop what is queued: a clean-looking tail of a broken body helps nobody
+        self.out.release();
+        self.state = State::Done;
     }
 
     /// The source ended. `complete`: it delivered everything it promised; otherwise the
@@ -320,11 +341,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         }
         let all_promised = self.stream_left.is_none_or(|l| l == 0);
         if !complete || !all_promised {
-            self.keep_alive = false;
-            // drop what is queued: a clean-looking tail of a broken body helps nobody
-            self.out.clear();
-            self.out_pos = 0;
-            self.state = State::Done;
+            self.cut();
             return;
         }
         self.stream_done = true;
@@ -347,13 +364,10 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     fn write_out(&mut self, now: Instant) -> io::Result<Option<Progress>> {
-        while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
+        while !self.out.is_empty() {
+            match self.out.write_to(&mut self.stream) {
                 Ok(0) => return Ok(Some(Progress::Close)),
-                Ok(n) => {
-                    self.out_pos += n;
-                    self.last_active = now;
-                }
+                Ok(_) => self.last_active = now,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(Some(Progress::Blocked));
                 }
@@ -361,8 +375,6 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                 Err(e) => return Err(e),
             }
         }
-        self.out.clear();
-        self.out_pos = 0;
         Ok(None)
     }
 
@@ -400,9 +412,9 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     fn send_stream(&mut self, now: Instant) -> io::Result<Option<Progress>> {
-        let before = self.out.len() - self.out_pos;
+        let before = self.out.pending();
         let r = self.write_out(now)?;
-        self.body_bytes += (before - (self.out.len() - self.out_pos)) as u64;
+        self.body_bytes += (before - self.out.pending()) as u64;
         if let Some(p) = r {
             return Ok(Some(p));
         }
@@ -415,6 +427,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     fn finish(&mut self, now: Instant) -> State {
+        self.out.release();
         if !self.keep_alive {
             return State::Done;
         }
@@ -480,6 +493,85 @@ mod tests {
         drop(w);
         let text = read_all(b);
         assert!(text.ends_with("12345"), "{text}");
+    }
+
+    /// A client reading slower than the source: the buffer stays within its bound (it used
+    /// to be compacted only when fully drained, and grew to the whole package).
+    #[test]
+    fn a_slow_reader_keeps_the_stream_buffer_bounded() {
+        const LEN: usize = 16 << 20;
+        let byte = |i: usize| (i % 251) as u8;
+        let (mut c, b) = pair();
+        let mut w = b.try_clone().unwrap();
+        w.write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        assert_eq!(c.drive(Instant::now()), Progress::Request);
+        c.take_request();
+        let len = LEN.to_string();
+        c.answer_stream(200, &[("Content-Length", &len)], Some(LEN as u64));
+        let reader = std::thread::spawn(move || {
+            let mut b = b;
+            let (mut got, mut bad, mut buf) = (0usize, 0usize, [0u8; 8192]);
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut one = [0u8; 1];
+                b.read_exact(&mut one).unwrap();
+                head.push(one[0]);
+            }
+            for reads in 0.. {
+                let n = b.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                bad += (0..n).filter(|k| buf[*k] != byte(got + k)).count();
+                got += n;
+                if reads % 32 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            (got, bad)
+        });
+        let (mut sent, mut piece) = (0usize, vec![0u8; 64 * 1024]);
+        let mut peak = 0;
+        let t0 = Instant::now();
+        loop {
+            let room = c.stream_room().min(LEN - sent).min(piece.len());
+            if room > 0 {
+                for (k, v) in piece[..room].iter_mut().enumerate() {
+                    *v = byte(sent + k);
+                }
+                assert!(c.push_stream(&piece[..room]));
+                sent += room;
+                if sent == LEN {
+                    c.end_stream(true);
+                }
+            }
+            peak = peak.max(c.buffer_capacity());
+            match c.drive(Instant::now()) {
+                Progress::Close => break,
+                Progress::Blocked if c.stream_room() == 0 => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                _ => {}
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "stuck at {sent}");
+        }
+        drop(c);
+        drop(w);
+        assert_eq!(reader.join().unwrap(), (LEN, 0), "every byte, in order");
+        assert!(peak <= MAX_STREAM_BUFFER, "buffer reached {peak} bytes");
+    }
+
+    #[test]
+    fn pushing_past_the_room_cuts_the_stream() {
+        let (mut c, b) = pair();
+        let mut w = b.try_clone().unwrap();
+        w.write_all(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(c.drive(Instant::now()), Progress::Request);
+        c.answer_stream(200, &[], None);
+        let too_much = vec![1u8; c.stream_room() + 1];
+        assert!(!c.push_stream(&too_much));
+        assert_eq!(c.drive(Instant::now()), Progress::Close);
     }
 
     #[test]

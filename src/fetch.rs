@@ -107,7 +107,8 @@ pub struct Fetch<S = mio::net::TcpStream> {
     since: Instant,
     /// Last time a body byte was delivered (start of the stall bound).
     last_progress: Instant,
-    paused: bool,
+    /// Body bytes the consumer takes before it says again (`set_room`); 0 = paused.
+    room: usize,
     /// Unpaused but not driven since: the stall bound restarts at the next `drive`, since the
     /// silence while paused was ours.
     stall_restart: bool,
@@ -173,7 +174,7 @@ impl<S: Read + Write> Fetch<S> {
             rbuf: Vec::new(),
             since: now,
             last_progress: now,
-            paused: false,
+            room: usize::MAX,
             stall_restart: false,
             more: false,
             received: 0,
@@ -210,7 +211,7 @@ impl<S: Read + Write> Fetch<S> {
         match self.state {
             State::Connecting => Some(self.since + CONNECT_TIMEOUT),
             State::Sending | State::WaitingForHead => Some(self.since + HEAD_TIMEOUT),
-            State::ReadingBody(_) if self.paused || self.stall_restart => None,
+            State::ReadingBody(_) if self.room == 0 || self.stall_restart => None,
             State::ReadingBody(_) => Some(self.last_progress + STALL_TIMEOUT),
             State::Finished => None,
         }
@@ -220,16 +221,23 @@ impl<S: Read + Write> Fetch<S> {
     /// stall bound is suspended. After unpausing, call `drive`: bytes already in the socket
     /// raise no new readiness event.
     pub fn pause(&mut self, paused: bool) {
-        if self.paused && !paused {
+        self.set_room(if paused { 0 } else { usize::MAX });
+    }
+
+    /// Backpressure by count: the following `drive`s deliver at most `room` body bytes in
+    /// all (0 pauses, as `pause(true)`), until the consumer says again. A consumer with a
+    /// bounded buffer passes its free space and is never overrun.
+    pub fn set_room(&mut self, room: usize) {
+        if self.room == 0 && room > 0 {
             self.stall_restart = true;
         }
-        self.paused = paused;
+        self.room = room;
     }
 
     /// True when the last `drive` stopped on `MAX_BODY_BUFFER` with bytes possibly left in
     /// the socket: drive again without waiting for an event.
     pub fn wants_drive(&self) -> bool {
-        self.more && !self.paused && !self.is_finished()
+        self.more && self.room > 0 && !self.is_finished()
     }
 
     /// Body bytes delivered so far (after chunk decoding), e.g. for a resuming Range.
@@ -283,7 +291,7 @@ impl<S: Read + Write> Fetch<S> {
             }
         }
         if let State::ReadingBody(_) = self.state {
-            if self.paused {
+            if self.room == 0 {
                 return Ok(());
             }
             if self.stall_restart {
@@ -352,12 +360,21 @@ impl<S: Read + Write> Fetch<S> {
     /// Reads and delivers body bytes: at most `MAX_BODY_BUFFER` raw bytes per call, counting
     /// those that came with the head (chunk decoding only shrinks them).
     fn read_body(&mut self, now: Instant, events: &mut Vec<Event>) -> Result<(), String> {
-        let mut budget = MAX_BODY_BUFFER;
+        let mut budget = MAX_BODY_BUFFER.min(self.room);
         if !self.carry.is_empty() {
-            let carry = std::mem::take(&mut self.carry);
-            budget = budget.saturating_sub(carry.len());
-            if self.deliver(&carry, now, events)? {
+            let mut carry = std::mem::take(&mut self.carry);
+            let n = carry.len().min(budget);
+            budget -= n;
+            self.room = self.room.saturating_sub(n);
+            let done = self.deliver(&carry[..n], now, events)?;
+            if done {
                 self.finish(events);
+                return Ok(());
+            }
+            if n < carry.len() {
+                carry.drain(..n);
+                self.carry = carry;
+                self.more = true;
                 return Ok(());
             }
         }
@@ -392,6 +409,7 @@ impl<S: Read + Write> Fetch<S> {
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
+                    self.room = self.room.saturating_sub(n);
                     let data = std::mem::take(&mut self.rbuf);
                     let done = self.deliver(&data[..n], now, events);
                     self.rbuf = data;
@@ -1039,6 +1057,38 @@ mod tests {
         // Nothing after the end.
         fetch.drive(later, &mut events);
         assert_eq!(events.len(), 3);
+    }
+
+    #[test]
+    fn room_bounds_what_is_delivered_including_bytes_that_came_with_the_head() {
+        let len = 100_000usize;
+        let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        resp.extend((0..len).map(|i| (i % 253) as u8));
+        let now = Instant::now();
+        // the head and 3,000 body bytes in one read, then the rest
+        let split = resp.len() - len + 3000;
+        let script = Script::new(&[&resp[..split], &resp[split..]], false);
+        let mut fetch = Fetch::with_stream(script, mock_req(Method::Get), now);
+        fetch.set_room(0);
+        let mut events = Vec::new();
+        fetch.drive(now, &mut events);
+        assert_eq!(events.len(), 1, "the head only: {events:?}");
+        let mut got = 0;
+        for room in [1000, 0, 2500, 7, 40_000, 1, 100_000] {
+            fetch.set_room(room);
+            let mut ev = Vec::new();
+            fetch.drive(now, &mut ev);
+            while fetch.wants_drive() {
+                fetch.drive(now, &mut ev);
+            }
+            let n = body_of(&ev).len();
+            assert!(n <= room, "{n} bytes delivered with room for {room}");
+            got += n;
+            events.extend(ev);
+        }
+        assert_eq!(got, len);
+        assert_eq!(body_of(&events), resp[resp.len() - len..]);
+        assert_eq!(events.last(), Some(&Event::Done));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod eventloop;
 pub mod fetch;
 pub mod http;
+pub mod outbuf;
 pub mod peers;
 pub mod protocol;
 pub mod resolver;

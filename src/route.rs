@@ -749,7 +749,7 @@ impl Daemon {
                 _ => usize::MAX,
             };
             if let Some(Slot::Fetch(fs)) = self.slots.get_mut(tok) {
-                fs.fetch.pause(room < fetch::MAX_BODY_BUFFER);
+                fs.fetch.set_room(room);
             }
         }
         let Some(Slot::Fetch(fs)) = self.slots.get_mut(tok) else {
