@@ -898,7 +898,7 @@ impl Discovery {
                         self.peers.credit_answer(peer, a.have);
                     }
                     if done {
-                        self.finish_lookup(a.id, events);
+                        self.finish_lookup(a.id, events, now);
                     }
                 }
             }
@@ -1094,7 +1094,7 @@ impl Discovery {
         self.lookup_round = self.lookup_round.wrapping_add(1);
         let targets: Vec<(u64, SocketAddr)> = self
             .peers
-            .lookup_targets(self.lookup_round, MAX_FANOUT + MAX_FANOUT)
+            .lookup_targets(self.lookup_round, MAX_FANOUT + MAX_FANOUT, now)
             .into_iter()
             .filter(|(i, _)| !self.is_banned(*i, now))
             .take(MAX_FANOUT)
@@ -1114,15 +1114,15 @@ impl Discovery {
             self.send_unicast(*addr, &q, true);
         }
         if targets.is_empty() {
-            self.finish_lookup(id, events);
+            self.finish_lookup(id, events, now);
         }
         Some(id)
     }
 
-    fn finish_lookup(&mut self, id: u32, events: &mut Vec<DiscoveryEvent>) {
+    fn finish_lookup(&mut self, id: u32, events: &mut Vec<DiscoveryEvent>, now: Instant) {
         if let Some(l) = self.lookups.remove(&id) {
             for i in l.pending() {
-                self.peers.note_unanswered(i);
+                self.peers.note_unanswered(i, now);
             }
             events.push(DiscoveryEvent::Decided(Decided {
                 id,
@@ -1137,7 +1137,7 @@ impl Discovery {
     pub fn lookup_deadline(&mut self, id: u32, now: Instant, events: &mut Vec<DiscoveryEvent>) {
         events.append(&mut self.deferred);
         if self.lookups.get(&id).is_some_and(|l| l.is_done(now)) {
-            self.finish_lookup(id, events);
+            self.finish_lookup(id, events, now);
         }
     }
 
@@ -1148,7 +1148,7 @@ impl Discovery {
             .filter_map(|(id, l)| (l.forget(instance) && l.is_done(now)).then_some(*id))
             .collect();
         for id in ids {
-            self.finish_lookup(id, events);
+            self.finish_lookup(id, events, now);
         }
     }
 

@@ -150,9 +150,20 @@ pub struct Credit {
     pub answers: u32,
     /// Queries of ours in a row it did not answer (reset by an answer).
     pub unanswered: u32,
+    /// When that run of unanswered queries began.
+    pub silent_since: Option<Instant>,
 }
 
 impl Credit {
+    /// SILENT_AFTER queries in a row unanswered over at least SILENT_FOR: a burst of
+    /// lookups while the peer is busy for a moment does not count.
+    pub fn is_silent(&self, now: Instant) -> bool {
+        self.unanswered >= SILENT_AFTER
+            && self
+                .silent_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= SILENT_FOR)
+    }
+
     /// Eviction and lookup rank: higher is kept longer and asked first.
     pub fn rank(&self) -> (bool, bool, bool) {
         (
@@ -166,6 +177,8 @@ impl Credit {
 /// Queries in a row without an answer after which a peer is asked only now and then
 /// (SILENT_RETRY): a dead or overloaded peer then costs a lookup nothing.
 pub const SILENT_AFTER: u32 = 8;
+/// ... and over at least this long.
+pub const SILENT_FOR: Duration = Duration::from_secs(5);
 /// How often a silent peer is still asked (one lookup in this many).
 pub const SILENT_RETRY: u32 = 16;
 
@@ -394,12 +407,16 @@ impl PeerTable {
             p.credit.answers = p.credit.answers.saturating_add(1);
             p.credit.haves = p.credit.haves.saturating_add(have as u32);
             p.credit.unanswered = 0;
+            p.credit.silent_since = None;
         }
     }
 
     /// A lookup ended without the peer's answer.
-    pub fn note_unanswered(&mut self, instance: u64) {
+    pub fn note_unanswered(&mut self, instance: u64, now: Instant) {
         if let Some(p) = self.peers.iter_mut().find(|p| p.instance == instance) {
+            if p.credit.unanswered == 0 {
+                p.credit.silent_since = Some(now);
+            }
             p.credit.unanswered = p.credit.unanswered.saturating_add(1);
         }
     }
@@ -412,14 +429,14 @@ impl PeerTable {
     }
 
     /// The peers a lookup asks, best first: those that served or had files, then the rest;
-    /// a peer that left SILENT_AFTER queries unanswered is asked only one lookup in
-    /// SILENT_RETRY (`round` is the lookup's number), so a dead or flooded address costs
-    /// nothing while its expiry runs. At most `max` peers.
-    pub fn lookup_targets(&self, round: u32, max: usize) -> Vec<(u64, SocketAddr)> {
+    /// a silent peer (`Credit::is_silent`) is asked only one lookup in SILENT_RETRY
+    /// (`round` is the lookup's number), so a dead or flooded address costs nothing while
+    /// its expiry runs. At most `max` peers.
+    pub fn lookup_targets(&self, round: u32, max: usize, now: Instant) -> Vec<(u64, SocketAddr)> {
         let mut v: Vec<&Peer> = self
             .peers
             .iter()
-            .filter(|p| p.credit.unanswered < SILENT_AFTER || round.is_multiple_of(SILENT_RETRY))
+            .filter(|p| !p.credit.is_silent(now) || round.is_multiple_of(SILENT_RETRY))
             .collect();
         // stable: equal ranks keep arrival order
         v.sort_by_key(|p| std::cmp::Reverse(p.credit.rank()));
@@ -488,8 +505,8 @@ pub const MAX_CHECKS: usize = 64;
 pub const CHECK_RATE: u32 = 20;
 /// A check waits this long for its answer, then asks once more (a lost datagram, a peer
 /// busy for a moment), then gives up.
-pub const CHECK_TIMEOUT: Duration = Duration::from_millis(200);
-pub const CHECK_TRIES: u8 = 2;
+pub const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
+pub const CHECK_TRIES: u8 = 3;
 /// The file name a check asks for: a valid QUERY name that is never a package, so the
 /// answer is a DON'T HAVE (its instance and source address are what count).
 pub const CHECK_NAME: &str = "flocon-check";
@@ -1473,20 +1490,23 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert!(!c.pending_for(5));
-        // the goodbye check: retried once, then silent
+        // the goodbye check: asked CHECK_TRIES times, then silent
         assert_eq!(c.next_deadline(), Some(t0 + CHECK_TIMEOUT));
-        let (again, silent) = c.due(t0 + CHECK_TIMEOUT);
-        assert_eq!((again.len(), silent.len()), (1, 0));
-        assert_eq!(again[0].cookie, 79);
-        let (again, silent) = c.due(t0 + CHECK_TIMEOUT * 2);
+        for k in 1..CHECK_TRIES as u32 {
+            let (again, silent) = c.due(t0 + CHECK_TIMEOUT * k);
+            assert_eq!((again.len(), silent.len()), (1, 0));
+            assert_eq!(again[0].cookie, 79);
+        }
+        let (again, silent) = c.due(t0 + CHECK_TIMEOUT * CHECK_TRIES as u32);
         assert_eq!(again.len(), 0);
         assert!(matches!(&silent[..], [CheckOutcome::Silent(k)] if k.instance == 6));
         assert!(c.is_empty());
         // a silent admission check: that address is not checked again for CHECK_BACKOFF
         let t1 = t0 + secs(1);
         c.start(v4(7), 70, admit.clone(), 700, t1);
-        c.due(t1 + CHECK_TIMEOUT);
-        c.due(t1 + CHECK_TIMEOUT * 2);
+        for k in 1..=CHECK_TRIES as u32 {
+            c.due(t1 + CHECK_TIMEOUT * k);
+        }
         assert!(
             c.start(v4(7), 71, admit.clone(), 701, t1 + secs(30))
                 .is_none()
@@ -1497,6 +1517,7 @@ mod tests {
         );
         c.due(t1 + secs(31));
         c.due(t1 + secs(32));
+        c.due(t1 + secs(33));
         assert!(
             c.start(v4(7), 71, admit.clone(), 702, t1 + CHECK_BACKOFF + secs(1))
                 .is_some()
@@ -1533,14 +1554,19 @@ mod tests {
         t.credit_answer(4, true);
         t.credit_served(5);
         for _ in 0..SILENT_AFTER {
-            t.note_unanswered(2);
+            t.note_unanswered(2, t0);
         }
         let order = |t: &PeerTable, round| -> Vec<u64> {
-            t.lookup_targets(round, 10).iter().map(|x| x.0).collect()
+            t.lookup_targets(round, 10, t0 + SILENT_FOR)
+                .iter()
+                .map(|x| x.0)
+                .collect()
         };
+        // a burst of unanswered queries is not silence yet
+        assert_eq!(t.lookup_targets(1, 10, t0 + secs(1)).len(), 5);
         assert_eq!(order(&t, 1), [5, 4, 1, 3]);
         assert_eq!(order(&t, SILENT_RETRY), [5, 4, 1, 3, 2]);
-        assert_eq!(t.lookup_targets(1, 2).len(), 2);
+        assert_eq!(t.lookup_targets(1, 2, t0).len(), 2);
         t.credit_answer(2, false);
         assert_eq!(order(&t, 1), [5, 4, 1, 2, 3]);
         assert_eq!(t.by_ip(v4(3).ip()).map(|p| p.instance), Some(3));

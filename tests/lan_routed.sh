@@ -90,8 +90,10 @@ ss_out=$(ip netns exec "${FLAN_PREFIX}rt" ss -Htlnp 2>/dev/null | grep ':19432' 
 echo "     router's peer TCP listener (ss): $ss_out"
 a=$("$LAN" exec 1 curl -s -o /dev/null -w '%{http_code}' "http://10.77.0.254:19432/none-1-1-any.pkg.tar.zst")
 b=$("$LAN" exec 101 curl -s -o /dev/null -w '%{http_code}' "http://10.78.0.254:19432/none-1-1-any.pkg.tar.zst"; echo " exit $?")
-if [[ $a == 404 && $b == "000 exit 52" ]]; then
-  ok "peer server: answers on r1 (404 for a missing file), closes connections arriving on excluded r2 (curl: empty reply)"
+# closed unanswered: curl sees an empty reply (52) or a reset (56) when its request was
+# already in the socket's receive buffer at the close
+if [[ $a == 404 && ( $b == "000 exit 52" || $b == "000 exit 56" ) ]]; then
+  ok "peer server: answers on r1 (404 for a missing file), closes connections arriving on excluded r2 without a byte (curl ${b#* })"
 else ko "peer server: r1 [$a] r2 [$b]"; fi
 established=$(ip netns exec "${FLAN_PREFIX}rt" ss -Htn state established '( sport = :19432 )' | wc -l)
 (( established == 0 )) && ok "ss: no peer connection left open on the router" || ko "ss: $established connections open"
