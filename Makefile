@@ -10,7 +10,10 @@
 #   make lint            cargo fmt --check + clippy -D warnings
 #   make verify-unit     systemd-analyze verify flocon.service
 #   make bench           bench/bench.sh (peer server vs nginx, RSS, binary size),
-#                        bench/lookup.sh (lookup latency), bench/front.sh (front vs direct)
+#                        bench/lookup.sh (lookup latency), bench/front.sh (front vs direct),
+#                        bench/io.sh (RSS with 256 slow clients, CPU per GiB of a relayed hit),
+#                        bench/index.sh (sync-db index memory vs pacman -Sl, the three
+#                        static binaries' sizes)
 #
 # PREFIX defaults to /usr/local, the place for software a user installs by hand (the unit
 # goes to /usr/local/lib/systemd/system, which systemd searches). An Arch package builds with
@@ -95,12 +98,15 @@ uninstall:
 # $(call have-target,TRIPLE[,+TOOLCHAIN]): the toolchain has the target's standard library
 have-target = [ -d "$$(rustc $(2) --print sysroot)/lib/rustlib/$(1)/lib" ]
 # $(call show,TRIPLE,QEMU): size of the (already stripped, see Cargo.toml) binary, and a
-# smoke run under qemu-user when it is installed
-# The static builds use profile "static" (opt-level z). With the rust-src component present
-# they also rebuild std for size (-Zbuild-std, enabled on the stable toolchain with
-# RUSTC_BOOTSTRAP=1) and link without relocations: ~1.08 MB -> ~0.79 MB on x86_64.
-# SMALL_STD=0 turns that off.
-SMALL_STD ?= $(shell rustup component list --installed 2>/dev/null | grep -q '^rust-src' && echo 1 || echo 0)
+# smoke run (--version) under qemu-user when it is installed, in a private network namespace
+# like every run of flocon
+# The static builds use profile "static" (opt-level z, LTO, panic = "abort"); src/sys.rs
+# stands in for the unwinder they never use, which drops std's backtrace symboliser:
+# ~873 KB -> ~610 KB on x86_64, with the prebuilt std of a stable toolchain (docs/DESIGN.md,
+# "Binary size"). SMALL_STD=1 (needs the rust-src component) also rebuilds std for size
+# (-Zbuild-std, enabled on the stable toolchain with RUSTC_BOOTSTRAP=1) and links without
+# relocations; not the default, so that every machine builds the same binary.
+SMALL_STD ?= 0
 ifeq ($(SMALL_STD),1)
 STATIC_ENV = RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C relocation-model=static"
 STATIC_ARGS = --profile static -Zbuild-std=std,panic_abort
@@ -113,7 +119,7 @@ define show
 	@f=target/$(1)/static/flocon; \
 	echo "$$f: $$(stat -c %s $$f) bytes"; \
 	if command -v file >/dev/null; then file -b $$f; fi; \
-	if [ -n "$(2)" ] && command -v $(2) >/dev/null; then echo "$(2): $$($(2) $$f --version)"; fi
+	if [ -n "$(2)" ] && command -v $(2) >/dev/null; then echo "$(2): $$(tests/netns.sh $(2) $$f --version)"; fi
 endef
 
 # x86_64 musl links with the host's cc and the self-contained musl objects Rust ships.
@@ -148,6 +154,8 @@ bench:
 	bench/bench.sh
 	FLOCON_BIN_PREBUILT=1 bench/lookup.sh
 	FLOCON_BIN_PREBUILT=1 bench/front.sh
+	FLOCON_BIN_PREBUILT=1 bench/io.sh
+	bench/index.sh
 
 clean:
 	$(CARGO) clean

@@ -70,7 +70,7 @@ error_log $W/nginx/error.log warn;
 events { worker_connections 1024; }
 http {
   sendfile on;
-  tcp_nopush on;
+  tcp_nopush off;  # corked keep-alive responses stall ~44 ms each: see bench/bench.sh
   access_log $W/nginx/access.log;
   default_type application/octet-stream;
   client_body_temp_path $W/nginx/tmp;

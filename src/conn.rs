@@ -12,6 +12,7 @@ use crate::sys;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A client must send its whole request head within this time (slowloris guard).
@@ -57,7 +58,8 @@ pub struct Conn<S> {
     state: State,
     inbuf: Vec<u8>,
     out: OutBuf,
-    file: Option<File>,
+    /// Shared with whoever else serves the same staged copy (see `answer_file`).
+    file: Option<Arc<File>>,
     offset: u64,
     end: u64,
     /// Body bytes still promised by a streaming answer (None: until the source ends).
@@ -258,11 +260,14 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     /// `file[start..end]` after `headers` (which must carry Content-Length = end - start).
+    /// Read at explicit offsets, so one file can serve many connections at once (a staged
+    /// copy is shared through an `Arc`: whoever holds the last one closes it — the stager,
+    /// for a staged copy, so that freeing its pages never stalls the loop).
     pub fn answer_file(
         &mut self,
         status: u16,
         headers: &[(&str, &str)],
-        file: File,
+        file: impl Into<Arc<File>>,
         start: u64,
         end: u64,
     ) {
@@ -275,7 +280,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             self.keep_alive,
         );
         if self.method == Method::Get && end > start {
-            self.file = Some(file);
+            self.file = Some(file.into());
             self.offset = start;
             self.end = end;
         }

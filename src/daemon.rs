@@ -13,6 +13,7 @@ use crate::http::Request;
 use crate::resolver::Resolver;
 use crate::route::{Proxy, Waiting};
 use crate::server::{self, CacheDirs};
+use crate::stager::Stager;
 use crate::syncdb::SyncIndex;
 use crate::transfer::{self, Transfer};
 use crate::{route, sys};
@@ -117,6 +118,8 @@ pub struct Daemon {
     pub(crate) index: SyncIndex,
     pub(crate) dbload: DbLoader,
     pub(crate) resolver: Resolver,
+    /// Staging writes and hashing, off the loop.
+    pub(crate) stager: Stager,
     /// Front requests waiting for something, by connection.
     pub(crate) waiting: HashMap<Token, Waiting>,
     /// The request a waiting connection made (for its Range when the bytes arrive).
@@ -172,8 +175,8 @@ impl Daemon {
         );
         let resolver = Resolver::new(waker.clone())
             .map_err(|e| StartError(format!("resolver thread: {e}")))?;
-        let dbload =
-            DbLoader::new(waker.clone()).map_err(|e| StartError(format!("db thread: {e}")))?;
+        let dbload = DbLoader::new(waker.clone(), cfg.state_dir.join("staging"))
+            .map_err(|e| StartError(format!("db thread: {e}")))?;
         let peer_ip = cfg
             .peer_addr
             .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
@@ -241,6 +244,8 @@ impl Daemon {
                 staging.display()
             );
         }
+        let stager = Stager::new(&staging, waker.clone())
+            .map_err(|e| StartError(format!("staging thread: {e}")))?;
         let now = Instant::now();
         let mut timers = Timers::new();
         timers.at(now + SWEEP_INTERVAL, Timer::Sweep);
@@ -263,6 +268,7 @@ impl Daemon {
             discovery,
             index: SyncIndex::new(),
             dbload,
+            stager,
             resolver,
             waiting: HashMap::new(),
             requests: HashMap::new(),
@@ -401,6 +407,12 @@ impl Daemon {
                 None => self.on_resolved(id, r),
             }
         }
+        for r in self.stager.reports() {
+            self.on_staged(r);
+        }
+        if self.stager.take_room_freed() {
+            self.resume_copies();
+        }
         for (repo, r) in self.dbload.results() {
             match r {
                 Ok((map, stamp)) => {
@@ -424,10 +436,6 @@ impl Daemon {
 
     fn sync_dir(&self) -> PathBuf {
         self.cfg.db_path.join("sync")
-    }
-
-    pub(crate) fn staging_dir(&self) -> PathBuf {
-        self.cfg.state_dir.join("staging")
     }
 
     /// Sends every sync db whose file changed (pacman renames new ones into place) to the

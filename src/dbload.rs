@@ -1,8 +1,9 @@
 //! The helper thread that parses sync databases, so that reading a 10 MB db never stalls
 //! transfers in flight. The loop sends (repo, path); the thread answers through a channel
-//! and wakes the loop with the mio `Waker`.
+//! and wakes the loop with the mio `Waker`. Signatures from the dbs go to unlinked scratch
+//! files in `sig_dir` (the staging dir), not to memory.
 
-use crate::syncdb::{self, DbMap, FileStamp};
+use crate::syncdb::{self, DbIndex, FileStamp};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -10,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 /// Pending parse requests; a pacman.conf has a handful of repos, so this is generous.
 const QUEUE: usize = 64;
 
-pub type Loaded = (String, Result<(DbMap, FileStamp), syncdb::DbError>);
+pub type Loaded = (String, Result<(DbIndex, FileStamp), syncdb::DbError>);
 
 pub struct DbLoader {
     tx: SyncSender<(String, PathBuf)>,
@@ -20,14 +21,14 @@ pub struct DbLoader {
 }
 
 impl DbLoader {
-    pub fn new(waker: Arc<mio::Waker>) -> std::io::Result<Self> {
+    pub fn new(waker: Arc<mio::Waker>, sig_dir: PathBuf) -> std::io::Result<Self> {
         let (tx, jobs) = mpsc::sync_channel::<(String, PathBuf)>(QUEUE);
         let (done, rx) = mpsc::sync_channel::<Loaded>(QUEUE);
         std::thread::Builder::new()
             .name("flocon-db".into())
             .spawn(move || {
                 for (repo, path) in jobs {
-                    let r = syncdb::load_db_stamped(&path);
+                    let r = syncdb::load_db_stamped(&path, &sig_dir);
                     if done.send((repo, r)).is_err() {
                         return;
                     }

@@ -11,6 +11,7 @@
 //! drop the fetch when it says so. Redirects are not followed here: the caller sees `Head`
 //! with a 3xx status and its `location`.
 
+use crate::chunk::{CHUNK_SIZE, Chunk};
 use crate::http::{self, BodyFraming, ChunkedDecoder, Method, ResponseInfo};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv6Addr, SocketAddr};
@@ -29,9 +30,9 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(8);
 /// monopolise a loop turn (fairness between transfers), and a consumer that pauses the fetch
 /// whenever it has less room than this is never overrun.
 pub const MAX_BODY_BUFFER: usize = 256 * 1024;
-/// Size of one read: 64 KiB matches the usual socket receive quantum and keeps one read
-/// buffer per fetch small.
-const READ_CHUNK: usize = 64 * 1024;
+/// Size of one read: 64 KiB matches the usual socket receive quantum. Each read goes into a
+/// pooled `Chunk` that becomes the body event itself (no copy, no allocation per read).
+const READ_CHUNK: usize = CHUNK_SIZE;
 
 /// One outbound request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +53,8 @@ pub struct Request {
 pub enum Event {
     Head(ResponseInfo),
     /// Decoded body bytes (chunk framing removed), never past the promised Content-Length.
-    Body(Vec<u8>),
+    /// Dropping the chunk recycles its buffer.
+    Body(Chunk),
     /// The body is complete (or there is none: HEAD, 1xx/204/304, Content-Length 0).
     Done,
     /// The connection failed or the server broke the protocol; the reason is for the log.
@@ -102,7 +104,6 @@ pub struct Fetch<S = mio::net::TcpStream> {
     head_start: usize,
     /// Body bytes that arrived in the same reads as the head.
     carry: Vec<u8>,
-    rbuf: Vec<u8>,
     /// Start of the current connect/head bound.
     since: Instant,
     /// Last time a body byte was delivered (start of the stall bound).
@@ -171,7 +172,6 @@ impl<S: Read + Write> Fetch<S> {
             head: Vec::new(),
             head_start: 0,
             carry: Vec::new(),
-            rbuf: Vec::new(),
             since: now,
             last_progress: now,
             room: usize::MAX,
@@ -234,10 +234,11 @@ impl<S: Read + Write> Fetch<S> {
         self.room = room;
     }
 
-    /// True when the last `drive` stopped on `MAX_BODY_BUFFER` with bytes possibly left in
-    /// the socket: drive again without waiting for an event.
+    /// True when the last `drive` stopped on `MAX_BODY_BUFFER` or on its room with bytes
+    /// possibly left in the socket: drive again without waiting for an event (after
+    /// `set_room`; a drive without room reads nothing and clears this).
     pub fn wants_drive(&self) -> bool {
-        self.more && self.room > 0 && !self.is_finished()
+        self.more && !self.is_finished()
     }
 
     /// Body bytes delivered so far (after chunk decoding), e.g. for a resuming Range.
@@ -366,7 +367,7 @@ impl<S: Read + Write> Fetch<S> {
             let n = carry.len().min(budget);
             budget -= n;
             self.room = self.room.saturating_sub(n);
-            let done = self.deliver(&carry[..n], now, events)?;
+            let done = self.deliver(Chunk::copy_of(&carry[..n]), now, events)?;
             if done {
                 self.finish(events);
                 return Ok(());
@@ -377,9 +378,6 @@ impl<S: Read + Write> Fetch<S> {
                 self.more = true;
                 return Ok(());
             }
-        }
-        if self.rbuf.is_empty() {
-            self.rbuf = vec![0; READ_CHUNK];
         }
         loop {
             if budget == 0 {
@@ -394,7 +392,8 @@ impl<S: Read + Write> Fetch<S> {
                 _ => READ_CHUNK,
             }
             .min(budget);
-            match self.stream.read(&mut self.rbuf[..want]) {
+            let mut chunk = Chunk::new();
+            match chunk.read_from(&mut self.stream, want) {
                 Ok(0) => {
                     return match &self.state {
                         State::ReadingBody(Body::UntilClose) => {
@@ -410,10 +409,7 @@ impl<S: Read + Write> Fetch<S> {
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     self.room = self.room.saturating_sub(n);
-                    let data = std::mem::take(&mut self.rbuf);
-                    let done = self.deliver(&data[..n], now, events);
-                    self.rbuf = data;
-                    if done? {
+                    if self.deliver(chunk, now, events)? {
                         self.finish(events);
                         return Ok(());
                     }
@@ -428,7 +424,7 @@ impl<S: Read + Write> Fetch<S> {
     /// Passes raw body bytes through the framing; true when the body is complete.
     fn deliver(
         &mut self,
-        raw: &[u8],
+        raw: Chunk,
         now: Instant,
         events: &mut Vec<Event>,
     ) -> Result<bool, String> {
@@ -436,16 +432,18 @@ impl<S: Read + Write> Fetch<S> {
             State::ReadingBody(Body::Length(left)) => {
                 let n = usize::try_from(*left).unwrap_or(usize::MAX).min(raw.len());
                 *left -= n as u64;
-                (raw[..n].to_vec(), *left == 0)
+                let mut piece = raw;
+                piece.truncate(n);
+                (piece, *left == 0)
             }
             State::ReadingBody(Body::Chunked(dec)) => {
-                let mut out = Vec::new();
-                let (_, done) = dec
-                    .feed(raw, &mut out)
+                let mut out = Chunk::new();
+                let (_, done) = out
+                    .fill_with(|v| dec.feed(&raw, v))
                     .map_err(|e| format!("chunked body: {e}"))?;
                 (out, done)
             }
-            State::ReadingBody(Body::UntilClose) => (raw.to_vec(), false),
+            State::ReadingBody(Body::UntilClose) => (raw, false),
             _ => return Ok(false),
         };
         if !piece.is_empty() {
@@ -458,7 +456,6 @@ impl<S: Read + Write> Fetch<S> {
 
     fn finish(&mut self, events: &mut Vec<Event>) {
         self.state = State::Finished;
-        self.rbuf = Vec::new();
         self.carry = Vec::new();
         events.push(Event::Done);
     }
@@ -665,7 +662,7 @@ mod tests {
             .iter()
             .filter_map(|e| {
                 if let Event::Body(b) = e {
-                    Some(b.as_slice())
+                    Some(&b[..])
                 } else {
                     None
                 }

@@ -6,6 +6,7 @@
 pub mod log;
 
 pub mod auth;
+pub mod chunk;
 pub mod config;
 pub mod conn;
 pub mod daemon;
@@ -20,6 +21,7 @@ pub mod protocol;
 pub mod resolver;
 pub mod route;
 pub mod server;
+pub mod stager;
 pub mod syncdb;
 pub mod sys;
 pub mod transfer;

@@ -11,6 +11,7 @@ use std::time::Duration;
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(panic_line));
     let mut args = std::env::args_os().skip(1);
     if args.next().is_some_and(|a| a == "genkey") {
         return genkey(args.collect());
@@ -70,6 +71,25 @@ fn genkey(args: Vec<std::ffi::OsString>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A panic aborts (`panic = "abort"`): one line with the message and where it happened, no
+/// backtrace (static builds carry no unwinder to take one; docs/DESIGN.md, "Binary size").
+fn panic_line(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let msg = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let thread = std::thread::current();
+    let at = info
+        .location()
+        .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+    eprintln!(
+        "flocon: panic in thread {}{at}: {msg}",
+        thread.name().unwrap_or("?")
+    );
 }
 
 /// Asks the running daemon over its loopback listener and prints the answer.

@@ -8,6 +8,7 @@ use crate::daemon::{Daemon, FetchSlot, Purpose, Slot, Timer};
 use crate::discovery::{Decided, DiscoveryEvent};
 use crate::fetch::{self, Fetch};
 use crate::http::{self, FileKind, Method, RangeOutcome, Request};
+use crate::stager;
 use crate::transfer::{self, Phase, Transfer, Verdict};
 use mio::{Interest, Token};
 use std::collections::VecDeque;
@@ -210,7 +211,7 @@ impl Daemon {
                     self.hand_out(file);
                     return;
                 }
-                Phase::Looking | Phase::Fetching => {
+                Phase::Looking | Phase::Fetching | Phase::Verifying => {
                     // another request for a file on its way: share the transfer
                     self.waiting.insert(t, Waiting::Transfer(file.to_string()));
                     self.requests.insert(t, req.clone());
@@ -240,7 +241,7 @@ impl Daemon {
             repo,
             arch,
             info,
-            &self.staging_dir(),
+            &self.stager.handle(),
             self.serial,
             self.now,
         );
@@ -348,10 +349,7 @@ impl Daemon {
                 continue;
             }
             let resume = tr.received;
-            if let Err(e) = tr.begin_source(cand.instance, addr, self.now) {
-                warn!("staging {file}: {e}; going upstream");
-                return self.transfer_failed(file);
-            }
+            tr.begin_source(cand.instance, addr, self.now);
             let mut headers = Vec::new();
             if resume > 0 {
                 headers.push(("Range".to_string(), format!("bytes={resume}-")));
@@ -442,7 +440,6 @@ impl Daemon {
         let Some(tr) = self.transfers.get(file) else {
             return;
         };
-        let path = tr.staged_path.clone();
         let len = tr.expected.size;
         let waiters: Vec<Token> = self
             .waiting
@@ -454,7 +451,7 @@ impl Daemon {
             self.waiting.remove(&t);
             let req = self.requests.remove(&t);
             let range = req.as_ref().and_then(|r| r.range.clone());
-            let Ok(f) = std::fs::File::open(&path) else {
+            let Some(f) = self.transfers.get(file).and_then(|tr| tr.open_copy()) else {
                 self.answer_error(t, 503);
                 continue;
             };
@@ -542,7 +539,7 @@ impl Daemon {
         if tr.phase == Phase::Ready {
             return;
         }
-        let progressing = tr.phase == Phase::Fetching && tr.received > 0;
+        let progressing = matches!(tr.phase, Phase::Fetching | Phase::Verifying) && tr.received > 0;
         if progressing && tr.redirect_rounds < transfer::MAX_REDIRECT_ROUNDS {
             tr.redirect_rounds += 1;
             let loc = match self.requests.get(&t) {
@@ -732,10 +729,105 @@ impl Daemon {
         self.next_source(p)
     }
 
+    /// The stager's final word on a staged copy.
+    pub(crate) fn on_staged(&mut self, r: stager::Report) {
+        let Some(file) = self
+            .transfers
+            .iter()
+            .find(|(_, t)| t.stage_id() == r.id)
+            .map(|(f, _)| f.clone())
+        else {
+            return; // the transfer is gone, or was reset: stale
+        };
+        let Some(tr) = self.transfers.get_mut(&file) else {
+            return;
+        };
+        let verdict = tr.settle(r.outcome);
+        self.copy_settled(&file, verdict);
+    }
+
+    /// A copy's verdict: hand it out, or ban its contributors and try the next peer, or
+    /// (our disk failed) send the waiters upstream.
+    fn copy_settled(&mut self, file: &str, verdict: Verdict) {
+        let now = self.now;
+        let Some(tr) = self.transfers.get_mut(file) else {
+            return;
+        };
+        let elapsed = now.duration_since(tr.started);
+        let (size, contributors, source) = (tr.expected.size, tr.contributors.clone(), tr.source);
+        match verdict {
+            Verdict::Verified => {
+                info!(
+                    "{file}: {size} bytes from peer {} verified in {:.2} s ({:.1} MB/s)",
+                    source.map(|s| s.1.to_string()).unwrap_or_default(),
+                    elapsed.as_secs_f64(),
+                    size as f64 / elapsed.as_secs_f64().max(0.001) / 1e6
+                );
+                self.stats.lan_hits += 1;
+                self.stats.lan_bytes += size;
+                if let Some((instance, _)) = source {
+                    self.discovery.peers.credit_served(instance);
+                }
+                if let Some((instance, a)) = source {
+                    if self.sig_hints.len() >= MAX_SIG_HINTS {
+                        self.sig_hints.clear();
+                    }
+                    self.sig_hints.insert(file.to_string(), (instance, a, now));
+                }
+                self.hand_out(file);
+            }
+            // our disk, not the peer: this copy ends, the waiters go upstream
+            Verdict::Local(e) => {
+                warn!("staging {file}: {e}; going upstream");
+                let fetches: Vec<Token> = self
+                    .slots
+                    .tokens()
+                    .into_iter()
+                    .filter(|t| {
+                        matches!(self.slots.get(*t), Some(Slot::Fetch(fs))
+                            if matches!(&fs.purpose, Purpose::PeerCopy { file: f, .. } if f == file))
+                    })
+                    .collect();
+                for t in fetches {
+                    self.remove_fetch(t);
+                }
+                self.transfer_failed(file);
+            }
+            v => {
+                let why = format!("{file}: {v:?} (sync db says {size} bytes)");
+                for c in contributors {
+                    self.discovery.ban(c, now, &why);
+                }
+                self.stats.rejected_copies += 1;
+                if let Some(tr) = self.transfers.get_mut(file) {
+                    tr.reset_staging();
+                }
+                self.next_peer(file);
+            }
+        }
+    }
+
+    /// The stager's queue has room again: peer copies paused for it read on.
+    pub(crate) fn resume_copies(&mut self) {
+        let copies: Vec<Token> = self
+            .slots
+            .tokens()
+            .into_iter()
+            .filter(|t| {
+                matches!(self.slots.get(*t), Some(Slot::Fetch(fs))
+                    if matches!(fs.purpose, Purpose::PeerCopy { .. }))
+            })
+            .collect();
+        for t in copies {
+            self.drive_fetch(t);
+        }
+    }
+
     pub(crate) fn drive_fetch(&mut self, tok: Token) {
         let now = self.now;
         let mut events = Vec::new();
-        // backpressure: a proxied stream pauses while its client's buffer is full
+        // backpressure: a proxied stream reads what its client's buffer has room for, a
+        // peer copy what the stager's queue has
         let client = match self.slots.get(tok) {
             Some(Slot::Fetch(fs)) => match &fs.purpose {
                 Purpose::Proxy(p) => Some(p.client),
@@ -743,14 +835,13 @@ impl Daemon {
             },
             _ => return,
         };
-        if let Some(client) = client {
-            let room = match self.slots.get(client) {
-                Some(Slot::Front(c)) => c.stream_room(),
-                _ => usize::MAX,
-            };
-            if let Some(Slot::Fetch(fs)) = self.slots.get_mut(tok) {
-                fs.fetch.set_room(room);
-            }
+        let room = match client.map(|c| self.slots.get(c)) {
+            Some(Some(Slot::Front(c))) => c.stream_room(),
+            Some(_) => usize::MAX,
+            None => self.stager.handle().room(),
+        };
+        if let Some(Slot::Fetch(fs)) = self.slots.get_mut(tok) {
+            fs.fetch.set_room(room);
         }
         let Some(Slot::Fetch(fs)) = self.slots.get_mut(tok) else {
             return;
@@ -838,64 +929,19 @@ impl Daemon {
                 }
             }
             fetch::Event::Body(data) => {
-                match tr.append(&data) {
-                    Ok(()) => {}
-                    Err(transfer::AppendError::TooLong) => {
-                        self.remove_fetch(tok);
-                        self.discovery.ban(
-                            instance,
-                            now,
-                            "sent more bytes than the sync db's size",
-                        );
-                        self.next_peer(file);
-                    }
-                    // our disk, not the peer: this copy ends, the waiters go upstream
-                    Err(transfer::AppendError::Local(e)) => {
-                        warn!("staging {file}: {e}; going upstream");
-                        self.remove_fetch(tok);
-                        self.transfer_failed(file);
-                    }
+                if tr.append(data).is_err() {
+                    self.remove_fetch(tok);
+                    self.discovery
+                        .ban(instance, now, "sent more bytes than the sync db's size");
+                    self.next_peer(file);
                 }
             }
             fetch::Event::Done => {
-                let verdict = tr.verify();
-                let elapsed = now.duration_since(tr.started);
-                let (size, contributors, addr) = (
-                    tr.expected.size,
-                    tr.contributors.clone(),
-                    tr.source.map(|s| s.1),
-                );
+                let r = tr.finish();
                 self.remove_fetch(tok);
-                match verdict {
-                    Verdict::Verified => {
-                        info!(
-                            "{file}: {size} bytes from peer {} verified in {:.2} s ({:.1} MB/s)",
-                            addr.map(|a| a.to_string()).unwrap_or_default(),
-                            elapsed.as_secs_f64(),
-                            size as f64 / elapsed.as_secs_f64().max(0.001) / 1e6
-                        );
-                        self.stats.lan_hits += 1;
-                        self.stats.lan_bytes += size;
-                        self.discovery.peers.credit_served(instance);
-                        if let Some(a) = addr {
-                            if self.sig_hints.len() >= MAX_SIG_HINTS {
-                                self.sig_hints.clear();
-                            }
-                            self.sig_hints.insert(file.to_string(), (instance, a, now));
-                        }
-                        self.hand_out(file);
-                    }
-                    v => {
-                        let why = format!("{file}: {v:?} (sync db says {size} bytes)");
-                        for c in contributors {
-                            self.discovery.ban(c, now, &why);
-                        }
-                        self.stats.rejected_copies += 1;
-                        if let Some(tr) = self.transfers.get_mut(file) {
-                            tr.reset_staging();
-                        }
-                        self.next_peer(file);
-                    }
+                // the hash is checked on the stager thread: its verdict comes to on_staged
+                if let Err(v) = r {
+                    self.copy_settled(file, v);
                 }
             }
             fetch::Event::Failed(why) => {

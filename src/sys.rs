@@ -207,6 +207,158 @@ pub fn rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Asks the allocator to give free memory back to the kernel. glibc keeps freed heap pages
+/// (and raises its mmap threshold after each large free), so after a sync db's index is
+/// replaced the daemon would stay at its parsing peak; musl returns large blocks by itself.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Static builds (musl, `panic = "abort"`) never unwind: a panic prints its message from our
+/// hook (main.rs) and aborts. What still reaches the unwinder is std's default panic hook,
+/// which can print a backtrace, and the landing pads of the prebuilt std. These definitions
+/// stand in for libunwind's: the backtrace walk ends at once, and everything that only an
+/// unwind could call aborts. With LTO the optimiser then sees that no frame is ever
+/// symbolised and drops std's symboliser (gimli, addr2line, the demangler) and libunwind:
+/// ~250 KB of a ~870 KB binary. See docs/DESIGN.md, "Binary size".
+/// 32-bit ARM (EHABI) has other entry points: see `no_unwinder_ehabi`.
+#[cfg(all(
+    target_env = "musl",
+    panic = "abort",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+#[allow(non_snake_case)]
+mod no_unwinder {
+    use std::ffi::{c_int, c_void};
+
+    /// `_URC_END_OF_STACK`: the walk is over.
+    const END_OF_STACK: c_int = 5;
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_Backtrace(
+        _trace: extern "C" fn(*mut c_void, *mut c_void) -> c_int,
+        _arg: *mut c_void,
+    ) -> c_int {
+        END_OF_STACK
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_Resume(_exception: *mut c_void) -> ! {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetIP(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetIPInfo(_ctx: *mut c_void, _before: *mut c_int) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetLanguageSpecificData(_ctx: *mut c_void) -> *mut c_void {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetRegionStart(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetDataRelBase(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetTextRelBase(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_SetGR(_ctx: *mut c_void, _reg: c_int, _value: usize) {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_SetIP(_ctx: *mut c_void, _value: usize) {
+        std::process::abort()
+    }
+}
+
+/// The same for 32-bit ARM, whose unwinder (ARM EHABI) std reaches through other entry
+/// points: the personality routines every `.ARM.exidx` entry names, and the virtual register
+/// set instead of `_Unwind_GetIP`.
+#[cfg(all(target_env = "musl", panic = "abort", target_arch = "arm"))]
+#[allow(non_snake_case)]
+mod no_unwinder_ehabi {
+    use std::ffi::{c_int, c_void};
+
+    /// `_URC_END_OF_STACK`: the walk is over.
+    const END_OF_STACK: c_int = 5;
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_Backtrace(
+        _trace: extern "C" fn(*mut c_void, *mut c_void) -> c_int,
+        _arg: *mut c_void,
+    ) -> c_int {
+        END_OF_STACK
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_Resume(_exception: *mut c_void) -> ! {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_VRS_Get(
+        _ctx: *mut c_void,
+        _class: c_int,
+        _reg: u32,
+        _repr: c_int,
+        _value: *mut c_void,
+    ) -> c_int {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_VRS_Set(
+        _ctx: *mut c_void,
+        _class: c_int,
+        _reg: u32,
+        _repr: c_int,
+        _value: *mut c_void,
+    ) -> c_int {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn __gnu_unwind_frame(_exception: *mut c_void, _ctx: *mut c_void) -> c_int {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetLanguageSpecificData(_ctx: *mut c_void) -> *mut c_void {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetRegionStart(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetDataRelBase(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetTextRelBase(_ctx: *mut c_void) -> usize {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn __aeabi_unwind_cpp_pr0(_s: c_int, _e: *mut c_void, _c: *mut c_void) -> c_int {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn __aeabi_unwind_cpp_pr1(_s: c_int, _e: *mut c_void, _c: *mut c_void) -> c_int {
+        std::process::abort()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn __aeabi_unwind_cpp_pr2(_s: c_int, _e: *mut c_void, _c: *mut c_void) -> c_int {
+        std::process::abort()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

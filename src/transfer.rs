@@ -1,17 +1,21 @@
-//! Verified transfers from peers (SPEC §6): a package that the local sync db lists is fetched
-//! from a LAN peer into flocon's own staging dir while being hashed, and handed to pacman only
-//! when its size and SHA-256 match the db. A `Transfer` is shared by every local request for
-//! the same file. This module owns the staging files and the verification; the daemon owns
-//! the sockets and decides what happens next from the `Verdict`s returned here.
+//! Verified transfers from peers: a package that the local sync db lists is fetched from a
+//! LAN peer into flocon's own staging dir while being hashed, and handed to pacman only when
+//! its size and SHA-256 match the db (docs/DESIGN.md, "Verified transfers"). A `Transfer` is
+//! shared by every local request for the same file. This module keeps a copy's record and
+//! the checks that need no disk (the size); the disk work and the hash run on the stager
+//! thread (stager.rs), whose verdict comes back later as a `stager::Report` for `settle`.
+//! The daemon owns the sockets and decides what happens next from the `Verdict`s.
 
+use crate::chunk::Chunk;
 use crate::peers::Candidate;
+use crate::stager::{Outcome, StageHandle};
 use crate::syncdb::PkgInfo;
-use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Total bytes staged at once. A full staging area means "go upstream", never an error.
@@ -31,7 +35,9 @@ pub enum Phase {
     Looking,
     /// Fetching from `candidates.front()`.
     Fetching,
-    /// Verified and complete in `staged_path`.
+    /// Every byte arrived and is queued for the stager; its verdict is pending.
+    Verifying,
+    /// Verified and complete: `open_copy` hands it out.
     Ready,
 }
 
@@ -48,8 +54,13 @@ pub struct Transfer {
     pub contributors: Vec<u64>,
     pub source: Option<(u64, SocketAddr)>,
     pub staged_path: PathBuf,
-    staged: Option<File>,
-    hasher: Sha256,
+    stage: StageHandle,
+    /// The stager's id for the bytes staged now (a new one after each reset).
+    stage_id: u64,
+    /// The staging file was asked for (first source).
+    opened: bool,
+    /// The verified copy, open for reading, shared with the connections serving it.
+    copy: Option<Arc<File>>,
     pub received: u64,
     pub started: Instant,
     pub fetch_started: Option<Instant>,
@@ -57,20 +68,23 @@ pub struct Transfer {
 }
 
 /// Why bytes could not be appended.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum AppendError {
     /// The source sent more than the sync db's size.
     TooLong,
-    /// Writing the staging file failed (disk full, quota, I/O error).
-    Local(io::Error),
 }
 
-/// What verification concluded once the source said it was done.
+/// What verification concluded.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Verified,
-    WrongSize { got: u64 },
+    WrongSize {
+        got: u64,
+    },
     WrongHash,
+    /// Our staging file could not be opened or written (disk full, quota, I/O error): not
+    /// the peer's fault; this copy cannot go on.
+    Local(String),
 }
 
 impl Transfer {
@@ -79,7 +93,7 @@ impl Transfer {
         repo: &str,
         arch: &str,
         expected: PkgInfo,
-        staging: &Path,
+        stage: &StageHandle,
         serial: u64,
         now: Instant,
     ) -> Self {
@@ -94,9 +108,11 @@ impl Transfer {
             attempts: 0,
             contributors: Vec::new(),
             source: None,
-            staged_path: staging.join(format!("{serial}.{file}")),
-            staged: None,
-            hasher: Sha256::new(),
+            staged_path: stage.dir().join(format!("{serial}.{file}")),
+            stage: stage.clone(),
+            stage_id: stage.new_id(),
+            opened: false,
+            copy: None,
             received: 0,
             started: now,
             fetch_started: None,
@@ -104,19 +120,12 @@ impl Transfer {
         }
     }
 
-    /// Opens the staging file (first source) or keeps it (a later source resumes it).
-    pub fn begin_source(
-        &mut self,
-        instance: u64,
-        addr: SocketAddr,
-        now: Instant,
-    ) -> io::Result<()> {
-        if self.staged.is_none() {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&self.staged_path)?;
-            self.staged = Some(f);
+    /// Starts a source: the first one has the staging file created (on the stager; a
+    /// failure arrives as `Verdict::Local`), a later one resumes it.
+    pub fn begin_source(&mut self, instance: u64, addr: SocketAddr, now: Instant) {
+        if !self.opened {
+            self.stage.open(self.stage_id, self.staged_path.clone());
+            self.opened = true;
         }
         self.source = Some((instance, addr));
         if !self.contributors.contains(&instance) {
@@ -125,51 +134,68 @@ impl Transfer {
         self.fetch_started = Some(now);
         self.phase = Phase::Fetching;
         self.attempts += 1;
-        Ok(())
     }
 
-    /// Appends body bytes, hashing them. More bytes than the db's size is the peer's lie;
-    /// a write that fails is ours (the file may now hold a partial write, so this copy
-    /// cannot go on).
-    pub fn append(&mut self, data: &[u8]) -> Result<(), AppendError> {
-        if self.received + data.len() as u64 > self.expected.size {
+    /// Body bytes the source may deliver now (`Fetch::set_room`): the stager's free queue.
+    /// 0 means wait for `Stager::take_room_freed`.
+    pub fn room(&self) -> usize {
+        self.stage.room()
+    }
+
+    /// Queues body bytes for writing and hashing. More bytes than the db's size is the
+    /// peer's lie, found here at once.
+    pub fn append(&mut self, chunk: Chunk) -> Result<(), AppendError> {
+        if self.received + chunk.len() as u64 > self.expected.size {
             return Err(AppendError::TooLong);
         }
-        let f = self
-            .staged
-            .as_mut()
-            .ok_or(AppendError::Local(io::ErrorKind::NotFound.into()))?;
-        f.write_all(data).map_err(AppendError::Local)?;
-        self.hasher.update(data);
-        self.received += data.len() as u64;
+        self.received += chunk.len() as u64;
+        self.stage.write(self.stage_id, chunk);
         Ok(())
     }
 
-    /// The source ended cleanly: does what we have match the db?
-    pub fn verify(&mut self) -> Verdict {
+    /// The source ended cleanly. A wrong size is known at once; otherwise the stager checks
+    /// the hash and its report goes to `settle` (`Phase::Verifying` until then).
+    pub fn finish(&mut self) -> Result<(), Verdict> {
         if self.received != self.expected.size {
-            return Verdict::WrongSize { got: self.received };
+            return Err(Verdict::WrongSize { got: self.received });
         }
-        let digest: [u8; 32] = std::mem::replace(&mut self.hasher, Sha256::new())
-            .finalize()
-            .into();
-        self.staged = None;
-        match self.expected.sha256 {
-            Some(want) if want != digest => Verdict::WrongHash,
-            _ => {
+        self.stage.verify(self.stage_id, self.expected.sha256);
+        self.phase = Phase::Verifying;
+        Ok(())
+    }
+
+    /// The stager id of the bytes staged now: a `Report` with another id is stale.
+    pub fn stage_id(&self) -> u64 {
+        self.stage_id
+    }
+
+    /// Takes the stager's final report for `stage_id()`.
+    pub fn settle(&mut self, outcome: Outcome) -> Verdict {
+        match outcome {
+            Outcome::Verified(f) => {
+                self.copy = Some(Arc::new(f));
                 self.phase = Phase::Ready;
                 Verdict::Verified
             }
+            Outcome::WrongHash => Verdict::WrongHash,
+            Outcome::Local(e) => Verdict::Local(e.to_string()),
         }
+    }
+
+    /// The verified copy for one client: no path lookup, valid after the name is gone.
+    /// Shared: read it at explicit offsets (`sendfile` with an offset, as
+    /// `Conn::answer_file` does). None before `Phase::Ready`.
+    pub fn open_copy(&self) -> Option<Arc<File>> {
+        self.copy.clone()
     }
 
     /// Throws away what was staged (after a failed hash) so the next source starts at 0.
     pub fn reset_staging(&mut self) {
-        self.staged = None;
-        let _ = std::fs::remove_file(&self.staged_path);
-        self.hasher = Sha256::new();
+        self.remove_staged();
+        self.stage_id = self.stage.new_id();
         self.received = 0;
         self.contributors.clear();
+        self.source = None;
     }
 
     /// Bytes per second from the current source so far.
@@ -190,9 +216,14 @@ impl Transfer {
         left / rate <= within.as_secs_f64()
     }
 
+    /// Closes and unlinks the staged copy, on the stager thread. Requests already handed
+    /// the copy keep their own handles.
     pub fn remove_staged(&mut self) {
-        self.staged = None;
-        let _ = std::fs::remove_file(&self.staged_path);
+        if self.opened || self.copy.is_some() {
+            self.stage
+                .discard(self.stage_id, self.staged_path.clone(), self.copy.take());
+            self.opened = false;
+        }
     }
 }
 
@@ -214,6 +245,8 @@ pub fn prepare_staging(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stager::{Report, Stager, counting_wake};
+    use sha2::{Digest, Sha256};
 
     fn sha(data: &[u8]) -> [u8; 32] {
         Sha256::digest(data).into()
@@ -225,62 +258,141 @@ mod tests {
         d
     }
 
+    fn stager(dir: &Path) -> Stager {
+        Stager::with_wake(dir, counting_wake().0).unwrap()
+    }
+
     fn addr() -> SocketAddr {
         "127.0.0.2:19432".parse().unwrap()
+    }
+
+    /// The next final report (the thread answers within a few ms; 10 s means it is broken).
+    fn report(s: &mut Stager) -> Report {
+        let t0 = Instant::now();
+        loop {
+            if let Some(r) = s.reports().pop() {
+                return r;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no report from the stager"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn gone(p: &Path) -> bool {
+        let t0 = Instant::now();
+        while p.exists() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        !p.exists()
+    }
+
+    fn transfer(s: &Stager, name: &str, data: &[u8], serial: u64) -> Transfer {
+        let info = PkgInfo {
+            size: data.len() as u64,
+            sha256: Some(sha(data)),
+        };
+        Transfer::new(
+            name,
+            "core",
+            "x86_64",
+            info,
+            &s.handle(),
+            serial,
+            Instant::now(),
+        )
     }
 
     #[test]
     fn verified_when_size_and_hash_match() {
         let dir = staging("ok");
-        let data = b"hello package".to_vec();
-        let mut t = Transfer::new(
-            "a.pkg.tar.zst",
-            "core",
-            "x86_64",
-            PkgInfo {
-                size: 13,
-                sha256: Some(sha(&data)),
-            },
-            &dir,
-            1,
-            Instant::now(),
-        );
-        t.begin_source(7, addr(), Instant::now()).unwrap();
-        t.append(&data[..5]).unwrap();
-        t.append(&data[5..]).unwrap();
-        assert_eq!(t.verify(), Verdict::Verified);
-        assert_eq!(std::fs::read(&t.staged_path).unwrap(), data);
+        let mut s = stager(&dir);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 247) as u8).collect();
+        let mut t = transfer(&s, "a.pkg.tar.zst", &data, 1);
+        t.begin_source(7, addr(), Instant::now());
+        for piece in data.chunks(crate::chunk::CHUNK_SIZE - 5) {
+            t.append(Chunk::copy_of(piece)).unwrap();
+        }
+        assert_eq!(t.finish(), Ok(()));
+        assert_eq!(t.phase, Phase::Verifying);
+        let r = report(&mut s);
+        assert_eq!(r.id, t.stage_id());
+        assert_eq!(t.settle(r.outcome), Verdict::Verified);
+        assert_eq!(t.phase, Phase::Ready);
+        let mut got = Vec::new();
+        let copy = t.open_copy().unwrap();
+        let mut f = &*copy;
+        io::Seek::rewind(&mut f).unwrap();
+        io::Read::read_to_end(&mut f, &mut got).unwrap();
+        assert!(got == data, "the staged copy holds the bytes");
         let p = t.staged_path.clone();
         drop(t);
-        assert!(!p.exists(), "staged copy removed with the transfer");
+        assert!(gone(&p), "staged copy removed with the transfer");
+        // a handle given out keeps the bytes after the name is gone
+        let mut again = Vec::new();
+        io::Seek::rewind(&mut f).unwrap();
+        io::Read::read_to_end(&mut f, &mut again).unwrap();
+        assert_eq!(again.len(), data.len());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn corrupt_or_short_or_long_is_refused() {
         let dir = staging("bad");
+        let mut s = stager(&dir);
         let good = b"0123456789".to_vec();
-        let info = PkgInfo {
-            size: 10,
-            sha256: Some(sha(&good)),
-        };
-        let mut t = Transfer::new(
-            "b.pkg.tar.zst",
-            "core",
-            "x86_64",
-            info,
-            &dir,
-            2,
-            Instant::now(),
-        );
-        t.begin_source(1, addr(), Instant::now()).unwrap();
-        t.append(b"0123456788").unwrap();
-        assert_eq!(t.verify(), Verdict::WrongHash);
+        let mut t = transfer(&s, "b.pkg.tar.zst", &good, 2);
+        t.begin_source(1, addr(), Instant::now());
+        t.append(Chunk::copy_of(b"0123456788")).unwrap();
+        assert_eq!(t.finish(), Ok(()));
+        let r = report(&mut s);
+        assert_eq!(t.settle(r.outcome), Verdict::WrongHash);
+        let old = t.stage_id();
         t.reset_staging();
-        t.begin_source(2, addr(), Instant::now()).unwrap();
-        t.append(b"01234").unwrap();
-        assert_eq!(t.verify(), Verdict::WrongSize { got: 5 });
-        assert!(t.append(b"0123456789").is_err(), "more than the db size");
+        assert_ne!(
+            t.stage_id(),
+            old,
+            "a late report about the old bytes is told apart"
+        );
+        t.begin_source(2, addr(), Instant::now());
+        t.append(Chunk::copy_of(b"01234")).unwrap();
+        assert_eq!(t.finish(), Err(Verdict::WrongSize { got: 5 }));
+        assert_eq!(
+            t.append(Chunk::copy_of(b"0123456789")),
+            Err(AppendError::TooLong),
+            "more than the db size"
+        );
+        // the second attempt, right this time, from the start of a fresh file
+        t.reset_staging();
+        t.begin_source(3, addr(), Instant::now());
+        t.append(Chunk::copy_of(&good)).unwrap();
+        assert_eq!(t.finish(), Ok(()));
+        let r = report(&mut s);
+        assert_eq!(r.id, t.stage_id());
+        assert_eq!(t.settle(r.outcome), Verdict::Verified);
+        assert!(s.reports().is_empty(), "one report per staged copy");
+        drop(t);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_staging_file_that_cannot_be_created_is_a_local_error() {
+        let dir = staging("local");
+        let s = stager(&dir.join("missing"));
+        let mut s = s;
+        let mut t = transfer(&s, "c.pkg.tar.zst", b"abc", 3);
+        t.begin_source(1, addr(), Instant::now());
+        t.append(Chunk::copy_of(b"abc")).unwrap();
+        assert_eq!(t.finish(), Ok(()));
+        let r = report(&mut s);
+        assert!(matches!(t.settle(r.outcome), Verdict::Local(_)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            s.reports().is_empty(),
+            "the failure is reported once, not again at verify"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
