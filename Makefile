@@ -102,7 +102,7 @@ have-target = [ -d "$$(rustc $(2) --print sysroot)/lib/rustlib/$(1)/lib" ]
 # like every run of flocon
 # The static builds use profile "static" (opt-level z, LTO, panic = "abort"); src/sys.rs
 # stands in for the unwinder they never use, which drops std's backtrace symboliser:
-# ~873 KB -> ~610 KB on x86_64, with the prebuilt std of a stable toolchain (docs/DESIGN.md,
+# ~873 KB -> ~620 KB on x86_64, with the prebuilt std of a stable toolchain (docs/DESIGN.md,
 # "Binary size"). SMALL_STD=1 (needs the rust-src component) also rebuilds std for size
 # (-Zbuild-std, enabled on the stable toolchain with RUSTC_BOOTSTRAP=1) and links without
 # relocations; not the default, so that every machine builds the same binary.

@@ -95,9 +95,9 @@ if [[ ${1:-} == --inside ]]; then
   # a crafted extra.db with far more entries than any repo
   echo 5 > "/proc/$pid/clear_refs"
   mv "$W/hostile.db" "$W/db/sync/extra.db"
-  loaded 1 'refused' > /dev/null
+  loaded 1 "refused\|extra: $HOSTILE packages" > /dev/null
   sleep 1
-  hostile_line=$(grep 'refused' "$W/flocon.log" | tail -1)
+  hostile_line=$(grep "refused\|extra: $HOSTILE packages" "$W/flocon.log" | tail -1)
   hostile_line=${hostile_line##*: sync db }
   hostile_peak=$(status_kib "$pid" VmHWM)
   hostile_rss=$(status_kib "$pid" VmRSS)
@@ -184,7 +184,7 @@ pm_time=$(awk '{ print $1 }' "$W/pacman.times" | median)
 pm_peak=$(awk '{ print $2 }' "$W/pacman.times" | median)
 
 log "flocon ($WHAT), $REREADS SIGHUP re-reads, 3 replacements, one crafted db"
-export FLOCON_BIN WAIT_S REREADS
+export FLOCON_BIN WAIT_S REREADS HOSTILE
 "$ROOT/tests/netns.sh" bash "$ROOT/bench/index.sh" --inside "$W"
 # shellcheck disable=SC1091
 source "$W/flocon.results"

@@ -218,7 +218,7 @@ cmd_isolated() {
 write_probe() {
   mkdir -p "$STATE"
   cat > "$STATE/probe.py" <<'PY'
-# recv GROUP IFACE SECS | send GROUP IFACE TEXT | serve PORT NBYTES | fetch ADDR PORT
+# recv GROUP IFACE SECS [EXPECT] | send GROUP IFACE TEXT | serve PORT NBYTES | fetch ADDR PORT
 import socket, struct, sys, time
 cmd, args = sys.argv[1], sys.argv[2:]
 PORT = 19432
@@ -237,10 +237,13 @@ if cmd in ('recv', 'send'):
             s.bind(('::', PORT))
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, socket.inet_pton(fam, group) + struct.pack('@I', ifindex))
         print('joined', flush=True)
+        # until the expected text arrives (if given) or SECS pass: a busy machine may be slow
         s.settimeout(0.1); end = time.monotonic() + float(args[2])
         while time.monotonic() < end:
-            try: print(s.recv(512).decode(), flush=True)
-            except socket.timeout: pass
+            try: d = s.recv(512).decode()
+            except socket.timeout: continue
+            print(d, flush=True)
+            if len(args) > 3 and d == args[3]: break
     else:
         if fam == socket.AF_INET:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('0.0.0.0') * 2 + struct.pack('@i', ifindex))
@@ -280,9 +283,10 @@ cmd_selftest() {
   mcast() {
     local g=$1 s=$2 r pids=() msg=m$RANDOM; shift 2
     for r in "$@"; do
-      "$T" exec "$r" python3 "$STATE/probe.py" recv "$g" eth0 1.2 > "$STATE/mc$r" 2>&1 & pids+=($!)
+      "$T" exec "$r" python3 "$STATE/probe.py" recv "$g" eth0 3 "$msg" > "$STATE/mc$r" 2>&1 & pids+=($!)
     done
-    for r in "$@"; do for _ in $(seq 50); do grep -q joined "$STATE/mc$r" && break; sleep 0.02; done; done
+    # every receiver has joined before the send (bounded: 10 s on a loaded machine)
+    for r in "$@"; do for _ in $(seq 500); do grep -q joined "$STATE/mc$r" && break; sleep 0.02; done; done
     "$T" exec "$s" python3 "$STATE/probe.py" send "$g" eth0 "$msg"
     wait "${pids[@]}"
     for r in "$@"; do grep -qx "$msg" "$STATE/mc$r" && printf '%s ' "$r"; done; echo
