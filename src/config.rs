@@ -21,12 +21,13 @@ use lexopt::prelude::*;
 pub const DEFAULT_FRONT_PORT: u16 = 19433;
 /// Peer TCP and UDP port (SPEC §3).
 pub const DEFAULT_PEER_PORT: u16 = 19432;
-pub const DEFAULT_CONFIG_FILE: &str = "/etc/flocon.conf";
-pub const DEFAULT_PACMAN_CONF: &str = "/etc/pacman.conf";
+/// Packagers move these at build time (build.rs: FLOCON_DEFAULT_CONFIG etc.).
+pub const DEFAULT_CONFIG_FILE: &str = env!("FLOCON_DEFAULT_CONFIG");
+pub const DEFAULT_PACMAN_CONF: &str = env!("FLOCON_DEFAULT_PACMAN_CONF");
 /// pacman's own defaults when pacman.conf says nothing.
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/pacman/pkg/";
 pub const DEFAULT_DB_PATH: &str = "/var/lib/pacman/";
-pub const DEFAULT_STATE_DIR: &str = "/var/cache/flocon";
+pub const DEFAULT_STATE_DIR: &str = env!("FLOCON_DEFAULT_STATE_DIR");
 /// Used when the hostname cannot be read or is not a valid name.
 pub const DEFAULT_NAME: &str = "flocon";
 /// Used when /etc/os-release has no usable `ID=`.
@@ -1297,18 +1298,25 @@ fn class_match(pattern: &[u8], open: usize, c: u8) -> Option<(bool, usize)> {
 
 /// The `--help` text.
 pub fn usage() -> &'static str {
-    "\
+    concat!(
+        "\
 Usage: flocon [OPTIONS]                 run the daemon in the foreground
        flocon status [--json] [--listen ADDR:PORT] [--config FILE]
                                         show the running daemon's peers, transfers and bans
        flocon genkey FILE               write a new group key (see --key-file)
 
 Options (each is also a `key = value` line in the config file; the command line wins):
-      --config FILE        config file (default /etc/flocon.conf)
-      --pacman-conf FILE   pacman config read for CacheDir, DBPath and repos (default /etc/pacman.conf)
+      --config FILE        config file (default ",
+        env!("FLOCON_DEFAULT_CONFIG"),
+        ")
+      --pacman-conf FILE   pacman config read for CacheDir, DBPath and repos (default ",
+        env!("FLOCON_DEFAULT_PACMAN_CONF"),
+        ")
       --cache-dir DIR      pacman package cache to share, repeatable (default: pacman.conf's CacheDir)
       --db-path DIR        pacman database dir (default: pacman.conf's DBPath, else /var/lib/pacman/)
-      --state-dir DIR      flocon's own staging dir (default /var/cache/flocon)
+      --state-dir DIR      flocon's own staging dir (default ",
+        env!("FLOCON_DEFAULT_STATE_DIR"),
+        ")
       --listen ADDR:PORT   loopback address pacman connects to, repeatable (default 127.0.0.1:19433 and [::1]:19433)
       --port PORT          peer TCP and UDP port (default 19432)
       --peer-addr ADDR     bind the peer TCP and unicast UDP sockets to this address
@@ -1325,6 +1333,7 @@ Options (each is also a `key = value` line in the config file; the command line 
   -h, --help               print this help
   -V, --version            print the version
 "
+    )
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! One server-side HTTP/1.x connection, for both listeners: the peer file server
-//! (server.rs) and the loopback front (route.rs). A `Conn` reads request heads, hands each
+//! (server.rs) and the loopback front (front.rs). A `Conn` reads request heads, hands each
 //! one over (`Progress::Request`), and sends whatever answer it is given: a small in-memory
 //! body, a file with sendfile, or a stream fed by a fetch. It owns the HTTP bounds that do
 //! not depend on the listener: head size and time, send stalls, fairness per turn. After

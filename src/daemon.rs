@@ -1,212 +1,102 @@
-//! The daemon: one mio `Poll`, every socket registered with it, timers and signals, and the
-//! dispatch from events to the modules that own each kind of socket. Nothing here blocks:
-//! sockets are non-blocking, files are local, and slow work runs on a helper thread that
-//! reports back through the `Waker`.
+//! The daemon: one mio `Poll`, every socket registered with it, timers and signals, accept,
+//! reload, and the dispatch from events to the modules that own each kind of socket (the
+//! peer file server, the front, discovery). Nothing here blocks: sockets are non-blocking,
+//! files are local, and slow work runs on helper threads that report through the `Waker`.
+//!
+//! One pass of the loop: poll (not sleeping when work is queued or a timer is due), note
+//! what became ready, read pending datagrams, run the due timers, then drive what is ready
+//! within a time budget. Every connection or fetch with work goes through `Ready::schedule`.
 
 use crate::config::Config;
 use crate::conn::{self, Conn};
 use crate::dbload::DbLoader;
-use crate::discovery::{self, Discovery, Identity};
-use crate::eventloop::{Slots, Timers};
-use crate::fetch::Fetch;
-use crate::http::Request;
+use crate::discovery::{self, Discovery, DiscoveryEvent, Identity};
+use crate::env::{Loop, Slot, Timer, check_dbs};
+use crate::eventloop::{Ready, Slots, Timers};
+use crate::fetch;
+use crate::front::{self, Env, Front, Reply};
+pub use crate::listen::StartError;
+use crate::listen::{Accepted, Listener, Listeners};
 use crate::resolver::Resolver;
-use crate::route::{Proxy, Waiting};
 use crate::server::{self, CacheDirs};
 use crate::stager::Stager;
+use crate::status::{Counters, Snapshot};
 use crate::syncdb::SyncIndex;
-use crate::transfer::{self, Transfer};
-use crate::{route, sys};
-use mio::net::{TcpListener, TcpStream};
+use crate::{sys, transfer};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SIGNAL: Token = Token(0);
-const PEER_LISTENER: Token = Token(1);
 const WAKER: Token = Token(2);
-/// Front listeners take tokens FRONT_LISTENER_BASE..+MAX_FRONT_LISTENERS.
-const FRONT_LISTENER_BASE: usize = 8;
-const MAX_FRONT_LISTENERS: usize = 8;
-
 /// After SIGTERM, in-flight transfers get this long to finish before the daemon exits.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How often idle and stalled connections are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Events taken from one poll call; more simply wait for the next pass.
 const EVENTS_CAPACITY: usize = 256;
-
 /// Outbound fetches: to peers and mirrors.
 pub const MAX_FETCHES: usize = 256;
-
-/// What a slot holds.
-pub(crate) enum Slot {
-    Peer(Conn<TcpStream>),
-    Front(Conn<TcpStream>),
-    Fetch(Box<FetchSlot>),
-}
-
-pub(crate) struct FetchSlot {
-    pub fetch: Fetch,
-    pub purpose: Purpose,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Listener {
-    Peers,
-    Front(usize),
-}
-
-/// Why a fetch runs.
-pub(crate) enum Purpose {
-    /// Copying a package from a peer into the staging dir (shared by its waiters).
-    PeerCopy {
-        file: String,
-        instance: u64,
-        resume: u64,
-    },
-    /// Streaming a source's answer to one front request.
-    Proxy(Box<Proxy>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Timer {
-    Sweep,
-    StopDeadline,
-    Announce,
-    Rescan,
-    Lookup(u32),
-    /// (connection, its request number): stale once the connection moved on.
-    Redirect(Token, u64),
-    DbWait(Token, u64),
-}
-
-/// Counters for the status page.
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub peer_bytes_sent: u64,
-    pub refused_busy: u64,
-    pub lan_hits: u64,
-    pub lan_bytes: u64,
-    pub rejected_copies: u64,
-    pub upstream_bytes: u64,
-}
+/// Driving ready connections stops after this much time in one pass (at least one is
+/// driven), so that timers and datagrams are looked at again soon: a lookup's 50 ms budget
+/// is never eaten by the loop's own copying and hashing.
+const PASS_BUDGET: Duration = Duration::from_millis(5);
+/// Timers run per pass at most; the rest run on the next pass, after another poll.
+const TIMERS_PER_PASS: usize = 1024;
+/// After EMFILE (or ENFILE, ENOBUFS) on accept, accepting is retried this often and
+/// whenever a connection closes (darkhttpd does the same).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 pub struct Daemon {
-    pub(crate) cfg: Config,
-    pub(crate) poll: Poll,
-    pub(crate) now: Instant,
+    cfg: Config,
+    poll: Poll,
+    now: Instant,
     started: Instant,
     signals: OwnedFd,
     _waker: Arc<Waker>,
-    peer_listener: TcpListener,
-    front_listeners: Vec<TcpListener>,
+    listeners: Listeners,
     cache: CacheDirs,
-    pub(crate) slots: Slots<Slot>,
-    pub(crate) timers: Timers<Timer>,
-    /// Connections that yielded with work left (fairness between big transfers).
-    pub(crate) ready: VecDeque<Token>,
+    slots: Slots<Slot>,
+    timers: Timers<Timer>,
+    ready: Ready,
     stopping: Option<Instant>,
-    pub(crate) stats: Stats,
-    pub(crate) discovery: Discovery,
-    pub(crate) index: SyncIndex,
-    pub(crate) dbload: DbLoader,
-    pub(crate) resolver: Resolver,
-    /// Staging writes and hashing, off the loop.
-    pub(crate) stager: Stager,
-    /// Front requests waiting for something, by connection.
-    pub(crate) waiting: HashMap<Token, Waiting>,
-    /// The request a waiting connection made (for its Range when the bytes arrive).
-    pub(crate) requests: HashMap<Token, Request>,
-    pub(crate) transfers: HashMap<String, Transfer>,
-    pub(crate) lookup_owner: HashMap<u32, String>,
-    pub(crate) debug_lookups: HashMap<u32, (Token, Instant)>,
-    /// File -> the peer (instance, address) that served it: its `.sig` is asked there first.
-    pub(crate) sig_hints: HashMap<String, (u64, SocketAddr, Instant)>,
-    /// Front requests for a package not yet indexed, waiting for a sync db being parsed.
-    pub(crate) waiting_for_db: Vec<Token>,
-    pub(crate) resolving: HashMap<u64, (Proxy, String, u16)>,
-    pub(crate) resolve_serial: u64,
-    pub(crate) dns_cache: HashMap<(String, u16), (SocketAddr, Instant)>,
-    pub(crate) serial: u64,
+    discovery: Discovery,
+    index: SyncIndex,
+    dbload: DbLoader,
+    resolver: Resolver,
+    /// Staging writes and hashing of peer copies, off the loop.
+    stager: Stager,
+    front: Front,
+    /// Lookups decided outside discovery's own events (nobody to ask), for the front.
+    decided: Vec<DiscoveryEvent>,
+    peer_bytes_sent: u64,
+    refused_busy: u64,
     peer_conns: usize,
     front_conns: usize,
 }
 
-/// A startup failure with a message for the operator.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
-    let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)
-        .map_err(|e| StartError(format!("{what} {addr}: {e}")))?;
-    let _ = sock.set_reuse_address(true);
-    if addr.is_ipv6() {
-        // an explicit IPv6 address means IPv6 only; [::] serves both families
-        let _ = sock.set_only_v6(!addr.ip().is_unspecified());
-    }
-    sock.bind(&addr.into()).map_err(|e| {
-        let hint = if e.kind() == io::ErrorKind::AddrInUse {
-            " (is another flocon running?)"
-        } else {
-            ""
-        };
-        StartError(format!("cannot listen on {addr} for {what}: {e}{hint}"))
-    })?;
-    sock.listen(1024)
-        .map_err(|e| StartError(format!("{what} {addr}: {e}")))?;
-    Ok(TcpListener::from_std(sock.into()))
+/// A startup error's message from what failed and why.
+fn err(what: &'static str) -> impl Fn(io::Error) -> StartError {
+    move |e| StartError(format!("{what}: {e}"))
 }
 
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, StartError> {
         let _ = sys::raise_nofile_limit();
-        let signals = sys::signalfd().map_err(|e| StartError(format!("signalfd: {e}")))?;
-        let poll = Poll::new().map_err(|e| StartError(format!("epoll: {e}")))?;
-        let waker = Arc::new(
-            Waker::new(poll.registry(), WAKER).map_err(|e| StartError(format!("waker: {e}")))?,
-        );
-        let resolver = Resolver::new(waker.clone())
-            .map_err(|e| StartError(format!("resolver thread: {e}")))?;
+        let signals = sys::signalfd().map_err(err("signalfd"))?;
+        let poll = Poll::new().map_err(err("epoll"))?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(err("waker"))?);
+        let resolver = Resolver::new(waker.clone()).map_err(err("resolver thread"))?;
         let dbload = DbLoader::new(waker.clone(), cfg.state_dir.join("staging"))
-            .map_err(|e| StartError(format!("db thread: {e}")))?;
-        let peer_ip = cfg
-            .peer_addr
-            .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-        let mut peer_listener = bind_tcp(SocketAddr::new(peer_ip, cfg.port), "peers")?;
-        if cfg.listen.len() > MAX_FRONT_LISTENERS {
-            return Err(StartError(format!(
-                "--listen: at most {MAX_FRONT_LISTENERS} addresses"
-            )));
-        }
-        let mut front_listeners = Vec::new();
-        for addr in &cfg.listen {
-            match bind_tcp(*addr, "pacman") {
-                Ok(l) => front_listeners.push(l),
-                // a host without IPv6 still serves pacman on 127.0.0.1
-                Err(e) if addr.is_ipv6() && cfg.listen.len() > 1 => warn!("{}", e.0),
-                Err(e) => return Err(e),
-            }
-        }
-        let reg = poll.registry();
-        reg.register(
-            &mut SourceFd(&signals.as_raw_fd()),
-            SIGNAL,
-            Interest::READABLE,
-        )
-        .and_then(|_| reg.register(&mut peer_listener, PEER_LISTENER, Interest::READABLE))
-        .map_err(|e| StartError(format!("epoll: {e}")))?;
-        for (i, l) in front_listeners.iter_mut().enumerate() {
-            reg.register(l, Token(FRONT_LISTENER_BASE + i), Interest::READABLE)
-                .map_err(|e| StartError(format!("epoll: {e}")))?;
-        }
+            .map_err(err("db thread"))?;
+        let listeners = Listeners::bind(&cfg, poll.registry())?;
+        let fd = signals.as_raw_fd();
+        (poll.registry())
+            .register(&mut SourceFd(&fd), SIGNAL, Interest::READABLE)
+            .map_err(err("epoll"))?;
         let cache = CacheDirs::new(&cfg.cache_dirs);
         for d in cache.missing() {
             warn!(
@@ -221,35 +111,27 @@ impl Daemon {
         for w in key_warnings {
             warn!("{w}");
         }
-        let discovery = Discovery::new(
-            Identity {
-                announce_interval: cfg.announce_interval,
-                port: cfg.port,
-                peer_addr: cfg.peer_addr,
-                interfaces: cfg.interfaces.clone(),
-                name: cfg.name.clone(),
-                distro: cfg.distro.clone(),
-                archs: cfg.architectures.clone(),
-                exclude_interfaces: cfg.exclude_interfaces.clone(),
-                keys,
-                static_peers: cfg.static_peers.clone(),
-            },
-            poll.registry(),
-        )
-        .map_err(|e| StartError(e.to_string()))?;
-        let staging = cfg.state_dir.join("staging");
-        if let Err(e) = transfer::prepare_staging(&staging) {
-            warn!(
-                "staging dir {}: {e}; every request goes upstream",
-                staging.display()
-            );
-        }
-        let stager = Stager::new(&staging, waker.clone())
-            .map_err(|e| StartError(format!("staging thread: {e}")))?;
+        let identity = Identity {
+            announce_interval: cfg.announce_interval,
+            port: cfg.port,
+            peer_addr: cfg.peer_addr,
+            interfaces: cfg.interfaces.clone(),
+            name: cfg.name.clone(),
+            distro: cfg.distro.clone(),
+            archs: cfg.architectures.clone(),
+            exclude_interfaces: cfg.exclude_interfaces.clone(),
+            keys,
+            static_peers: cfg.static_peers.clone(),
+        };
+        let discovery =
+            Discovery::new(identity, poll.registry()).map_err(|e| StartError(e.to_string()))?;
+        prepare_staging(&cfg);
+        let stager = Stager::new(&cfg.state_dir.join("staging"), waker.clone())
+            .map_err(err("staging thread"))?;
         let now = Instant::now();
         let mut timers = Timers::new();
-        timers.at(now + SWEEP_INTERVAL, Timer::Sweep);
-        timers.at(now, Timer::Rescan);
+        timers.always(now + SWEEP_INTERVAL, Timer::Sweep);
+        timers.always(now, Timer::Rescan);
         let mut d = Daemon {
             cfg,
             poll,
@@ -257,76 +139,51 @@ impl Daemon {
             started: now,
             signals,
             _waker: waker,
-            peer_listener,
-            front_listeners,
+            listeners,
             cache,
-            slots: Slots::new(server::MAX_CONNECTIONS + route::MAX_CONNECTIONS + MAX_FETCHES),
+            slots: Slots::new(server::MAX_CONNECTIONS + front::MAX_CONNECTIONS + MAX_FETCHES),
             timers,
-            ready: VecDeque::new(),
+            ready: Ready::default(),
             stopping: None,
-            stats: Stats::default(),
             discovery,
             index: SyncIndex::new(),
             dbload,
-            stager,
             resolver,
-            waiting: HashMap::new(),
-            requests: HashMap::new(),
-            transfers: HashMap::new(),
-            lookup_owner: HashMap::new(),
-            debug_lookups: HashMap::new(),
-            sig_hints: HashMap::new(),
-            waiting_for_db: Vec::new(),
-            resolving: HashMap::new(),
-            resolve_serial: 0,
-            dns_cache: HashMap::new(),
-            serial: 0,
+            stager,
+            front: Front::new(),
+            decided: Vec::new(),
+            peer_bytes_sent: 0,
+            refused_busy: 0,
             peer_conns: 0,
             front_conns: 0,
         };
-        d.check_dbs();
+        check_dbs(&d.cfg, &mut d.index, &mut d.dbload);
         Ok(d)
     }
 
     /// Runs until a stop signal and the grace period; returns the exit code.
     pub fn run(&mut self) -> i32 {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let (peers, front) = self.listeners.describe();
+        let cache: Vec<String> = (self.cfg.cache_dirs.iter())
+            .map(|d| d.display().to_string())
+            .collect();
         info!(
-            "started: peers on {}, pacman on {}, cache {}",
-            self.peer_listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            self.front_listeners
-                .iter()
-                .filter_map(|l| l.local_addr().ok())
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
-            self.cfg
-                .cache_dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
+            "started: peers on {peers}, pacman on {front}, cache {}",
+            cache.join(" ")
         );
         loop {
             self.now = Instant::now();
-            for t in self.timers.expired(self.now) {
-                self.on_timer(t);
-            }
-            if self.stopping.is_some() && self.busy_connections() == 0 {
-                info!("stopped");
-                return 0;
-            }
-            if let Some(deadline) = self.stopping
-                && self.now >= deadline
-            {
-                info!(
-                    "stopped with {} transfers cut short",
-                    self.busy_connections()
-                );
-                return 0;
+            if let Some(deadline) = self.stopping {
+                let busy = self.busy_connections();
+                if busy == 0 {
+                    info!("stopped");
+                    return 0;
+                }
+                if self.now >= deadline {
+                    info!("stopped with {busy} transfers cut short");
+                    return 0;
+                }
             }
             let timeout = if self.ready.is_empty() {
                 self.timers.poll_timeout(self.now)
@@ -344,36 +201,77 @@ impl Daemon {
             for ev in events.iter() {
                 self.on_event(ev.token());
             }
-            // connections that yielded get one more turn each, in order
-            for _ in 0..self.ready.len() {
-                if let Some(t) = self.ready.pop_front() {
-                    self.drive(t);
-                }
-            }
+            self.run_timers();
+            self.run_ready();
+            let (front, env) = self.parts();
+            front.check(&env);
         }
+    }
+
+    /// The front and the narrow view of the loop it works through.
+    fn parts(&mut self) -> (&mut Front, Loop<'_>) {
+        let env = Loop {
+            now: self.now,
+            cfg: &self.cfg,
+            registry: self.poll.registry(),
+            slots: &mut self.slots,
+            timers: &mut self.timers,
+            ready: &mut self.ready,
+            discovery: &mut self.discovery,
+            index: &mut self.index,
+            dbload: &mut self.dbload,
+            resolver: &mut self.resolver,
+            stager: &self.stager,
+            decided: &mut self.decided,
+        };
+        (&mut self.front, env)
     }
 
     fn on_event(&mut self, token: Token) {
+        if let Some(which) = Listener::of(token) {
+            return self.accept(which);
+        }
         match token {
             SIGNAL => self.on_signals(),
             WAKER => self.on_wake(),
-            PEER_LISTENER => self.accept(Listener::Peers),
-            discovery::UNICAST_V4 | discovery::UNICAST_V6 => self.on_discovery_readable(token),
-            Token(t)
-                if (FRONT_LISTENER_BASE..FRONT_LISTENER_BASE + MAX_FRONT_LISTENERS)
-                    .contains(&t) =>
-            {
-                self.accept(Listener::Front(t - FRONT_LISTENER_BASE))
-            }
-            Token(t) if t < crate::eventloop::FIXED_TOKENS => self.on_discovery_readable(token),
-            t => self.drive(t),
+            Token(t) if t < crate::eventloop::FIXED_TOKENS => self.on_datagrams(token),
+            t => self.ready.schedule(t),
         }
     }
 
-    fn on_discovery_readable(&mut self, token: Token) {
+    /// Due timers, in order. A lookup is decided only after the datagrams waiting in the
+    /// sockets are read: its answers may have arrived while the loop was busy.
+    fn run_timers(&mut self) {
+        let mut read = false;
+        for _ in 0..TIMERS_PER_PASS {
+            let Some(t) = self.timers.pop_expired(self.now) else {
+                return;
+            };
+            if matches!(t, Timer::Lookup(_)) && !read {
+                read = true;
+                self.on_datagrams(discovery::UNICAST_V4);
+                self.on_datagrams(discovery::UNICAST_V6);
+            }
+            self.on_timer(t);
+        }
+    }
+
+    /// Drives what is ready, in order, until the pass budget is spent.
+    fn run_ready(&mut self) {
+        let start = Instant::now();
+        for i in 0..self.ready.len() {
+            if i > 0 && start.elapsed() > PASS_BUDGET {
+                return;
+            }
+            let Some(t) = self.ready.pop() else { return };
+            self.now = Instant::now();
+            self.drive(t);
+        }
+    }
+
+    fn on_datagrams(&mut self, token: Token) {
         let mut events = Vec::new();
-        let cache = &self.cache;
-        let index = &self.index;
+        let (cache, index) = (&self.cache, &self.index);
         // The size is the file's; the SHA-256 is what this host's own sync db says of a
         // file of that name and size: pacman checked its cached copy against that db, and a
         // host of another architecture (Arch ARM) names another build, so an asker whose db
@@ -392,35 +290,66 @@ impl Daemon {
         self.on_discovery_events(events);
     }
 
+    fn on_discovery_events(&mut self, mut events: Vec<DiscoveryEvent>) {
+        loop {
+            events.append(&mut self.decided);
+            if events.is_empty() {
+                return;
+            }
+            for ev in events.drain(..) {
+                match ev {
+                    DiscoveryEvent::PeerUp => {
+                        let at = self.discovery.announce_deadline();
+                        self.timers.always(at, Timer::Announce);
+                    }
+                    DiscoveryEvent::Decided(d) => {
+                        let (front, mut env) = self.parts();
+                        front.on_decided(&mut env, d.id, d.candidates, d.asked, d.answered);
+                    }
+                }
+            }
+        }
+    }
+
     fn uploads_in_flight(&self) -> u16 {
+        let sending =
+            |s: &&Slot| matches!(s, Slot::Peer(c) if c.state() == conn::State::SendingFile);
         self.slots
             .values()
-            .filter(|s| matches!(s, Slot::Peer(c) if c.state() == conn::State::SendingFile))
+            .filter(sending)
             .count()
             .min(u16::MAX as usize) as u16
     }
 
     fn on_wake(&mut self) {
         for (id, r) in self.resolver.results() {
-            match discovery::static_peer_of(id) {
-                Some(i) => self.discovery.static_resolved(i, r),
-                None => self.on_resolved(id, r),
+            if let Some(i) = discovery::static_peer_of(id) {
+                self.discovery.static_resolved(i, r);
+                continue;
             }
+            let (front, mut env) = self.parts();
+            front.on_resolved(&mut env, id, r);
         }
         for r in self.stager.reports() {
-            self.on_staged(r);
+            let (front, mut env) = self.parts();
+            front.on_staged(&mut env, r);
         }
+        // the stager's queue has room again: peer copies paused for it read on
         if self.stager.take_room_freed() {
-            self.resume_copies();
+            for t in self.front.copy_fetches("") {
+                self.ready.schedule(t);
+            }
         }
-        for (repo, r) in self.dbload.results() {
+        let loaded = self.dbload.results();
+        let any = !loaded.is_empty();
+        for (repo, r) in loaded {
             match r {
                 Ok((map, stamp)) => {
                     info!("sync db {repo}: {} packages", map.len());
                     self.index.install(&repo, Some(stamp), map);
                 }
                 Err(e) => {
-                    let path = self.sync_dir().join(format!("{repo}.db"));
+                    let path = self.cfg.db_path.join("sync").join(format!("{repo}.db"));
                     warn!(
                         "sync db {}: {e}; keeping the previous index",
                         path.display()
@@ -429,26 +358,11 @@ impl Daemon {
                 }
             }
         }
-        if !self.waiting_for_db.is_empty() {
-            self.redispatch_db_waiters(None);
+        if any && self.dbload.in_flight.is_empty() {
+            let (front, mut env) = self.parts();
+            front.on_dbs_loaded(&mut env);
         }
-    }
-
-    fn sync_dir(&self) -> PathBuf {
-        self.cfg.db_path.join("sync")
-    }
-
-    /// Sends every sync db whose file changed (pacman renames new ones into place) to the
-    /// helper thread. A stat per repo: cheap enough for every rescan.
-    pub(crate) fn check_dbs(&mut self) {
-        let repos: Vec<String> = self.cfg.repos.iter().map(|r| r.name.clone()).collect();
-        self.index.retain_repos(&repos);
-        for (repo, path, stamp) in self.index.changed(&self.sync_dir(), &repos) {
-            match stamp {
-                Some(_) => self.dbload.load(&repo, path),
-                None => self.index.keep_old(&repo, None),
-            }
-        }
+        self.on_discovery_events(Vec::new());
     }
 
     fn on_timer(&mut self, t: Timer) {
@@ -458,7 +372,7 @@ impl Daemon {
                 let mut events = Vec::new();
                 self.discovery.expire(self.now, &mut events);
                 self.on_discovery_events(events);
-                self.timers.at(self.now + SWEEP_INTERVAL, Timer::Sweep);
+                self.timers.always(self.now + SWEEP_INTERVAL, Timer::Sweep);
             }
             Timer::StopDeadline => {}
             Timer::Rescan => {
@@ -466,54 +380,42 @@ impl Daemon {
                 {
                     self.announce_soon();
                 }
-                self.check_dbs();
+                check_dbs(&self.cfg, &mut self.index, &mut self.dbload);
                 for (i, host, port) in self.discovery.static_resolutions_due(self.now) {
                     self.resolver
                         .resolve(discovery::static_resolve_id(i), host, port);
                 }
-                self.timers
-                    .at(self.now + discovery::RESCAN_INTERVAL, Timer::Rescan);
+                let at = self.now + discovery::RESCAN_INTERVAL;
+                self.timers.always(at, Timer::Rescan);
             }
             Timer::Announce => {
                 if self.stopping.is_none() {
                     self.discovery.uploads = self.uploads_in_flight();
                     if self.discovery.announce_if_due(self.now) {
-                        self.timers
-                            .at(self.discovery.announce_deadline(), Timer::Announce);
+                        let at = self.discovery.announce_deadline();
+                        self.timers.always(at, Timer::Announce);
                     }
                 }
             }
+            Timer::Accept => self.resume_accepting(),
             Timer::Lookup(id) => {
                 let mut events = Vec::new();
                 self.discovery.lookup_deadline(id, self.now, &mut events);
                 self.on_discovery_events(events);
             }
-            Timer::Redirect(t, n) if self.request_number(t) == Some(n) => self.on_redirect_timer(t),
-            Timer::DbWait(t, n) if self.request_number(t) == Some(n) => {
-                self.redispatch_db_waiters(Some(t))
+            Timer::Front(d) => {
+                let (front, mut env) = self.parts();
+                front.on_deadline(&mut env, d);
+                self.on_discovery_events(Vec::new());
             }
-            Timer::Redirect(..) | Timer::DbWait(..) => {}
         }
-    }
-
-    /// The number of the request a front connection is on (timers carry it).
-    pub(crate) fn request_number(&self, t: Token) -> Option<u64> {
-        match self.slots.get(t) {
-            Some(Slot::Front(c)) => Some(c.request_number()),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn on_peer_up(&mut self) {
-        self.timers
-            .at(self.discovery.announce_deadline(), Timer::Announce);
     }
 
     /// A new membership or a new peer: announce within a fraction of a second.
     fn announce_soon(&mut self) {
         self.discovery.hurry_announce(self.now);
-        self.timers
-            .at(self.discovery.announce_deadline(), Timer::Announce);
+        let at = self.discovery.announce_deadline();
+        self.timers.always(at, Timer::Announce);
     }
 
     fn on_signals(&mut self) {
@@ -534,7 +436,7 @@ impl Daemon {
             libc::SIGTERM | libc::SIGINT => self.begin_stop(),
             libc::SIGHUP => self.reload(),
             libc::SIGUSR1 => {
-                for line in self.status_text().lines() {
+                for line in self.snapshot().text().lines() {
                     info!("{line}");
                 }
             }
@@ -553,19 +455,14 @@ impl Daemon {
         }
         info!("stopping: {} connections busy", self.busy_connections());
         self.discovery.goodbye();
-        let reg = self.poll.registry();
-        let _ = reg.deregister(&mut self.peer_listener);
-        for l in &mut self.front_listeners {
-            let _ = reg.deregister(l);
-        }
+        self.listeners.close(self.poll.registry());
         let deadline = self.now + STOP_GRACE;
         self.stopping = Some(deadline);
-        self.timers.at(deadline, Timer::StopDeadline);
+        self.timers.always(deadline, Timer::StopDeadline);
         // idle keep-alive connections are not work in flight
         for t in self.slots.tokens() {
             let idle = match self.slots.get(t) {
-                Some(Slot::Peer(c)) => c.state() == conn::State::WaitingForHead,
-                Some(Slot::Front(c)) => c.state() == conn::State::WaitingForHead,
+                Some(Slot::Peer(c) | Slot::Front(c)) => c.state() == conn::State::WaitingForHead,
                 _ => false,
             };
             if idle {
@@ -574,375 +471,312 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP: every setting is applied, except those bound to sockets and identity, which
+    /// keep their old values until a restart (one warning line names them).
     fn reload(&mut self) {
-        match crate::config::reload(&self.cfg) {
-            Ok(cfg) => {
-                crate::log::set_debug(cfg.debug);
-                self.cache = CacheDirs::new(&cfg.cache_dirs);
-                self.cfg = cfg;
-                // re-read every sync db, changed or not
-                self.index = SyncIndex::new();
-                self.check_dbs();
-                info!("SIGHUP: configuration and sync dbs re-read");
-            }
-            Err(e) => warn!("SIGHUP: keeping the old configuration: {e}"),
+        let mut cfg = match crate::config::reload(&self.cfg) {
+            Ok(cfg) => cfg,
+            Err(e) => return warn!("SIGHUP: keeping the old configuration: {e}"),
+        };
+        let kept = keep_restart_settings(&self.cfg, &mut cfg);
+        if !kept.is_empty() {
+            warn!(
+                "SIGHUP: {} changed; keeping the old value until flocon restarts",
+                kept.join(", ")
+            );
         }
+        crate::log::set_debug(cfg.debug);
+        self.cache = CacheDirs::new(&cfg.cache_dirs);
+        self.cfg = cfg;
+        // re-read every sync db, changed or not
+        self.index = SyncIndex::new();
+        check_dbs(&self.cfg, &mut self.index, &mut self.dbload);
+        info!("SIGHUP: configuration and sync dbs re-read");
     }
 
     /// Connections with a response in flight (what a stop waits for).
     fn busy_connections(&self) -> usize {
-        self.slots
-            .values()
-            .filter(|s| match s {
-                Slot::Peer(c) => c.state() != conn::State::WaitingForHead,
-                Slot::Front(c) => c.state() != conn::State::WaitingForHead,
-                Slot::Fetch(_) => false,
-            })
-            .count()
+        let busy = |s: &&Slot| match s {
+            Slot::Peer(c) | Slot::Front(c) => c.state() != conn::State::WaitingForHead,
+            Slot::Fetch(_) => false,
+        };
+        self.slots.values().filter(busy).count()
     }
 
     fn sweep(&mut self) {
-        let now = self.now;
         for t in self.slots.tokens() {
-            let dead = match self.slots.get(t) {
-                Some(Slot::Peer(c)) => c.timed_out(now),
-                Some(Slot::Front(c)) => c.timed_out(now),
-                _ => false,
+            let why = match self.slots.get(t) {
+                Some(Slot::Peer(c) | Slot::Front(c)) => c.timed_out(self.now).then_some(""),
+                Some(Slot::Fetch(f)) => f.timed_out(self.now),
+                None => None,
             };
-            if dead {
-                debug!("closing timed-out connection {:?}", t);
-                self.close(t);
+            let Some(why) = why else { continue };
+            debug!("closing timed-out connection {t:?} {why}");
+            if matches!(self.slots.get(t), Some(Slot::Fetch(_))) {
+                // a dead peer or mirror must be noticed before pacman's 10 s
+                let (front, mut env) = self.parts();
+                front.on_fetch_event(&mut env, t, fetch::Event::Failed(why.to_string()));
             }
+            self.close(t);
         }
-        self.sweep_fetches(now);
+        self.on_discovery_events(Vec::new());
     }
 
     /// Accepts every pending connection on one listener (edge-triggered: until WouldBlock).
     /// Past the listener's limit a connection gets a 503 and is closed; the others go on.
     fn accept(&mut self, which: Listener) {
         loop {
-            let listener = match which {
-                Listener::Peers => &self.peer_listener,
-                Listener::Front(i) => match self.front_listeners.get(i) {
-                    Some(l) => l,
-                    None => return,
-                },
-            };
-            match listener.accept() {
-                Ok((mut stream, addr)) => {
-                    // a peer connection that came in on an interface flocon does not use
-                    // (excluded, or not among --interface) is closed unanswered
-                    if matches!(which, Listener::Peers)
-                        && !stream
-                            .local_addr()
-                            .is_ok_and(|l| self.discovery.accepts_on(l.ip()))
-                    {
-                        debug!("peer connection from {addr} on a foreign interface refused");
-                        continue;
-                    }
-                    // answers are a small head then sendfile: Nagle + delayed ACK would hold
-                    // the head back 40 ms per request
-                    let _ = stream.set_nodelay(true);
-                    let (open, limit, idle) = match which {
-                        Listener::Peers => (
-                            self.peer_conns,
-                            server::MAX_CONNECTIONS,
-                            server::IDLE_TIMEOUT,
-                        ),
-                        Listener::Front(_) => (
-                            self.front_conns,
-                            route::MAX_CONNECTIONS,
-                            route::IDLE_TIMEOUT,
-                        ),
-                    };
-                    if self.slots.is_full() || open >= limit {
-                        self.stats.refused_busy += 1;
-                        let _ = stream.write(&conn::busy_response());
-                        continue;
-                    }
-                    let now = self.now;
-                    let Some(t) = self.slots.insert_with(|_| {
-                        let c = Conn::new(stream, now, idle);
-                        match which {
-                            Listener::Peers => Slot::Peer(c),
-                            Listener::Front(_) => Slot::Front(c),
-                        }
-                    }) else {
-                        continue;
-                    };
-                    match which {
-                        Listener::Peers => self.peer_conns += 1,
-                        Listener::Front(_) => self.front_conns += 1,
-                    }
-                    let registered = match self.slots.get_mut(t) {
-                        Some(Slot::Peer(c) | Slot::Front(c)) => self
-                            .poll
-                            .registry()
-                            .register(&mut c.stream, t, Interest::READABLE | Interest::WRITABLE)
-                            .is_ok(),
-                        _ => false,
-                    };
-                    if !registered {
-                        self.close(t);
-                        continue;
-                    }
-                    debug!("{which:?} connection from {addr}");
-                    self.drive(t);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // EMFILE and friends: keep the loop alive, try again on the next event
-                    warn!("accept ({which:?}): {e}");
+            let (mut stream, addr) = match self.listeners.accept(which) {
+                Accepted::Conn(stream, addr) => (stream, addr),
+                Accepted::Nothing => return,
+                Accepted::Paused => {
+                    self.timers.always(self.now + ACCEPT_RETRY, Timer::Accept);
                     return;
                 }
+            };
+            // a peer connection that came in on an interface flocon does not use (excluded,
+            // or not among --interface) is closed unanswered
+            if matches!(which, Listener::Peers)
+                && !stream
+                    .local_addr()
+                    .is_ok_and(|l| self.discovery.accepts_on(l.ip()))
+            {
+                debug!("peer connection from {addr} on a foreign interface refused");
+                continue;
             }
+            // answers are a small head then sendfile: Nagle + delayed ACK would hold the head
+            // back 40 ms per request
+            let _ = stream.set_nodelay(true);
+            let (open, limit, idle) = match which {
+                Listener::Peers => (
+                    self.peer_conns,
+                    server::MAX_CONNECTIONS,
+                    server::IDLE_TIMEOUT,
+                ),
+                Listener::Front(_) => (
+                    self.front_conns,
+                    front::MAX_CONNECTIONS,
+                    front::IDLE_TIMEOUT,
+                ),
+            };
+            if self.slots.is_full() || open >= limit {
+                self.refused_busy += 1;
+                let _ = stream.write(&conn::busy_response());
+                continue;
+            }
+            let now = self.now;
+            let Some(t) = self.slots.insert_with(|_| {
+                let c = Conn::new(stream, now, idle);
+                match which {
+                    Listener::Peers => Slot::Peer(c),
+                    Listener::Front(_) => Slot::Front(c),
+                }
+            }) else {
+                continue;
+            };
+            match which {
+                Listener::Peers => self.peer_conns += 1,
+                Listener::Front(_) => self.front_conns += 1,
+            }
+            let registered = match self.slots.get_mut(t) {
+                Some(Slot::Peer(c) | Slot::Front(c)) => {
+                    let rw = Interest::READABLE | Interest::WRITABLE;
+                    self.poll.registry().register(&mut c.stream, t, rw).is_ok()
+                }
+                _ => false,
+            };
+            if !registered {
+                self.close(t);
+                continue;
+            }
+            debug!("{which:?} connection from {addr}");
+            self.ready.schedule(t);
+        }
+    }
+
+    /// A descriptor was freed (or the retry timer fired): accept what queued meanwhile.
+    fn resume_accepting(&mut self) {
+        if self.stopping.is_some() || !self.listeners.resume() {
+            return;
+        }
+        for which in self.listeners.all() {
+            self.accept(which);
         }
     }
 
     fn drive(&mut self, t: Token) {
         let now = self.now;
-        let progress = match self.slots.get_mut(t) {
+        let close = match self.slots.get_mut(t) {
             Some(Slot::Peer(c)) => {
                 let before = c.body_bytes;
                 let p = c.drive(now);
-                self.stats.peer_bytes_sent += c.body_bytes - before;
+                self.peer_bytes_sent += c.body_bytes - before;
+                if p == conn::Progress::Request
+                    && let Some(req) = c.take_request()
+                {
+                    server::answer(c, &req, &self.cache, self.discovery.keys());
+                }
+                self.after_drive(t, p)
+            }
+            Some(Slot::Front(c)) => {
+                let p = c.drive(now);
                 match p {
-                    conn::Progress::Blocked => None,
-                    conn::Progress::Yielded => Some(false),
-                    conn::Progress::Close => Some(true),
                     conn::Progress::Request => {
                         if let Some(req) = c.take_request() {
-                            server::answer(c, &req, &self.cache, self.discovery.keys());
+                            let number = c.request_number();
+                            self.on_front_request(t, number, req);
                         }
-                        Some(false)
                     }
+                    conn::Progress::Blocked => {
+                        // room freed in a streaming answer: let its fetch read again
+                        if let Some(f) = self.front.client_fetch(t) {
+                            self.ready.schedule(f);
+                        }
+                    }
+                    _ => {}
                 }
+                self.after_drive(t, p)
             }
-            Some(Slot::Front(c)) => match c.drive(now) {
-                conn::Progress::Blocked => {
-                    // room freed in a streaming answer: let its fetch read again
-                    if let Some(Waiting::Proxy(f)) = self.waiting.get(&t) {
-                        let f = *f;
-                        self.drive_fetch(f);
-                    }
-                    None
-                }
-                conn::Progress::Yielded => Some(false),
-                conn::Progress::Close => Some(true),
-                conn::Progress::Request => {
-                    if let Some(req) = c.take_request() {
-                        if self.stopping.is_some() {
-                            c.answer_error(503);
-                        } else {
-                            self.on_front_request(t, req);
-                        }
-                    }
-                    // an answer given at once is sent on the next turn of the ready queue
-                    // (not by recursing: pipelined requests would nest without bound)
-                    match self.slots.get(t) {
-                        Some(Slot::Front(c)) if c.state() != conn::State::WaitingForSource => {
-                            Some(false)
-                        }
-                        _ => None,
-                    }
-                }
-            },
             Some(Slot::Fetch(_)) => {
                 self.drive_fetch(t);
-                None
+                false
             }
-            None => return,
+            None => false,
         };
-        match progress {
-            Some(true) => self.close(t),
-            Some(false) => self.ready.push_back(t),
-            None => {}
+        if close {
+            self.close(t);
         }
+    }
+
+    /// Whether to close after a turn; a connection with more to do gets another turn.
+    fn after_drive(&mut self, t: Token, p: conn::Progress) -> bool {
+        match p {
+            conn::Progress::Close => return true,
+            conn::Progress::Blocked => {}
+            // an answer given at once is sent on its next turn (not by recursing: pipelined
+            // requests would nest without bound)
+            conn::Progress::Yielded | conn::Progress::Request => match self.slots.get(t) {
+                Some(Slot::Peer(c) | Slot::Front(c))
+                    if c.state() != conn::State::WaitingForSource =>
+                {
+                    self.ready.schedule(t)
+                }
+                _ => {}
+            },
+        }
+        false
+    }
+
+    fn on_front_request(&mut self, t: Token, number: u64, req: crate::http::Request) {
+        let page = match req.target.split('?').next().unwrap_or("") {
+            "/.flocon/status" => Some((self.snapshot().text(), "text/plain; charset=utf-8")),
+            "/.flocon/status.json" => Some((self.snapshot().json(), "application/json")),
+            _ => None,
+        };
+        let stopping = self.stopping.is_some();
+        let (front, mut env) = self.parts();
+        match page {
+            Some((body, ct)) => {
+                let h = [("Content-Type", ct)];
+                env.reply(t, Reply::Bytes(200, &h, body.as_bytes()));
+            }
+            None if stopping => _ = env.reply(t, Reply::Error(503)),
+            None => front.on_request(&mut env, t, number, req),
+        }
+        self.on_discovery_events(Vec::new());
+    }
+
+    fn drive_fetch(&mut self, tok: Token) {
+        // backpressure: a proxied stream reads what its client's buffer has room for, a
+        // peer copy what the stager's queue has
+        let room = match self.front.fetch_client(tok).map(|c| self.slots.get(c)) {
+            Some(Some(Slot::Front(c))) => c.stream_room(),
+            Some(_) => usize::MAX,
+            None => self.stager.handle().room(),
+        };
+        let Some(Slot::Fetch(f)) = self.slots.get_mut(tok) else {
+            return;
+        };
+        f.set_room(room);
+        let mut events = Vec::new();
+        f.drive(self.now, &mut events);
+        let finished = f.is_finished();
+        // it stopped at its per-turn bound with bytes left in the socket: no event will come
+        if !finished && f.wants_drive() {
+            self.ready.schedule(tok);
+        }
+        for ev in events {
+            let (front, mut env) = self.parts();
+            front.on_fetch_event(&mut env, tok, ev);
+        }
+        if finished {
+            self.close(tok);
+        }
+        self.on_discovery_events(Vec::new());
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let counters = Counters {
+            started: self.started,
+            peer_bytes_sent: self.peer_bytes_sent,
+            refused_busy: self.refused_busy,
+            connections: self.slots.len(),
+        };
+        let (cfg, index) = (&self.cfg, &self.index);
+        Snapshot::gather(
+            cfg,
+            &self.discovery,
+            &self.front,
+            index,
+            &counters,
+            self.now,
+        )
     }
 
     fn close(&mut self, t: Token) {
+        let reg = self.poll.registry();
         match self.slots.remove(t) {
             Some(Slot::Peer(mut c)) => {
                 self.peer_conns -= 1;
-                let _ = self.poll.registry().deregister(&mut c.stream);
+                let _ = reg.deregister(&mut c.stream);
             }
             Some(Slot::Front(mut c)) => {
                 self.front_conns -= 1;
-                let _ = self.poll.registry().deregister(&mut c.stream);
-                self.forget_client(t);
+                let _ = reg.deregister(&mut c.stream);
+                let (front, mut env) = self.parts();
+                front.forget(&mut env, t);
             }
             Some(Slot::Fetch(mut f)) => {
-                let _ = self.poll.registry().deregister(&mut f.fetch.stream);
+                let _ = reg.deregister(&mut f.stream);
             }
-            None => {}
+            None => return,
         }
-    }
-
-    pub(crate) fn status_text(&self) -> String {
-        let mut s = String::new();
-        let now = self.now;
-        s.push_str(&format!(
-            "flocon {} on {} ({}, {}), instance {}, up {} s, rss {} KiB\n",
-            env!("CARGO_PKG_VERSION"),
-            self.cfg.name,
-            self.cfg.distro,
-            self.cfg.architectures.join(","),
-            discovery::short_id(self.discovery.instance()),
-            now.duration_since(self.started).as_secs(),
-            sys::rss_kib().unwrap_or(0)
-        ));
-        s.push_str(&format!(
-            "multicast: {}\n",
-            self.discovery.joined().join(" ")
-        ));
-        s.push_str(&format!(
-            "sync dbs: {} packages indexed\n",
-            self.index.len()
-        ));
-        s.push_str(&format!("peers: {}\n", self.discovery.peers.len()));
-        if !self.discovery.peers.is_empty() {
-            s.push_str(&format!(
-                "  {:<20} {:<40} {:<8} {:<16} {}\n",
-                "NAME", "ADDRESS", "DISTRO", "ARCH", "PROTOCOL, LAST SEEN"
-            ));
-        }
-        for p in self.discovery.peers.iter() {
-            s.push_str(&format!(
-                "  {:<20} {:<40} {:<8} {:<16} v{}, {:.1} s ago\n",
-                p.name,
-                p.addr.to_string(),
-                p.distro,
-                p.archs.join(","),
-                p.version,
-                now.duration_since(p.last_seen).as_secs_f64()
-            ));
-        }
-        s.push_str(&format!("transfers: {}\n", self.transfers.len()));
-        for t in self.transfers.values() {
-            s.push_str(&format!(
-                "  {} from {} {}/{} bytes {:.1} MB/s {:?}\n",
-                t.file,
-                t.source
-                    .map(|x| x.1.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                t.received,
-                t.expected.size,
-                t.rate(now) / 1e6,
-                t.phase
-            ));
-        }
-        let bans: Vec<_> = self.discovery.bans.iter(now).collect();
-        s.push_str(&format!("bans: {}\n", bans.len()));
-        for b in bans {
-            s.push_str(&format!(
-                "  {} for {} s more: {}\n",
-                b.0,
-                b.1.as_secs(),
-                b.2
-            ));
-        }
-        s.push_str(&format!(
-            "served: {} LAN hits ({} bytes), {} bytes upstream, {} copies rejected, {} bytes to peers, {} refused (busy)\n",
-            self.stats.lan_hits,
-            self.stats.lan_bytes,
-            self.stats.upstream_bytes,
-            self.stats.rejected_copies,
-            self.stats.peer_bytes_sent,
-            self.stats.refused_busy
-        ));
-        s
-    }
-
-    pub(crate) fn status_json(&self) -> String {
-        let now = self.now;
-        let peers: Vec<String> = self
-            .discovery
-            .peers
-            .iter()
-            .map(|p| {
-                format!(
-                    "{{\"instance\":\"{:016x}\",\"name\":{},\"addr\":{},\"tcp_port\":{},\"distro\":{},\"archs\":[{}],\"version\":{},\"last_seen_ms\":{}}}",
-                    p.instance,
-                    json_str(&p.name),
-                    json_str(&p.addr.to_string()),
-                    p.tcp_port,
-                    json_str(&p.distro),
-                    p.archs.iter().map(|a| json_str(a)).collect::<Vec<_>>().join(","),
-                    p.version,
-                    now.duration_since(p.last_seen).as_millis()
-                )
-            })
-            .collect();
-        let transfers: Vec<String> = self
-            .transfers
-            .values()
-            .map(|t| {
-                format!(
-                    "{{\"file\":{},\"source\":{},\"bytes\":{},\"size\":{},\"rate\":{:.0},\"phase\":\"{:?}\"}}",
-                    json_str(&t.file),
-                    json_str(&t.source.map(|x| x.1.to_string()).unwrap_or_default()),
-                    t.received,
-                    t.expected.size,
-                    t.rate(now),
-                    t.phase
-                )
-            })
-            .collect();
-        let bans: Vec<String> = self
-            .discovery
-            .bans
-            .iter(now)
-            .map(|b| {
-                format!(
-                    "{{\"peer\":{},\"seconds_left\":{},\"reason\":{}}}",
-                    json_str(&b.0.to_string()),
-                    b.1.as_secs(),
-                    json_str(b.2)
-                )
-            })
-            .collect();
-        format!(
-            "{{\"version\":\"{}\",\"name\":{},\"instance\":\"{:016x}\",\"uptime_s\":{},\"rss_kib\":{},\"multicast\":[{}],\"indexed_packages\":{},\"peers\":[{}],\"transfers\":[{}],\"bans\":[{}],\"lan_hits\":{},\"lan_bytes\":{},\"upstream_bytes\":{},\"rejected_copies\":{},\"peer_bytes_sent\":{},\"datagrams_in\":{},\"datagrams_rejected\":{},\"connections\":{}}}\n",
-            env!("CARGO_PKG_VERSION"),
-            json_str(&self.cfg.name),
-            self.discovery.instance(),
-            now.duration_since(self.started).as_secs(),
-            sys::rss_kib().unwrap_or(0),
-            self.discovery
-                .joined()
-                .iter()
-                .map(|j| json_str(j))
-                .collect::<Vec<_>>()
-                .join(","),
-            self.index.len(),
-            peers.join(","),
-            transfers.join(","),
-            bans.join(","),
-            self.stats.lan_hits,
-            self.stats.lan_bytes,
-            self.stats.upstream_bytes,
-            self.stats.rejected_copies,
-            self.stats.peer_bytes_sent,
-            self.discovery.stats.datagrams_in,
-            self.discovery.stats.rejected,
-            self.slots.len()
-        )
+        self.resume_accepting();
     }
 }
 
-/// A JSON string literal (the only escaping the status document needs).
-pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+/// Settings bound to sockets or to the identity peers know: a reload keeps their old values
+/// in `new` and returns the names of those that differed.
+fn keep_restart_settings(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($($field:ident: $name:literal),*) => {$(
+            if new.$field != old.$field {
+                kept.push($name);
+                new.$field = old.$field.clone();
+            }
+        )*};
     }
-    out.push('"');
-    out
+    keep!(listen: "listen", port: "port", peer_addr: "peer-addr", interfaces: "interface",
+        name: "name", distro: "distro", architectures: "architecture", state_dir: "state-dir",
+        announce_interval: "announce-interval");
+    kept
+}
+
+fn prepare_staging(cfg: &Config) {
+    let staging = cfg.state_dir.join("staging");
+    if let Err(e) = transfer::prepare_staging(&staging) {
+        let s = staging.display();
+        warn!("staging dir {s}: {e}; every request goes upstream");
+    }
 }

@@ -1,10 +1,10 @@
 //! The parts of the single-threaded event loop that are not sockets: the slot table that maps
 //! mio tokens to connections (with generations, so an event for a closed and reused slot is
-//! recognised as stale), and the timer heap that feeds poll's timeout.
+//! recognised as stale), the ready queue of what has work this pass, and the timers that
+//! feed poll's timeout.
 
 use mio::Token;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Tokens below this are fixed (listeners, UDP sockets, signalfd, waker); slots start here.
@@ -129,70 +129,124 @@ impl<T> Slots<T> {
     }
 }
 
-/// A min-heap of deadlines. Timers are never cancelled: whoever handles one checks whether it
-/// still matters (a lookup that finished early, a connection already gone), which keeps the
-/// heap simple and is cheap because stale timers are few.
+/// Connections and fetches with work to do in this pass: a FIFO without duplicates. Whatever
+/// has work (an event, a yielded turn, bytes pushed to a client) goes through `schedule`, so
+/// the one place that drives them can bound the work done per pass.
+#[derive(Default)]
+pub struct Ready {
+    queue: VecDeque<Token>,
+    queued: HashSet<Token>,
+}
+
+impl Ready {
+    /// Queues `t` unless it is queued already (its one turn does all its work).
+    pub fn schedule(&mut self, t: Token) {
+        if self.queued.insert(t) {
+            self.queue.push_back(t);
+        }
+    }
+
+    pub fn pop(&mut self) -> Option<Token> {
+        let t = self.queue.pop_front()?;
+        self.queued.remove(&t);
+        Some(t)
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// A timer's handle, for cancelling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimerId(Instant, u64);
+
+/// Deadlines in order. Timers of requests are cancelled with their request, so the table
+/// holds only live ones; whoever handles a timer still checks that it matters.
 pub struct Timers<K> {
-    heap: BinaryHeap<Reverse<(Instant, u64, K)>>,
+    map: BTreeMap<TimerId, K>,
     seq: u64,
 }
 
 /// The loop wakes at least this often even with nothing scheduled, so that sweeps of idle
 /// connections and interface rescans never depend on a timer having been set.
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
-/// Bound on timers so that a flood of lookups cannot grow the heap without end.
+/// Bound on timers so that a flood of lookups cannot grow the table without end. Only `at`
+/// is bounded: the daemon's own periodic timers (`always`) are a fixed handful and must
+/// never be dropped.
 pub const MAX_TIMERS: usize = 65536;
 
-impl<K: Ord + Clone> Timers<K> {
+impl<K> Timers<K> {
     pub fn new() -> Self {
         Timers {
-            heap: BinaryHeap::new(),
+            map: BTreeMap::new(),
             seq: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.map.is_empty()
     }
 
-    /// Schedules `kind` at `at`; false when the heap is full (the caller degrades gracefully).
-    pub fn at(&mut self, at: Instant, kind: K) -> bool {
-        if self.heap.len() >= MAX_TIMERS {
-            return false;
+    /// Schedules `kind` at `at`; None when the table is full (the caller degrades gracefully:
+    /// a request without its timer is still bounded by the sweep of its connection).
+    pub fn at(&mut self, at: Instant, kind: K) -> Option<TimerId> {
+        if self.map.len() >= MAX_TIMERS {
+            return None;
         }
+        Some(self.always(at, kind))
+    }
+
+    /// Schedules `kind` whatever the table holds: for the daemon's own few timers.
+    pub fn always(&mut self, at: Instant, kind: K) -> TimerId {
         self.seq += 1;
-        self.heap.push(Reverse((at, self.seq, kind)));
-        true
+        let id = TimerId(at, self.seq);
+        self.map.insert(id, kind);
+        id
+    }
+
+    /// Removes a timer that has not fired yet (nothing happens if it has).
+    pub fn cancel(&mut self, id: TimerId) {
+        self.map.remove(&id);
+    }
+
+    /// Removes and returns the earliest timer due at `now`.
+    pub fn pop_expired(&mut self, now: Instant) -> Option<K> {
+        let entry = self.map.first_entry()?;
+        if entry.key().0 > now {
+            return None;
+        }
+        Some(entry.remove())
     }
 
     /// Removes and returns every timer due at `now`, in deadline order.
     pub fn expired(&mut self, now: Instant) -> Vec<K> {
-        let mut out = Vec::new();
-        while let Some(Reverse((at, _, _))) = self.heap.peek() {
-            if *at > now {
-                break;
-            }
-            if let Some(Reverse((_, _, k))) = self.heap.pop() {
-                out.push(k);
-            }
-        }
-        out
+        std::iter::from_fn(|| self.pop_expired(now)).collect()
+    }
+
+    /// The earliest deadline, if any.
+    pub fn next(&self) -> Option<Instant> {
+        self.map.keys().next().map(|k| k.0)
     }
 
     /// How long poll may sleep: until the next deadline, at most MAX_POLL_WAIT.
     pub fn poll_timeout(&self, now: Instant) -> Duration {
-        match self.heap.peek() {
-            Some(Reverse((at, _, _))) => at.saturating_duration_since(now).min(MAX_POLL_WAIT),
+        match self.next() {
+            Some(at) => at.saturating_duration_since(now).min(MAX_POLL_WAIT),
             None => MAX_POLL_WAIT,
         }
     }
 }
 
-impl<K: Ord + Clone> Default for Timers<K> {
+impl<K> Default for Timers<K> {
     fn default() -> Self {
         Self::new()
     }
@@ -256,5 +310,45 @@ mod tests {
         assert_eq!(t.expired(now + Duration::from_millis(25)), vec![1, 2]);
         assert_eq!(t.expired(now + Duration::from_secs(5)), vec![3]);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_cancelled_timer_never_fires_and_frees_its_room() {
+        let now = Instant::now();
+        let mut t = Timers::new();
+        let a = t.at(now, "a").unwrap();
+        t.at(now, "b").unwrap();
+        t.cancel(a);
+        t.cancel(a);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.expired(now), vec!["b"]);
+    }
+
+    #[test]
+    fn a_full_table_refuses_requests_but_not_the_daemons_own_timers() {
+        let now = Instant::now();
+        let mut t = Timers::new();
+        for i in 0..MAX_TIMERS {
+            assert!(t.at(now + Duration::from_secs(60), i).is_some());
+        }
+        assert!(t.at(now, 0).is_none(), "full");
+        t.always(now, usize::MAX);
+        assert_eq!(t.pop_expired(now), Some(usize::MAX));
+        assert_eq!(t.pop_expired(now), None);
+    }
+
+    #[test]
+    fn the_ready_queue_holds_each_token_once_in_order() {
+        let mut r = Ready::default();
+        r.schedule(Token(5));
+        r.schedule(Token(3));
+        r.schedule(Token(5));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.pop(), Some(Token(5)));
+        r.schedule(Token(5));
+        assert_eq!(r.pop(), Some(Token(3)));
+        assert_eq!(r.pop(), Some(Token(5)));
+        assert_eq!(r.pop(), None);
+        assert!(r.is_empty());
     }
 }

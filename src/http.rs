@@ -882,6 +882,8 @@ pub struct ResponseInfo {
     /// (first, last, complete length) of a satisfied `Content-Range`; None when absent,
     /// unparseable, or the unsatisfied form `bytes */len`.
     pub content_range: Option<(u64, u64, Option<u64>)>,
+    /// The complete length named by an unsatisfied `Content-Range: bytes */len` (a 416).
+    pub unsatisfied_length: Option<u64>,
     pub last_modified: Option<String>,
     /// From the version and Connection header only; see `framing` for bodies that end at
     /// close.
@@ -945,6 +947,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseInfo>, HttpError> {
         chunked: false,
         location: None,
         content_range: None,
+        unsatisfied_length: None,
         last_modified: None,
         keep_alive: false,
         head_len,
@@ -994,6 +997,9 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseInfo>, HttpError> {
             info.location = Some(text.ok_or(HttpError::BadResponse)?.to_string());
         } else if name.eq_ignore_ascii_case("content-range") {
             info.content_range = text.and_then(parse_content_range);
+            info.unsatisfied_length = text
+                .and_then(|t| t.strip_prefix("bytes */"))
+                .and_then(parse_decimal);
         } else if name.eq_ignore_ascii_case("last-modified") {
             info.last_modified = text.map(str::to_string);
         } else if strip_prefix_ignore_case(name, "x-flocon-").is_some()
@@ -1883,6 +1889,7 @@ mod tests {
             chunked: false,
             location: None,
             content_range: Some((7, 9, Some(10))),
+            unsatisfied_length: None,
             last_modified: Some("Sun, 06 Nov 1994 08:49:37 GMT".to_string()),
             keep_alive: true,
             head_len,

@@ -1,4 +1,4 @@
-//! Name resolution off the event loop (SPEC §7: DNS never blocks the loop). One helper
+//! Name resolution off the event loop (docs/DESIGN.md: DNS never blocks the loop). One helper
 //! thread runs the blocking system resolver (`getaddrinfo` via `ToSocketAddrs`, so
 //! /etc/hosts, nsswitch and /etc/gai.conf ordering all apply) and reports back through the
 //! loop's mio `Waker`. Literal addresses and fresh cache hits never reach the thread: they
@@ -101,6 +101,21 @@ impl Resolver {
         self.results_at(Instant::now())
     }
 
+    /// The addresses of `host` when they are known without asking the thread: a literal, or
+    /// a fresh cache entry. None means "call `resolve`".
+    pub fn cached(&self, host: &str, port: u16, now: Instant) -> Option<Vec<SocketAddr>> {
+        let bare = bare_host(host);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Some(vec![SocketAddr::new(ip, port)]);
+        }
+        match self.cache.get(&(bare, port)) {
+            Some((at, addrs)) if now.saturating_duration_since(*at) < CACHE_TTL => {
+                Some(addrs.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// Requests accepted and not yet returned by `results()`.
     pub fn pending(&self) -> usize {
         self.pending
@@ -111,11 +126,7 @@ impl Resolver {
             return false;
         }
         self.pending += 1;
-        let bare = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(&host)
-            .to_ascii_lowercase();
+        let bare = bare_host(&host);
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return self.answer_now(id, Ok(vec![SocketAddr::new(ip, port)]));
         }
@@ -182,6 +193,14 @@ impl Resolver {
         }
         self.cache.insert((host, port), (now, addrs));
     }
+}
+
+/// A host as the cache keys it: IPv6 brackets removed, lowercase.
+fn bare_host(host: &str) -> String {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_ascii_lowercase()
 }
 
 /// Something the system resolver may be asked about: a DNS-shaped name (letters, digits,

@@ -1,4 +1,4 @@
-//! The loopback front (SPEC §4, §6, §7): what pacman gets, from peers (verified) or
+//! The loopback front (docs/DESIGN.md, "The front"): what pacman gets, from peers (verified) or
 //! upstream, with real package files and a real `repo-add` sync db, daemons on `lo` in a
 //! private network namespace per test.
 
@@ -374,7 +374,7 @@ fn five_parallel_downloads_from_each_of_two_clients() {
             handles.push(std::thread::spawn(move || {
                 go.wait();
                 let (r, body) = get(front, &format!("{REPO}/{file}"), &[]);
-                assert_eq!(r.status, 200, "{file}");
+                assert_eq!(r.status, 200, "{file}: {}", r.head);
                 assert!(body == want, "{file} differs");
             }));
         }
@@ -605,4 +605,87 @@ fn a_full_staging_disk_means_upstream_not_an_error_and_no_ban() {
         .unwrap()
         .count();
     assert_eq!(left, 0);
+}
+
+/// Open descriptors of a process.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn out_of_descriptors_the_front_resumes_accepting_and_serves_what_queued() {
+    netns!("out_of_descriptors_the_front_resumes_accepting_and_serves_what_queued");
+    use std::io::{Read, Write};
+    let t = TempDir::new("emfile");
+    let cache = t.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let d = Daemon::start(DaemonOpts::new(t.path(), &cache));
+    // room for 4 more descriptors: the 5th connection finds none
+    let limit = open_fds(d.pid()) + 4;
+    let st = std::process::Command::new("prlimit")
+        .args([
+            &format!("--pid={}", d.pid()),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "prlimit");
+    let idle: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(d.front).unwrap())
+        .collect();
+    // the kernel completed this handshake; the daemon cannot accept it yet
+    let mut queued = std::net::TcpStream::connect(d.front).unwrap();
+    queued
+        .write_all(b"GET /.flocon/status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !d.log_text().contains("retrying when descriptors free up") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no EMFILE seen:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // descriptors free up: the daemon sees these close and accepts what queued
+    drop(idle);
+    queued
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = queued.read_to_end(&mut all);
+    let (r, body) = split_response(&all);
+    assert_eq!(r.status, 200, "{}\n{}", r.head, d.log_text());
+    assert!(String::from_utf8_lossy(&body).contains("flocon"));
+}
+
+#[test]
+fn sighup_applies_what_it_can_and_names_what_needs_a_restart() {
+    netns!("sighup_applies_what_it_can_and_names_what_needs_a_restart");
+    let t = TempDir::new("sighup");
+    let cache = t.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let d = Daemon::start(DaemonOpts::new(t.path(), &cache));
+    // the peer port (needs a restart) and the lookup budget (applies) change in the file
+    std::fs::write(t.join("flocon.conf"), "port = 19555\nlookup-ms = 400\n").unwrap();
+    d.signal("HUP");
+    let t0 = std::time::Instant::now();
+    while !d.log_text().contains("SIGHUP: configuration") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = d.log_text();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("SIGHUP: port")).collect();
+    assert_eq!(
+        warnings,
+        ["flocon: warning: SIGHUP: port changed; keeping the old value until flocon restarts"]
+    );
+    // the old port still serves, the new one was never opened
+    assert!(std::net::TcpStream::connect(d.peer).is_ok());
+    assert!(std::net::TcpStream::connect("127.0.0.1:19555").is_err());
+    // lookup-ms applied without a word; the front still answers on its address
+    assert!(!log.contains("lookup-ms changed"));
+    assert_eq!(get(d.front, "/.flocon/status.json", &[]).0.status, 200);
 }

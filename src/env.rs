@@ -1,0 +1,208 @@
+//! The loop as the front sees it: what a slot holds (`Slot`), what a timer means (`Timer`),
+//! and `Loop`, the daemon's sockets, timers, discovery, index and resolver borrowed for one
+//! call into the front, implementing `front::Env`.
+
+use crate::config::Config;
+use crate::conn::{self, Conn};
+use crate::dbload::DbLoader;
+use crate::discovery::{Discovery, DiscoveryEvent};
+use crate::eventloop::{Ready, Slots, TimerId, Timers};
+use crate::fetch::{self, Fetch};
+use crate::front::{Deadline, Env, Reply};
+use crate::resolver::Resolver;
+use crate::stager::{StageHandle, Stager};
+use crate::syncdb::{PkgInfo, SyncIndex};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// What a slot holds.
+pub(crate) enum Slot {
+    Peer(Conn<TcpStream>),
+    Front(Conn<TcpStream>),
+    Fetch(Box<Fetch>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    Sweep,
+    StopDeadline,
+    Announce,
+    Rescan,
+    Accept,
+    Lookup(u32),
+    Front(Deadline),
+}
+
+/// Sends every sync db whose file changed (pacman renames new ones into place) to the
+/// helper thread. A stat per repo: cheap enough for every rescan.
+pub(crate) fn check_dbs(cfg: &Config, index: &mut SyncIndex, dbload: &mut DbLoader) {
+    let repos: Vec<String> = cfg.repos.iter().map(|r| r.name.clone()).collect();
+    index.retain_repos(&repos);
+    for (repo, path, stamp) in index.changed(&cfg.db_path.join("sync"), &repos) {
+        match stamp {
+            Some(_) => dbload.load(&repo, path),
+            None => index.keep_old(&repo, None),
+        }
+    }
+}
+
+/// The loop as the front sees it (`front::Env`).
+pub(crate) struct Loop<'a> {
+    pub(crate) now: Instant,
+    pub(crate) cfg: &'a Config,
+    pub(crate) registry: &'a Registry,
+    pub(crate) slots: &'a mut Slots<Slot>,
+    pub(crate) timers: &'a mut Timers<Timer>,
+    pub(crate) ready: &'a mut Ready,
+    pub(crate) discovery: &'a mut Discovery,
+    pub(crate) index: &'a mut SyncIndex,
+    pub(crate) dbload: &'a mut DbLoader,
+    pub(crate) resolver: &'a mut Resolver,
+    pub(crate) stager: &'a Stager,
+    pub(crate) decided: &'a mut Vec<DiscoveryEvent>,
+}
+
+impl Env for Loop<'_> {
+    fn now(&self) -> Instant {
+        self.now
+    }
+
+    fn reply(&mut self, client: Token, reply: Reply<'_>) -> bool {
+        let Some(Slot::Front(c)) = self.slots.get_mut(client) else {
+            return false;
+        };
+        match reply {
+            Reply::Error(status) => c.answer_error(status),
+            Reply::Bytes(status, h, body) => c.answer_bytes(status, h, body),
+            Reply::File(status, h, f, start, end) => c.answer_file(status, h, f, start, end),
+            Reply::Stream(status, h, length) => c.answer_stream(status, h, length),
+            // more than its room cuts the stream (the conn closes on its turn)
+            Reply::Body(data) => _ = c.push_stream(data),
+            Reply::End(complete) => c.end_stream(complete),
+        }
+        self.ready.schedule(client);
+        true
+    }
+
+    fn client_waits(&self, client: Token) -> bool {
+        matches!(self.slots.get(client), Some(Slot::Front(c))
+            // Done: cut this pass, closed (and forgotten) on its next turn
+            if matches!(c.state(), conn::State::WaitingForSource | conn::State::Streaming
+                | conn::State::Done))
+    }
+
+    fn start_fetch(&mut self, mut req: fetch::Request) -> Option<Token> {
+        let addr = req.addr;
+        // under a group key, a request to a peer's file server carries Flocon-Auth
+        if self.discovery.peers.iter().any(|p| p.tcp_addr() == addr) {
+            let auth = self.discovery.auth_header(req.method.as_str(), &req.path);
+            req.headers.extend(auth);
+        }
+        let f = Fetch::connect(req, self.now)
+            .map_err(|e| debug!("connect {addr}: {e}"))
+            .ok()?;
+        let Some(tok) = self.slots.insert_with(|_| Slot::Fetch(Box::new(f))) else {
+            debug!("connect {addr}: no slot left");
+            return None;
+        };
+        let rw = Interest::READABLE | Interest::WRITABLE;
+        if let Some(Slot::Fetch(f)) = self.slots.get_mut(tok)
+            && let Err(e) = self.registry.register(&mut f.stream, tok, rw)
+        {
+            debug!("connect {addr}: {e}");
+            self.slots.remove(tok);
+            return None;
+        }
+        // driven on its turn: the caller records what it is for first
+        self.ready.schedule(tok);
+        Some(tok)
+    }
+
+    fn stop_fetch(&mut self, fetch: Token) {
+        if let Some(Slot::Fetch(_)) = self.slots.get(fetch)
+            && let Some(Slot::Fetch(mut f)) = self.slots.remove(fetch)
+        {
+            let _ = self.registry.deregister(&mut f.stream);
+        }
+    }
+
+    fn fetch_exists(&self, fetch: Token) -> bool {
+        matches!(self.slots.get(fetch), Some(Slot::Fetch(_)))
+    }
+
+    fn timer(&mut self, at: Instant, d: Deadline) -> Option<TimerId> {
+        self.timers.at(at, Timer::Front(d))
+    }
+
+    fn cancel(&mut self, id: TimerId) {
+        self.timers.cancel(id);
+    }
+
+    fn start_lookup(
+        &mut self,
+        name: &str,
+        expected: Option<(u64, Option<[u8; 32]>)>,
+    ) -> Option<u32> {
+        let budget = self.cfg.lookup_budget;
+        let id =
+            self.discovery
+                .start_lookup(name, expected, budget, self.now, &mut *self.decided)?;
+        // lookups are bounded by discovery (MAX_LOOKUPS); their deadline is never dropped
+        self.timers.always(self.now + budget, Timer::Lookup(id));
+        Some(id)
+    }
+
+    fn has_peers(&self) -> bool {
+        !self.discovery.peers.is_empty()
+    }
+
+    fn peer_addr(&self, instance: u64) -> Option<SocketAddr> {
+        self.discovery.peers.get(instance).map(|p| p.tcp_addr())
+    }
+
+    fn peer_name(&self, instance: u64) -> String {
+        let p = self.discovery.peers.get(instance);
+        p.map(|p| p.name.clone()).unwrap_or_default()
+    }
+
+    fn is_banned(&self, instance: u64) -> bool {
+        self.discovery.is_banned(instance, self.now)
+    }
+
+    fn ban(&mut self, instance: u64, why: &str) {
+        self.discovery.ban(instance, self.now, why);
+    }
+
+    fn peer_served(&mut self, instance: u64) {
+        self.discovery.peers.credit_served(instance);
+    }
+
+    fn indexed(&self, repo: &str, file: &str) -> Option<PkgInfo> {
+        self.index.lookup(repo, file)
+    }
+
+    fn dbs_loading(&mut self) -> bool {
+        check_dbs(self.cfg, self.index, self.dbload);
+        !self.dbload.in_flight.is_empty()
+    }
+
+    fn upstreams(&self, repo: &str, arch: &str) -> Vec<String> {
+        let r = self.cfg.repos.iter().find(|r| r.name == repo);
+        r.map(|r| r.upstreams(arch, self.cfg.front_port()))
+            .unwrap_or_default()
+    }
+
+    fn stage(&self) -> StageHandle {
+        self.stager.handle()
+    }
+
+    fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+        self.resolver.cached(host, port, self.now)
+    }
+
+    fn resolve(&mut self, id: u64, host: &str, port: u16) -> bool {
+        self.resolver.resolve(id, host.to_string(), port)
+    }
+}

@@ -1,0 +1,1915 @@
+//! The loopback front: what each request from pacman gets. A package the local sync db lists
+//! comes from a verified peer copy (transfer.rs) or upstream; its `.sig` from the peer that
+//! had the package, else upstream; everything else upstream only. Upstream `http://` is
+//! proxied (streamed, Range and If-Modified-Since passed through, redirects followed, every
+//! resolved address tried); `https://` gets a 307 so pacman's own TLS does the work.
+//!
+//! `Front` owns one `FrontRequest` per front connection that waits for something, the
+//! shared copies from peers and their lookups, what each fetch is for, and the `.sig` hints.
+//! It reaches sockets, timers, discovery and the index only through `Env`, so the whole
+//! state machine runs in unit tests with time passed in (see the tests at the end).
+
+use crate::eventloop::TimerId;
+use crate::fetch;
+use crate::http::{self, FileKind, Method, RangeOutcome, Request};
+use crate::peers::Candidate;
+use crate::stager::{Report, StageHandle};
+use crate::status::json_str;
+use crate::syncdb::PkgInfo;
+use crate::transfer::{self, Phase, Transfer, Verdict};
+use mio::Token;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// Concurrent front connections. pacman holds up to ParallelDownloads (default 5) per host;
+/// a few local tools on top are still far below this.
+pub const MAX_CONNECTIONS: usize = 256;
+/// pacman keeps connections alive between the files of one transaction, then drops them.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Redirects followed for one upstream request (pacman itself allows 10; mirrors use 1-2).
+const MAX_UPSTREAM_REDIRECTS: u32 = 5;
+/// Recent "this peer had that package" records, for fetching the `.sig` from the same peer.
+const MAX_SIG_HINTS: usize = 256;
+/// A hint older than this is not trusted (the peer may have cleaned its cache).
+const SIG_HINT_TTL: Duration = Duration::from_secs(600);
+/// Longest a package request waits for a sync db being parsed before going upstream.
+const DB_WAIT_MAX: Duration = Duration::from_secs(3);
+/// Longest a request waits for a mirror's name to resolve: the next source then gets its
+/// turn, well inside pacman's 10 s without progress.
+pub const DNS_WAIT_MAX: Duration = Duration::from_secs(4);
+/// A verified copy stays this long after it was handed out, for requests for the same file
+/// that arrive just after (a second pacman, a retry): no second lookup or copy.
+pub const READY_LINGER: Duration = Duration::from_secs(10);
+
+/// Where a proxied answer can come from, tried in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A LAN peer's file server (only for `.sig` files).
+    Peer(SocketAddr, String),
+    /// An upstream mirror URL (http:// proxied, https:// redirected).
+    Url(String),
+}
+
+/// A front request being answered from a list of sources.
+#[derive(Debug)]
+pub struct Proxy {
+    method: Method,
+    sources: VecDeque<Source>,
+    range: Option<String>,
+    if_modified_since: Option<String>,
+    redirects: u32,
+    /// The head went to the client: any failure now must cut the connection.
+    answered: bool,
+    /// Status of the last source that answered with an error, passed on if none succeeds.
+    last_status: Option<u16>,
+    label: String,
+    /// The URL now being fetched (for relative redirects), its Host header and path.
+    current: String,
+    host_header: String,
+    path: String,
+    /// Addresses of `current` not tried yet: each is tried before the next source.
+    addrs: VecDeque<SocketAddr>,
+}
+
+/// What a front request waits for. Each wait with a deadline of its own names it; the
+/// others are bounded elsewhere (a fetch by its connect/head/stall bounds, a lookup by its
+/// budget).
+#[derive(Debug)]
+pub enum Wait {
+    /// A sync db being parsed: the request is dispatched again when it is in.
+    Db { until: Instant },
+    /// `/.flocon/lookup/`: answered with what the lookup decided.
+    Lookup { id: u32, started: Instant },
+    /// The shared copy of `file` from a peer; at `until` the client is sent round again.
+    Copy { file: String, until: Instant },
+    /// A fetch streaming a source's answer to the client.
+    Upstream { fetch: Token, proxy: Box<Proxy> },
+    /// The name of the proxy's next source being resolved.
+    Dns {
+        id: u64,
+        proxy: Box<Proxy>,
+        host: String,
+        port: u16,
+        until: Instant,
+    },
+}
+
+impl Wait {
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Wait::Db { until } | Wait::Copy { until, .. } | Wait::Dns { until, .. } => Some(*until),
+            Wait::Lookup { .. } | Wait::Upstream { .. } => None,
+        }
+    }
+}
+
+/// One front connection's request while it waits.
+#[derive(Debug)]
+pub struct FrontRequest {
+    /// The connection's request number (a keep-alive connection asks again and again).
+    pub number: u64,
+    pub request: Request,
+    pub wait: Wait,
+    /// The timer of the wait's deadline, cancelled with the record.
+    timer: Option<TimerId>,
+    /// It waited for a db parse once already and will not again.
+    db_waited: bool,
+}
+
+/// A request between two waits (taken out of its record, or just arrived).
+struct Asked {
+    number: u64,
+    request: Request,
+    db_waited: bool,
+}
+
+/// The timers the front sets through `Env::timer`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Deadline {
+    /// The deadline of a request's wait (connection, request number).
+    Request(Token, u64),
+    /// A handed-out copy (file, serial) is dropped.
+    Linger(String, u64),
+}
+
+/// What a fetch is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Purpose {
+    /// Copying a package from a peer into the staging dir (shared by its waiters).
+    PeerCopy {
+        file: String,
+        instance: u64,
+        resume: u64,
+    },
+    /// Streaming a source's answer to one front connection.
+    Proxy(Token),
+}
+
+/// Who waits for a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LookupFor {
+    Client(Token),
+    Copy(String),
+}
+
+/// A copy from peers, shared by every request for its file.
+struct Copy {
+    transfer: Transfer,
+    serial: u64,
+}
+
+/// A `.sig` is asked first from the peer that served its package.
+struct SigHint {
+    instance: u64,
+    addr: SocketAddr,
+    at: Instant,
+}
+
+/// An answer to a front connection, given through `Env::reply`.
+pub enum Reply<'a> {
+    Error(u16),
+    Bytes(u16, &'a [(&'a str, &'a str)], &'a [u8]),
+    /// `file[start..end]` after the headers (which carry its Content-Length); the file is
+    /// shared (a verified copy), read at explicit offsets.
+    File(u16, &'a [(&'a str, &'a str)], Arc<File>, u64, u64),
+    /// The head of a streamed answer with its promised body length.
+    Stream(u16, &'a [(&'a str, &'a str)], Option<u64>),
+    Body(&'a [u8]),
+    /// The stream ended: complete, or cut so the client sees the failure.
+    End(bool),
+}
+
+/// Counters for the status page.
+#[derive(Default, Debug, Clone)]
+pub struct FrontStats {
+    pub lan_hits: u64,
+    pub lan_bytes: u64,
+    pub upstream_bytes: u64,
+    pub rejected_copies: u64,
+}
+
+/// A copy in flight, for the status page.
+pub struct CopyStatus {
+    pub file: String,
+    pub source: Option<SocketAddr>,
+    pub received: u64,
+    pub size: u64,
+    pub rate: f64,
+    pub phase: Phase,
+}
+
+/// What the front needs from the loop around it. The daemon implements it over its sockets,
+/// timers, discovery and index; the tests implement it with plain records.
+pub trait Env {
+    fn now(&self) -> Instant;
+    /// Gives a front connection its answer (and schedules it); false when it is gone.
+    fn reply(&mut self, client: Token, reply: Reply<'_>) -> bool;
+    /// Whether a front connection exists and waits for its answer (invariant checks).
+    fn client_waits(&self, client: Token) -> bool;
+    /// Connects and schedules a fetch; None when that cannot start (logged).
+    fn start_fetch(&mut self, req: fetch::Request) -> Option<Token>;
+    /// Closes a fetch (nothing happens if it is gone already).
+    fn stop_fetch(&mut self, fetch: Token);
+    fn fetch_exists(&self, fetch: Token) -> bool;
+    fn timer(&mut self, at: Instant, d: Deadline) -> Option<TimerId>;
+    fn cancel(&mut self, id: TimerId);
+    /// Starts "who has `name`?" with the configured budget; the decision comes back
+    /// through `Front::on_decided`. None when too many are in flight.
+    fn start_lookup(
+        &mut self,
+        name: &str,
+        expected: Option<(u64, Option<[u8; 32]>)>,
+    ) -> Option<u32>;
+    fn has_peers(&self) -> bool;
+    /// The file server of a live peer.
+    fn peer_addr(&self, instance: u64) -> Option<SocketAddr>;
+    fn peer_name(&self, instance: u64) -> String;
+    fn is_banned(&self, instance: u64) -> bool;
+    fn ban(&mut self, instance: u64, why: &str);
+    fn indexed(&self, repo: &str, file: &str) -> Option<PkgInfo>;
+    /// Whether a sync db changed and is being parsed (stats the db files first).
+    fn dbs_loading(&mut self) -> bool;
+    fn upstreams(&self, repo: &str, arch: &str) -> Vec<String>;
+    /// Where peer copies are staged and hashed (the stager thread).
+    fn stage(&self) -> StageHandle;
+    /// Addresses known without waiting (a literal, a fresh cache entry).
+    fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>>;
+    /// Starts resolving; the answer comes through `Front::on_resolved`. False when refused.
+    fn resolve(&mut self, id: u64, host: &str, port: u16) -> bool;
+    /// A peer served a copy that matched the sync db (it ranks first from now on).
+    fn peer_served(&mut self, _instance: u64) {}
+}
+
+#[derive(Default)]
+pub struct Front {
+    requests: HashMap<Token, FrontRequest>,
+    copies: HashMap<String, Copy>,
+    lookups: HashMap<u32, LookupFor>,
+    fetches: HashMap<Token, Purpose>,
+    sig_hints: HashMap<String, SigHint>,
+    serial: u64,
+    pub stats: FrontStats,
+}
+
+impl Front {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Front requests waiting for something.
+    pub fn waiting(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// The client a proxy fetch streams to (for its backpressure).
+    pub fn fetch_client(&self, fetch: Token) -> Option<Token> {
+        match self.fetches.get(&fetch) {
+            Some(Purpose::Proxy(c)) => Some(*c),
+            _ => None,
+        }
+    }
+
+    /// The fetch streaming to a client, if any (room freed there lets it read again).
+    pub fn client_fetch(&self, client: Token) -> Option<Token> {
+        match self.requests.get(&client).map(|r| &r.wait) {
+            Some(Wait::Upstream { fetch, .. }) => Some(*fetch),
+            _ => None,
+        }
+    }
+
+    pub fn copies(&self, now: Instant) -> Vec<CopyStatus> {
+        let mut v: Vec<CopyStatus> = self
+            .copies
+            .values()
+            .map(|c| {
+                let t = &c.transfer;
+                CopyStatus {
+                    file: t.file.clone(),
+                    source: t.source.map(|s| s.1),
+                    received: t.received,
+                    size: t.expected.size,
+                    rate: t.rate(now),
+                    phase: t.phase,
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.file.cmp(&b.file));
+        v
+    }
+
+    // ------------------------------------------------------------------ records
+
+    /// Records what a request waits for (and sets the wait's deadline).
+    fn wait(&mut self, env: &mut impl Env, t: Token, r: Asked, wait: Wait) {
+        let timer = wait
+            .deadline()
+            .and_then(|at| env.timer(at, Deadline::Request(t, r.number)));
+        let record = FrontRequest {
+            number: r.number,
+            request: r.request,
+            wait,
+            timer,
+            db_waited: r.db_waited,
+        };
+        if let Some(old) = self.requests.insert(t, record) {
+            debug_assert!(false, "{t:?} had a record already");
+            if let Some(id) = old.timer {
+                env.cancel(id);
+            }
+        }
+    }
+
+    /// Takes a request's record out (its deadline timer cancelled).
+    fn take(&mut self, env: &mut impl Env, t: Token) -> Option<(Asked, Wait)> {
+        let r = self.requests.remove(&t)?;
+        if let Some(id) = r.timer {
+            env.cancel(id);
+        }
+        let asked = Asked {
+            number: r.number,
+            request: r.request,
+            db_waited: r.db_waited,
+        };
+        Some((asked, r.wait))
+    }
+
+    /// A front connection closed: stop whatever worked for it alone. One removal; a shared
+    /// copy goes on (another request, or pacman's retry, will want it).
+    pub fn forget(&mut self, env: &mut impl Env, t: Token) {
+        let Some((_, wait)) = self.take(env, t) else {
+            return;
+        };
+        match wait {
+            Wait::Upstream { fetch, .. } => {
+                self.fetches.remove(&fetch);
+                env.stop_fetch(fetch);
+            }
+            Wait::Lookup { id, .. } => {
+                self.lookups.remove(&id);
+            }
+            Wait::Db { .. } | Wait::Copy { .. } | Wait::Dns { .. } => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    /// A request arrived on front connection `t` (its `number`th).
+    pub fn on_request(&mut self, env: &mut impl Env, t: Token, number: u64, req: Request) {
+        let r = Asked {
+            number,
+            request: req,
+            db_waited: false,
+        };
+        self.dispatch(env, t, r);
+    }
+
+    fn dispatch(&mut self, env: &mut impl Env, t: Token, r: Asked) {
+        let path = r.request.target.split('?').next().unwrap_or("").to_string();
+        if let Some(name) = path.strip_prefix("/.flocon/lookup/") {
+            return self.debug_lookup(env, t, r, name);
+        }
+        let (repo, arch, file) = match http::front_path(&path) {
+            Ok(x) => x,
+            Err(e) => return answer(env, t, Reply::Error(e.status())),
+        };
+        let kind = http::classify(&file);
+        debug!(
+            "{} /{repo}/os/{arch}/{file} ({kind:?})",
+            r.request.method.as_str()
+        );
+        match kind {
+            FileKind::Package => {
+                if let Some(info) = env.indexed(&repo, &file) {
+                    return self.serve_from_lan(env, t, r, &repo, &arch, &file, info);
+                }
+                // pacman may have just replaced the db (`pacman -Syu` asks for packages the
+                // moment the new db is in place): if a db changed, wait for its parse
+                if !r.db_waited && env.dbs_loading() {
+                    debug!("{file}: not indexed yet; waiting for the sync db being read");
+                    let until = env.now() + DB_WAIT_MAX;
+                    return self.wait(env, t, r, Wait::Db { until });
+                }
+                self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new());
+            }
+            FileKind::PackageSig => {
+                let pkg = file.trim_end_matches(".sig");
+                let mut first = Vec::new();
+                // the peer that just served the package, if it is still there
+                if let Some(h) = self.sig_hints.get(pkg)
+                    && env.now().duration_since(h.at) < SIG_HINT_TTL
+                    && env.peer_addr(h.instance).is_some()
+                    && !env.is_banned(h.instance)
+                {
+                    first.push(Source::Peer(h.addr, format!("/{file}")));
+                }
+                self.serve_upstream(env, t, r, &repo, &arch, &file, first);
+            }
+            // databases never come from peers: a peer's db can be stale (rollback)
+            FileKind::Database | FileKind::DatabaseSig => {
+                self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new())
+            }
+            FileKind::Other => answer(env, t, Reply::Error(404)),
+        }
+    }
+
+    /// `/.flocon/lookup/<name>[?size=N]`: one lookup, answered with what it decided. For
+    /// tests and the benchmark; loopback only like everything on the front.
+    fn debug_lookup(&mut self, env: &mut impl Env, t: Token, r: Asked, name: &str) {
+        if !http::is_safe_name(name) {
+            return answer(env, t, Reply::Error(400));
+        }
+        let size = r
+            .request
+            .target
+            .split_once("?size=")
+            .and_then(|(_, s)| s.parse::<u64>().ok());
+        match env.start_lookup(name, size.map(|s| (s, None))) {
+            Some(id) => {
+                self.lookups.insert(id, LookupFor::Client(t));
+                let started = env.now();
+                self.wait(env, t, r, Wait::Lookup { id, started });
+            }
+            None => answer(env, t, Reply::Error(503)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn serve_from_lan(
+        &mut self,
+        env: &mut impl Env,
+        t: Token,
+        r: Asked,
+        repo: &str,
+        arch: &str,
+        file: &str,
+        info: PkgInfo,
+    ) {
+        if r.request.method == Method::Head {
+            // a HEAD needs no bytes: answer from the db's size without asking anyone
+            let len = info.size.to_string();
+            let h = [("Content-Length", len.as_str()), ("Accept-Ranges", "bytes")];
+            env.reply(t, Reply::Stream(200, &h, Some(0)));
+            env.reply(t, Reply::End(true));
+            return;
+        }
+        let now = env.now();
+        if let Some(c) = self.copies.get(file) {
+            if c.transfer.phase == Phase::Ready {
+                let len = c.transfer.expected.size;
+                return hand_one(env, t, &r.request, c.transfer.open_copy(), len);
+            }
+            // another request for a file on its way: share the copy
+            let until = now + transfer::REDIRECT_AFTER;
+            let file = file.to_string();
+            return self.wait(env, t, r, Wait::Copy { file, until });
+        }
+        let staged: u64 = self
+            .copies
+            .values()
+            .map(|c| c.transfer.expected.size)
+            .fold(0, u64::saturating_add);
+        // without a SHA-256 in the db a copy could only be checked by size: not enough
+        if info.sha256.is_none()
+            || staged.saturating_add(info.size) > transfer::MAX_STAGED_BYTES
+            || !env.has_peers()
+        {
+            return self.serve_upstream(env, t, r, repo, arch, file, Vec::new());
+        }
+        let Some(id) = env.start_lookup(file, Some((info.size, info.sha256))) else {
+            return self.serve_upstream(env, t, r, repo, arch, file, Vec::new());
+        };
+        self.serial += 1;
+        let mut tr = Transfer::new(file, repo, arch, info, &env.stage(), self.serial, now);
+        tr.lookup = Some(id);
+        self.lookups.insert(id, LookupFor::Copy(file.to_string()));
+        let copy = Copy {
+            transfer: tr,
+            serial: self.serial,
+        };
+        self.copies.insert(file.to_string(), copy);
+        let until = now + transfer::REDIRECT_AFTER;
+        let file = file.to_string();
+        self.wait(env, t, r, Wait::Copy { file, until });
+    }
+
+    /// A lookup was decided (by its answers or its deadline).
+    pub fn on_decided(
+        &mut self,
+        env: &mut impl Env,
+        id: u32,
+        candidates: Vec<Candidate>,
+        asked: usize,
+        answered: usize,
+    ) {
+        match self.lookups.remove(&id) {
+            Some(LookupFor::Client(t)) => {
+                let Some((_, Wait::Lookup { started, .. })) = self.take(env, t) else {
+                    return;
+                };
+                let micros = env.now().duration_since(started).as_micros();
+                let have: Vec<String> = candidates
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{{\"peer\":{},\"size\":{},\"uploads\":{}}}",
+                            json_str(&env.peer_name(c.instance)),
+                            c.size,
+                            c.uploads
+                        )
+                    })
+                    .collect();
+                let body = format!(
+                    "{{\"asked\":{asked},\"answered\":{answered},\"micros\":{micros},\"have\":[{}]}}\n",
+                    have.join(",")
+                );
+                let h = [("Content-Type", "application/json")];
+                env.reply(t, Reply::Bytes(200, &h, body.as_bytes()));
+            }
+            Some(LookupFor::Copy(file)) => {
+                let Some(c) = self.copies.get_mut(&file) else {
+                    return;
+                };
+                let tr = &mut c.transfer;
+                tr.lookup = None;
+                for cand in candidates {
+                    if let Some(addr) = env.peer_addr(cand.instance) {
+                        tr.candidates.push_back((cand, addr));
+                    }
+                }
+                debug!(
+                    "lookup for {file}: {asked} asked, {answered} answered, {} have it",
+                    tr.candidates.len()
+                );
+                self.next_peer(env, &file);
+            }
+            None => {}
+        }
+    }
+
+    /// Starts the copy from the next candidate peer, or gives up on the LAN.
+    fn next_peer(&mut self, env: &mut impl Env, file: &str) {
+        loop {
+            let Some(c) = self.copies.get_mut(file) else {
+                return;
+            };
+            let tr = &mut c.transfer;
+            let next = if tr.attempts < transfer::MAX_PEER_ATTEMPTS {
+                tr.candidates.pop_front()
+            } else {
+                None
+            };
+            let Some((cand, addr)) = next else {
+                debug!("{file}: no peer can deliver; upstream");
+                return self.copy_failed(env, file);
+            };
+            if env.is_banned(cand.instance) {
+                continue;
+            }
+            let resume = tr.received;
+            tr.begin_source(cand.instance, addr, env.now());
+            let mut headers = Vec::new();
+            if resume > 0 {
+                headers.push(("Range".to_string(), format!("bytes={resume}-")));
+            }
+            let req = fetch::Request {
+                method: Method::Get,
+                addr,
+                host_header: addr.to_string(),
+                path: format!("/{file}"),
+                headers,
+            };
+            if let Some(tok) = env.start_fetch(req) {
+                info!(
+                    "fetching {file} from peer {addr}{}",
+                    if resume > 0 {
+                        format!(" (from byte {resume})")
+                    } else {
+                        String::new()
+                    }
+                );
+                let purpose = Purpose::PeerCopy {
+                    file: file.to_string(),
+                    instance: cand.instance,
+                    resume,
+                };
+                self.fetches.insert(tok, purpose);
+                return;
+            }
+        }
+    }
+
+    /// Requests waiting for the copy of `file`.
+    fn copy_waiters(&self, file: &str) -> Vec<Token> {
+        let mut v: Vec<Token> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| matches!(&r.wait, Wait::Copy { file: f, .. } if f == file))
+            .map(|(t, _)| *t)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The LAN cannot deliver this file: the copy ends and every waiter goes upstream.
+    fn copy_failed(&mut self, env: &mut impl Env, file: &str) {
+        let Some(c) = self.copies.remove(file) else {
+            return;
+        };
+        let (repo, arch) = (c.transfer.repo.clone(), c.transfer.arch.clone());
+        drop(c);
+        for t in self.copy_waiters(file) {
+            if let Some((r, _)) = self.take(env, t) {
+                self.serve_upstream(env, t, r, &repo, &arch, file, Vec::new());
+            }
+        }
+    }
+
+    /// A verified copy is ready: every waiter gets it (with its own Range). The copy stays
+    /// READY_LINGER for requests that come just after.
+    fn hand_out(&mut self, env: &mut impl Env, file: &str) {
+        let Some(c) = self.copies.get(file) else {
+            return;
+        };
+        let (len, serial) = (c.transfer.expected.size, c.serial);
+        for t in self.copy_waiters(file) {
+            if let Some((r, _)) = self.take(env, t) {
+                let copy = self.copies.get(file).and_then(|c| c.transfer.open_copy());
+                hand_one(env, t, &r.request, copy, len);
+            }
+        }
+        let at = env.now() + READY_LINGER;
+        if env
+            .timer(at, Deadline::Linger(file.to_string(), serial))
+            .is_none()
+        {
+            // no timer: keep nothing that could not be cleaned up
+            self.copies.remove(file);
+        }
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    pub fn on_deadline(&mut self, env: &mut impl Env, d: Deadline) {
+        match d {
+            Deadline::Linger(file, serial) => {
+                if self
+                    .copies
+                    .get(&file)
+                    .is_some_and(|c| c.serial == serial && c.transfer.phase == Phase::Ready)
+                {
+                    self.copies.remove(&file);
+                }
+            }
+            Deadline::Request(t, n) => {
+                if self.requests.get(&t).is_none_or(|r| r.number != n) {
+                    return;
+                }
+                let Some((mut r, wait)) = self.take(env, t) else {
+                    return;
+                };
+                match wait {
+                    Wait::Db { .. } => {
+                        r.db_waited = true;
+                        self.dispatch(env, t, r);
+                    }
+                    Wait::Copy { file, .. } => self.copy_too_slow(env, t, r, file),
+                    Wait::Dns {
+                        mut proxy, host, ..
+                    } => {
+                        warn!("{}: resolving {host} takes too long", proxy.label);
+                        proxy.last_status = Some(504);
+                        self.next_source(env, t, r, proxy);
+                    }
+                    w @ (Wait::Lookup { .. } | Wait::Upstream { .. }) => {
+                        // no deadline of their own: put back untouched
+                        self.wait(env, t, r, w);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A request has waited REDIRECT_AFTER for its verified copy: send it round again
+    /// (pacman's 10 s no-progress clock restarts) while the copy can still finish in time,
+    /// else upstream.
+    fn copy_too_slow(&mut self, env: &mut impl Env, t: Token, r: Asked, file: String) {
+        let Some(c) = self.copies.get_mut(&file) else {
+            return answer(env, t, Reply::Error(503));
+        };
+        let tr = &mut c.transfer;
+        let progressing = matches!(tr.phase, Phase::Fetching | Phase::Verifying) && tr.received > 0;
+        if progressing && tr.redirect_rounds < transfer::MAX_REDIRECT_ROUNDS {
+            tr.redirect_rounds += 1;
+            info!(
+                "{file}: {} of {} bytes staged; redirecting the client to itself (pacman's 10 s clock)",
+                tr.received, tr.expected.size
+            );
+            let loc = r.request.target.clone();
+            let h = [("Location", loc.as_str()), ("Retry-After", "0")];
+            env.reply(t, Reply::Bytes(307, &h, b""));
+            return;
+        }
+        // no progress from the LAN: this request goes upstream, the copy may still finish
+        let (repo, arch) = (tr.repo.clone(), tr.arch.clone());
+        self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new());
+    }
+
+    /// Sync dbs were (re)loaded: the requests that waited for them are dispatched again.
+    pub fn on_dbs_loaded(&mut self, env: &mut impl Env) {
+        let mut waiting: Vec<Token> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| matches!(r.wait, Wait::Db { .. }))
+            .map(|(t, _)| *t)
+            .collect();
+        waiting.sort();
+        for t in waiting {
+            if let Some((mut r, _)) = self.take(env, t) {
+                r.db_waited = true;
+                self.dispatch(env, t, r);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ upstream
+
+    /// Answers from the sources: `first` (peers) then the repo's upstreams.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_upstream(
+        &mut self,
+        env: &mut impl Env,
+        t: Token,
+        r: Asked,
+        repo: &str,
+        arch: &str,
+        file: &str,
+        first: Vec<Source>,
+    ) {
+        let mut sources: VecDeque<Source> = first.into();
+        for url in env.upstreams(repo, arch) {
+            sources.push_back(Source::Url(format!(
+                "{}/{}",
+                url.trim_end_matches('/'),
+                file
+            )));
+        }
+        if sources.is_empty() {
+            return answer(env, t, Reply::Error(404));
+        }
+        let p = Proxy {
+            method: r.request.method,
+            sources,
+            range: r.request.range.clone(),
+            if_modified_since: r.request.if_modified_since.clone(),
+            redirects: 0,
+            answered: false,
+            last_status: None,
+            label: file.to_string(),
+            current: String::new(),
+            host_header: String::new(),
+            path: String::new(),
+            addrs: VecDeque::new(),
+        };
+        self.next_source(env, t, r, Box::new(p));
+    }
+
+    /// Tries the proxy's next address, then its next source; answers the client when none
+    /// is left.
+    fn next_source(&mut self, env: &mut impl Env, t: Token, r: Asked, mut p: Box<Proxy>) {
+        loop {
+            if let Some(addr) = p.addrs.pop_front() {
+                let mut headers = Vec::new();
+                if let Some(range) = &p.range {
+                    headers.push(("Range".to_string(), range.clone()));
+                }
+                if let Some(ims) = &p.if_modified_since {
+                    headers.push(("If-Modified-Since".to_string(), ims.clone()));
+                }
+                let req = fetch::Request {
+                    method: p.method,
+                    addr,
+                    host_header: p.host_header.clone(),
+                    path: p.path.clone(),
+                    headers,
+                };
+                match env.start_fetch(req) {
+                    Some(fetch) => {
+                        self.fetches.insert(fetch, Purpose::Proxy(t));
+                        return self.wait(env, t, r, Wait::Upstream { fetch, proxy: p });
+                    }
+                    None => {
+                        p.last_status = Some(502);
+                        continue;
+                    }
+                }
+            }
+            let Some(src) = p.sources.pop_front() else {
+                let status = p.last_status.unwrap_or(502);
+                debug!("{}: no source left, answering {status}", p.label);
+                return answer(env, t, Reply::Error(status));
+            };
+            match src {
+                Source::Peer(addr, path) => {
+                    p.current = format!("http://{addr}{path}");
+                    p.host_header = addr.to_string();
+                    p.path = path;
+                    p.addrs = VecDeque::from([addr]);
+                }
+                Source::Url(url) if url.starts_with("https://") => {
+                    if p.answered {
+                        continue;
+                    }
+                    debug!("{}: redirecting pacman to {url}", p.label);
+                    let h = [("Location", url.as_str())];
+                    env.reply(t, Reply::Bytes(307, &h, b""));
+                    return;
+                }
+                Source::Url(url) => {
+                    let Some((host, port, path)) = fetch::parse_http_url(&url) else {
+                        warn!("unusable upstream URL {url}");
+                        continue;
+                    };
+                    p.current = url;
+                    p.host_header = fetch::host_header(&host, port);
+                    p.path = path;
+                    if let Some(addrs) = env.resolve_now(&host, port) {
+                        p.addrs = addrs.into();
+                        continue;
+                    }
+                    // resolve on the helper thread; come back here when it answers
+                    self.serial += 1;
+                    let id = self.serial;
+                    if !env.resolve(id, &host, port) {
+                        p.last_status = Some(503);
+                        continue;
+                    }
+                    let until = env.now() + DNS_WAIT_MAX;
+                    let wait = Wait::Dns {
+                        id,
+                        proxy: p,
+                        host,
+                        port,
+                        until,
+                    };
+                    return self.wait(env, t, r, wait);
+                }
+            }
+        }
+    }
+
+    /// The resolver answered request `id`.
+    pub fn on_resolved(
+        &mut self,
+        env: &mut impl Env,
+        id: u64,
+        result: std::io::Result<Vec<SocketAddr>>,
+    ) {
+        let Some(t) = self
+            .requests
+            .iter()
+            .find(|(_, r)| matches!(r.wait, Wait::Dns { id: i, .. } if i == id))
+            .map(|(t, _)| *t)
+        else {
+            return; // the client left, or the wait's deadline passed
+        };
+        let Some((
+            r,
+            Wait::Dns {
+                mut proxy, host, ..
+            },
+        )) = self.take(env, t)
+        else {
+            return;
+        };
+        match result {
+            Ok(addrs) if !addrs.is_empty() => proxy.addrs = addrs.into(),
+            Ok(_) | Err(_) => {
+                warn!("cannot resolve {host}");
+                proxy.last_status = Some(502);
+            }
+        }
+        self.next_source(env, t, r, proxy);
+    }
+
+    // ------------------------------------------------------------------ fetches
+
+    /// Something happened on a fetch. After `Done` or `Failed` the fetch is over.
+    pub fn on_fetch_event(&mut self, env: &mut impl Env, tok: Token, ev: fetch::Event) {
+        match self.fetches.get(&tok).cloned() {
+            Some(Purpose::PeerCopy {
+                file,
+                instance,
+                resume,
+            }) => self.on_peer_copy_event(env, tok, &file, instance, resume, ev),
+            Some(Purpose::Proxy(client)) => self.on_proxy_event(env, tok, client, ev),
+            None => env.stop_fetch(tok),
+        }
+    }
+
+    fn end_fetch(&mut self, env: &mut impl Env, tok: Token) {
+        self.fetches.remove(&tok);
+        env.stop_fetch(tok);
+    }
+
+    fn on_peer_copy_event(
+        &mut self,
+        env: &mut impl Env,
+        tok: Token,
+        file: &str,
+        instance: u64,
+        resume: u64,
+        ev: fetch::Event,
+    ) {
+        let Some(c) = self.copies.get_mut(file) else {
+            return self.end_fetch(env, tok);
+        };
+        let tr = &mut c.transfer;
+        match ev {
+            fetch::Event::Head(h) => {
+                let want = tr.expected.size - resume;
+                let ok_status = if resume > 0 {
+                    h.status == 206
+                } else {
+                    h.status == 200
+                };
+                if !ok_status || h.content_length != Some(want) {
+                    let why = format!(
+                        "answered {} with {:?} bytes for {} expected",
+                        h.status, h.content_length, want
+                    );
+                    self.end_fetch(env, tok);
+                    if h.status == 404 {
+                        // the file went away since the lookup: not a lie
+                        debug!("{file}: peer {why}");
+                    } else {
+                        env.ban(instance, &why);
+                    }
+                    self.next_peer(env, file);
+                }
+            }
+            fetch::Event::Body(data) => {
+                if tr.append(data).is_err() {
+                    self.end_fetch(env, tok);
+                    env.ban(instance, "sent more bytes than the sync db's size");
+                    self.next_peer(env, file);
+                }
+            }
+            fetch::Event::Done => {
+                let r = tr.finish();
+                self.end_fetch(env, tok);
+                // the hash is checked on the stager thread: its verdict comes to on_staged
+                if let Err(v) = r {
+                    self.settled(env, file, v);
+                }
+            }
+            fetch::Event::Failed(why) => {
+                // every byte arrived, only the end of the framing did not: verify what we have
+                // (resuming would only get a legitimate 416)
+                if tr.received == tr.expected.size {
+                    let done = fetch::Event::Done;
+                    return self.on_peer_copy_event(env, tok, file, instance, resume, done);
+                }
+                debug!("{file}: peer fetch failed: {why}");
+                self.end_fetch(env, tok);
+                self.next_peer(env, file);
+            }
+        }
+    }
+
+    /// The stager's final word on a staged copy (stale when the copy is gone or was reset).
+    /// A local error can come while the copy is still arriving.
+    pub fn on_staged(&mut self, env: &mut impl Env, r: Report) {
+        let Some(file) = (self.copies.iter())
+            .find(|(_, c)| c.transfer.stage_id() == r.id)
+            .map(|(f, _)| f.clone())
+        else {
+            return;
+        };
+        let Some(c) = self.copies.get_mut(&file) else {
+            return;
+        };
+        let verdict = c.transfer.settle(r.outcome);
+        self.settled(env, &file, verdict);
+    }
+
+    /// A copy's verdict: hand it out; or ban its contributors and try the next peer; or, when
+    /// our disk failed, send the waiters upstream (nobody is banned).
+    fn settled(&mut self, env: &mut impl Env, file: &str, verdict: Verdict) {
+        let now = env.now();
+        let Some(c) = self.copies.get_mut(file) else {
+            return;
+        };
+        let tr = &mut c.transfer;
+        let elapsed = now.duration_since(tr.started);
+        let (size, contributors, source) = (tr.expected.size, tr.contributors.clone(), tr.source);
+        match verdict {
+            Verdict::Verified => {
+                info!(
+                    "{file}: {size} bytes from peer {} verified in {:.2} s ({:.1} MB/s)",
+                    source.map(|s| s.1.to_string()).unwrap_or_default(),
+                    elapsed.as_secs_f64(),
+                    size as f64 / elapsed.as_secs_f64().max(0.001) / 1e6
+                );
+                self.stats.lan_hits += 1;
+                self.stats.lan_bytes += size;
+                if let Some((instance, _)) = source {
+                    env.peer_served(instance);
+                }
+                if let Some((instance, addr)) = source {
+                    if self.sig_hints.len() >= MAX_SIG_HINTS {
+                        self.sig_hints.clear();
+                    }
+                    let hint = SigHint {
+                        instance,
+                        addr,
+                        at: now,
+                    };
+                    self.sig_hints.insert(file.to_string(), hint);
+                }
+                self.hand_out(env, file);
+            }
+            Verdict::Local(e) => {
+                warn!("staging {file}: {e}; going upstream");
+                for tok in self.copy_fetches(file) {
+                    self.end_fetch(env, tok);
+                }
+                self.copy_failed(env, file);
+            }
+            v => {
+                let why = format!("{file}: {v:?} (sync db says {size} bytes)");
+                for c in contributors {
+                    env.ban(c, &why);
+                }
+                self.stats.rejected_copies += 1;
+                tr.reset_staging();
+                self.next_peer(env, file);
+            }
+        }
+    }
+
+    /// The fetches copying `file` from peers; all peer copies' for "".
+    pub fn copy_fetches(&self, file: &str) -> Vec<Token> {
+        let mut v: Vec<Token> = (self.fetches.iter())
+            .filter(|(_, p)| {
+                matches!(p, Purpose::PeerCopy { file: f, .. } if file.is_empty() || f == file)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn on_proxy_event(&mut self, env: &mut impl Env, tok: Token, client: Token, ev: fetch::Event) {
+        let Some((r, wait)) = self.take(env, client) else {
+            return self.end_fetch(env, tok);
+        };
+        let Wait::Upstream { fetch, mut proxy } = wait else {
+            self.wait(env, client, r, wait);
+            return self.end_fetch(env, tok);
+        };
+        debug_assert_eq!(fetch, tok);
+        match ev {
+            fetch::Event::Head(h) => {
+                let redirect = matches!(h.status, 301 | 302 | 303 | 307 | 308);
+                if redirect && let Some(loc) = &h.location {
+                    self.end_fetch(env, tok);
+                    proxy.redirects += 1;
+                    proxy.addrs.clear();
+                    if proxy.redirects > MAX_UPSTREAM_REDIRECTS {
+                        proxy.last_status = Some(502);
+                    } else {
+                        let url = absolute_location(&proxy.current, loc);
+                        proxy.sources.push_front(Source::Url(url));
+                    }
+                    return self.next_source(env, client, r, proxy);
+                }
+                if !matches!(h.status, 200 | 206 | 304 | 416) {
+                    debug!("{}: {} answered {}", proxy.label, proxy.current, h.status);
+                    self.end_fetch(env, tok);
+                    proxy.addrs.clear();
+                    proxy.last_status = Some(h.status);
+                    return self.next_source(env, client, r, proxy);
+                }
+                let (headers, length) = relayed_head(&h);
+                let refs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                env.reply(client, Reply::Stream(h.status, &refs, length));
+                proxy.answered = true;
+                if length == Some(0) {
+                    env.reply(client, Reply::End(true));
+                    return self.end_fetch(env, tok);
+                }
+                self.wait(env, client, r, Wait::Upstream { fetch, proxy });
+            }
+            fetch::Event::Body(data) => {
+                self.stats.upstream_bytes += data.len() as u64;
+                env.reply(client, Reply::Body(&data));
+                self.wait(env, client, r, Wait::Upstream { fetch, proxy });
+            }
+            fetch::Event::Done => {
+                env.reply(client, Reply::End(true));
+                self.end_fetch(env, tok);
+            }
+            fetch::Event::Failed(why) => {
+                debug!("{}: source failed: {why}", proxy.label);
+                self.end_fetch(env, tok);
+                if proxy.answered {
+                    // bytes already went out: cut, so pacman resumes on its next server
+                    env.reply(client, Reply::End(false));
+                    return;
+                }
+                proxy.last_status = Some(502);
+                self.next_source(env, client, r, proxy);
+            }
+        }
+    }
+
+    /// Debug builds: the records agree with each other and with the loop (after each pass).
+    pub fn check(&self, env: &impl Env) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        for (t, r) in &self.requests {
+            assert!(
+                env.client_waits(*t),
+                "record {t:?} without a waiting client"
+            );
+            match &r.wait {
+                Wait::Upstream { fetch, .. } => {
+                    assert!(env.fetch_exists(*fetch), "{t:?}: its fetch is gone");
+                    assert_eq!(self.fetches.get(fetch), Some(&Purpose::Proxy(*t)));
+                }
+                Wait::Copy { file, .. } => {
+                    assert!(self.copies.contains_key(file), "{t:?} waits for no copy");
+                }
+                Wait::Lookup { id, .. } => {
+                    assert_eq!(self.lookups.get(id), Some(&LookupFor::Client(*t)));
+                }
+                Wait::Db { .. } | Wait::Dns { .. } => {}
+            }
+        }
+        for (tok, p) in &self.fetches {
+            assert!(env.fetch_exists(*tok), "fetch {tok:?} recorded but gone");
+            if let Purpose::Proxy(c) = p {
+                assert_eq!(self.client_fetch(*c), Some(*tok), "proxy {tok:?} unowned");
+            }
+        }
+        for (file, c) in &self.copies {
+            let fetching = self
+                .fetches
+                .values()
+                .filter(|p| matches!(p, Purpose::PeerCopy { file: f, .. } if f == file))
+                .count();
+            match c.transfer.phase {
+                Phase::Fetching => assert_eq!(fetching, 1, "{file}: {fetching} fetches"),
+                Phase::Looking | Phase::Verifying | Phase::Ready => {
+                    assert_eq!(fetching, 0, "{file}")
+                }
+            }
+        }
+    }
+}
+
+/// A final answer: the client waits for nothing more.
+fn answer(env: &mut impl Env, t: Token, reply: Reply<'_>) {
+    env.reply(t, reply);
+}
+
+/// A verified copy (a handle of its own) to one client, with its own Range.
+fn hand_one(env: &mut impl Env, t: Token, req: &Request, copy: Option<Arc<File>>, len: u64) {
+    let Some(f) = copy else {
+        return answer(env, t, Reply::Error(503));
+    };
+    let lm = http::http_date(UNIX_EPOCH + Duration::from_secs(crate::server::unix_now()));
+    match http::resolve_range(req.range.as_deref(), len) {
+        RangeOutcome::Full => {
+            let l = len.to_string();
+            let h = [
+                ("Content-Length", l.as_str()),
+                ("Accept-Ranges", "bytes"),
+                ("Last-Modified", lm.as_str()),
+            ];
+            env.reply(t, Reply::File(200, &h, f, 0, len));
+        }
+        RangeOutcome::Partial { start, end } => {
+            let l = (end + 1 - start).to_string();
+            let cr = http::content_range(start, end, len);
+            let h = [
+                ("Content-Length", l.as_str()),
+                ("Content-Range", cr.as_str()),
+                ("Accept-Ranges", "bytes"),
+            ];
+            env.reply(t, Reply::File(206, &h, f, start, end + 1));
+        }
+        RangeOutcome::Unsatisfiable => {
+            let cr = http::content_range_unsatisfied(len);
+            env.reply(t, Reply::Bytes(416, &[("Content-Range", &cr)], b""));
+        }
+    }
+}
+
+/// The head relayed to the client for a source's answer, and the body length it promises.
+fn relayed_head(h: &http::ResponseInfo) -> (Vec<(String, String)>, Option<u64>) {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let length = match h.status {
+        304 | 416 => Some(0),
+        _ => h.content_length,
+    };
+    if let Some(l) = length {
+        headers.push(("Content-Length".into(), l.to_string()));
+    }
+    if let Some((s, e, total)) = h.content_range {
+        let total = total.map(|t| t.to_string()).unwrap_or_else(|| "*".into());
+        headers.push(("Content-Range".into(), format!("bytes {s}-{e}/{total}")));
+    } else if let (416, Some(total)) = (h.status, h.unsatisfied_length) {
+        headers.push((
+            "Content-Range".into(),
+            http::content_range_unsatisfied(total),
+        ));
+    }
+    if let Some(lm) = &h.last_modified {
+        headers.push(("Last-Modified".into(), lm.clone()));
+    }
+    headers.push(("Accept-Ranges".into(), "bytes".into()));
+    (headers, length)
+}
+
+/// A Location header made absolute against the URL that answered with it.
+fn absolute_location(base: &str, loc: &str) -> String {
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        return loc.to_string();
+    }
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    if loc.starts_with('/') {
+        return format!("{}{}", &base[..authority_end], loc);
+    }
+    let dir_end = base
+        .rfind('/')
+        .filter(|i| *i >= authority_end)
+        .map(|i| i + 1)
+        .unwrap_or(base.len());
+    format!("{}{}", &base[..dir_end], loc)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The front's state machine without sockets: a fake loop records answers, fetches,
+    //! lookups and timers; the tests play the events and move time.
+    use super::*;
+    use crate::chunk::Chunk;
+    use crate::eventloop::Timers;
+    use crate::stager::Stager;
+    use sha2::{Digest, Sha256};
+    use std::collections::{BTreeMap, HashSet};
+    use std::path::PathBuf;
+
+    const PKG: &str = "pkg-1.0-1-x86_64.pkg.tar.zst";
+    const MIRROR: &str = "http://10.0.0.100/core/os/x86_64";
+    const PEER1: u64 = 1;
+    const PEER2: u64 = 2;
+
+    struct Fake {
+        now: Instant,
+        /// Answers as text: "error 404", "bytes 307 <location>", "file 200 <len>",
+        /// "stream 200", "body <n>", "end true".
+        replies: Vec<(Token, String)>,
+        /// Bytes of File answers, read from the staged file at once.
+        files: HashMap<Token, Vec<u8>>,
+        done: HashSet<Token>,
+        fetches: BTreeMap<Token, fetch::Request>,
+        fetches_started: usize,
+        refused: Vec<SocketAddr>,
+        next_tok: usize,
+        timers: Timers<Deadline>,
+        lookups: Vec<(u32, String)>,
+        peers: HashMap<u64, SocketAddr>,
+        bans: Vec<(u64, String)>,
+        index: HashMap<String, PkgInfo>,
+        loading: bool,
+        upstreams: Vec<String>,
+        staging: PathBuf,
+        stager: Stager,
+        dns_cache: HashMap<String, Vec<SocketAddr>>,
+        resolving: Vec<(u64, String)>,
+    }
+
+    impl Fake {
+        fn new(tag: &str) -> Fake {
+            let staging = std::env::temp_dir()
+                .join(format!("flocon-front-unit-{tag}-{}", std::process::id()));
+            transfer::prepare_staging(&staging).unwrap();
+            let stager = Stager::with_wake(&staging, Box::new(|| {})).unwrap();
+            Fake {
+                now: Instant::now(),
+                replies: Vec::new(),
+                files: HashMap::new(),
+                done: HashSet::new(),
+                fetches: BTreeMap::new(),
+                fetches_started: 0,
+                refused: Vec::new(),
+                next_tok: 5000,
+                timers: Timers::new(),
+                lookups: Vec::new(),
+                peers: HashMap::from([
+                    (PEER1, "10.0.0.1:19432".parse().unwrap()),
+                    (PEER2, "10.0.0.2:19432".parse().unwrap()),
+                ]),
+                bans: Vec::new(),
+                index: HashMap::new(),
+                loading: false,
+                upstreams: vec![MIRROR.to_string()],
+                staging,
+                stager,
+                dns_cache: HashMap::new(),
+                resolving: Vec::new(),
+            }
+        }
+
+        fn last(&self, t: Token) -> String {
+            let r = self.replies.iter().rev().find(|(c, _)| *c == t);
+            r.map(|r| r.1.clone()).unwrap_or_default()
+        }
+
+        fn fetch_to(&self, addr: &str) -> Option<Token> {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let f = self.fetches.iter().find(|(_, r)| r.addr == addr);
+            f.map(|(t, _)| *t)
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+
+    impl Env for Fake {
+        fn now(&self) -> Instant {
+            self.now
+        }
+        fn reply(&mut self, client: Token, reply: Reply<'_>) -> bool {
+            let text = match reply {
+                Reply::Error(s) => format!("error {s}"),
+                Reply::Bytes(s, h, _) => {
+                    let loc = h.iter().find(|(k, _)| *k == "Location").map(|x| x.1);
+                    format!("bytes {s} {}", loc.unwrap_or(""))
+                }
+                Reply::File(s, _, f, start, end) => {
+                    // at explicit offsets, as sendfile does: the handles share one offset
+                    let mut part = vec![0; (end - start) as usize];
+                    std::os::unix::fs::FileExt::read_exact_at(&*f, &mut part, start).unwrap();
+                    self.files.insert(client, part);
+                    format!("file {s} {}", end - start)
+                }
+                Reply::Stream(s, _, _) => format!("stream {s}"),
+                Reply::Body(b) => format!("body {}", b.len()),
+                Reply::End(c) => format!("end {c}"),
+            };
+            if !text.starts_with("stream") && !text.starts_with("body") {
+                self.done.insert(client);
+            }
+            self.replies.push((client, text));
+            true
+        }
+        fn client_waits(&self, client: Token) -> bool {
+            !self.done.contains(&client)
+        }
+        fn start_fetch(&mut self, req: fetch::Request) -> Option<Token> {
+            if self.refused.contains(&req.addr) {
+                return None;
+            }
+            self.next_tok += 1;
+            let t = Token(self.next_tok);
+            self.fetches.insert(t, req);
+            self.fetches_started += 1;
+            Some(t)
+        }
+        fn stop_fetch(&mut self, fetch: Token) {
+            self.fetches.remove(&fetch);
+        }
+        fn fetch_exists(&self, fetch: Token) -> bool {
+            self.fetches.contains_key(&fetch)
+        }
+        fn timer(&mut self, at: Instant, d: Deadline) -> Option<TimerId> {
+            self.timers.at(at, d)
+        }
+        fn cancel(&mut self, id: TimerId) {
+            self.timers.cancel(id);
+        }
+        fn start_lookup(
+            &mut self,
+            name: &str,
+            _expected: Option<(u64, Option<[u8; 32]>)>,
+        ) -> Option<u32> {
+            let id = self.lookups.len() as u32 + 1;
+            self.lookups.push((id, name.to_string()));
+            Some(id)
+        }
+        fn has_peers(&self) -> bool {
+            !self.peers.is_empty()
+        }
+        fn peer_addr(&self, instance: u64) -> Option<SocketAddr> {
+            self.peers.get(&instance).copied()
+        }
+        fn peer_name(&self, instance: u64) -> String {
+            format!("peer{instance}")
+        }
+        fn is_banned(&self, instance: u64) -> bool {
+            self.bans.iter().any(|b| b.0 == instance)
+        }
+        fn ban(&mut self, instance: u64, why: &str) {
+            self.bans.push((instance, why.to_string()));
+        }
+        fn indexed(&self, _repo: &str, file: &str) -> Option<PkgInfo> {
+            self.index.get(file).copied()
+        }
+        fn dbs_loading(&mut self) -> bool {
+            self.loading
+        }
+        fn upstreams(&self, _repo: &str, _arch: &str) -> Vec<String> {
+            self.upstreams.clone()
+        }
+        fn stage(&self) -> StageHandle {
+            self.stager.handle()
+        }
+        fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                return Some(vec![SocketAddr::new(ip, port)]);
+            }
+            self.dns_cache.get(host).cloned()
+        }
+        fn resolve(&mut self, id: u64, host: &str, _port: u16) -> bool {
+            self.resolving.push((id, host.to_string()));
+            true
+        }
+    }
+
+    fn request(target: &str) -> Request {
+        Request {
+            method: Method::Get,
+            version: http::Version::Http11,
+            target: target.to_string(),
+            keep_alive: true,
+            range: None,
+            if_modified_since: None,
+            flocon_auth: None,
+            head_len: 0,
+        }
+    }
+
+    fn pkg_path(file: &str) -> String {
+        format!("/core/os/x86_64/{file}")
+    }
+
+    fn head(status: u16, len: u64) -> fetch::Event {
+        fetch::Event::Head(http::ResponseInfo {
+            status,
+            content_length: Some(len),
+            chunked: false,
+            location: None,
+            content_range: None,
+            unsatisfied_length: None,
+            last_modified: None,
+            keep_alive: true,
+            head_len: 0,
+            headers_extra: Vec::new(),
+        })
+    }
+
+    fn cand(instance: u64, size: u64) -> Candidate {
+        Candidate {
+            instance,
+            size,
+            sha256: None,
+            uploads: 0,
+        }
+    }
+
+    /// A package of `len` bytes listed in the fake's index.
+    fn package(env: &mut Fake, len: usize) -> Vec<u8> {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let info = PkgInfo {
+            size: len as u64,
+            sha256: Some(Sha256::digest(&data).into()),
+        };
+        env.index.insert(PKG.to_string(), info);
+        data
+    }
+
+    fn ask(front: &mut Front, env: &mut Fake, t: Token, file: &str) {
+        front.on_request(env, t, 1, request(&pkg_path(file)));
+        front.check(env);
+    }
+
+    /// Moves time on and runs the timers that come due.
+    fn advance(front: &mut Front, env: &mut Fake, d: Duration) {
+        env.now += d;
+        while let Some(dl) = env.timers.pop_expired(env.now) {
+            front.on_deadline(env, dl);
+            front.check(env);
+        }
+    }
+
+    fn event(front: &mut Front, env: &mut Fake, tok: Token, ev: fetch::Event) {
+        front.on_fetch_event(env, tok, ev);
+        front.check(env);
+    }
+
+    fn body(data: &[u8]) -> fetch::Event {
+        fetch::Event::Body(Chunk::copy_of(data))
+    }
+
+    /// Waits for the stager thread's verdict on the copy that just ended and hands it to
+    /// the front (the only wait on real time in these tests: the thread's own work).
+    fn staged(front: &mut Front, env: &mut Fake) {
+        let t0 = Instant::now();
+        loop {
+            let reports = env.stager.reports();
+            if !reports.is_empty() {
+                for r in reports {
+                    front.on_staged(env, r);
+                    front.check(env);
+                }
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no report from the stager"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Delivers `data` as a complete answer on fetch `tok`, and the stager's verdict.
+    fn deliver(front: &mut Front, env: &mut Fake, tok: Token, data: &[u8]) {
+        event(front, env, tok, head(200, data.len() as u64));
+        for chunk in data.chunks(1000) {
+            event(front, env, tok, body(chunk));
+        }
+        event(front, env, tok, fetch::Event::Done);
+        staged(front, env);
+    }
+
+    fn decide(front: &mut Front, env: &mut Fake, id: u32, c: Vec<Candidate>) {
+        let n = c.len();
+        front.on_decided(env, id, c, 2, n);
+        front.check(env);
+    }
+
+    #[test]
+    fn hit_a_verified_copy_from_a_peer() {
+        let (mut f, mut env) = (Front::new(), Fake::new("hit"));
+        let data = package(&mut env, 5000);
+        let c = Token(1);
+        ask(&mut f, &mut env, c, PKG);
+        assert_eq!(env.lookups, vec![(1, PKG.to_string())]);
+        assert!(
+            env.replies.is_empty(),
+            "nothing before the copy is verified"
+        );
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let tok = env.fetch_to("10.0.0.1:19432").expect("a fetch to the peer");
+        assert_eq!(env.fetches[&tok].path, format!("/{PKG}"));
+        deliver(&mut f, &mut env, tok, &data);
+        assert_eq!(env.last(c), "file 200 5000");
+        assert_eq!(env.files[&c], data);
+        assert_eq!(f.stats.lan_hits, 1);
+        assert_eq!(f.waiting(), 0);
+        assert!(env.fetches.is_empty());
+    }
+
+    #[test]
+    fn miss_goes_upstream_and_streams() {
+        let (mut f, mut env) = (Front::new(), Fake::new("miss"));
+        package(&mut env, 5000);
+        let c = Token(1);
+        ask(&mut f, &mut env, c, PKG);
+        decide(&mut f, &mut env, 1, vec![]);
+        let tok = env.fetch_to("10.0.0.100:80").expect("the mirror");
+        assert_eq!(env.fetches[&tok].path, format!("/core/os/x86_64/{PKG}"));
+        event(&mut f, &mut env, tok, head(200, 3));
+        event(&mut f, &mut env, tok, body(&[1, 2, 3]));
+        event(&mut f, &mut env, tok, fetch::Event::Done);
+        let got: Vec<&str> = env.replies.iter().map(|r| r.1.as_str()).collect();
+        assert_eq!(got, ["stream 200", "body 3", "end true"]);
+        assert_eq!(f.stats.upstream_bytes, 3);
+        assert_eq!(f.waiting(), 0);
+    }
+
+    #[test]
+    fn a_package_waits_for_a_db_being_parsed_then_for_no_longer_than_its_deadline() {
+        let (mut f, mut env) = (Front::new(), Fake::new("db"));
+        env.loading = true;
+        ask(&mut f, &mut env, Token(1), PKG);
+        ask(&mut f, &mut env, Token(2), PKG);
+        assert!(env.lookups.is_empty() && env.fetches.is_empty());
+        assert_eq!(f.waiting(), 2);
+        // the parse ends: the package is in the db now, both go to the LAN
+        package(&mut env, 100);
+        env.loading = false;
+        f.on_dbs_loaded(&mut env);
+        f.check(&env);
+        assert_eq!(env.lookups.len(), 1, "one lookup for both");
+        // a third request for another file, with the parse never ending: upstream at 3 s
+        env.loading = true;
+        ask(&mut f, &mut env, Token(3), "other-1-1-any.pkg.tar.zst");
+        advance(&mut f, &mut env, Duration::from_millis(2900));
+        assert_eq!(env.fetches.len(), 0);
+        advance(&mut f, &mut env, Duration::from_millis(200));
+        assert!(
+            env.fetch_to("10.0.0.100:80").is_some(),
+            "upstream after the wait"
+        );
+    }
+
+    #[test]
+    fn a_peer_dying_mid_copy_is_replaced_and_the_copy_resumes() {
+        let (mut f, mut env) = (Front::new(), Fake::new("dies"));
+        let data = package(&mut env, 5000);
+        let c = Token(1);
+        ask(&mut f, &mut env, c, PKG);
+        decide(
+            &mut f,
+            &mut env,
+            1,
+            vec![cand(PEER1, 5000), cand(PEER2, 5000)],
+        );
+        let t1 = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t1, head(200, 5000));
+        event(&mut f, &mut env, t1, body(&data[..2000]));
+        event(&mut f, &mut env, t1, fetch::Event::Failed("reset".into()));
+        assert!(env.bans.is_empty(), "dying is no lie");
+        let t2 = env.fetch_to("10.0.0.2:19432").expect("the second peer");
+        assert_eq!(
+            env.fetches[&t2].headers,
+            vec![("Range".to_string(), "bytes=2000-".to_string())]
+        );
+        event(&mut f, &mut env, t2, head(206, 3000));
+        event(&mut f, &mut env, t2, body(&data[2000..]));
+        event(&mut f, &mut env, t2, fetch::Event::Done);
+        staged(&mut f, &mut env);
+        assert_eq!(env.files[&c], data);
+    }
+
+    #[test]
+    fn a_stalled_copy_redirects_while_it_progresses_and_goes_upstream_when_it_does_not() {
+        let (mut f, mut env) = (Front::new(), Fake::new("stall"));
+        let data = package(&mut env, 5000);
+        let (c1, c2) = (Token(1), Token(2));
+        ask(&mut f, &mut env, c1, PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t, head(200, 5000));
+        event(&mut f, &mut env, t, body(&data[..10]));
+        advance(&mut f, &mut env, transfer::REDIRECT_AFTER);
+        assert_eq!(env.last(c1), format!("bytes 307 {}", pkg_path(PKG)));
+        // a stall: the daemon's sweep fails the fetch; no other peer: upstream
+        ask(&mut f, &mut env, c2, PKG);
+        event(&mut f, &mut env, t, fetch::Event::Failed("stall".into()));
+        assert!(env.fetch_to("10.0.0.100:80").is_some());
+        assert_eq!(f.copies(env.now).len(), 0);
+        assert_eq!(
+            env.timers.len(),
+            0,
+            "the redirect timer went with the request"
+        );
+    }
+
+    #[test]
+    fn a_copy_that_never_progresses_sends_its_request_upstream_at_the_deadline() {
+        let (mut f, mut env) = (Front::new(), Fake::new("noprogress"));
+        package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        advance(&mut f, &mut env, transfer::REDIRECT_AFTER);
+        assert!(env.fetch_to("10.0.0.100:80").is_some());
+        assert!(env.fetch_to("10.0.0.1:19432").is_some(), "the copy goes on");
+    }
+
+    #[test]
+    fn a_wrong_hash_bans_the_peer_and_is_never_handed_out() {
+        let (mut f, mut env) = (Front::new(), Fake::new("hash"));
+        let mut data = package(&mut env, 5000);
+        let c = Token(1);
+        ask(&mut f, &mut env, c, PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        data[100] ^= 1;
+        deliver(&mut f, &mut env, t, &data);
+        assert_eq!(env.bans.len(), 1);
+        assert_eq!(env.bans[0].0, PEER1);
+        assert_eq!(f.stats.rejected_copies, 1);
+        assert!(!env.files.contains_key(&c));
+        assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream instead");
+    }
+
+    #[test]
+    fn two_requests_for_one_file_share_one_lookup_and_one_copy() {
+        let (mut f, mut env) = (Front::new(), Fake::new("two"));
+        let data = package(&mut env, 5000);
+        let (c1, c2) = (Token(1), Token(2));
+        ask(&mut f, &mut env, c1, PKG);
+        ask(&mut f, &mut env, c2, PKG);
+        assert_eq!(env.lookups.len(), 1);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        assert_eq!(env.fetches.len(), 1);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        deliver(&mut f, &mut env, t, &data);
+        assert_eq!(env.files[&c1], data);
+        assert_eq!(env.files[&c2], data);
+        assert_eq!(env.fetches_started, 1);
+    }
+
+    #[test]
+    fn our_own_disk_failing_sends_the_waiters_upstream_and_bans_nobody() {
+        let (mut f, mut env) = (Front::new(), Fake::new("disk"));
+        let data = package(&mut env, 5000);
+        std::fs::remove_dir_all(&env.staging).unwrap();
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t, head(200, 5000));
+        event(&mut f, &mut env, t, body(&data[..100]));
+        staged(&mut f, &mut env);
+        assert!(env.bans.is_empty());
+        assert!(env.fetch_to("10.0.0.1:19432").is_none(), "the copy stopped");
+        assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream instead");
+    }
+
+    #[test]
+    fn a_request_while_the_copy_is_being_verified_joins_it() {
+        let (mut f, mut env) = (Front::new(), Fake::new("verifying"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t, head(200, 5000));
+        event(&mut f, &mut env, t, body(&data));
+        event(&mut f, &mut env, t, fetch::Event::Done);
+        assert_eq!(f.copies(env.now)[0].phase, Phase::Verifying);
+        ask(&mut f, &mut env, Token(2), PKG);
+        assert_eq!((env.lookups.len(), env.fetches_started), (1, 1));
+        staged(&mut f, &mut env);
+        assert_eq!(env.files[&Token(1)], data);
+        assert_eq!(env.files[&Token(2)], data);
+    }
+
+    #[test]
+    fn a_request_just_after_the_hand_out_gets_the_same_copy() {
+        let (mut f, mut env) = (Front::new(), Fake::new("after"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        deliver(&mut f, &mut env, t, &data);
+        advance(&mut f, &mut env, Duration::from_millis(5));
+        let c = Token(2);
+        ask(&mut f, &mut env, c, PKG);
+        assert_eq!(env.files[&c], data, "answered at once");
+        assert_eq!((env.lookups.len(), env.fetches_started), (1, 1));
+        // with a Range too
+        let mut r = request(&pkg_path(PKG));
+        r.range = Some("bytes=4990-".into());
+        f.on_request(&mut env, Token(3), 1, r);
+        assert_eq!(env.last(Token(3)), "file 206 10");
+        // once the linger is over, a new request asks the LAN again
+        advance(&mut f, &mut env, READY_LINGER);
+        assert_eq!(f.copies(env.now).len(), 0);
+        ask(&mut f, &mut env, Token(4), PKG);
+        assert_eq!(env.lookups.len(), 2);
+    }
+
+    #[test]
+    fn a_slow_name_gives_way_to_the_next_source_and_every_address_is_tried() {
+        let (mut f, mut env) = (Front::new(), Fake::new("dns"));
+        env.upstreams = vec![
+            "http://slow.example/core/os/x86_64".into(),
+            "http://two.example/core/os/x86_64".into(),
+        ];
+        let c = Token(1);
+        ask(&mut f, &mut env, c, "core.db");
+        assert_eq!(env.resolving.len(), 1);
+        assert!(env.fetches.is_empty());
+        advance(&mut f, &mut env, DNS_WAIT_MAX);
+        assert_eq!(env.resolving.len(), 2, "the next name");
+        // the slow answer comes late: ignored
+        let (id1, id2) = (env.resolving[0].0, env.resolving[1].0);
+        let late = vec!["10.0.0.50:80".parse().unwrap()];
+        f.on_resolved(&mut env, id1, Ok(late));
+        f.check(&env);
+        assert!(env.fetches.is_empty());
+        // two addresses: the first refuses to connect, the second fails before its head,
+        // the third answers
+        let a: Vec<SocketAddr> = ["10.0.0.7:80", "10.0.0.8:80", "10.0.0.9:80"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        env.refused.push(a[0]);
+        f.on_resolved(&mut env, id2, Ok(a.clone()));
+        f.check(&env);
+        let t8 = env.fetch_to("10.0.0.8:80").expect("second address");
+        assert_eq!(env.fetches[&t8].host_header, "two.example");
+        event(&mut f, &mut env, t8, fetch::Event::Failed("refused".into()));
+        let t9 = env.fetch_to("10.0.0.9:80").expect("third address");
+        event(&mut f, &mut env, t9, head(200, 0));
+        assert_eq!(env.last(c), "end true");
+    }
+
+    #[test]
+    fn an_upstream_416_keeps_its_content_range() {
+        let mut h = http::ResponseInfo {
+            status: 416,
+            content_length: Some(0),
+            chunked: false,
+            location: None,
+            content_range: None,
+            unsatisfied_length: Some(1234),
+            last_modified: None,
+            keep_alive: true,
+            head_len: 0,
+            headers_extra: Vec::new(),
+        };
+        let (headers, len) = relayed_head(&h);
+        assert_eq!(len, Some(0));
+        assert!(headers.contains(&("Content-Range".into(), "bytes */1234".into())));
+        h.status = 206;
+        h.content_range = Some((0, 9, Some(20)));
+        h.content_length = Some(10);
+        let (headers, len) = relayed_head(&h);
+        assert_eq!(len, Some(10));
+        assert!(headers.contains(&("Content-Range".into(), "bytes 0-9/20".into())));
+    }
+
+    #[test]
+    fn a_client_gone_in_any_wait_leaves_nothing_behind() {
+        let (mut f, mut env) = (Front::new(), Fake::new("gone"));
+        package(&mut env, 5000);
+        env.upstreams = vec![
+            "http://name.example/core/os/x86_64".into(),
+            MIRROR.to_string(),
+        ];
+        // Db
+        env.loading = true;
+        ask(&mut f, &mut env, Token(1), "notyet-1-1-any.pkg.tar.zst");
+        env.loading = false;
+        // Lookup (the debug endpoint)
+        f.on_request(
+            &mut env,
+            Token(2),
+            1,
+            request("/.flocon/lookup/x.pkg.tar.zst"),
+        );
+        // Copy
+        ask(&mut f, &mut env, Token(3), PKG);
+        // Dns
+        ask(&mut f, &mut env, Token(4), "core.db");
+        // Upstream: name.example resolved, its fetch streaming
+        env.dns_cache
+            .insert("name.example".into(), vec!["10.0.0.60:80".parse().unwrap()]);
+        ask(&mut f, &mut env, Token(5), "extra.db");
+        let t5 = env.fetch_to("10.0.0.60:80").unwrap();
+        event(&mut f, &mut env, t5, head(200, 100));
+        let kinds: Vec<&str> = (1..=5)
+            .map(|i| match f.requests[&Token(i)].wait {
+                Wait::Db { .. } => "db",
+                Wait::Lookup { .. } => "lookup",
+                Wait::Copy { .. } => "copy",
+                Wait::Dns { .. } => "dns",
+                Wait::Upstream { .. } => "upstream",
+            })
+            .collect();
+        assert_eq!(kinds, ["db", "lookup", "copy", "dns", "upstream"]);
+        for i in 1..=5 {
+            f.forget(&mut env, Token(i));
+            f.check(&env);
+        }
+        assert_eq!(f.waiting(), 0);
+        assert!(
+            env.fetch_to("10.0.0.60:80").is_none(),
+            "the proxy fetch stopped"
+        );
+        assert_eq!(env.timers.len(), 0, "every deadline cancelled");
+        // what arrives later for them is dropped quietly
+        f.on_decided(&mut env, 1, vec![], 0, 0);
+        let (id, _) = env.resolving[0];
+        f.on_resolved(&mut env, id, Ok(vec!["10.0.0.61:80".parse().unwrap()]));
+        f.on_fetch_event(&mut env, t5, fetch::Event::Done);
+        f.check(&env);
+        assert!(env.replies.iter().all(|(t, _)| *t == Token(5)));
+        // the shared copy went on without its client; the LAN has nothing: it ends, and
+        // nobody is sent upstream
+        assert_eq!(f.copies(env.now).len(), 1);
+        decide(&mut f, &mut env, 2, vec![]);
+        assert_eq!(f.copies(env.now).len(), 0);
+        assert!(env.fetches.is_empty());
+    }
+}

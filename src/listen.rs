@@ -1,0 +1,179 @@
+//! The daemon's listening sockets: the peer file server's and the front's loopback ones.
+//! They are bound once at start (a reload never moves them) and accept until the kernel's
+//! queue is empty; after EMFILE they pause, leaving connections queued in the kernel, until
+//! the daemon says descriptors were freed (darkhttpd does the same).
+
+use crate::config::Config;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+const PEER_LISTENER: Token = Token(1);
+/// Front listeners take tokens FRONT_LISTENER_BASE..+MAX_FRONT_LISTENERS.
+const FRONT_LISTENER_BASE: usize = 8;
+const MAX_FRONT_LISTENERS: usize = 8;
+
+/// A startup failure with a message for the operator.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+#[derive(Debug, Clone, Copy)]
+pub enum Listener {
+    Peers,
+    Front(usize),
+}
+
+impl Listener {
+    /// The listener a poll token stands for.
+    pub fn of(token: Token) -> Option<Listener> {
+        match token {
+            PEER_LISTENER => Some(Listener::Peers),
+            Token(t)
+                if (FRONT_LISTENER_BASE..FRONT_LISTENER_BASE + MAX_FRONT_LISTENERS)
+                    .contains(&t) =>
+            {
+                Some(Listener::Front(t - FRONT_LISTENER_BASE))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What `Listeners::accept` found.
+pub enum Accepted {
+    Conn(TcpStream, SocketAddr),
+    /// Nothing (more) waits, or accepting is paused.
+    Nothing,
+    /// Out of descriptors (or kernel memory): paused until `resume`; retry soon.
+    Paused,
+}
+
+pub struct Listeners {
+    peer: TcpListener,
+    front: Vec<TcpListener>,
+    paused: bool,
+    /// The last accept failed: its warning is given once until one succeeds.
+    failing: bool,
+}
+
+fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)
+        .map_err(|e| StartError(format!("{what} {addr}: {e}")))?;
+    let _ = sock.set_reuse_address(true);
+    if addr.is_ipv6() {
+        // an explicit IPv6 address means IPv6 only; [::] serves both families
+        let _ = sock.set_only_v6(!addr.ip().is_unspecified());
+    }
+    sock.bind(&addr.into()).map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::AddrInUse {
+            " (is another flocon running?)"
+        } else {
+            ""
+        };
+        StartError(format!("cannot listen on {addr} for {what}: {e}{hint}"))
+    })?;
+    sock.listen(1024)
+        .map_err(|e| StartError(format!("{what} {addr}: {e}")))?;
+    Ok(TcpListener::from_std(sock.into()))
+}
+
+impl Listeners {
+    /// Binds the peer port and every `--listen` address, registered with `reg`.
+    pub fn bind(cfg: &Config, reg: &Registry) -> Result<Listeners, StartError> {
+        let peer_ip = cfg.peer_addr.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        let mut peer = bind_tcp(SocketAddr::new(peer_ip, cfg.port), "peers")?;
+        if cfg.listen.len() > MAX_FRONT_LISTENERS {
+            let n = MAX_FRONT_LISTENERS;
+            return Err(StartError(format!("--listen: at most {n} addresses")));
+        }
+        let mut front = Vec::new();
+        for addr in &cfg.listen {
+            match bind_tcp(*addr, "pacman") {
+                Ok(l) => front.push(l),
+                // a host without IPv6 still serves pacman on 127.0.0.1
+                Err(e) if addr.is_ipv6() && cfg.listen.len() > 1 => warn!("{}", e.0),
+                Err(e) => return Err(e),
+            }
+        }
+        let epoll = |e: io::Error| StartError(format!("epoll: {e}"));
+        reg.register(&mut peer, PEER_LISTENER, Interest::READABLE)
+            .map_err(epoll)?;
+        for (i, l) in front.iter_mut().enumerate() {
+            reg.register(l, Token(FRONT_LISTENER_BASE + i), Interest::READABLE)
+                .map_err(epoll)?;
+        }
+        Ok(Listeners {
+            peer,
+            front,
+            paused: false,
+            failing: false,
+        })
+    }
+
+    /// (peer address, front addresses) for the start line.
+    pub fn describe(&self) -> (String, String) {
+        let front: Vec<String> = (self.front.iter())
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        let peer = self.peer.local_addr().map(|a| a.to_string());
+        (peer.unwrap_or_default(), front.join(" "))
+    }
+
+    /// Stops listening (a stop in progress).
+    pub fn close(&mut self, reg: &Registry) {
+        let _ = reg.deregister(&mut self.peer);
+        for l in &mut self.front {
+            let _ = reg.deregister(l);
+        }
+    }
+
+    /// Every listener, for accepting again after a pause.
+    pub fn all(&self) -> Vec<Listener> {
+        let front = (0..self.front.len()).map(Listener::Front);
+        std::iter::once(Listener::Peers).chain(front).collect()
+    }
+
+    /// The next connection waiting on `which`.
+    pub fn accept(&mut self, which: Listener) -> Accepted {
+        if self.paused {
+            return Accepted::Nothing;
+        }
+        let listener = match which {
+            Listener::Peers => &self.peer,
+            Listener::Front(i) => match self.front.get(i) {
+                Some(l) => l,
+                None => return Accepted::Nothing,
+            },
+        };
+        loop {
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    if std::mem::take(&mut self.failing) {
+                        info!("accepting connections again");
+                    }
+                    return Accepted::Conn(stream, addr);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Nothing,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: the connection stays queued in the kernel
+                    if !self.failing {
+                        warn!("accept ({which:?}): {e}; retrying when descriptors free up");
+                    }
+                    self.failing = true;
+                    self.paused = true;
+                    return Accepted::Paused;
+                }
+            }
+        }
+    }
+
+    /// Descriptors were freed (or the retry timer fired): true when accepting was paused
+    /// and may now go on.
+    pub fn resume(&mut self) -> bool {
+        std::mem::take(&mut self.paused)
+    }
+}

@@ -1,0 +1,367 @@
+//! The status page (`/.flocon/status`, `/.flocon/status.json`, SIGUSR1): one snapshot of the
+//! daemon's state, rendered as text for people and as JSON for tools. Both renderings show
+//! every field of `Snapshot`, so they cannot drift apart.
+
+use crate::config::Config;
+use crate::discovery::Discovery;
+use crate::front::Front;
+use crate::syncdb::SyncIndex;
+use crate::sys;
+use std::fmt::Write;
+use std::time::Instant;
+
+/// What only the loop knows, for the snapshot.
+pub struct Counters {
+    pub started: Instant,
+    pub peer_bytes_sent: u64,
+    pub refused_busy: u64,
+    pub connections: usize,
+}
+
+pub struct PeerRow {
+    pub instance: u64,
+    pub name: String,
+    pub addr: String,
+    pub tcp_port: u16,
+    pub distro: String,
+    pub archs: Vec<String>,
+    pub version: u8,
+    pub last_seen_ms: u128,
+}
+
+pub struct CopyRow {
+    pub file: String,
+    pub source: String,
+    pub bytes: u64,
+    pub size: u64,
+    /// Bytes per second from the current source.
+    pub rate: f64,
+    pub phase: String,
+}
+
+pub struct BanRow {
+    pub peer: String,
+    pub seconds_left: u64,
+    pub reason: String,
+}
+
+/// Everything the status page shows, gathered in one place by the daemon.
+pub struct Snapshot {
+    pub version: &'static str,
+    pub name: String,
+    pub distro: String,
+    pub archs: Vec<String>,
+    pub instance: u64,
+    pub uptime_s: u64,
+    pub rss_kib: u64,
+    pub multicast: Vec<String>,
+    pub indexed_packages: usize,
+    pub peers: Vec<PeerRow>,
+    pub transfers: Vec<CopyRow>,
+    pub bans: Vec<BanRow>,
+    pub lan_hits: u64,
+    pub lan_bytes: u64,
+    pub upstream_bytes: u64,
+    pub rejected_copies: u64,
+    pub peer_bytes_sent: u64,
+    pub refused_busy: u64,
+    pub datagrams_in: u64,
+    pub datagrams_rejected: u64,
+    pub connections: usize,
+}
+
+impl Snapshot {
+    /// Gathers the snapshot from the daemon's parts.
+    pub fn gather(
+        cfg: &Config,
+        discovery: &Discovery,
+        front: &Front,
+        index: &SyncIndex,
+        counters: &Counters,
+        now: Instant,
+    ) -> Snapshot {
+        let peers = discovery.peers.iter().map(|p| PeerRow {
+            instance: p.instance,
+            name: p.name.clone(),
+            addr: p.addr.to_string(),
+            tcp_port: p.tcp_port,
+            distro: p.distro.clone(),
+            archs: p.archs.clone(),
+            version: p.version,
+            last_seen_ms: now.duration_since(p.last_seen).as_millis(),
+        });
+        let transfers = front.copies(now).into_iter().map(|c| CopyRow {
+            file: c.file,
+            source: c.source.map(|a| a.to_string()).unwrap_or_default(),
+            bytes: c.received,
+            size: c.size,
+            rate: c.rate,
+            phase: format!("{:?}", c.phase),
+        });
+        let bans = discovery.bans.iter(now).map(|b| BanRow {
+            peer: b.0.to_string(),
+            seconds_left: b.1.as_secs(),
+            reason: b.2.to_string(),
+        });
+        let s = &front.stats;
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            name: cfg.name.clone(),
+            distro: cfg.distro.clone(),
+            archs: cfg.architectures.clone(),
+            instance: discovery.instance(),
+            uptime_s: now.duration_since(counters.started).as_secs(),
+            rss_kib: sys::rss_kib().unwrap_or(0),
+            multicast: discovery.joined(),
+            indexed_packages: index.len(),
+            peers: peers.collect(),
+            transfers: transfers.collect(),
+            bans: bans.collect(),
+            lan_hits: s.lan_hits,
+            lan_bytes: s.lan_bytes,
+            upstream_bytes: s.upstream_bytes,
+            rejected_copies: s.rejected_copies,
+            peer_bytes_sent: counters.peer_bytes_sent,
+            refused_busy: counters.refused_busy,
+            datagrams_in: discovery.stats.datagrams_in,
+            datagrams_rejected: discovery.stats.rejected,
+            connections: counters.connections,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "flocon {} on {} ({}, {}), instance {:016x}, up {} s, rss {} KiB",
+            self.version,
+            self.name,
+            self.distro,
+            self.archs.join(","),
+            self.instance,
+            self.uptime_s,
+            self.rss_kib
+        );
+        let _ = writeln!(s, "multicast: {}", self.multicast.join(" "));
+        let _ = writeln!(s, "sync dbs: {} packages indexed", self.indexed_packages);
+        let _ = writeln!(s, "peers: {}", self.peers.len());
+        if !self.peers.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<40} {:<8} {:<16} PROTOCOL, LAST SEEN",
+                "NAME", "ADDRESS", "DISTRO", "ARCH"
+            );
+        }
+        for p in &self.peers {
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<40} {:<8} {:<16} v{}, {:.1} s ago ({:016x}, tcp {})",
+                p.name,
+                p.addr,
+                p.distro,
+                p.archs.join(","),
+                p.version,
+                p.last_seen_ms as f64 / 1000.0,
+                p.instance,
+                p.tcp_port
+            );
+        }
+        let _ = writeln!(s, "transfers: {}", self.transfers.len());
+        for t in &self.transfers {
+            let _ = writeln!(
+                s,
+                "  {} from {} {}/{} bytes {:.1} MB/s {}",
+                t.file,
+                if t.source.is_empty() { "-" } else { &t.source },
+                t.bytes,
+                t.size,
+                t.rate / 1e6,
+                t.phase
+            );
+        }
+        let _ = writeln!(s, "bans: {}", self.bans.len());
+        for b in &self.bans {
+            let _ = writeln!(
+                s,
+                "  {} for {} s more: {}",
+                b.peer, b.seconds_left, b.reason
+            );
+        }
+        let _ = writeln!(
+            s,
+            "served: {} LAN hits ({} bytes), {} bytes upstream, {} copies rejected, \
+             {} bytes to peers, {} refused (busy)",
+            self.lan_hits,
+            self.lan_bytes,
+            self.upstream_bytes,
+            self.rejected_copies,
+            self.peer_bytes_sent,
+            self.refused_busy
+        );
+        let _ = writeln!(
+            s,
+            "datagrams: {} in, {} rejected; {} connections",
+            self.datagrams_in, self.datagrams_rejected, self.connections
+        );
+        s
+    }
+
+    pub fn json(&self) -> String {
+        let list = |v: &[String]| v.iter().map(|x| json_str(x)).collect::<Vec<_>>().join(",");
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{\"instance\":\"{:016x}\",\"name\":{},\"addr\":{},\"tcp_port\":{},\"distro\":{},\"archs\":[{}],\"version\":{},\"last_seen_ms\":{}}}",
+                    p.instance,
+                    json_str(&p.name),
+                    json_str(&p.addr),
+                    p.tcp_port,
+                    json_str(&p.distro),
+                    list(&p.archs),
+                    p.version,
+                    p.last_seen_ms
+                )
+            })
+            .collect();
+        let transfers: Vec<String> = self
+            .transfers
+            .iter()
+            .map(|t| {
+                format!(
+                    "{{\"file\":{},\"source\":{},\"bytes\":{},\"size\":{},\"rate\":{:.0},\"phase\":{}}}",
+                    json_str(&t.file),
+                    json_str(&t.source),
+                    t.bytes,
+                    t.size,
+                    t.rate,
+                    json_str(&t.phase)
+                )
+            })
+            .collect();
+        let bans: Vec<String> = self
+            .bans
+            .iter()
+            .map(|b| {
+                format!(
+                    "{{\"peer\":{},\"seconds_left\":{},\"reason\":{}}}",
+                    json_str(&b.peer),
+                    b.seconds_left,
+                    json_str(&b.reason)
+                )
+            })
+            .collect();
+        format!(
+            "{{\"version\":{},\"name\":{},\"distro\":{},\"archs\":[{}],\"instance\":\"{:016x}\",\"uptime_s\":{},\"rss_kib\":{},\"multicast\":[{}],\"indexed_packages\":{},\"peers\":[{}],\"transfers\":[{}],\"bans\":[{}],\"lan_hits\":{},\"lan_bytes\":{},\"upstream_bytes\":{},\"rejected_copies\":{},\"peer_bytes_sent\":{},\"refused_busy\":{},\"datagrams_in\":{},\"datagrams_rejected\":{},\"connections\":{}}}\n",
+            json_str(self.version),
+            json_str(&self.name),
+            json_str(&self.distro),
+            list(&self.archs),
+            self.instance,
+            self.uptime_s,
+            self.rss_kib,
+            list(&self.multicast),
+            self.indexed_packages,
+            peers.join(","),
+            transfers.join(","),
+            bans.join(","),
+            self.lan_hits,
+            self.lan_bytes,
+            self.upstream_bytes,
+            self.rejected_copies,
+            self.peer_bytes_sent,
+            self.refused_busy,
+            self.datagrams_in,
+            self.datagrams_rejected,
+            self.connections
+        )
+    }
+}
+
+/// A JSON string literal (the only escaping the status document needs).
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            version: "0.1.0",
+            name: "host \"a\"".into(),
+            distro: "arch".into(),
+            archs: vec!["x86_64".into()],
+            instance: 0xabc,
+            uptime_s: 5,
+            rss_kib: 1234,
+            multicast: vec!["lo v4".into()],
+            indexed_packages: 17,
+            peers: vec![PeerRow {
+                instance: 0xdef,
+                name: "b".into(),
+                addr: "127.0.0.3:19432".into(),
+                tcp_port: 19432,
+                distro: "arch".into(),
+                archs: vec!["any".into(), "x86_64".into()],
+                version: 1,
+                last_seen_ms: 1500,
+            }],
+            transfers: vec![CopyRow {
+                file: "x.pkg.tar.zst".into(),
+                source: "127.0.0.3:19432".into(),
+                bytes: 10,
+                size: 20,
+                rate: 5e6,
+                phase: "Fetching".into(),
+            }],
+            bans: vec![BanRow {
+                peer: "127.0.0.9".into(),
+                seconds_left: 30,
+                reason: "wrong hash".into(),
+            }],
+            lan_hits: 101,
+            lan_bytes: 102,
+            upstream_bytes: 103,
+            rejected_copies: 104,
+            peer_bytes_sent: 105,
+            refused_busy: 106,
+            datagrams_in: 107,
+            datagrams_rejected: 108,
+            connections: 109,
+        }
+    }
+
+    #[test]
+    fn both_renderings_carry_every_counter() {
+        let s = snapshot();
+        let (text, json) = (s.text(), s.json());
+        for n in 101..=109 {
+            assert!(text.contains(&n.to_string()), "text lacks {n}:\n{text}");
+            assert!(json.contains(&format!(":{n}")), "json lacks {n}: {json}");
+        }
+        for word in ["x.pkg.tar.zst", "wrong hash", "lo v4", "127.0.0.3:19432"] {
+            assert!(text.contains(word) && json.contains(word), "{word}");
+        }
+        assert!(json.contains("\"name\":\"host \\\"a\\\"\""), "{json}");
+        assert!(json.ends_with("}\n"));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}
