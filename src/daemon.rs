@@ -119,12 +119,9 @@ impl Daemon {
         for w in &cfg.warnings {
             warn!("{w}");
         }
-        if let Some(k) = &cfg.key_file {
-            warn!(
-                "--key-file {}: group keys are not implemented yet (docs/PROTOCOL.md §10); \
-                 discovery runs unauthenticated",
-                k.display()
-            );
+        let (keys, key_warnings) = crate::auth::Keys::load(&cfg.key_files).map_err(StartError)?;
+        for w in key_warnings {
+            warn!("{w}");
         }
         let identity = Identity {
             announce_interval: cfg.announce_interval,
@@ -134,6 +131,9 @@ impl Daemon {
             name: cfg.name.clone(),
             distro: cfg.distro.clone(),
             archs: cfg.architectures.clone(),
+            exclude_interfaces: cfg.exclude_interfaces.clone(),
+            keys,
+            static_peers: cfg.static_peers.clone(),
         };
         let discovery =
             Discovery::new(identity, poll.registry()).map_err(|e| StartError(e.to_string()))?;
@@ -341,6 +341,10 @@ impl Daemon {
 
     fn on_wake(&mut self) {
         for (id, r) in self.resolver.results() {
+            if let Some(i) = discovery::static_peer_of(id) {
+                self.discovery.static_resolved(i, r);
+                continue;
+            }
             let (front, mut env) = self.parts();
             front.on_resolved(&mut env, id, r);
         }
@@ -395,6 +399,10 @@ impl Daemon {
                     self.announce_soon();
                 }
                 check_dbs(&self.cfg, &mut self.index, &mut self.dbload);
+                for (i, host, port) in self.discovery.static_resolutions_due(self.now) {
+                    self.resolver
+                        .resolve(discovery::static_resolve_id(i), host, port);
+                }
                 let at = self.now + discovery::RESCAN_INTERVAL;
                 self.timers.always(at, Timer::Rescan);
             }
@@ -544,6 +552,16 @@ impl Daemon {
                     return;
                 }
             };
+            // a peer connection that came in on an interface flocon does not use (excluded,
+            // or not among --interface) is closed unanswered
+            if matches!(which, Listener::Peers)
+                && !stream
+                    .local_addr()
+                    .is_ok_and(|l| self.discovery.accepts_on(l.ip()))
+            {
+                debug!("peer connection from {addr} on a foreign interface refused");
+                continue;
+            }
             // answers are a small head then sendfile: Nagle + delayed ACK would hold the head
             // back 40 ms per request
             let _ = stream.set_nodelay(true);
@@ -653,7 +671,7 @@ impl Daemon {
                 if p == conn::Progress::Request
                     && let Some(req) = c.take_request()
                 {
-                    server::answer(c, &req, &self.cache);
+                    server::answer(c, &req, &self.cache, self.discovery.keys());
                 }
                 self.after_drive(t, p)
             }

@@ -96,8 +96,13 @@ impl Env for Loop<'_> {
                 | conn::State::Done))
     }
 
-    fn start_fetch(&mut self, req: fetch::Request) -> Option<Token> {
+    fn start_fetch(&mut self, mut req: fetch::Request) -> Option<Token> {
         let addr = req.addr;
+        // under a group key, a request to a peer's file server carries Flocon-Auth
+        if self.discovery.peers.iter().any(|p| p.tcp_addr() == addr) {
+            let auth = self.discovery.auth_header(req.method.as_str(), &req.path);
+            req.headers.extend(auth);
+        }
         let f = Fetch::connect(req, self.now)
             .map_err(|e| debug!("connect {addr}: {e}"))
             .ok()?;
@@ -189,6 +194,10 @@ impl Env for Loop<'_> {
 
     fn is_own_front(&self, addr: SocketAddr) -> bool {
         (self.front_addrs.iter()).any(|f| crate::guard::is_own_front(addr, *f))
+    }
+
+    fn peer_served(&mut self, instance: u64) {
+        self.discovery.peers.credit_served(instance);
     }
 
     fn indexed(&self, repo: &str, file: &str) -> Option<PkgInfo> {

@@ -283,6 +283,8 @@ pub trait Env {
     fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>>;
     /// Starts resolving; the answer comes through `Front::on_resolved`. False when refused.
     fn resolve(&mut self, id: u64, host: &str, port: u16) -> bool;
+    /// A peer served a copy that matched the sync db (it ranks first from now on).
+    fn peer_served(&mut self, _instance: u64) {}
 }
 
 #[derive(Default)]
@@ -1478,6 +1480,11 @@ impl Front {
                     self.stats.lan_hits += 1;
                     self.stats.lan_bytes += size;
                 }
+                if let Some((instance, _)) = source
+                    && instance != MIRROR
+                {
+                    env.peer_served(instance);
+                }
                 // the peer that sent the whole package may be asked for its .sig
                 if let Some((instance, _)) = source
                     && contributors == [instance]
@@ -1979,6 +1986,7 @@ mod tests {
             range: None,
             if_modified_since: None,
             host: None,
+            flocon_auth: None,
             head_len: 0,
         }
     }

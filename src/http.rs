@@ -72,6 +72,8 @@ pub struct Request {
     pub if_modified_since: Option<String>,
     /// Raw `Host` value (the front answers only loopback names: `guard::is_loopback_host`).
     pub host: Option<String>,
+    /// `Flocon-Auth` (peer requests under a group key, auth.rs).
+    pub flocon_auth: Option<String>,
     /// Bytes taken by the head; pipelined bytes after it belong to the next request.
     pub head_len: usize,
 }
@@ -168,6 +170,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
     let mut range = None;
     let mut if_modified_since = None;
     let mut host = None;
+    let mut flocon_auth = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -205,6 +208,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         } else if name.eq_ignore_ascii_case("if-modified-since") && if_modified_since.is_none() {
             // An unreadable date is ignored (RFC 9110 §13.1.3), not an error.
             if_modified_since = header_text(h.value).map(str::to_string);
+        } else if name.eq_ignore_ascii_case(crate::auth::HTTP_HEADER) && flocon_auth.is_none() {
+            flocon_auth = header_text(h.value).map(str::to_string);
         }
     }
     let keep_alive = match version {
@@ -219,6 +224,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         range,
         if_modified_since,
         host,
+        flocon_auth,
         head_len,
     }))
 }
@@ -1229,6 +1235,7 @@ mod tests {
             range: range.map(str::to_string),
             if_modified_since: None,
             host: None,
+            flocon_auth: None,
             head_len,
         }
     }

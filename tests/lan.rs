@@ -32,6 +32,18 @@ fn discovery_on_a_bridged_lan_ipv4_ipv6_late_address_cut_heal() {
     run_isolated("lan_discovery.sh");
 }
 
+/// A hostile host (raw sockets, a hub switch) against open and keyed flocon (issue 10).
+#[test]
+fn attacks_from_a_lan_host_without_and_with_a_group_key() {
+    run_isolated("lan_attack.sh");
+}
+
+/// Two segments and a router: static peers, a keyed copy across it, exclude-interface.
+#[test]
+fn static_peers_across_a_router_and_excluded_interfaces() {
+    run_isolated("lan_routed.sh");
+}
+
 /// The end-to-end suite: real pacman, makepkg-built signed packages and a mirror. Skipped,
 /// with a message, only where pacman's tools are not installed (.ci/run installs them).
 #[test]
