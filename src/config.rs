@@ -101,7 +101,13 @@ pub struct Config {
     pub peer_addr: Option<IpAddr>,
     /// Empty means every multicast-capable interface that is up.
     pub interfaces: Vec<String>,
-    pub key_file: Option<PathBuf>,
+    /// `exclude-interface`: never used for discovery, and the peer server refuses
+    /// connections that arrive on them.
+    pub exclude_interfaces: Vec<String>,
+    /// `peer = HOST[:PORT]`: peers announced to by unicast (beyond the multicast segment).
+    pub static_peers: Vec<String>,
+    /// Group keys: the first signs, each verifies (at most 2, for rotation).
+    pub key_files: Vec<PathBuf>,
     pub debug: bool,
     pub lookup_budget: Duration,
     /// `--announce-interval`: mean time between announcements (peers expire after 4×).
@@ -132,7 +138,9 @@ impl Default for Config {
             port: DEFAULT_PEER_PORT,
             peer_addr: None,
             interfaces: Vec::new(),
-            key_file: None,
+            exclude_interfaces: Vec::new(),
+            static_peers: Vec::new(),
+            key_files: Vec::new(),
             debug: false,
             lookup_budget: Duration::from_millis(DEFAULT_LOOKUP_MS),
             announce_interval: Duration::from_secs(DEFAULT_ANNOUNCE_SECS),
@@ -217,13 +225,15 @@ enum Opt {
     PeerAddr,
     Interface,
     KeyFile,
+    ExcludeInterface,
+    Peer,
     Debug,
     LookupMs,
     AnnounceInterval,
     Name,
 }
 
-const KEYS: [(&str, Opt); 14] = [
+const KEYS: [(&str, Opt); 16] = [
     ("config", Opt::Config),
     ("pacman-conf", Opt::PacmanConf),
     ("cache-dir", Opt::CacheDir),
@@ -234,6 +244,8 @@ const KEYS: [(&str, Opt); 14] = [
     ("peer-addr", Opt::PeerAddr),
     ("interface", Opt::Interface),
     ("key-file", Opt::KeyFile),
+    ("exclude-interface", Opt::ExcludeInterface),
+    ("peer", Opt::Peer),
     ("debug", Opt::Debug),
     ("lookup-ms", Opt::LookupMs),
     ("announce-interval", Opt::AnnounceInterval),
@@ -256,7 +268,9 @@ struct Overrides {
     port: Option<u16>,
     peer_addr: Option<IpAddr>,
     interfaces: Option<Vec<String>>,
-    key_file: Option<PathBuf>,
+    exclude_interfaces: Option<Vec<String>>,
+    static_peers: Option<Vec<String>>,
+    key_files: Option<Vec<PathBuf>>,
     debug: Option<bool>,
     lookup_ms: Option<u64>,
     announce_secs: Option<u64>,
@@ -276,7 +290,11 @@ impl Overrides {
             Opt::Port => self.port = Some(parse_port(utf8(value)?)?),
             Opt::PeerAddr => self.peer_addr = Some(parse_peer_addr(utf8(value)?)?),
             Opt::Interface => push_unique(&mut self.interfaces, parse_interface(utf8(value)?)?)?,
-            Opt::KeyFile => self.key_file = Some(parse_path(value)?),
+            Opt::KeyFile => push_unique(&mut self.key_files, parse_path(value)?)?,
+            Opt::ExcludeInterface => {
+                push_unique(&mut self.exclude_interfaces, parse_interface(utf8(value)?)?)?
+            }
+            Opt::Peer => push_unique(&mut self.static_peers, parse_static_peer(utf8(value)?)?)?,
             Opt::Debug => self.debug = Some(parse_bool(utf8(value)?)?),
             Opt::LookupMs => self.lookup_ms = Some(parse_lookup_ms(utf8(value)?)?),
             Opt::AnnounceInterval => self.announce_secs = Some(parse_announce_secs(utf8(value)?)?),
@@ -297,7 +315,9 @@ impl Overrides {
             port: self.port.or(lower.port),
             peer_addr: self.peer_addr.or(lower.peer_addr),
             interfaces: self.interfaces.or(lower.interfaces),
-            key_file: self.key_file.or(lower.key_file),
+            exclude_interfaces: self.exclude_interfaces.or(lower.exclude_interfaces),
+            static_peers: self.static_peers.or(lower.static_peers),
+            key_files: self.key_files.or(lower.key_files),
             debug: self.debug.or(lower.debug),
             lookup_ms: self.lookup_ms.or(lower.lookup_ms),
             announce_secs: self.announce_secs.or(lower.announce_secs),
@@ -396,6 +416,17 @@ fn parse_interface(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_string())
+}
+
+/// `HOST[:PORT]`, `[IPV6]:PORT` or a bare IPv6 address (the port defaults to `--port`).
+fn parse_static_peer(s: &str) -> Result<String, String> {
+    match crate::discovery::split_host_port(s, DEFAULT_PEER_PORT) {
+        Some(_) => Ok(s.trim().to_string()),
+        None => Err(format!(
+            "invalid peer '{}' (expected HOST[:PORT], e.g. pi4.lan, 10.1.2.3:19432 or [fd00::7]:19432)",
+            shown(s)
+        )),
+    }
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -507,26 +538,9 @@ fn strip_comment(line: &str) -> &str {
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, ConfigError> {
     let mut command = parse_args_from(args, Sources::system())?;
     if let Command::Daemon(config) = &mut command {
-        refuse_unimplemented(config)?;
         check_paths(config);
     }
     Ok(command)
-}
-
-/// An option this build cannot honour stops the daemon (exit 2): a `--key-file` ignored with
-/// a warning would run unauthenticated on a LAN the operator believes is keyed.
-fn refuse_unimplemented(config: &Config) -> Result<(), ConfigError> {
-    match &config.key_file {
-        Some(k) => Err(ConfigError::new(
-            "--key-file",
-            format!(
-                "{}: group keys are not implemented in this build (docs/PROTOCOL.md §10); \
-                 flocon will not run unauthenticated in their place: remove the option",
-                k.display()
-            ),
-        )),
-        None => Ok(()),
-    }
 }
 
 fn parse_args_from(
@@ -625,7 +639,6 @@ fn lexopt_error(e: lexopt::Error) -> ConfigError {
 /// SIGHUP: re-reads the config file and pacman.conf; command-line values still win.
 pub fn reload(config: &Config) -> Result<Config, ConfigError> {
     let mut config = build(&config.cli)?;
-    refuse_unimplemented(&config)?;
     check_paths(&mut config);
     Ok(config)
 }
@@ -706,7 +719,9 @@ fn build(cli: &CliArgs) -> Result<Config, ConfigError> {
     }
     config.peer_addr = o.peer_addr;
     config.interfaces = o.interfaces.unwrap_or_default();
-    config.key_file = o.key_file;
+    config.exclude_interfaces = o.exclude_interfaces.unwrap_or_default();
+    config.static_peers = o.static_peers.unwrap_or_default();
+    config.key_files = o.key_files.unwrap_or_default();
     config.debug = o.debug.unwrap_or(false);
     if let Some(ms) = o.lookup_ms {
         config.lookup_budget = Duration::from_millis(ms);
@@ -1606,6 +1621,7 @@ pub fn usage() -> &'static str {
 Usage: flocon [OPTIONS]                 run the daemon in the foreground
        flocon status [--json] [--listen ADDR:PORT] [--config FILE]
                                         show the running daemon's peers, transfers and bans
+       flocon genkey FILE               write a new group key (see --key-file)
 
 Options (each is also a `key = value` line in the config file; the command line wins):
       --config FILE        config file (default ",
@@ -1623,7 +1639,10 @@ Options (each is also a `key = value` line in the config file; the command line 
       --port PORT          peer TCP and UDP port (default 19432)
       --peer-addr ADDR     bind the peer TCP and unicast UDP sockets to this address
       --interface IFACE    LAN interface for discovery, repeatable (default: every multicast-capable one)
-      --key-file FILE      group key shared by the peers (optional)
+      --key-file FILE      group key shared by the peers (`flocon genkey FILE` makes one);
+                           repeatable once more for rotation: the first signs, both verify
+      --exclude-interface IFACE  never discover or serve on IFACE, repeatable
+      --peer HOST[:PORT]   a peer beyond the multicast segment (routed), repeatable
       --lookup-ms N        how long a request waits for peers, in ms (1-5000, default 50)
       --announce-interval S  seconds between announcements, peers expire after 4x (1-3600, default 30)
       --name NAME          name announced to peers (default: the hostname)
@@ -1725,7 +1744,7 @@ mod tests {
         assert_eq!(config.port, 19432);
         assert_eq!(config.peer_addr, None);
         assert!(config.interfaces.is_empty());
-        assert_eq!(config.key_file, None);
+        assert!(config.key_files.is_empty());
         assert!(!config.debug);
         assert_eq!(config.lookup_budget, Duration::from_millis(50));
         assert_eq!(config.name, "flocon");
@@ -1818,7 +1837,7 @@ mod tests {
         assert_eq!(config.port, 65535);
         assert_eq!(config.peer_addr, Some("fe80::1".parse().unwrap()));
         assert_eq!(config.interfaces, vec!["lo", "enp3s0f1.100-x"]);
-        assert_eq!(config.key_file, Some(p("/k")));
+        assert_eq!(config.key_files, vec![p("/k")]);
         assert!(config.debug);
         assert_eq!(config.lookup_budget, Duration::from_millis(5000));
         assert_eq!(config.name, "Living room Pi");
@@ -2095,7 +2114,7 @@ mod tests {
         );
         assert_eq!(config.peer_addr, Some("10.0.0.7".parse().unwrap()));
         assert_eq!(config.interfaces, vec!["eth0", "wlan0"]);
-        assert_eq!(config.key_file, Some(p("/etc/flocon.key")));
+        assert_eq!(config.key_files, vec![p("/etc/flocon.key")]);
         assert!(config.debug);
         assert_eq!(config.lookup_budget, Duration::from_millis(120));
         assert_eq!(config.name, "shelf pi");
@@ -2368,16 +2387,6 @@ Server = http://mirror.two/$arch/$repo
             Some("armv7h")
         );
         assert!(config.warnings.is_empty());
-    }
-
-    #[test]
-    fn key_file_is_refused_until_implemented() {
-        let dir = TempDir::new("keyfile");
-        let config = dir.daemon(&["--key-file", "/etc/flocon.key"]);
-        let e = refuse_unimplemented(&config).unwrap_err();
-        assert_eq!(e.option, "--key-file");
-        assert!(e.reason.contains("not implemented"), "{e}");
-        assert!(refuse_unimplemented(&dir.daemon(&[])).is_ok());
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub const MAX_STREAM_BUFFER: usize = 32 * 1024;
 pub const SENDFILE_CHUNK: usize = 1 << 20;
 /// sendfile calls per readiness turn before the connection goes to the back of the queue.
 pub const SENDFILE_CALLS_PER_TURN: usize = 4;
+/// Room a chunked stream keeps for its framing: one chunk's size line and CRLF, and the last
+/// chunk (a streamed answer of unknown length is chunked to an HTTP/1.1 client, so that a
+/// source cut short never reaches it as a clean end).
+const CHUNK_FRAMING: usize = 12 + LAST_CHUNK.len();
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -65,6 +70,8 @@ pub struct Conn<S> {
     /// Body bytes still promised by a streaming answer (None: until the source ends).
     stream_left: Option<u64>,
     stream_done: bool,
+    /// The streamed body goes out in chunks (length unknown, HTTP/1.1 client).
+    chunked: bool,
     keep_alive: bool,
     pending: Option<Request>,
     pub version: Version,
@@ -92,6 +99,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             end: 0,
             stream_left: None,
             stream_done: false,
+            chunked: false,
             keep_alive: false,
             pending: None,
             version: Version::Http11,
@@ -127,6 +135,19 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         }
     }
 
+    /// What it is doing, for choosing which connection gives way on a full listener.
+    pub fn activity(&self) -> crate::guard::Activity {
+        use crate::guard::Activity;
+        match self.state {
+            State::WaitingForHead if self.requests > 0 && !self.head_bytes => {
+                Activity::Idle(self.last_active)
+            }
+            State::WaitingForHead if self.head_bytes => Activity::Partial(self.head_started),
+            State::WaitingForHead => Activity::Fresh(self.last_active),
+            _ => Activity::Busy,
+        }
+    }
+
     /// How many requests this connection has read (the current one's number).
     pub fn request_number(&self) -> u64 {
         self.requests
@@ -140,6 +161,9 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     /// Room for more streamed bytes (backpressure on the upstream read).
     pub fn stream_room(&self) -> usize {
         match self.state {
+            State::Streaming if !self.stream_done && self.chunked => {
+                self.out.room().saturating_sub(CHUNK_FRAMING)
+            }
             State::Streaming if !self.stream_done => self.out.room(),
             _ => 0,
         }
@@ -231,6 +255,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         self.file = None;
         self.stream_left = None;
         self.stream_done = false;
+        self.chunked = false;
     }
 
     /// An error status with a small text body (none for HEAD); keep-alive kept when the
@@ -288,17 +313,24 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     /// Starts a streamed answer: the head now, the body through `push_stream`.
-    /// `length` is the promised body length (None: close-delimited, HTTP/1.0 style).
+    /// `length` is the promised body length (None: chunked to an HTTP/1.1 client, so that
+    /// only `end_stream(true)` ends it cleanly; close-delimited to an HTTP/1.0 one).
     pub fn answer_stream(&mut self, status: u16, headers: &[(&str, &str)], length: Option<u64>) {
         self.begin();
-        if length.is_none() {
+        self.chunked =
+            length.is_none() && self.version == Version::Http11 && self.method != Method::Head;
+        if length.is_none() && !self.chunked {
             self.keep_alive = false;
+        }
+        let mut all = headers.to_vec();
+        if self.chunked {
+            all.push(("Transfer-Encoding", "chunked"));
         }
         http::write_head(
             self.out.whole(),
             self.version,
             status,
-            headers,
+            &all,
             self.keep_alive,
         );
         self.stream_left = if self.method == Method::Head {
@@ -321,6 +353,21 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             Some(left) => (left.min(data.len() as u64)) as usize,
             None => data.len(),
         };
+        if self.chunked {
+            if take == 0 {
+                return true;
+            }
+            // more than `stream_room()`: the source overran the room kept for the framing
+            if take > self.out.room().saturating_sub(CHUNK_FRAMING) {
+                self.cut();
+                return false;
+            }
+            let size = format!("{take:x}\r\n");
+            self.out.push(size.as_bytes());
+            self.out.push(&data[..take]);
+            self.out.push(b"\r\n");
+            return true;
+        }
         if self.out.push(&data[..take]) < take {
             self.cut();
             return false;
@@ -346,6 +393,11 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         }
         let all_promised = self.stream_left.is_none_or(|l| l == 0);
         if !complete || !all_promised {
+            // a chunked body without its last chunk: the client sees the failure
+            self.cut();
+            return;
+        }
+        if self.chunked && self.out.push(LAST_CHUNK) < LAST_CHUNK.len() {
             self.cut();
             return;
         }
@@ -577,6 +629,59 @@ mod tests {
         let too_much = vec![1u8; c.stream_room() + 1];
         assert!(!c.push_stream(&too_much));
         assert_eq!(c.drive(Instant::now()), Progress::Close);
+    }
+
+    /// A stream of unknown length is chunked to an HTTP/1.1 client: a clean end has the last
+    /// chunk, a cut one never does (a close-delimited body cut short looked complete).
+    #[test]
+    fn a_stream_of_unknown_length_is_chunked_and_a_cut_shows() {
+        for complete in [true, false] {
+            let (mut c, b) = pair();
+            let mut w = b.try_clone().unwrap();
+            w.write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            assert_eq!(c.drive(Instant::now()), Progress::Request);
+            c.take_request();
+            c.answer_stream(200, &[], None);
+            assert!(c.push_stream(b"hello "));
+            assert!(c.push_stream(b"world"));
+            let _ = c.drive(Instant::now());
+            c.end_stream(complete);
+            while c.drive(Instant::now()) != Progress::Close {}
+            drop(c);
+            drop(w);
+            let text = read_all(b);
+            assert!(text.contains("Transfer-Encoding: chunked\r\n"), "{text}");
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+            if complete {
+                assert!(
+                    text.ends_with("\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"),
+                    "{text}"
+                );
+            } else {
+                assert!(
+                    !text.ends_with("0\r\n\r\n"),
+                    "a cut stream ended cleanly: {text}"
+                );
+                assert!(body.len() < 30, "{text}");
+            }
+        }
+        // HTTP/1.0 has no chunks: close-delimited as before
+        let (mut c, b) = pair();
+        let mut w = b.try_clone().unwrap();
+        w.write_all(b"GET /x HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!(c.drive(Instant::now()), Progress::Request);
+        c.answer_stream(200, &[], None);
+        assert!(c.push_stream(b"abc"));
+        c.end_stream(true);
+        while c.drive(Instant::now()) != Progress::Close {}
+        drop(c);
+        drop(w);
+        let text = read_all(b);
+        assert!(
+            !text.contains("chunked") && text.ends_with("\r\n\r\nabc"),
+            "{text}"
+        );
     }
 
     #[test]

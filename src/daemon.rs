@@ -15,19 +15,24 @@ use crate::env::{Loop, Slot, Timer, check_dbs};
 use crate::eventloop::{Ready, Slots, Timers};
 use crate::fetch;
 use crate::front::{self, Env, Front, Reply};
+use crate::guard::{self, PerAddress};
 pub use crate::listen::StartError;
 use crate::listen::{Accepted, Listener, Listeners};
 use crate::metrics::{self, Lifetime, Metrics};
 use crate::notify::Notifier;
+use crate::peers;
+use crate::policy::Strikes;
 use crate::resolver::Resolver;
 use crate::server::{self, CacheDirs};
 use crate::stager::Stager;
-use crate::status::{Counters, Snapshot};
+use crate::status::{BanRow, Counters, Snapshot};
 use crate::syncdb::SyncIndex;
 use crate::{sys, transfer};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::HashMap;
 use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +68,13 @@ pub struct Daemon {
     signals: OwnedFd,
     _waker: Arc<Waker>,
     listeners: Listeners,
+    /// Where the front listens: an upstream there would be flocon calling itself.
+    front_addrs: Vec<SocketAddr>,
+    /// Peers struck (policy.rs) and benched, by address.
+    strikes: Strikes<IpAddr>,
+    /// Peer-port connections per address (guard::MAX_PER_ADDRESS), and each one's address.
+    per_address: PerAddress,
+    peer_ips: HashMap<Token, IpAddr>,
     cache: CacheDirs,
     slots: Slots<Slot>,
     timers: Timers<Timer>,
@@ -109,12 +121,9 @@ impl Daemon {
         for w in &cfg.warnings {
             warn!("{w}");
         }
-        if let Some(k) = &cfg.key_file {
-            warn!(
-                "--key-file {}: group keys are not implemented yet (docs/PROTOCOL.md §10); \
-                 discovery runs unauthenticated",
-                k.display()
-            );
+        let (keys, key_warnings) = crate::auth::Keys::load(&cfg.key_files).map_err(StartError)?;
+        for w in key_warnings {
+            warn!("{w}");
         }
         let identity = Identity {
             announce_interval: cfg.announce_interval,
@@ -124,6 +133,9 @@ impl Daemon {
             name: cfg.name.clone(),
             distro: cfg.distro.clone(),
             archs: cfg.architectures.clone(),
+            exclude_interfaces: cfg.exclude_interfaces.clone(),
+            keys,
+            static_peers: cfg.static_peers.clone(),
         };
         let discovery =
             Discovery::new(identity, poll.registry()).map_err(|e| StartError(e.to_string()))?;
@@ -141,7 +153,11 @@ impl Daemon {
             started: now,
             signals,
             _waker: waker,
+            front_addrs: listeners.front_addrs(),
             listeners,
+            strikes: Strikes::new(),
+            per_address: PerAddress::new(),
+            peer_ips: HashMap::new(),
             cache,
             slots: Slots::new(server::MAX_CONNECTIONS + front::MAX_CONNECTIONS + MAX_FETCHES),
             timers,
@@ -237,6 +253,8 @@ impl Daemon {
             resolver: &mut self.resolver,
             stager: &self.stager,
             decided: &mut self.decided,
+            strikes: &mut self.strikes,
+            front_addrs: &self.front_addrs,
         };
         (&mut self.front, env)
     }
@@ -337,6 +355,10 @@ impl Daemon {
 
     fn on_wake(&mut self) {
         for (id, r) in self.resolver.results() {
+            if let Some(i) = discovery::static_peer_of(id) {
+                self.discovery.static_resolved(i, r);
+                continue;
+            }
             let (front, mut env) = self.parts();
             front.on_resolved(&mut env, id, r);
         }
@@ -401,6 +423,10 @@ impl Daemon {
                 }
                 self.follow_pacman_conf();
                 check_dbs(&self.cfg, &mut self.index, &mut self.dbload);
+                for (i, host, port) in self.discovery.static_resolutions_due(self.now) {
+                    self.resolver
+                        .resolve(discovery::static_resolve_id(i), host, port);
+                }
                 let at = self.now + discovery::RESCAN_INTERVAL;
                 self.timers.always(at, Timer::Rescan);
             }
@@ -604,6 +630,16 @@ impl Daemon {
                     return;
                 }
             };
+            // a peer connection that came in on an interface flocon does not use (excluded,
+            // or not among --interface) is closed unanswered
+            if matches!(which, Listener::Peers)
+                && !stream
+                    .local_addr()
+                    .is_ok_and(|l| self.discovery.accepts_on(l.ip()))
+            {
+                debug!("peer connection from {addr} on a foreign interface refused");
+                continue;
+            }
             // answers are a small head then sendfile: Nagle + delayed ACK would hold the head
             // back 40 ms per request
             let _ = stream.set_nodelay(true);
@@ -619,10 +655,27 @@ impl Daemon {
                     front::IDLE_TIMEOUT,
                 ),
             };
-            if self.slots.is_full() || open >= limit {
+            let ip = peers::normalize_addr(addr).ip();
+            let peer_port = matches!(which, Listener::Peers);
+            if peer_port && !self.per_address.admit(ip) {
                 self.refused_busy += 1;
                 let _ = stream.write(&conn::busy_response());
                 continue;
+            }
+            if self.slots.is_full() || open >= limit {
+                let victim = self.make_room(which);
+                if let Some(v) = victim {
+                    debug!("{which:?} full: closing {v:?} to make room for {addr}");
+                    self.close(v);
+                }
+                if victim.is_none() || self.slots.is_full() {
+                    if peer_port {
+                        self.per_address.release(ip);
+                    }
+                    self.refused_busy += 1;
+                    let _ = stream.write(&conn::busy_response());
+                    continue;
+                }
             }
             let now = self.now;
             let Some(t) = self.slots.insert_with(|_| {
@@ -632,8 +685,14 @@ impl Daemon {
                     Listener::Front(_) => Slot::Front(c),
                 }
             }) else {
+                if peer_port {
+                    self.per_address.release(ip);
+                }
                 continue;
             };
+            if peer_port {
+                self.peer_ips.insert(t, ip);
+            }
             match which {
                 Listener::Peers => self.peer_conns += 1,
                 Listener::Front(_) => self.front_conns += 1,
@@ -650,8 +709,24 @@ impl Daemon {
                 continue;
             }
             debug!("{which:?} connection from {addr}");
-            self.ready.schedule(t);
+            // read its head now: a client's whole head is usually there already, and a
+            // connection with its request in hand is never the one that gives way
+            self.drive(t);
         }
+    }
+
+    /// The connection of listener `which` that gives way to a new one (guard::make_room).
+    fn make_room(&self, which: Listener) -> Option<Token> {
+        let conns =
+            self.slots
+                .tokens()
+                .into_iter()
+                .filter_map(|t| match (which, self.slots.get(t)) {
+                    (Listener::Peers, Some(Slot::Peer(c))) => Some((t, c.activity())),
+                    (Listener::Front(_), Some(Slot::Front(c))) => Some((t, c.activity())),
+                    _ => None,
+                });
+        guard::make_room(conns)
     }
 
     /// A descriptor was freed (or the retry timer fired): accept what queued meanwhile.
@@ -675,7 +750,7 @@ impl Daemon {
                 if p == conn::Progress::Request
                     && let Some(req) = c.take_request()
                 {
-                    server::answer(c, &req, &self.cache);
+                    server::answer(c, &req, &self.cache, self.discovery.keys());
                 }
                 self.after_drive(t, p)
             }
@@ -729,6 +804,14 @@ impl Daemon {
     }
 
     fn on_front_request(&mut self, t: Token, number: u64, req: crate::http::Request) {
+        // only the loopback by name: a web page that rebinds its own name to 127.0.0.1 still
+        // sends that name, and gets nothing (status, lookups, packages) from the front
+        if !guard::is_loopback_host(req.host.as_deref()) {
+            debug!("Host {:?} is not the loopback: 421", req.host);
+            let (_, mut env) = self.parts();
+            env.reply(t, Reply::Error(421));
+            return;
+        }
         let page = match req.target.split('?').next().unwrap_or("") {
             "/.flocon/status" => Some((self.snapshot().text(), "text/plain; charset=utf-8")),
             "/.flocon/status.json" => Some((self.snapshot().json(), "application/json")),
@@ -757,6 +840,8 @@ impl Daemon {
         let room = match self.front.fetch_client(tok).map(|c| self.slots.get(c)) {
             Some(Some(Slot::Front(c))) => c.stream_room(),
             Some(_) => usize::MAX,
+            // a peer's .sig waits for nobody's room (a full stager must not stall it)
+            None if self.front.is_sig_fetch(tok) => usize::MAX,
             None => self.stager.handle().room(),
         };
         let Some(Slot::Fetch(f)) = self.slots.get_mut(tok) else {
@@ -801,14 +886,23 @@ impl Daemon {
             connections: self.slots.len(),
         };
         let (cfg, index) = (&self.cfg, &self.index);
-        Snapshot::gather(
+        let mut s = Snapshot::gather(
             cfg,
             &self.discovery,
             &self.front,
             index,
             &counters,
             self.now,
-        )
+        );
+        // strikes (policy.rs) bench a peer's address for a while: shown with the bans
+        s.bans
+            .extend(self.strikes.iter(self.now).map(|(ip, left, why)| BanRow {
+                name: String::new(),
+                peer: format!("address {ip}"),
+                seconds_left: left.as_secs(),
+                reason: format!("benched: {why}"),
+            }));
+        s
     }
 
     fn close(&mut self, t: Token) {
@@ -817,6 +911,9 @@ impl Daemon {
             Some(Slot::Peer(mut c)) => {
                 self.peer_conns -= 1;
                 let _ = reg.deregister(&mut c.stream);
+                if let Some(ip) = self.peer_ips.remove(&t) {
+                    self.per_address.release(ip);
+                }
             }
             Some(Slot::Front(mut c)) => {
                 self.front_conns -= 1;

@@ -5,7 +5,11 @@
 //! memberships in step with the interfaces, which it rescans cheaply (getifaddrs) because
 //! interfaces and addresses come and go under a running daemon.
 
-use crate::peers::{AnnounceTimer, Bans, Candidate, Lookup, PeerEvent, PeerTable, RateLimiter};
+use crate::auth::{Keys, ReplayGuard, Stamper};
+use crate::peers::{
+    AnnounceTimer, Bans, Bucket, Candidate, CheckOutcome, CheckReason, Checks, IgnoreReason,
+    Lookup, PeerEvent, PeerTable, RateLimiter,
+};
 use crate::protocol::{self, Announce, Answer, Header, Message, Query};
 use crate::sys::{self, IfAddr};
 use crate::xorshift::XorShift;
@@ -17,9 +21,11 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
-/// Fixed tokens: the two unicast sockets, then one per membership.
+/// Fixed tokens: the two unicast sockets, the two query sockets, then one per membership.
 pub const UNICAST_V4: Token = Token(32);
 pub const UNICAST_V6: Token = Token(33);
+pub const QUERY_V4: Token = Token(34);
+pub const QUERY_V6: Token = Token(35);
 const MEMBERSHIP_TOKEN_BASE: usize = 64;
 /// Interfaces × families we keep memberships for; a host with more is unusual, and past it
 /// the rest are ignored with a warning rather than growing without bound.
@@ -32,6 +38,16 @@ const JOIN_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Lookups in flight at once; each is small, but a flood of local requests must not grow
 /// the table without end.
 pub const MAX_LOOKUPS: usize = 1024;
+/// Answers per second (burst the same) to queriers that are not peers: enough for a
+/// newcomer's first lookups, and a bound on what spoofed queries from addresses that do not
+/// exist can leave queued behind address resolution in the unicast socket's send buffer.
+pub const STRANGER_ANSWERS: u32 = 50;
+/// Peers asked by one lookup at most, best ranked first (peers.rs `lookup_targets`).
+pub const MAX_FANOUT: usize = crate::peers::MAX_PEERS;
+/// Static peers (`peer = HOST[:PORT]`) configured at most.
+pub const MAX_STATIC_PEERS: usize = 64;
+/// Static peer names are resolved again this often (their address may change).
+pub const STATIC_RESOLVE_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Family {
@@ -70,6 +86,10 @@ pub struct Discovery {
     archs: Vec<String>,
     u4: Option<UdpSocket>,
     u6: Option<UdpSocket>,
+    /// Lookups' QUERYs leave from these (ephemeral port) and their ANSWERs arrive here: a
+    /// send buffer of their own, which answers to strangers and checks cannot fill.
+    q4: Option<UdpSocket>,
+    q6: Option<UdpSocket>,
     memberships: Vec<Membership>,
     free_tokens: Vec<Token>,
     next_token: usize,
@@ -87,6 +107,33 @@ pub struct Discovery {
     announce_timer: AnnounceTimer,
     /// Announcement jitter: only has to differ between hosts.
     rng: XorShift,
+    /// Check cookies: seeded from /dev/urandom apart from the (public) instance id, so a host
+    /// that does not see the check cannot guess its id.
+    cookies: XorShift,
+    checks: Checks,
+    /// Answers to queriers that are not peers.
+    strangers: Bucket,
+    keys: Keys,
+    stamper: Stamper,
+    replay: ReplayGuard,
+    /// A GOODBYE went out: queries are no longer answered, so a peer checking whether we
+    /// really left hears nothing.
+    leaving: bool,
+    statics: Vec<StaticPeer>,
+    lookup_round: u32,
+    excluded: Vec<String>,
+    /// Events produced where the loop passed no list (`announce_if_due`).
+    deferred: Vec<DiscoveryEvent>,
+}
+
+/// A `peer = HOST[:PORT]` line: announced to and accepted from by unicast.
+#[derive(Debug, Clone)]
+pub struct StaticPeer {
+    pub host: String,
+    pub port: u16,
+    pub addrs: Vec<SocketAddr>,
+    /// When the name should be resolved (again); never for a literal address.
+    pub resolve_at: Option<Instant>,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -94,6 +141,12 @@ pub struct DiscoveryStats {
     pub datagrams_in: u64,
     pub rejected: u64,
     pub queries_answered: u64,
+    /// Keyed mode: datagrams dropped for a bad MAC, a stale stamp or a replay.
+    pub auth_rejected: u64,
+    /// Sends that failed at once (full send buffer, unreachable): dropped, never waited on.
+    pub send_errors: u64,
+    pub checks_sent: u64,
+    pub checks_failed: u64,
 }
 
 fn random_u64() -> u64 {
@@ -132,12 +185,31 @@ pub struct Identity {
     pub name: String,
     pub distro: String,
     pub archs: Vec<String>,
+    pub exclude_interfaces: Vec<String>,
+    pub keys: Keys,
+    /// `peer = HOST[:PORT]` values.
+    pub static_peers: Vec<String>,
 }
 
 impl Discovery {
     pub fn new(id: Identity, registry: &Registry) -> io::Result<Discovery> {
         let instance = random_u64();
         let (u4, u6) = Self::unicast_sockets(id.port, id.peer_addr)?;
+        let (q4, q6) = Self::unicast_sockets(0, id.peer_addr)?;
+        let mut statics = Vec::new();
+        for s in id.static_peers.iter().take(MAX_STATIC_PEERS) {
+            let (host, port) = split_host_port(s, id.port)
+                .ok_or_else(|| io::Error::other(format!("peer = {s}: not HOST[:PORT]")))?;
+            let literal = host.parse::<IpAddr>().ok();
+            statics.push(StaticPeer {
+                addrs: literal
+                    .map(|ip| vec![SocketAddr::new(ip, port)])
+                    .unwrap_or_default(),
+                resolve_at: literal.is_none().then(Instant::now),
+                host,
+                port,
+            });
+        }
         let mut d = Discovery {
             instance,
             seq: 0,
@@ -148,6 +220,8 @@ impl Discovery {
             archs: id.archs,
             u4: u4.map(UdpSocket::from_std),
             u6: u6.map(UdpSocket::from_std),
+            q4: q4.map(UdpSocket::from_std),
+            q6: q6.map(UdpSocket::from_std),
             memberships: Vec::new(),
             free_tokens: Vec::new(),
             next_token: MEMBERSHIP_TOKEN_BASE,
@@ -156,12 +230,24 @@ impl Discovery {
             limiter: RateLimiter::new(),
             local_nets: Vec::new(),
             lookups: HashMap::new(),
-            next_lookup: 1,
+            // unpredictable ids: a host that does not see our QUERYs cannot answer them
+            next_lookup: (random_u64() as u32).max(1),
             buf: Vec::with_capacity(protocol::MAX_DATAGRAM),
             uploads: 0,
             stats: DiscoveryStats::default(),
             announce_timer: AnnounceTimer::with_interval(Instant::now(), id.announce_interval),
             rng: XorShift::new(instance),
+            cookies: XorShift::new(random_u64()),
+            checks: Checks::new(),
+            strangers: Bucket::new(STRANGER_ANSWERS, STRANGER_ANSWERS),
+            keys: id.keys,
+            stamper: Stamper::default(),
+            replay: ReplayGuard::new(),
+            leaving: false,
+            statics,
+            lookup_round: 0,
+            excluded: id.exclude_interfaces,
+            deferred: Vec::new(),
         };
         d.peers
             .set_expiry(id.announce_interval * crate::peers::EXPIRY_INTERVALS);
@@ -170,6 +256,12 @@ impl Discovery {
         }
         if let Some(s) = &mut d.u6 {
             registry.register(s, UNICAST_V6, Interest::READABLE)?;
+        }
+        if let Some(s) = &mut d.q4 {
+            registry.register(s, QUERY_V4, Interest::READABLE)?;
+        }
+        if let Some(s) = &mut d.q6 {
+            registry.register(s, QUERY_V6, Interest::READABLE)?;
         }
         Ok(d)
     }
@@ -251,6 +343,16 @@ impl Discovery {
         Ok((u4, u6))
     }
 
+    /// Encodes `msg` into `self.buf`, with the MAC trailer when a key is configured.
+    fn encode(&mut self, h: &Header, msg: &Message) {
+        protocol::encode(h, msg, &mut self.buf);
+        if !self.keys.is_empty() {
+            protocol::set_flags(&mut self.buf, protocol::FLAG_AUTH);
+            let stamp = self.stamper.next(unix_micros());
+            self.keys.seal(&mut self.buf, stamp);
+        }
+    }
+
     fn next_seq(&mut self) -> Header {
         self.seq = self.seq.wrapping_add(1);
         Header {
@@ -263,12 +365,8 @@ impl Discovery {
         if !a.up || !a.multicast && !a.loopback {
             return false;
         }
-        if self.only_interfaces.is_empty() {
-            // the loopback interface only when asked for: it reaches no other host
-            !a.loopback
-        } else {
-            self.only_interfaces.contains(&a.name)
-        }
+        // the loopback interface only when asked for: it reaches no other host
+        self.interface_allowed(&a.name) && (!self.only_interfaces.is_empty() || !a.loopback)
     }
 
     /// Re-reads interfaces and joins or leaves memberships to match. Cheap enough to run
@@ -471,7 +569,18 @@ impl Discovery {
     /// Sends `msg` to the groups on every joined interface.
     fn multicast(&mut self, msg: &Message) {
         let h = self.next_seq();
-        protocol::encode(&h, msg, &mut self.buf);
+        self.encode(&h, msg);
+        // static peers get the same round by unicast (multicast does not cross routers)
+        for sp in &self.statics {
+            for a in &sp.addrs {
+                let sock = if a.is_ipv4() { &self.u4 } else { &self.u6 };
+                if let Some(s) = sock
+                    && s.send_to(&self.buf, *a).is_err()
+                {
+                    self.stats.send_errors += 1;
+                }
+            }
+        }
         for m in &self.memberships {
             if m.socket.is_none() {
                 continue;
@@ -509,14 +618,25 @@ impl Discovery {
 
     /// When the loop should next call `announce_if_due`.
     pub fn announce_deadline(&self) -> Instant {
-        self.announce_timer.deadline()
+        let t = self.announce_timer.deadline();
+        self.checks.next_deadline().map_or(t, |c| c.min(t))
     }
 
     /// Announces on every joined interface if the timer says so (start-up burst, then
     /// every 30 s ± 25 %, or sooner after `hurry`).
+    /// Also runs due checks (their removals end lookups at their own deadline) and returns
+    /// true then too, so the loop re-arms its timer at `announce_deadline`.
     pub fn announce_if_due(&mut self, now: Instant) -> bool {
+        let checks_due = self.checks.next_deadline().is_some_and(|t| t <= now);
+        if checks_due {
+            // the loop's announce timer has no event list: decisions wait for the next call
+            // that has one (every lookup has a deadline timer, which comes with one)
+            let mut events = std::mem::take(&mut self.deferred);
+            self.run_checks(now, &mut events);
+            self.deferred = events;
+        }
         if !self.announce_timer.is_due(now) {
-            return false;
+            return checks_due;
         }
         let msg = self.announce_message();
         self.multicast(&msg);
@@ -532,19 +652,104 @@ impl Discovery {
         self.announce_timer.hurry(now, r);
     }
 
+    /// Says goodbye and stops answering queries: peers that check whether we really left
+    /// (docs/PROTOCOL.md §8.4) hear nothing and drop us at once.
     pub fn goodbye(&mut self) {
         self.multicast(&Message::Goodbye);
+        self.leaving = true;
     }
 
-    fn send_unicast(&mut self, to: SocketAddr, msg: &Message) {
+    /// Sends one datagram from the well-known socket (`query_socket` false) or from the
+    /// query socket. A datagram that cannot leave now is dropped: nothing ever waits on one
+    /// destination.
+    fn send_unicast(&mut self, to: SocketAddr, msg: &Message, query_socket: bool) {
         let h = self.next_seq();
-        protocol::encode(&h, msg, &mut self.buf);
-        let sock = if to.is_ipv4() { &self.u4 } else { &self.u6 };
+        self.encode(&h, msg);
+        let sock = match (to.is_ipv4(), query_socket) {
+            (true, false) => &self.u4,
+            (false, false) => &self.u6,
+            (true, true) => &self.q4,
+            (false, true) => &self.q6,
+        };
         if let Some(s) = sock
             && let Err(e) = s.send_to(&self.buf, to)
         {
+            self.stats.send_errors += 1;
             debug!("send to {to}: {e}");
         }
+    }
+
+    /// Whether `ip` is one of the static peers' current addresses.
+    fn is_static(&self, ip: IpAddr) -> bool {
+        self.statics
+            .iter()
+            .any(|s| s.addrs.iter().any(|a| canonical_ip(a.ip()) == ip))
+    }
+
+    /// Static peers whose name should be resolved now: (index, host, port). The caller
+    /// resolves off the loop and reports with `static_resolved`.
+    pub fn static_resolutions_due(&mut self, now: Instant) -> Vec<(usize, String, u16)> {
+        let mut out = Vec::new();
+        for (i, s) in self.statics.iter_mut().enumerate() {
+            if s.resolve_at.is_some_and(|t| t <= now) {
+                // re-armed by the answer; a lost answer is retried after the interval
+                s.resolve_at = Some(now + STATIC_RESOLVE_INTERVAL);
+                out.push((i, s.host.clone(), s.port));
+            }
+        }
+        out
+    }
+
+    /// The addresses a static peer's name resolved to (an error keeps the previous ones).
+    pub fn static_resolved(&mut self, index: usize, addrs: io::Result<Vec<SocketAddr>>) {
+        let Some(s) = self.statics.get_mut(index) else {
+            return;
+        };
+        match addrs {
+            Ok(a) if !a.is_empty() => {
+                if a != s.addrs {
+                    info!("static peer {} is at {:?}", s.host, a);
+                }
+                s.addrs = a.into_iter().take(4).collect();
+            }
+            Ok(_) => warn!("static peer {}: no address", s.host),
+            Err(e) => warn!("static peer {}: {e}", s.host),
+        }
+    }
+
+    pub fn static_peers(&self) -> &[StaticPeer] {
+        &self.statics
+    }
+
+    /// Whether flocon uses the interface named `name` at all: not excluded, and among
+    /// `--interface` when that is given.
+    fn interface_allowed(&self, name: &str) -> bool {
+        !self.excluded.iter().any(|e| e == name)
+            && (self.only_interfaces.is_empty() || self.only_interfaces.iter().any(|i| i == name))
+    }
+
+    /// Whether a peer connection that arrived at local address `local` may be served: it
+    /// came in on an interface flocon uses (loopback always: tests, `--peer-addr 127.0.0.x`).
+    /// A laptop with `exclude-interface = wlan0` serves nothing on its café Wi-Fi.
+    pub fn accepts_on(&self, local: IpAddr) -> bool {
+        let local = canonical_ip(local);
+        local.is_loopback()
+            || self
+                .local_nets
+                .iter()
+                .any(|a| canonical_ip(a.addr) == local && self.interface_allowed(&a.name))
+    }
+
+    /// The `Flocon-Auth` header for a request to a peer's file server, when keyed.
+    pub fn auth_header(&self, method: &str, path: &str) -> Option<(String, String)> {
+        let v = self
+            .keys
+            .sign_request(method, path, crate::server::unix_now())?;
+        Some((crate::auth::HTTP_HEADER.to_string(), v))
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// Whether `src` is on one of our links: loopback, an IPv6 link-local address, or inside
@@ -572,12 +777,15 @@ impl Discovery {
         has_file: &mut HasFile,
         events: &mut Vec<DiscoveryEvent>,
     ) {
+        events.append(&mut self.deferred);
         let mut buf = [0u8; protocol::MAX_DATAGRAM + 1];
         loop {
             let recv = {
                 let sock = match token {
                     UNICAST_V4 => self.u4.as_ref(),
                     UNICAST_V6 => self.u6.as_ref(),
+                    QUERY_V4 => self.q4.as_ref(),
+                    QUERY_V6 => self.q6.as_ref(),
                     t => self
                         .memberships
                         .iter()
@@ -610,11 +818,29 @@ impl Discovery {
     ) {
         self.stats.datagrams_in += 1;
         let src = canonical_addr(src);
-        if !crate::peers::plausible_source(&src) || !self.on_link(&src) {
+        if !crate::peers::plausible_source(&src) {
             self.stats.rejected += 1;
             return;
         }
-        let (h, msg) = match protocol::decode(data) {
+        // With a key, the MAC and the replay window come before anything else looks at the
+        // bytes (docs/PROTOCOL.md §10.3); an authenticated sender may be off-link.
+        let (body, flags) = if self.keys.is_empty() {
+            (data, 0)
+        } else {
+            match self.authenticate(data) {
+                Some(body) => (body, protocol::FLAG_AUTH),
+                None => {
+                    self.stats.rejected += 1;
+                    self.stats.auth_rejected += 1;
+                    return;
+                }
+            }
+        };
+        if flags == 0 && !self.on_link(&src) && !self.is_static(src.ip()) {
+            self.stats.rejected += 1;
+            return;
+        }
+        let (h, msg) = match protocol::decode_with_flags(body, flags) {
             Ok(x) => x,
             Err(e) => {
                 self.stats.rejected += 1;
@@ -632,36 +858,32 @@ impl Discovery {
         }
         match msg {
             Message::Announce(a) => match self.peers.on_announce(src, &h, &a, now) {
-                PeerEvent::New { dropped } => {
-                    info!(
-                        "peer {} ({}, {} {}) at {}",
-                        a.name,
-                        short_id(h.instance),
-                        a.distro,
-                        a.archs.join(","),
-                        src
-                    );
-                    if let Some(old) = dropped {
-                        self.dropped(&old, events, now);
-                    }
-                    self.hurry_announce(now);
-                    events.push(DiscoveryEvent::PeerUp);
-                }
-                PeerEvent::Updated { dropped } => {
-                    if let Some(old) = dropped {
-                        self.dropped(&old, events, now);
+                PeerEvent::Ignored(IgnoreReason::Unverified) => {
+                    if !self.checks.pending_for(h.instance) {
+                        let reason = CheckReason::Admit(Box::new((h.clone(), a)));
+                        self.start_check(src, h.instance, reason, now, events);
                     }
                 }
                 PeerEvent::Ignored(why) => debug!("announcement from {src} ignored: {why:?}"),
+                PeerEvent::New { dropped } | PeerEvent::Updated { dropped } => {
+                    if let Some(old) = dropped {
+                        self.dropped(&old, events, now);
+                    }
+                }
             },
             Message::Goodbye => {
-                if let Some(p) = self.peers.on_goodbye(src, &h) {
-                    info!("peer {} ({}) said goodbye", p.name, short_id(p.instance));
-                    self.forget_in_lookups(p.instance, events, now);
+                if let Some(inst) = self.peers.on_goodbye(src, &h)
+                    && !self.checks.pending_for(inst)
+                {
+                    debug!("goodbye from {}: checking", short_id(inst));
+                    self.start_check(src, inst, CheckReason::Goodbye, now, events);
                 }
             }
-            Message::Query(q) => self.answer_query(src, &q, data.len(), has_file),
+            Message::Query(q) => self.answer_query(src, &q, body.len(), has_file, now),
             Message::Answer(a) => {
+                if let Some(outcome) = self.checks.on_answer(src, a.id, h.instance) {
+                    return self.on_check(outcome, now, events);
+                }
                 let Some(peer) = self.peers.by_addr(&src).map(|p| p.instance) else {
                     debug!("answer from unknown {src} ignored");
                     return;
@@ -669,12 +891,141 @@ impl Discovery {
                 if peer != h.instance {
                     return;
                 }
-                if let Some(l) = self.lookups.get_mut(&a.id)
-                    && l.on_answer(peer, &a)
-                {
-                    self.finish_lookup(a.id, events);
+                if let Some(l) = self.lookups.get_mut(&a.id) {
+                    let counted = l.is_pending(peer);
+                    let done = l.on_answer(peer, &a);
+                    if counted {
+                        self.peers.credit_answer(peer, a.have);
+                    }
+                    if done {
+                        self.finish_lookup(a.id, events, now);
+                    }
                 }
             }
+        }
+    }
+
+    /// Checks a keyed datagram's MAC and stamp; returns the message part.
+    fn authenticate<'a>(&mut self, data: &'a [u8]) -> Option<&'a [u8]> {
+        let (body, stamp) = self.keys.open(data).ok()?;
+        // the instance, at its fixed header offset; the MAC already vouches for it
+        let instance = u64::from_be_bytes(body.get(8..16)?.try_into().ok()?);
+        self.replay.check(instance, stamp, unix_micros()).ok()?;
+        Some(body)
+    }
+
+    /// Sends a check: a QUERY for CHECK_NAME with a fresh random id to `addr`, from the
+    /// well-known socket. Bounded by `Checks` (one per address, CHECK_RATE per second).
+    fn start_check(
+        &mut self,
+        addr: SocketAddr,
+        instance: u64,
+        reason: CheckReason,
+        now: Instant,
+        events: &mut Vec<DiscoveryEvent>,
+    ) {
+        let cookie = (self.cookies.next() >> 32) as u32;
+        let Some(c) = self.checks.start(addr, instance, reason, cookie, now) else {
+            return;
+        };
+        let to = c.addr;
+        self.send_check(to, cookie);
+        // wake the loop for the check's deadline (announce_deadline includes it)
+        events.push(DiscoveryEvent::PeerUp);
+    }
+
+    fn send_check(&mut self, to: SocketAddr, cookie: u32) {
+        self.stats.checks_sent += 1;
+        let q = Message::Query(Query {
+            id: cookie,
+            name: crate::peers::CHECK_NAME.to_string(),
+            size: None,
+            sha256: None,
+        });
+        self.send_unicast(to, &q, false);
+    }
+
+    fn on_check(&mut self, outcome: CheckOutcome, now: Instant, events: &mut Vec<DiscoveryEvent>) {
+        match outcome {
+            CheckOutcome::Confirmed(c) => match c.reason {
+                CheckReason::Admit(ha) => {
+                    let (h, a) = *ha;
+                    let r = self.rng.next();
+                    match self.peers.admit(c.addr, &h, &a, now, r) {
+                        PeerEvent::New { dropped } => {
+                            info!(
+                                "peer {} ({}, {} {}) at {}",
+                                a.name,
+                                short_id(h.instance),
+                                a.distro,
+                                a.archs.join(","),
+                                c.addr
+                            );
+                            if let Some(old) = dropped {
+                                self.dropped(&old, events, now);
+                            }
+                            self.hurry_announce(now);
+                            events.push(DiscoveryEvent::PeerUp);
+                        }
+                        e => debug!("{} not admitted: {e:?}", short_id(h.instance)),
+                    }
+                }
+                CheckReason::Goodbye => {
+                    info!(
+                        "goodbye in the name of {} at {}, which still answers: ignored",
+                        short_id(c.instance),
+                        c.addr
+                    );
+                }
+            },
+            CheckOutcome::Refuted(c, other) => match c.reason {
+                CheckReason::Admit(_) => info!(
+                    "{} claimed {}, but {} answers there: ignored",
+                    short_id(c.instance),
+                    c.addr,
+                    short_id(other)
+                ),
+                CheckReason::Goodbye => self.remove_peer(c.instance, "said goodbye", events, now),
+            },
+            CheckOutcome::Silent(c) => {
+                self.stats.checks_failed += 1;
+                match c.reason {
+                    CheckReason::Admit(_) => {
+                        debug!(
+                            "{} at {} did not answer its check",
+                            short_id(c.instance),
+                            c.addr
+                        )
+                    }
+                    CheckReason::Goodbye => {
+                        self.remove_peer(c.instance, "said goodbye", events, now)
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove_peer(
+        &mut self,
+        instance: u64,
+        why: &str,
+        events: &mut Vec<DiscoveryEvent>,
+        now: Instant,
+    ) {
+        if let Some(p) = self.peers.remove(instance) {
+            info!("peer {} ({}) {why}", p.name, short_id(p.instance));
+            self.forget_in_lookups(p.instance, events, now);
+        }
+    }
+
+    /// Retries and timeouts of checks; the loop calls it at `deadline()`.
+    pub fn run_checks(&mut self, now: Instant, events: &mut Vec<DiscoveryEvent>) {
+        let (again, silent) = self.checks.due(now);
+        for c in again {
+            self.send_check(c.addr, c.cookie);
+        }
+        for o in silent {
+            self.on_check(o, now, events);
         }
     }
 
@@ -684,8 +1035,24 @@ impl Discovery {
         q: &Query,
         query_len: usize,
         has_file: &mut HasFile,
+        now: Instant,
     ) {
-        let found = has_file(&q.name);
+        if self.leaving {
+            return;
+        }
+        // Strangers (not a peer's host, not a static peer) share one budget: spoofed queries
+        // from addresses that do not exist cannot fill the send buffer while their answers
+        // wait for address resolution.
+        let known = self.peers.by_ip(src.ip()).is_some() || self.is_static(src.ip());
+        if !known && !self.strangers.allow(now) {
+            self.stats.rejected += 1;
+            return;
+        }
+        let found = if q.name == crate::peers::CHECK_NAME {
+            None
+        } else {
+            has_file(&q.name)
+        };
         let answer = Message::Answer(Answer {
             id: q.id,
             have: found.is_some(),
@@ -697,14 +1064,16 @@ impl Discovery {
             instance: self.instance,
             seq: self.seq.wrapping_add(1),
         };
-        protocol::encode(&h, &answer, &mut self.buf);
+        let mut probe = Vec::new();
+        protocol::encode(&h, &answer, &mut probe);
         // never amplify: an answer larger than its query is not sent (the codec makes this
-        // impossible for valid queries; this is the belt to its braces)
-        if self.buf.len() > query_len {
+        // impossible for valid queries; this is the belt to its braces; a keyed answer and
+        // query carry the same trailer)
+        if probe.len() > query_len {
             return;
         }
         self.stats.queries_answered += 1;
-        self.send_unicast(src, &answer);
+        self.send_unicast(src, &answer, false);
     }
 
     /// Starts "who has `name`?" among the live, unbanned peers. Returns its id, or None when
@@ -722,11 +1091,13 @@ impl Discovery {
         }
         let id = self.next_lookup;
         self.next_lookup = self.next_lookup.wrapping_add(1).max(1);
+        self.lookup_round = self.lookup_round.wrapping_add(1);
         let targets: Vec<(u64, SocketAddr)> = self
             .peers
-            .iter()
-            .filter(|p| !self.is_banned(p.instance, now))
-            .map(|p| (p.instance, p.addr))
+            .lookup_targets(self.lookup_round, MAX_FANOUT + MAX_FANOUT, now)
+            .into_iter()
+            .filter(|(i, _)| !self.is_banned(*i, now))
+            .take(MAX_FANOUT)
             .collect();
         let asked = targets.iter().map(|(i, _)| *i).collect();
         self.lookups.insert(
@@ -740,16 +1111,19 @@ impl Discovery {
             sha256: expected.and_then(|e| e.1),
         });
         for (_, addr) in &targets {
-            self.send_unicast(*addr, &q);
+            self.send_unicast(*addr, &q, true);
         }
         if targets.is_empty() {
-            self.finish_lookup(id, events);
+            self.finish_lookup(id, events, now);
         }
         Some(id)
     }
 
-    fn finish_lookup(&mut self, id: u32, events: &mut Vec<DiscoveryEvent>) {
+    fn finish_lookup(&mut self, id: u32, events: &mut Vec<DiscoveryEvent>, now: Instant) {
         if let Some(l) = self.lookups.remove(&id) {
+            for i in l.pending() {
+                self.peers.note_unanswered(i, now);
+            }
             events.push(DiscoveryEvent::Decided(Decided {
                 id,
                 candidates: l.candidates(),
@@ -761,8 +1135,9 @@ impl Discovery {
 
     /// A lookup's deadline passed: decide with what arrived.
     pub fn lookup_deadline(&mut self, id: u32, now: Instant, events: &mut Vec<DiscoveryEvent>) {
+        events.append(&mut self.deferred);
         if self.lookups.get(&id).is_some_and(|l| l.is_done(now)) {
-            self.finish_lookup(id, events);
+            self.finish_lookup(id, events, now);
         }
     }
 
@@ -773,7 +1148,7 @@ impl Discovery {
             .filter_map(|(id, l)| (l.forget(instance) && l.is_done(now)).then_some(*id))
             .collect();
         for id in ids {
-            self.finish_lookup(id, events);
+            self.finish_lookup(id, events, now);
         }
     }
 
@@ -789,6 +1164,7 @@ impl Discovery {
 
     /// Expires silent peers; lookups waiting on them stop waiting.
     pub fn expire(&mut self, now: Instant, events: &mut Vec<DiscoveryEvent>) {
+        events.append(&mut self.deferred);
         for p in self.peers.expire(now) {
             info!("peer {} ({}) expired", p.name, short_id(p.instance));
             self.forget_in_lookups(p.instance, events, now);
@@ -827,6 +1203,19 @@ impl Discovery {
     }
 }
 
+/// Resolver request ids for static peer names: the top bit set, the peer's index below
+/// (the daemon's own requests count up from 1 and never reach it).
+const STATIC_RESOLVE_BIT: u64 = 1 << 63;
+
+pub fn static_resolve_id(index: usize) -> u64 {
+    STATIC_RESOLVE_BIT | index as u64
+}
+
+/// The static peer a resolver answer is for, if it is one.
+pub fn static_peer_of(id: u64) -> Option<usize> {
+    (id & STATIC_RESOLVE_BIT != 0).then_some((id & !STATIC_RESOLVE_BIT) as usize)
+}
+
 /// What the daemon knows of a file asked for: None, or its size and (maybe) SHA-256.
 pub type HasFile<'a> = dyn FnMut(&str) -> Option<(u64, Option<[u8; 32]>)> + 'a;
 
@@ -837,6 +1226,44 @@ pub enum DiscoveryEvent {
 
 pub fn short_id(instance: u64) -> String {
     format!("{:08x}", (instance >> 32) as u32)
+}
+
+/// The wall clock in microseconds since the epoch: keyed datagrams' stamps.
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address; the port defaults to `port`.
+pub fn split_host_port(s: &str, port: u16) -> Option<(String, u16)> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 260 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']')?;
+        host.parse::<Ipv6Addr>().ok()?;
+        let p = match tail.strip_prefix(':') {
+            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0)?,
+            None if tail.is_empty() => port,
+            None => return None,
+        };
+        return Some((host.to_string(), p));
+    }
+    if s.parse::<Ipv6Addr>().is_ok() {
+        return Some((s.to_string(), port));
+    }
+    let (host, p) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok().filter(|&p| p != 0)?),
+        None => (s, port),
+    };
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    ok.then(|| (host.to_string(), p))
 }
 
 fn is_link_local(v6: &Ipv6Addr) -> bool {

@@ -9,12 +9,13 @@ use crate::discovery::{Discovery, DiscoveryEvent};
 use crate::eventloop::{Ready, Slots, TimerId, Timers};
 use crate::fetch::{self, Fetch};
 use crate::front::{Deadline, Env, Reply};
+use crate::policy::Strikes;
 use crate::resolver::Resolver;
 use crate::stager::{StageHandle, Stager};
 use crate::syncdb::{PkgInfo, SyncIndex};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 /// What a slot holds.
@@ -62,6 +63,8 @@ pub(crate) struct Loop<'a> {
     pub(crate) resolver: &'a mut Resolver,
     pub(crate) stager: &'a Stager,
     pub(crate) decided: &'a mut Vec<DiscoveryEvent>,
+    pub(crate) strikes: &'a mut Strikes<IpAddr>,
+    pub(crate) front_addrs: &'a [SocketAddr],
 }
 
 impl Env for Loop<'_> {
@@ -93,8 +96,13 @@ impl Env for Loop<'_> {
                 | conn::State::Done))
     }
 
-    fn start_fetch(&mut self, req: fetch::Request) -> Option<Token> {
+    fn start_fetch(&mut self, mut req: fetch::Request) -> Option<Token> {
         let addr = req.addr;
+        // under a group key, a request to a peer's file server carries Flocon-Auth
+        if self.discovery.peers.iter().any(|p| p.tcp_addr() == addr) {
+            let auth = self.discovery.auth_header(req.method.as_str(), &req.path);
+            req.headers.extend(auth);
+        }
         let f = Fetch::connect(req, self.now)
             .map_err(|e| debug!("connect {addr}: {e}"))
             .ok()?;
@@ -164,10 +172,32 @@ impl Env for Loop<'_> {
 
     fn is_banned(&self, instance: u64) -> bool {
         self.discovery.is_banned(instance, self.now)
+            || (self.discovery.peers.get(instance))
+                .is_some_and(|p| self.strikes.is_benched(p.addr.ip(), self.now))
     }
 
     fn ban(&mut self, instance: u64, why: &str) {
         self.discovery.ban(instance, self.now, why);
+    }
+
+    fn strike(&mut self, instance: u64, why: &str) {
+        let Some(p) = self.discovery.peers.get(instance) else {
+            return;
+        };
+        let d = self.strikes.strike(p.addr.ip(), self.now, why);
+        warn!("benched peer {} ({}) for {d:?}: {why}", p.name, p.addr.ip());
+    }
+
+    fn db_signature(&self, repo: &str, file: &str) -> Option<Vec<u8>> {
+        self.index.signature(repo, file)
+    }
+
+    fn is_own_front(&self, addr: SocketAddr) -> bool {
+        (self.front_addrs.iter()).any(|f| crate::guard::is_own_front(addr, *f))
+    }
+
+    fn peer_served(&mut self, instance: u64) {
+        self.discovery.peers.credit_served(instance);
     }
 
     fn indexed(&self, repo: &str, file: &str) -> Option<PkgInfo> {

@@ -1,6 +1,8 @@
 //! The loopback front: what each request from pacman gets. A package the local sync db lists
-//! comes from a verified peer copy (transfer.rs) or upstream; its `.sig` from the peer that
-//! had the package, else upstream; everything else upstream only. Upstream `http://` is
+//! comes from a verified peer copy (transfer.rs), resumed from the next peer or the mirror
+//! when a source fails, or upstream; its `.sig` from the db's `%PGPSIG%`, else from the peer
+//! that had the package if that peer says so now (checked, bounded: sig.rs), else upstream;
+//! everything else upstream only. What a misbehaving peer earns is policy.rs's decision. Upstream `http://` is
 //! proxied (streamed, Range and If-Modified-Since passed through, redirects followed, every
 //! resolved address tried); `https://` gets a 307 so pacman's own TLS does the work.
 //!
@@ -11,9 +13,12 @@
 
 use crate::eventloop::TimerId;
 use crate::fetch;
+use crate::guard;
 use crate::http::{self, FileKind, Method, RangeOutcome, Request};
 use crate::metrics::{Metrics, human_bytes};
 use crate::peers::Candidate;
+use crate::policy::{self, Action, Conduct, Pace};
+use crate::sig::SigFetch;
 use crate::stager::{Report, StageHandle};
 use crate::status::json_str;
 use crate::syncdb::PkgInfo;
@@ -44,12 +49,21 @@ pub const DNS_WAIT_MAX: Duration = Duration::from_secs(4);
 /// A verified copy stays this long after it was handed out, for requests for the same file
 /// that arrive just after (a second pacman, a retry): no second lookup or copy.
 pub const READY_LINGER: Duration = Duration::from_secs(10);
+/// How often a copy from a peer is measured (policy::pace over the last PACE_MEASURE).
+const PACE_CHECK: Duration = Duration::from_millis(500);
+/// The time a copy has before pacman runs out of self-redirects: its first wait plus every
+/// redirect round. A copy that cannot finish within it hands its remainder to the mirror.
+const COPY_BUDGET: Duration = Duration::from_secs(
+    transfer::REDIRECT_AFTER.as_secs() * (transfer::MAX_REDIRECT_ROUNDS as u64 + 1),
+);
+/// The "instance" recorded for bytes a copy took from the mirror (no peer is ever 0: ids are
+/// random, and a contributor 0 is never judged).
+const MIRROR: u64 = 0;
 
-/// Where a proxied answer can come from, tried in order.
+/// Where a proxied answer can come from, tried in order. Peers never: a proxy follows
+/// redirects, and a peer's redirect could point anywhere (the host's own loopback).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// A LAN peer's file server (only for `.sig` files).
-    Peer(SocketAddr, String),
     /// An upstream mirror URL (http:// proxied, https:// redirected).
     Url(String),
 }
@@ -94,6 +108,14 @@ pub enum Wait {
     Copy { file: String, until: Instant },
     /// A fetch streaming a source's answer to the client.
     Upstream { fetch: Token, proxy: Box<Proxy> },
+    /// "Who has this `.sig`?": the peer that served the package must say so again.
+    SigLookup { id: u32, hint: u64 },
+    /// The `.sig` from that peer, whole within `SigFetch`'s bounds, checked before it goes out.
+    Sig {
+        fetch: Token,
+        instance: u64,
+        sig: SigFetch,
+    },
     /// The name of the proxy's next source being resolved.
     Dns {
         id: u64,
@@ -108,7 +130,8 @@ impl Wait {
     fn deadline(&self) -> Option<Instant> {
         match self {
             Wait::Db { until } | Wait::Copy { until, .. } | Wait::Dns { until, .. } => Some(*until),
-            Wait::Lookup { .. } | Wait::Upstream { .. } => None,
+            Wait::Sig { sig, .. } => Some(sig.deadline()),
+            Wait::Lookup { .. } | Wait::Upstream { .. } | Wait::SigLookup { .. } => None,
         }
     }
 }
@@ -140,6 +163,8 @@ pub enum Deadline {
     Request(Token, u64),
     /// A handed-out copy (file, serial) is dropped.
     Linger(String, u64),
+    /// A copy (file, serial) from a peer is measured (policy::pace).
+    Pace(String, u64),
 }
 
 /// What a fetch is for.
@@ -151,8 +176,12 @@ enum Purpose {
         instance: u64,
         resume: u64,
     },
+    /// The rest of a copy from the mirror, with Range from the bytes already staged.
+    MirrorCopy { file: String },
     /// Streaming a source's answer to one front connection.
     Proxy(Token),
+    /// A `.sig` from a peer for one front connection.
+    Sig(Token),
 }
 
 /// Who waits for a lookup.
@@ -160,18 +189,26 @@ enum Purpose {
 enum LookupFor {
     Client(Token),
     Copy(String),
+    Sig(Token),
 }
 
 /// A copy from peers, shared by every request for its file.
 struct Copy {
     transfer: Transfer,
     serial: u64,
+    /// Peers this copy was started from, in order (a failed mixed copy starts again from
+    /// one of them).
+    tried: Vec<(Candidate, SocketAddr)>,
+    /// It started again from one source once already.
+    restarted: bool,
+    /// Where the current source's rate is measured from: (when, bytes staged then).
+    pace_mark: (Instant, u64),
+    pace_timer: Option<TimerId>,
 }
 
 /// A `.sig` is asked first from the peer that served its package.
 struct SigHint {
     instance: u64,
-    addr: SocketAddr,
     at: Instant,
 }
 
@@ -234,8 +271,15 @@ pub trait Env {
     /// The file server of a live peer.
     fn peer_addr(&self, instance: u64) -> Option<SocketAddr>;
     fn peer_name(&self, instance: u64) -> String;
+    /// Banned (proven wrong) or benched (struck): not asked.
     fn is_banned(&self, instance: u64) -> bool;
     fn ban(&mut self, instance: u64, why: &str);
+    /// A strike (policy.rs): the peer is benched for a while.
+    fn strike(&mut self, instance: u64, why: &str);
+    /// The `.sig` the local sync db carries for a package (`%PGPSIG%`), if any.
+    fn db_signature(&self, repo: &str, file: &str) -> Option<Vec<u8>>;
+    /// Whether an upstream address is this daemon's own front (asking it would loop).
+    fn is_own_front(&self, addr: SocketAddr) -> bool;
     fn indexed(&self, repo: &str, file: &str) -> Option<PkgInfo>;
     /// Whether a sync db changed and is being parsed (stats the db files first).
     fn dbs_loading(&mut self) -> bool;
@@ -246,6 +290,8 @@ pub trait Env {
     fn resolve_now(&mut self, host: &str, port: u16) -> Option<Vec<SocketAddr>>;
     /// Starts resolving; the answer comes through `Front::on_resolved`. False when refused.
     fn resolve(&mut self, id: u64, host: &str, port: u16) -> bool;
+    /// A peer served a copy that matched the sync db (it ranks first from now on).
+    fn peer_served(&mut self, _instance: u64) {}
 }
 
 #[derive(Default)]
@@ -354,8 +400,12 @@ impl Front {
                 self.fetches.remove(&fetch);
                 env.stop_fetch(fetch);
             }
-            Wait::Lookup { id, .. } => {
+            Wait::Lookup { id, .. } | Wait::SigLookup { id, .. } => {
                 self.lookups.remove(&id);
+            }
+            Wait::Sig { fetch, .. } => {
+                self.fetches.remove(&fetch);
+                env.stop_fetch(fetch);
             }
             Wait::Db { .. } | Wait::Copy { .. } | Wait::Dns { .. } => {}
         }
@@ -403,16 +453,24 @@ impl Front {
             }
             FileKind::PackageSig => {
                 let pkg = file.trim_end_matches(".sig");
-                let mut first = Vec::new();
-                // the peer that just served the package, if it is still there
+                // the db's own signature: no network, right by construction
+                if let Some(sig) = env.db_signature(&repo, pkg) {
+                    return hand_bytes(env, t, &r.request, &sig);
+                }
+                // the peer that just served the package, if it says now that it has the .sig
                 if let Some(h) = self.sig_hints.get(pkg)
+                    && r.request.method == Method::Get
                     && env.now().duration_since(h.at) < SIG_HINT_TTL
                     && env.peer_addr(h.instance).is_some()
                     && !env.is_banned(h.instance)
                 {
-                    first.push(Source::Peer(h.addr, format!("/{file}")));
+                    let hint = h.instance;
+                    if let Some(id) = env.start_lookup(&file, None) {
+                        self.lookups.insert(id, LookupFor::Sig(t));
+                        return self.wait(env, t, r, Wait::SigLookup { id, hint });
+                    }
                 }
-                self.serve_upstream(env, t, r, &repo, &arch, &file, first);
+                self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new());
             }
             // databases never come from peers: a peer's db can be stale (rollback)
             FileKind::Database | FileKind::DatabaseSig => {
@@ -497,6 +555,10 @@ impl Front {
         let copy = Copy {
             transfer: tr,
             serial: self.serial,
+            tried: Vec::new(),
+            restarted: false,
+            pace_mark: (now, 0),
+            pace_timer: None,
         };
         self.copies.insert(file.to_string(), copy);
         let until = now + transfer::REDIRECT_AFTER;
@@ -557,7 +619,134 @@ impl Front {
                 );
                 self.next_peer(env, &file);
             }
+            Some(LookupFor::Sig(t)) => {
+                let Some((r, Wait::SigLookup { hint, .. })) = self.take(env, t) else {
+                    return;
+                };
+                let said_so = candidates.iter().any(|c| c.instance == hint);
+                match env.peer_addr(hint) {
+                    Some(addr) if said_so && !env.is_banned(hint) => {
+                        self.sig_from_peer(env, t, r, hint, addr)
+                    }
+                    _ => {
+                        debug!("the .sig's peer did not answer that it has it: upstream");
+                        self.upstream_again(env, t, r)
+                    }
+                }
+            }
             None => {}
+        }
+    }
+
+    /// Fetches a `.sig` from the peer that served its package, bounded by `SigFetch`.
+    fn sig_from_peer(
+        &mut self,
+        env: &mut impl Env,
+        t: Token,
+        r: Asked,
+        instance: u64,
+        addr: SocketAddr,
+    ) {
+        let Ok((_, _, file)) = http::front_path(r.request.target.split('?').next().unwrap_or(""))
+        else {
+            return answer(env, t, Reply::Error(400));
+        };
+        let req = fetch::Request {
+            method: Method::Get,
+            addr,
+            host_header: addr.to_string(),
+            path: format!("/{}", guard::encode_segment(&file)),
+            headers: Vec::new(),
+        };
+        match env.start_fetch(req) {
+            Some(fetch) => {
+                debug!("{file}: from peer {addr}");
+                self.fetches.insert(fetch, Purpose::Sig(t));
+                let sig = SigFetch::new(env.now());
+                self.wait(
+                    env,
+                    t,
+                    r,
+                    Wait::Sig {
+                        fetch,
+                        instance,
+                        sig,
+                    },
+                );
+            }
+            None => self.upstream_again(env, t, r),
+        }
+    }
+
+    /// A request whose peer source fell through goes to the upstreams.
+    fn upstream_again(&mut self, env: &mut impl Env, t: Token, r: Asked) {
+        let path = r.request.target.split('?').next().unwrap_or("").to_string();
+        match http::front_path(&path) {
+            Ok((repo, arch, file)) => {
+                self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new())
+            }
+            Err(e) => answer(env, t, Reply::Error(e.status())),
+        }
+    }
+
+    /// What a peer did, judged once (policy.rs), and done.
+    fn judge(&mut self, env: &mut impl Env, instance: u64, c: Conduct, why: &str) {
+        if instance == MIRROR {
+            return;
+        }
+        match policy::judge(c) {
+            Action::Ban => {
+                env.ban(instance, why);
+                self.metrics.banned();
+            }
+            Action::Strike => env.strike(instance, why),
+            Action::NextSource => debug!(
+                "peer {}: {why} ({c:?}); next source, nothing held against it",
+                env.peer_name(instance)
+            ),
+        }
+    }
+
+    fn on_sig_event(&mut self, env: &mut impl Env, tok: Token, client: Token, ev: fetch::Event) {
+        let Some((r, wait)) = self.take(env, client) else {
+            return self.end_fetch(env, tok);
+        };
+        let Wait::Sig {
+            fetch,
+            instance,
+            mut sig,
+        } = wait
+        else {
+            self.wait(env, client, r, wait);
+            return self.end_fetch(env, tok);
+        };
+        let now = env.now();
+        let step = match ev {
+            fetch::Event::Head(h) => sig.on_head(h.status, h.content_length).map(|()| None),
+            fetch::Event::Body(data) => sig.on_body(&data, now).map(|()| None),
+            fetch::Event::Done => sig.finish(now).map(Some),
+            fetch::Event::Failed(why) => Err(policy::conduct_of_failure(&why)),
+        };
+        match step {
+            Ok(None) => self.wait(
+                env,
+                client,
+                r,
+                Wait::Sig {
+                    fetch,
+                    instance,
+                    sig,
+                },
+            ),
+            Ok(Some(bytes)) => {
+                self.end_fetch(env, tok);
+                hand_bytes(env, client, &r.request, &bytes);
+            }
+            Err(c) => {
+                self.end_fetch(env, tok);
+                self.judge(env, instance, c, &format!("its .sig: {c:?}"));
+                self.upstream_again(env, client, r);
+            }
         }
     }
 
@@ -574,14 +763,25 @@ impl Front {
                 None
             };
             let Some((cand, addr)) = next else {
+                if tr.received > 0 {
+                    // what is staged stays: the mirror sends only the rest
+                    return self.rest_from_mirror(env, file);
+                }
                 debug!("{file}: no peer can deliver; upstream");
                 return self.copy_failed(env, file);
             };
             if env.is_banned(cand.instance) {
                 continue;
             }
+            let now = env.now();
             let resume = tr.received;
-            tr.begin_source(cand.instance, addr, env.now());
+            tr.begin_source(cand.instance, addr, now);
+            c.tried.push((cand.clone(), addr));
+            c.pace_mark = (now, resume);
+            if let Some(id) = c.pace_timer.take() {
+                env.cancel(id);
+            }
+            let serial = c.serial;
             let mut headers = Vec::new();
             if resume > 0 {
                 headers.push(("Range".to_string(), format!("bytes={resume}-")));
@@ -590,10 +790,15 @@ impl Front {
                 method: Method::Get,
                 addr,
                 host_header: addr.to_string(),
-                path: format!("/{file}"),
+                path: format!("/{}", guard::encode_segment(file)),
                 headers,
             };
             if let Some(tok) = env.start_fetch(req) {
+                // measured from now on: a stall or a drip costs one PACE_MEASURE (3 s), not 8 s
+                let pace = env.timer(now + PACE_CHECK, Deadline::Pace(file.to_string(), serial));
+                if let Some(c) = self.copies.get_mut(file) {
+                    c.pace_timer = pace;
+                }
                 info!(
                     "fetching {file} from peer {addr}{}",
                     if resume > 0 {
@@ -623,6 +828,26 @@ impl Front {
             .collect();
         v.sort();
         v
+    }
+
+    /// Ends a copy and its fetch (its waiters, if any, are the caller's business).
+    fn stop_copy(&mut self, env: &mut impl Env, file: &str) {
+        let Some(c) = self.copies.remove(file) else {
+            return;
+        };
+        if let Some(id) = c.pace_timer {
+            env.cancel(id);
+        }
+        let toks: Vec<Token> = self
+            .fetches
+            .iter()
+            .filter(|(_, p)| matches!(p, Purpose::PeerCopy { file: f, .. } | Purpose::MirrorCopy { file: f } if f == file))
+            .map(|(t, _)| *t)
+            .collect();
+        for tok in toks {
+            self.end_fetch(env, tok);
+        }
+        info!("{file}: copy stopped (nobody waits for it)");
     }
 
     /// The LAN cannot deliver this file: the copy ends and every waiter goes upstream.
@@ -676,6 +901,7 @@ impl Front {
                     self.copies.remove(&file);
                 }
             }
+            Deadline::Pace(file, serial) => self.on_pace(env, &file, serial),
             Deadline::Request(t, n) => {
                 if self.requests.get(&t).is_none_or(|r| r.number != n) {
                     return;
@@ -689,6 +915,21 @@ impl Front {
                         self.dispatch(env, t, r);
                     }
                     Wait::Copy { file, .. } => self.copy_too_slow(env, t, r, file),
+                    Wait::Sig {
+                        fetch,
+                        instance,
+                        sig,
+                    } => {
+                        self.end_fetch(env, fetch);
+                        let c = sig.late();
+                        self.judge(
+                            env,
+                            instance,
+                            c,
+                            &format!("its .sig: {c:?} past the deadline"),
+                        );
+                        self.upstream_again(env, t, r);
+                    }
                     Wait::Dns {
                         mut proxy, host, ..
                     } => {
@@ -696,7 +937,7 @@ impl Front {
                         proxy.last_status = Some(504);
                         self.next_source(env, t, r, proxy);
                     }
-                    w @ (Wait::Lookup { .. } | Wait::Upstream { .. }) => {
+                    w @ (Wait::Lookup { .. } | Wait::Upstream { .. } | Wait::SigLookup { .. }) => {
                         // no deadline of their own: put back untouched
                         self.wait(env, t, r, w);
                     }
@@ -725,9 +966,13 @@ impl Front {
             env.reply(t, Reply::Bytes(307, &h, b""));
             return;
         }
-        // no progress from the LAN: this request goes upstream, the copy may still finish
+        // no progress from the LAN (or no redirect left): this request goes upstream
         let (repo, arch) = (tr.repo.clone(), tr.arch.clone());
         self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new());
+        // the mirror won: a copy nobody waits for any more is stopped
+        if self.copy_waiters(&file).is_empty() {
+            self.stop_copy(env, &file);
+        }
     }
 
     /// Sync dbs were (re)loaded: the requests that waited for them are dispatched again.
@@ -763,10 +1008,11 @@ impl Front {
     ) {
         let mut sources: VecDeque<Source> = first.into();
         for url in env.upstreams(repo, arch) {
+            // the name as validated: decoded once by the front, encoded once here
             sources.push_back(Source::Url(format!(
                 "{}/{}",
                 url.trim_end_matches('/'),
-                file
+                guard::encode_segment(file)
             )));
         }
         if sources.is_empty() {
@@ -798,6 +1044,15 @@ impl Front {
     fn next_source(&mut self, env: &mut impl Env, t: Token, r: Asked, mut p: Box<Proxy>) {
         loop {
             if let Some(addr) = p.addrs.pop_front() {
+                if env.is_own_front(addr) {
+                    // an upstream (or its redirect) naming this daemon would loop
+                    warn!(
+                        "{}: {} is this daemon's own front; not asking it",
+                        p.label, p.current
+                    );
+                    p.last_status = Some(502);
+                    continue;
+                }
                 let mut headers = Vec::new();
                 if let Some(range) = &p.range {
                     headers.push(("Range".to_string(), range.clone()));
@@ -829,12 +1084,6 @@ impl Front {
                 return answer(env, t, Reply::Error(status));
             };
             match src {
-                Source::Peer(addr, path) => {
-                    p.current = format!("http://{addr}{path}");
-                    p.host_header = addr.to_string();
-                    p.path = path;
-                    p.addrs = VecDeque::from([addr]);
-                }
                 Source::Url(url) if url.starts_with("https://") => {
                     if p.answered {
                         continue;
@@ -922,6 +1171,8 @@ impl Front {
                 resume,
             }) => self.on_peer_copy_event(env, tok, &file, instance, resume, ev),
             Some(Purpose::Proxy(client)) => self.on_proxy_event(env, tok, client, ev),
+            Some(Purpose::Sig(client)) => self.on_sig_event(env, tok, client, ev),
+            Some(Purpose::MirrorCopy { file }) => self.on_mirror_copy_event(env, tok, &file, ev),
             None => env.stop_fetch(tok),
         }
     }
@@ -947,33 +1198,34 @@ impl Front {
         match ev {
             fetch::Event::Head(h) => {
                 let want = tr.expected.size - resume;
-                let ok_status = if resume > 0 {
-                    h.status == 206
+                let right = if resume > 0 {
+                    h.status == 206 && h.content_range.map(|r| r.0) == Some(resume)
                 } else {
                     h.status == 200
                 };
-                if !ok_status || h.content_length != Some(want) {
-                    let length = (h.content_length)
-                        .map_or_else(|| "no length".to_string(), |l| format!("{l} bytes"));
-                    let why = format!(
-                        "{file}: answered {} with {length} where {want} bytes were due",
-                        h.status
-                    );
-                    self.end_fetch(env, tok);
-                    if h.status == 404 {
-                        // the file went away since the lookup: not a lie
-                        debug!("{file}: peer {why}");
-                    } else {
-                        self.ban(env, instance, &why);
-                    }
-                    self.next_peer(env, file);
-                }
+                let conduct = match h.status {
+                    _ if right && h.content_length == Some(want) => return,
+                    // the file went away since the lookup, or the peer is full: not a lie
+                    404 | 416 => Conduct::Gone,
+                    503 => Conduct::Busy,
+                    // a redirect (never followed), another length than it answered, ...
+                    _ => Conduct::BadHead,
+                };
+                let length = (h.content_length)
+                    .map_or_else(|| "no length".to_string(), |l| format!("{l} bytes"));
+                let why = format!(
+                    "{file}: answered {} with {length} where {want} bytes were due",
+                    h.status
+                );
+                self.end_fetch(env, tok);
+                self.judge(env, instance, conduct, &why);
+                self.next_peer(env, file);
             }
             fetch::Event::Body(data) => {
                 if tr.append(data).is_err() {
                     self.end_fetch(env, tok);
                     let why = format!("{file}: sent more bytes than the sync db's size");
-                    self.ban(env, instance, &why);
+                    self.judge(env, instance, Conduct::WrongBytes { sources: 1 }, &why);
                     self.next_peer(env, file);
                 }
             }
@@ -992,11 +1244,226 @@ impl Front {
                     let done = fetch::Event::Done;
                     return self.on_peer_copy_event(env, tok, file, instance, resume, done);
                 }
-                debug!("{file}: peer fetch failed: {why}");
+                let conduct = policy::conduct_of_failure(&why);
                 self.end_fetch(env, tok);
+                let why = format!(
+                    "{file}: {why} after {} bytes",
+                    tr_received(&self.copies, file)
+                );
+                self.judge(env, instance, conduct, &why);
                 self.next_peer(env, file);
             }
         }
+    }
+
+    /// A finished copy failed verification. From one source alone, that source is proven
+    /// wrong (banned); mixed from several, no one is: the copy starts again from one of
+    /// them (the last first), and only a copy from a single source can prove anything.
+    fn copy_refused(&mut self, env: &mut impl Env, file: &str, contributors: &[u64], what: &str) {
+        let peers: Vec<u64> = contributors
+            .iter()
+            .copied()
+            .filter(|c| *c != MIRROR)
+            .collect();
+        let mixed = contributors.len() > 1;
+        let conduct = Conduct::WrongBytes {
+            sources: contributors.len(),
+        };
+        let Some(c) = self.copies.get_mut(file) else {
+            return;
+        };
+        let size = c.transfer.expected.size;
+        c.transfer.reset_staging();
+        let why = format!("{file}: {what} (sync db says {size} bytes)");
+        if !mixed {
+            for p in peers {
+                self.judge(env, p, conduct, &why);
+            }
+            return self.next_peer(env, file);
+        }
+        warn!(
+            "{why}: copied from {} sources, none proven wrong; starting again from one",
+            contributors.len()
+        );
+        if c.restarted || contributors.contains(&MIRROR) {
+            return self.copy_failed(env, file);
+        }
+        c.restarted = true;
+        c.transfer.attempts = 0;
+        for tried in c.tried.drain(..) {
+            c.transfer.candidates.push_front(tried);
+        }
+        self.next_peer(env, file);
+    }
+
+    /// The rest of a copy from the first `http://` upstream, with Range from the staged
+    /// bytes: nothing is fetched twice. Without one (or with a name not resolved yet) the
+    /// waiters go upstream as they are.
+    fn rest_from_mirror(&mut self, env: &mut impl Env, file: &str) {
+        let Some(c) = self.copies.get_mut(file) else {
+            return;
+        };
+        let tr = &mut c.transfer;
+        let url = env
+            .upstreams(&tr.repo, &tr.arch)
+            .into_iter()
+            .find(|u| u.starts_with("http://"))
+            .map(|u| {
+                format!(
+                    "{}/{}",
+                    u.trim_end_matches('/'),
+                    guard::encode_segment(file)
+                )
+            });
+        let Some((host, port, path)) = url.as_deref().and_then(fetch::parse_http_url) else {
+            return self.copy_failed(env, file);
+        };
+        let addr = env
+            .resolve_now(&host, port)
+            .and_then(|a| a.into_iter().find(|a| !env.is_own_front(*a)));
+        let Some(addr) = addr else {
+            return self.copy_failed(env, file);
+        };
+        let now = env.now();
+        let resume = tr.received;
+        tr.begin_source(MIRROR, addr, now);
+        let req = fetch::Request {
+            method: Method::Get,
+            addr,
+            host_header: fetch::host_header(&host, port),
+            path,
+            headers: vec![("Range".to_string(), format!("bytes={resume}-"))],
+        };
+        let Some(tok) = env.start_fetch(req) else {
+            return self.copy_failed(env, file);
+        };
+        info!(
+            "{file}: {resume} of {} bytes staged; the rest from the mirror {host}",
+            tr.expected.size
+        );
+        let purpose = Purpose::MirrorCopy {
+            file: file.to_string(),
+        };
+        self.fetches.insert(tok, purpose);
+    }
+
+    fn on_mirror_copy_event(
+        &mut self,
+        env: &mut impl Env,
+        tok: Token,
+        file: &str,
+        ev: fetch::Event,
+    ) {
+        let Some(c) = self.copies.get_mut(file) else {
+            return self.end_fetch(env, tok);
+        };
+        let tr = &mut c.transfer;
+        match ev {
+            fetch::Event::Head(h) => {
+                let (start, size) = (tr.received, tr.expected.size);
+                let rest = h.status == 206
+                    && h.content_range == Some((start, size.saturating_sub(1), Some(size)))
+                    && h.content_length == Some(size - start);
+                let whole = h.status == 200 && h.content_length == Some(size);
+                if whole && start > 0 {
+                    // a mirror that ignores Range: the whole file, from the start
+                    match tr.source.map(|s| s.1) {
+                        Some(addr) => {
+                            tr.reset_staging();
+                            tr.begin_source(MIRROR, addr, env.now());
+                        }
+                        None => {
+                            self.end_fetch(env, tok);
+                            self.copy_failed(env, file);
+                        }
+                    }
+                } else if !rest && !whole {
+                    debug!("{file}: the mirror answered {} to the rest", h.status);
+                    self.end_fetch(env, tok);
+                    self.copy_failed(env, file);
+                }
+            }
+            fetch::Event::Body(data) => {
+                self.stats.upstream_bytes += data.len() as u64;
+                if let Err(e) = tr.append(data) {
+                    debug!("{file}: the mirror's rest: {e:?}");
+                    self.end_fetch(env, tok);
+                    self.copy_failed(env, file);
+                }
+            }
+            fetch::Event::Done => {
+                let r = tr.finish();
+                self.end_fetch(env, tok);
+                // the hash is checked on the stager thread: its verdict comes to on_staged
+                if let Err(v) = r {
+                    self.settled(env, file, v);
+                }
+            }
+            fetch::Event::Failed(why) => {
+                debug!("{file}: the mirror's rest failed: {why}");
+                self.end_fetch(env, tok);
+                self.copy_failed(env, file);
+            }
+        }
+    }
+
+    /// A copy's pace check (every PACE_CHECK while a peer sends it): a stall or a drip is
+    /// struck and the next source resumes; a rate that cannot finish in pacman's budget
+    /// hands the rest to the mirror.
+    fn on_pace(&mut self, env: &mut impl Env, file: &str, serial: u64) {
+        let now = env.now();
+        let Some(c) = self.copies.get_mut(file) else {
+            return;
+        };
+        c.pace_timer = None;
+        if c.serial != serial || c.transfer.phase != Phase::Fetching {
+            return;
+        }
+        let Some((tok, instance)) = self.fetches.iter().find_map(|(t, p)| match p {
+            Purpose::PeerCopy {
+                file: f, instance, ..
+            } if f == file => Some((*t, *instance)),
+            _ => None,
+        }) else {
+            return; // the mirror sends the rest: nothing to measure
+        };
+        let tr = &c.transfer;
+        let (since, mark) = c.pace_mark;
+        let over = now.saturating_duration_since(since);
+        let got = tr.received.saturating_sub(mark);
+        let left = tr.expected.size - tr.received;
+        let time_left = COPY_BUDGET.saturating_sub(now.saturating_duration_since(tr.started));
+        let pace = policy::pace(got, over, left, time_left);
+        if over >= policy::PACE_MEASURE {
+            c.pace_mark = (now, tr.received);
+        }
+        let conduct = match pace {
+            Pace::Keep | Pace::Measuring => {
+                c.pace_timer =
+                    env.timer(now + PACE_CHECK, Deadline::Pace(file.to_string(), serial));
+                return;
+            }
+            Pace::Drip if got == 0 => Conduct::Stall,
+            Pace::Drip => Conduct::Drip,
+            Pace::TooSlow => Conduct::TooSlow,
+        };
+        let why = format!(
+            "{file}: {got} bytes in {:.1} s ({conduct:?})",
+            over.as_secs_f64()
+        );
+        info!(
+            "{why}; {} of {} bytes staged",
+            tr.received, tr.expected.size
+        );
+        self.end_fetch(env, tok);
+        self.judge(env, instance, conduct, &why);
+        if conduct == Conduct::TooSlow {
+            // no other peer gets the rest: time is short, and the mirror is there
+            if let Some(c) = self.copies.get_mut(file) {
+                c.transfer.candidates.clear();
+            }
+        }
+        self.next_peer(env, file);
     }
 
     /// The stager's final word on a staged copy (stale when the copy is gone or was reset).
@@ -1035,18 +1502,25 @@ impl Front {
                     elapsed.as_secs_f64(),
                     size as f64 / elapsed.as_secs_f64().max(0.001) / 1e6
                 );
-                self.stats.lan_hits += 1;
-                self.stats.lan_bytes += size;
-                self.metrics.lan_hit(&tr.repo, size);
-                if let Some((instance, addr)) = source {
+                if !contributors.contains(&MIRROR) {
+                    self.stats.lan_hits += 1;
+                    self.stats.lan_bytes += size;
+                    self.metrics.lan_hit(&tr.repo, size);
+                }
+                if let Some((instance, _)) = source
+                    && instance != MIRROR
+                {
+                    env.peer_served(instance);
+                }
+                // the peer that sent the whole package may be asked for its .sig
+                if let Some((instance, _)) = source
+                    && contributors == [instance]
+                    && instance != MIRROR
+                {
                     if self.sig_hints.len() >= MAX_SIG_HINTS {
                         self.sig_hints.clear();
                     }
-                    let hint = SigHint {
-                        instance,
-                        addr,
-                        at: now,
-                    };
+                    let hint = SigHint { instance, at: now };
                     self.sig_hints.insert(file.to_string(), hint);
                 }
                 self.hand_out(env, file);
@@ -1059,29 +1533,25 @@ impl Front {
                 self.copy_failed(env, file);
             }
             v => {
-                let why = format!("{file}: {v} (the sync db says {size} bytes)");
-                tr.reset_staging();
-                for c in contributors {
-                    self.ban(env, c, &why);
-                }
                 self.stats.rejected_copies += 1;
                 self.metrics.rejected_copy();
-                self.next_peer(env, file);
+                self.copy_refused(env, file, &contributors, &format!("{v:?}"));
             }
         }
     }
 
-    /// Bans a peer for bytes that were not what the sync db says (counted for `/metrics`).
-    fn ban(&mut self, env: &mut impl Env, instance: u64, why: &str) {
-        env.ban(instance, why);
-        self.metrics.banned();
+    /// Whether a fetch brings a `.sig` from a peer (held in memory, at most 16 KiB: it reads
+    /// without waiting for a client's or the stager's room).
+    pub fn is_sig_fetch(&self, fetch: Token) -> bool {
+        matches!(self.fetches.get(&fetch), Some(Purpose::Sig(_)))
     }
 
     /// The fetches copying `file` from peers; all peer copies' for "".
     pub fn copy_fetches(&self, file: &str) -> Vec<Token> {
         let mut v: Vec<Token> = (self.fetches.iter())
             .filter(|(_, p)| {
-                matches!(p, Purpose::PeerCopy { file: f, .. } if file.is_empty() || f == file)
+                matches!(p, Purpose::PeerCopy { file: f, .. } | Purpose::MirrorCopy { file: f }
+                    if file.is_empty() || f == file)
             })
             .map(|(t, _)| *t)
             .collect();
@@ -1195,6 +1665,13 @@ impl Front {
                 Wait::Lookup { id, .. } => {
                     assert_eq!(self.lookups.get(id), Some(&LookupFor::Client(*t)));
                 }
+                Wait::SigLookup { id, .. } => {
+                    assert_eq!(self.lookups.get(id), Some(&LookupFor::Sig(*t)));
+                }
+                Wait::Sig { fetch, .. } => {
+                    assert!(env.fetch_exists(*fetch), "{t:?}: its .sig fetch is gone");
+                    assert_eq!(self.fetches.get(fetch), Some(&Purpose::Sig(*t)));
+                }
                 Wait::Db { .. } | Wait::Dns { .. } => {}
             }
         }
@@ -1208,7 +1685,12 @@ impl Front {
             let fetching = self
                 .fetches
                 .values()
-                .filter(|p| matches!(p, Purpose::PeerCopy { file: f, .. } if f == file))
+                .filter(|p| match p {
+                    Purpose::PeerCopy { file: f, .. } | Purpose::MirrorCopy { file: f } => {
+                        f == file
+                    }
+                    _ => false,
+                })
                 .count();
             match c.transfer.phase {
                 Phase::Fetching => assert_eq!(fetching, 1, "{file}: {fetching} fetches"),
@@ -1223,6 +1705,29 @@ impl Front {
 /// A final answer: the client waits for nothing more.
 fn answer(env: &mut impl Env, t: Token, reply: Reply<'_>) {
     env.reply(t, reply);
+}
+
+/// A small answer held in memory (a `.sig`) to one client, with its own Range.
+fn hand_bytes(env: &mut impl Env, t: Token, req: &Request, bytes: &[u8]) {
+    let len = bytes.len() as u64;
+    match http::resolve_range(req.range.as_deref(), len) {
+        RangeOutcome::Full => {
+            let h = [("Accept-Ranges", "bytes")];
+            env.reply(t, Reply::Bytes(200, &h, bytes));
+        }
+        RangeOutcome::Partial { start, end } => {
+            let cr = http::content_range(start, end, len);
+            let h = [("Content-Range", cr.as_str()), ("Accept-Ranges", "bytes")];
+            env.reply(
+                t,
+                Reply::Bytes(206, &h, &bytes[start as usize..=end as usize]),
+            );
+        }
+        RangeOutcome::Unsatisfiable => {
+            let cr = http::content_range_unsatisfied(len);
+            env.reply(t, Reply::Bytes(416, &[("Content-Range", &cr)], b""));
+        }
+    }
 }
 
 /// A verified copy (a handle of its own) to one client, with its own Range.
@@ -1305,6 +1810,11 @@ fn absolute_location(base: &str, loc: &str) -> String {
     format!("{}{}", &base[..dir_end], loc)
 }
 
+/// Bytes a copy has staged (for messages).
+fn tr_received(copies: &HashMap<String, Copy>, file: &str) -> u64 {
+    copies.get(file).map(|c| c.transfer.received).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     //! The front's state machine without sockets: a fake loop records answers, fetches,
@@ -1338,6 +1848,7 @@ mod tests {
         lookups: Vec<(u32, String)>,
         peers: HashMap<u64, SocketAddr>,
         bans: Vec<(u64, String)>,
+        strikes: Vec<(u64, String)>,
         index: HashMap<String, PkgInfo>,
         loading: bool,
         upstreams: Vec<String>,
@@ -1369,6 +1880,7 @@ mod tests {
                     (PEER2, "10.0.0.2:19432".parse().unwrap()),
                 ]),
                 bans: Vec::new(),
+                strikes: Vec::new(),
                 index: HashMap::new(),
                 loading: false,
                 upstreams: vec![MIRROR.to_string()],
@@ -1469,10 +1981,23 @@ mod tests {
             format!("peer{instance}")
         }
         fn is_banned(&self, instance: u64) -> bool {
-            self.bans.iter().any(|b| b.0 == instance)
+            self.bans
+                .iter()
+                .chain(&self.strikes)
+                .any(|b| b.0 == instance)
         }
         fn ban(&mut self, instance: u64, why: &str) {
             self.bans.push((instance, why.to_string()));
+        }
+        fn strike(&mut self, instance: u64, why: &str) {
+            self.strikes.push((instance, why.to_string()));
+        }
+        fn db_signature(&self, _repo: &str, file: &str) -> Option<Vec<u8>> {
+            // one package of the fake db carries its %PGPSIG%
+            (file == "signed-1-1-any.pkg.tar.zst").then(|| REAL_SIG.to_vec())
+        }
+        fn is_own_front(&self, addr: SocketAddr) -> bool {
+            addr == "127.0.0.1:19433".parse().unwrap()
         }
         fn indexed(&self, _repo: &str, file: &str) -> Option<PkgInfo> {
             self.index.get(file).copied()
@@ -1506,6 +2031,8 @@ mod tests {
             keep_alive: true,
             range: None,
             if_modified_since: None,
+            host: None,
+            flocon_auth: None,
             head_len: 0,
         }
     }
@@ -1527,6 +2054,15 @@ mod tests {
             head_len: 0,
             headers_extra: Vec::new(),
         })
+    }
+
+    /// A 206 for `start..size`, as a peer or mirror resuming sends it.
+    fn head_range(start: u64, size: u64) -> fetch::Event {
+        let fetch::Event::Head(mut h) = head(206, size - start) else {
+            unreachable!()
+        };
+        h.content_range = Some((start, size - 1, Some(size)));
+        fetch::Event::Head(h)
     }
 
     fn cand(instance: u64, size: u64) -> Candidate {
@@ -1697,46 +2233,67 @@ mod tests {
             env.fetches[&t2].headers,
             vec![("Range".to_string(), "bytes=2000-".to_string())]
         );
-        event(&mut f, &mut env, t2, head(206, 3000));
+        event(&mut f, &mut env, t2, head_range(2000, 5000));
         event(&mut f, &mut env, t2, body(&data[2000..]));
         event(&mut f, &mut env, t2, fetch::Event::Done);
         staged(&mut f, &mut env);
         assert_eq!(env.files[&c], data);
+        // dying is a strike (a bench), never a ban
+        assert_eq!(env.strikes.len(), 1);
+        assert_eq!(env.strikes[0].0, PEER1);
     }
 
     #[test]
-    fn a_stalled_copy_redirects_while_it_progresses_and_goes_upstream_when_it_does_not() {
-        let (mut f, mut env) = (Front::new(), Fake::new("stall"));
+    fn a_dripping_copy_is_struck_and_the_mirror_sends_the_rest_while_the_client_is_redirected() {
+        let (mut f, mut env) = (Front::new(), Fake::new("drip"));
         let data = package(&mut env, 5000);
-        let (c1, c2) = (Token(1), Token(2));
+        let c1 = Token(1);
         ask(&mut f, &mut env, c1, PKG);
         decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
         let t = env.fetch_to("10.0.0.1:19432").unwrap();
         event(&mut f, &mut env, t, head(200, 5000));
         event(&mut f, &mut env, t, body(&data[..10]));
+        // 10 bytes in the first 3 s: a drip, struck; the mirror is asked for the rest
+        advance(&mut f, &mut env, Duration::from_millis(2000));
+        assert!(env.strikes.is_empty());
+        advance(&mut f, &mut env, Duration::from_millis(1500));
+        assert_eq!(env.strikes.len(), 1, "{:?}", env.strikes);
+        assert!(env.bans.is_empty());
+        assert!(!env.fetches.contains_key(&t), "the drip was stopped");
+        let m = env.fetch_to("10.0.0.100:80").expect("the mirror");
+        assert_eq!(
+            env.fetches[&m].headers,
+            vec![("Range".to_string(), "bytes=10-".to_string())]
+        );
+        // the client's clock: a redirect to itself while the rest arrives
         advance(&mut f, &mut env, transfer::REDIRECT_AFTER);
         assert_eq!(env.last(c1), format!("bytes 307 {}", pkg_path(PKG)));
-        // a stall: the daemon's sweep fails the fetch; no other peer: upstream
+        let c2 = Token(2);
         ask(&mut f, &mut env, c2, PKG);
-        event(&mut f, &mut env, t, fetch::Event::Failed("stall".into()));
-        assert!(env.fetch_to("10.0.0.100:80").is_some());
-        assert_eq!(f.copies(env.now).len(), 0);
-        assert_eq!(
-            env.timers.len(),
-            0,
-            "the redirect timer went with the request"
-        );
+        event(&mut f, &mut env, m, head_range(10, 5000));
+        event(&mut f, &mut env, m, body(&data[10..]));
+        event(&mut f, &mut env, m, fetch::Event::Done);
+        staged(&mut f, &mut env);
+        assert_eq!(env.files[&c2], data, "verified whole");
     }
 
     #[test]
-    fn a_copy_that_never_progresses_sends_its_request_upstream_at_the_deadline() {
+    fn a_copy_that_never_progresses_is_struck_and_its_request_goes_upstream_early() {
         let (mut f, mut env) = (Front::new(), Fake::new("noprogress"));
         package(&mut env, 5000);
         ask(&mut f, &mut env, Token(1), PKG);
         decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
-        advance(&mut f, &mut env, transfer::REDIRECT_AFTER);
-        assert!(env.fetch_to("10.0.0.100:80").is_some());
-        assert!(env.fetch_to("10.0.0.1:19432").is_some(), "the copy goes on");
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        // accepted, never answered: a stall after 3 s, not 7
+        advance(&mut f, &mut env, Duration::from_millis(3500));
+        assert_eq!(env.strikes.len(), 1);
+        assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream");
+        assert!(!env.fetches.contains_key(&t), "the stalled copy stopped");
+        assert_eq!(f.copies(env.now).len(), 0);
+        // benched: the next request for it does not ask PEER1 again
+        ask(&mut f, &mut env, Token(2), PKG);
+        decide(&mut f, &mut env, 2, vec![cand(PEER1, 5000)]);
+        assert!(env.fetch_to("10.0.0.1:19432").is_none());
     }
 
     #[test]
@@ -1754,6 +2311,210 @@ mod tests {
         assert_eq!(f.stats.rejected_copies, 1);
         assert!(!env.files.contains_key(&c));
         assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream instead");
+    }
+
+    /// A verified copy of PKG from PEER1, handed to client 1 (leaves a `.sig` hint).
+    fn copied_from_peer1(f: &mut Front, env: &mut Fake) -> Vec<u8> {
+        let data = package(env, 5000);
+        ask(f, env, Token(1), PKG);
+        decide(f, env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        deliver(f, env, t, &data);
+        assert_eq!(env.files[&Token(1)], data);
+        data
+    }
+
+    /// Delivers a `.sig` (no staging: it is held in memory).
+    fn deliver_sig(front: &mut Front, env: &mut Fake, tok: Token, data: &[u8]) {
+        event(front, env, tok, head(200, data.len() as u64));
+        event(front, env, tok, body(data));
+        event(front, env, tok, fetch::Event::Done);
+    }
+
+    const REAL_SIG: &[u8] = include_bytes!("../tests/data/sig/ed25519.sig");
+
+    #[test]
+    fn a_sig_comes_from_the_peer_only_if_it_says_so_now_and_only_checked() {
+        // the db's own %PGPSIG% first: no lookup, no network
+        let (mut f, mut env) = (Front::new(), Fake::new("sig-db"));
+        ask(&mut f, &mut env, Token(9), "signed-1-1-any.pkg.tar.zst.sig");
+        assert!(
+            env.last(Token(9)).starts_with("bytes 200"),
+            "{}",
+            env.last(Token(9))
+        );
+        assert!(env.lookups.is_empty() && env.fetches.is_empty());
+        let sig = format!("{PKG}.sig");
+        // it says so, and sends a real signature: handed out, the mirror is not asked
+        let (mut f, mut env) = (Front::new(), Fake::new("sig-ok"));
+        copied_from_peer1(&mut f, &mut env);
+        ask(&mut f, &mut env, Token(2), &sig);
+        assert_eq!(
+            env.lookups.last().unwrap().1,
+            sig,
+            "a lookup for this request"
+        );
+        decide(
+            &mut f,
+            &mut env,
+            2,
+            vec![cand(PEER1, REAL_SIG.len() as u64)],
+        );
+        let t = env.fetch_to("10.0.0.1:19432").expect("asked of the peer");
+        assert_eq!(env.fetches[&t].path, format!("/{sig}"));
+        deliver_sig(&mut f, &mut env, t, REAL_SIG);
+        assert!(
+            env.last(Token(2)).starts_with("bytes 200"),
+            "{}",
+            env.last(Token(2))
+        );
+        assert!(env.fetch_to("10.0.0.100:80").is_none());
+        // it does not answer (frozen, gone): upstream at once, no wait, nothing held
+        let (mut f, mut env) = (Front::new(), Fake::new("sig-silent"));
+        copied_from_peer1(&mut f, &mut env);
+        ask(&mut f, &mut env, Token(2), &sig);
+        decide(&mut f, &mut env, 2, vec![]);
+        assert!(env.fetch_to("10.0.0.1:19432").is_none());
+        assert!(env.fetch_to("10.0.0.100:80").is_some());
+        assert!(env.strikes.is_empty() && env.bans.is_empty());
+        // garbage, a redirect, or nothing within 2 s: a strike and upstream
+        for how in ["garbage", "redirect", "late"] {
+            let (mut f, mut env) = (Front::new(), Fake::new(&format!("sig-{how}")));
+            copied_from_peer1(&mut f, &mut env);
+            ask(&mut f, &mut env, Token(2), &sig);
+            decide(&mut f, &mut env, 2, vec![cand(PEER1, 1000)]);
+            let t = env.fetch_to("10.0.0.1:19432").unwrap();
+            match how {
+                "garbage" => deliver_sig(&mut f, &mut env, t, &[b'x'; 1000]),
+                "redirect" => {
+                    let fetch::Event::Head(mut h) = head(302, 0) else {
+                        unreachable!()
+                    };
+                    h.location = Some("http://127.0.0.1:631/".into());
+                    event(&mut f, &mut env, t, fetch::Event::Head(h));
+                }
+                _ => advance(&mut f, &mut env, crate::sig::SIG_DEADLINE),
+            }
+            assert_eq!(env.strikes.len(), 1, "{how}");
+            assert!(env.bans.is_empty(), "{how}");
+            assert!(env.fetch_to("10.0.0.100:80").is_some(), "{how}: upstream");
+            assert!(
+                env.fetch_to("127.0.0.1:631").is_none(),
+                "{how}: followed a redirect"
+            );
+            assert!(
+                !env.last(Token(2)).starts_with("bytes 200"),
+                "{how}: handed out"
+            );
+        }
+    }
+
+    #[test]
+    fn a_busy_peer_is_no_fault_and_a_mixed_copy_bans_no_one() {
+        // 503: next peer, nothing held against it
+        let (mut f, mut env) = (Front::new(), Fake::new("busy"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(
+            &mut f,
+            &mut env,
+            1,
+            vec![cand(PEER1, 5000), cand(PEER2, 5000)],
+        );
+        let t1 = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t1, head(503, 0));
+        assert!(env.strikes.is_empty() && env.bans.is_empty());
+        let t2 = env.fetch_to("10.0.0.2:19432").unwrap();
+        deliver(&mut f, &mut env, t2, &data);
+        assert_eq!(env.files[&Token(1)], data);
+
+        // the resume trap: PEER1 sends a wrong first half and closes, PEER2 resumes
+        let (mut f, mut env) = (Front::new(), Fake::new("trap"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(
+            &mut f,
+            &mut env,
+            1,
+            vec![cand(PEER1, 5000), cand(PEER2, 5000)],
+        );
+        let t1 = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t1, head(200, 5000));
+        let lie: Vec<u8> = data[..2500].iter().map(|b| !b).collect();
+        event(&mut f, &mut env, t1, body(&lie));
+        event(
+            &mut f,
+            &mut env,
+            t1,
+            fetch::Event::Failed("connection closed".into()),
+        );
+        let t2 = env.fetch_to("10.0.0.2:19432").unwrap();
+        event(&mut f, &mut env, t2, head_range(2500, 5000));
+        event(&mut f, &mut env, t2, body(&data[2500..]));
+        event(&mut f, &mut env, t2, fetch::Event::Done);
+        staged(&mut f, &mut env);
+        assert!(
+            env.bans.is_empty(),
+            "banned on a mixed copy: {:?}",
+            env.bans
+        );
+        assert_eq!(env.strikes.len(), 1, "the early close");
+        assert_eq!(env.strikes[0].0, PEER1);
+        // it starts again from one source: PEER2, whole (PEER1 is benched)
+        let t3 = env.fetch_to("10.0.0.2:19432").expect("again from PEER2");
+        assert!(env.fetches[&t3].headers.is_empty(), "from the start");
+        deliver(&mut f, &mut env, t3, &data);
+        assert_eq!(env.files[&Token(1)], data);
+        assert!(env.bans.is_empty());
+    }
+
+    #[test]
+    fn a_peer_killed_half_way_leaves_only_the_rest_to_the_mirror() {
+        let (mut f, mut env) = (Front::new(), Fake::new("killed"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
+        let t = env.fetch_to("10.0.0.1:19432").unwrap();
+        event(&mut f, &mut env, t, head(200, 5000));
+        event(&mut f, &mut env, t, body(&data[..3000]));
+        event(
+            &mut f,
+            &mut env,
+            t,
+            fetch::Event::Failed("read: reset".into()),
+        );
+        let m = env.fetch_to("10.0.0.100:80").expect("the mirror");
+        assert_eq!(env.fetches[&m].path, format!("/core/os/x86_64/{PKG}"));
+        assert_eq!(
+            env.fetches[&m].headers,
+            vec![("Range".to_string(), "bytes=3000-".to_string())]
+        );
+        // a mirror that ignores Range: the whole file replaces what was staged
+        deliver(&mut f, &mut env, m, &data);
+        assert_eq!(env.files[&Token(1)], data);
+    }
+
+    #[test]
+    fn an_upstream_naming_the_front_is_refused_and_names_are_encoded_once() {
+        let (mut f, mut env) = (Front::new(), Fake::new("loop"));
+        env.upstreams = vec![
+            "http://127.0.0.1:19433/core/os/x86_64".into(),
+            MIRROR.into(),
+        ];
+        ask(&mut f, &mut env, Token(1), "a%3Fb-1-1-any.pkg.tar.zst");
+        assert!(env.fetch_to("127.0.0.1:19433").is_none(), "called itself");
+        let m = env.fetch_to("10.0.0.100:80").unwrap();
+        assert_eq!(
+            env.fetches[&m].path,
+            "/core/os/x86_64/a%3Fb-1-1-any.pkg.tar.zst"
+        );
+        // a redirect to the front: 502, not a loop
+        let fetch::Event::Head(mut h) = head(302, 0) else {
+            unreachable!()
+        };
+        h.location = Some("http://127.0.0.1:19433/core/os/x86_64/x".into());
+        event(&mut f, &mut env, m, fetch::Event::Head(h));
+        assert_eq!(env.last(Token(1)), "error 502");
     }
 
     #[test]
@@ -1929,6 +2690,7 @@ mod tests {
                 Wait::Copy { .. } => "copy",
                 Wait::Dns { .. } => "dns",
                 Wait::Upstream { .. } => "upstream",
+                Wait::SigLookup { .. } | Wait::Sig { .. } => "sig",
             })
             .collect();
         assert_eq!(kinds, ["db", "lookup", "copy", "dns", "upstream"]);

@@ -70,6 +70,10 @@ pub struct Request {
     /// Raw `Range` value, for `resolve_range`.
     pub range: Option<String>,
     pub if_modified_since: Option<String>,
+    /// Raw `Host` value (the front answers only loopback names: `guard::is_loopback_host`).
+    pub host: Option<String>,
+    /// `Flocon-Auth` (peer requests under a group key, auth.rs).
+    pub flocon_auth: Option<String>,
     /// Bytes taken by the head; pipelined bytes after it belong to the next request.
     pub head_len: usize,
 }
@@ -165,7 +169,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
     let mut keep = false;
     let mut range = None;
     let mut if_modified_since = None;
-    let mut host_seen = false;
+    let mut host = None;
+    let mut flocon_auth = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -184,10 +189,14 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
             );
         } else if name.eq_ignore_ascii_case("host") {
             // RFC 9112 §3.2: more than one Host is a 400.
-            if host_seen {
+            if host.is_some() {
                 return Err(HttpError::BadRequest);
             }
-            host_seen = true;
+            host = Some(
+                header_text(h.value)
+                    .ok_or(HttpError::BadRequest)?
+                    .to_string(),
+            );
         } else if name.eq_ignore_ascii_case("content-length") {
             // We take no bodies: a non-zero length would desynchronise keep-alive framing.
             match header_text(h.value).and_then(parse_decimal) {
@@ -199,6 +208,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         } else if name.eq_ignore_ascii_case("if-modified-since") && if_modified_since.is_none() {
             // An unreadable date is ignored (RFC 9110 §13.1.3), not an error.
             if_modified_since = header_text(h.value).map(str::to_string);
+        } else if name.eq_ignore_ascii_case(crate::auth::HTTP_HEADER) && flocon_auth.is_none() {
+            flocon_auth = header_text(h.value).map(str::to_string);
         }
     }
     let keep_alive = match version {
@@ -212,6 +223,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         keep_alive,
         range,
         if_modified_since,
+        host,
+        flocon_auth,
         head_len,
     }))
 }
@@ -558,6 +571,7 @@ pub fn reason(status: u16) -> &'static str {
         412 => "Precondition Failed",
         414 => "URI Too Long",
         416 => "Range Not Satisfiable",
+        421 => "Misdirected Request",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -1220,6 +1234,8 @@ mod tests {
             keep_alive,
             range: range.map(str::to_string),
             if_modified_since: None,
+            host: None,
+            flocon_auth: None,
             head_len,
         }
     }
@@ -1274,6 +1290,12 @@ mod tests {
         ];
         for (raw, mut expected) in cases {
             expected.head_len = raw.len();
+            let text = String::from_utf8_lossy(raw);
+            expected.host = text
+                .split("Host: ")
+                .nth(1)
+                .and_then(|h| h.split(['\r', '\n']).next())
+                .map(str::to_string);
             check_every_split(raw, &expected);
         }
     }

@@ -8,6 +8,7 @@
 #[macro_use]
 pub mod log;
 
+pub mod auth;
 pub mod chunk;
 pub mod config;
 pub mod conn;

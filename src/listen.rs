@@ -122,6 +122,14 @@ impl Listeners {
         (peer.unwrap_or_default(), front.join(" "))
     }
 
+    /// The front's addresses: an upstream there would be flocon calling itself.
+    pub fn front_addrs(&self) -> Vec<SocketAddr> {
+        self.front
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
     /// Stops listening (a stop in progress).
     pub fn close(&mut self, reg: &Registry) {
         let _ = reg.deregister(&mut self.peer);

@@ -13,6 +13,10 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 fn main() -> ExitCode {
     log::init();
     std::panic::set_hook(Box::new(panic_line));
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "genkey") {
+        return genkey(args.collect());
+    }
     let cmd = match config::parse_args(std::env::args_os().skip(1)) {
         Ok(c) => c,
         Err(e) => {
@@ -46,6 +50,28 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// `flocon genkey FILE`: a new group key (32 random bytes, mode 600), never overwriting.
+fn genkey(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let [path] = args.as_slice() else {
+        eprintln!("usage: flocon genkey FILE");
+        return ExitCode::from(2);
+    };
+    match flocon::auth::generate(std::path::Path::new(path)) {
+        Ok(()) => {
+            println!(
+                "wrote {}: copy it to every peer and set key-file = {} in flocon.conf",
+                path.to_string_lossy(),
+                path.to_string_lossy()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flocon: genkey: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -134,7 +134,53 @@ pub struct Peer {
     pub addr_heard: Instant,
     pub uploads: u16,
     pub last_seq: u32,
+    /// What it did for us: evictions and lookups rank peers by it.
+    pub credit: Credit,
 }
+
+/// A peer's record of usefulness. Only `served` cannot be faked by a LAN host (the bytes
+/// matched our sync db); answers rank a peer among those without served bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credit {
+    /// Verified copies it served us.
+    pub served: u32,
+    /// HAVE answers it gave to our lookups.
+    pub haves: u32,
+    /// Queries of ours it answered at all.
+    pub answers: u32,
+    /// Queries of ours in a row it did not answer (reset by an answer).
+    pub unanswered: u32,
+    /// When that run of unanswered queries began.
+    pub silent_since: Option<Instant>,
+}
+
+impl Credit {
+    /// SILENT_AFTER queries in a row unanswered over at least SILENT_FOR: a burst of
+    /// lookups while the peer is busy for a moment does not count.
+    pub fn is_silent(&self, now: Instant) -> bool {
+        self.unanswered >= SILENT_AFTER
+            && self
+                .silent_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= SILENT_FOR)
+    }
+
+    /// Eviction and lookup rank: higher is kept longer and asked first.
+    pub fn rank(&self) -> (bool, bool, bool) {
+        (
+            self.served > 0,
+            self.haves > 0,
+            self.unanswered < SILENT_AFTER,
+        )
+    }
+}
+
+/// Queries in a row without an answer after which a peer is asked only now and then
+/// (SILENT_RETRY): a dead or overloaded peer then costs a lookup nothing.
+pub const SILENT_AFTER: u32 = 8;
+/// ... and over at least this long.
+pub const SILENT_FOR: Duration = Duration::from_secs(5);
+/// How often a silent peer is still asked (one lookup in this many).
+pub const SILENT_RETRY: u32 = 16;
 
 impl Peer {
     /// Where its file server listens.
@@ -156,8 +202,11 @@ pub enum IgnoreReason {
     /// Sequence number not newer than the last accepted one: a copy via another family or
     /// interface, a reordered or a replayed datagram.
     Stale,
-    /// Table full of peers that are all alive.
+    /// Table full of peers that are all alive and have been useful.
     TableFull,
+    /// An unknown instance: it enters only after a check (a QUERY with a random id, answered
+    /// from its source address by that instance), see `PeerTable::admit`.
+    Unverified,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,11 +273,12 @@ impl PeerTable {
         self.expiry = expiry;
     }
 
-    /// Applies an ANNOUNCE from `src`. Policies (PROTOCOL.md "Peer table"): own instance
-    /// ignored; only a newer seq updates a peer; another instance at the same address is an
-    /// earlier incarnation and is replaced; when full, the stalest peer is evicted only if it
-    /// has missed an announcement (silent > ANNOUNCE_INTERVAL_MAX), else the newcomer is
-    /// refused, so live peers cannot be pushed out by a flood of forged instances.
+    /// Applies an ANNOUNCE from `src` by a known instance. Policies (PROTOCOL.md §8.3): own
+    /// instance ignored; only a newer seq updates a peer; an unknown instance is only
+    /// reported (`Unverified`): the caller checks that it really answers from `src` and then
+    /// calls `admit`. A known peer is kept alive by any announcement of its instance from its
+    /// recorded address, even a stale one, so a forged announcement with a far-ahead seq
+    /// cannot make its real announcements look old and let it expire.
     pub fn on_announce(
         &mut self,
         src: SocketAddr,
@@ -243,86 +293,157 @@ impl PeerTable {
         if !plausible_source(&src) {
             return PeerEvent::Ignored(IgnoreReason::BadSource);
         }
-        let known = self.peers.iter().position(|p| p.instance == h.instance);
-        if let Some(i) = known {
-            let p = &self.peers[i];
-            if seq_newer(p.last_seq, h.seq) {
-                return PeerEvent::Ignored(IgnoreReason::Stale);
-            }
+        let Some(p) = self.peers.iter_mut().find(|p| p.instance == h.instance) else {
+            return PeerEvent::Ignored(IgnoreReason::Unverified);
+        };
+        let newer = seq_newer(h.seq, p.last_seq);
+        if p.addr == src {
+            p.addr_heard = now;
+            p.last_seen = now;
+        } else if newer && now.saturating_duration_since(p.addr_heard) >= ADDR_FAILOVER {
+            p.addr = src;
+            p.addr_heard = now;
         }
-        // From here the datagram is a current statement "instance X is at src".
+        if !newer {
+            return PeerEvent::Ignored(IgnoreReason::Stale);
+        }
+        p.tcp_port = a.tcp_port;
+        p.uploads = a.uploads;
+        p.name.clone_from(&a.name);
+        p.distro.clone_from(&a.distro);
+        p.archs.clone_from(&a.archs);
+        p.last_seen = now;
+        p.last_seq = h.seq;
+        PeerEvent::Updated { dropped: None }
+    }
+
+    /// Adds an instance that proved it receives at `src` (it answered our check from there).
+    /// Any other instance recorded at `src` is an earlier incarnation (one socket, one
+    /// daemon) and is replaced. When the table is full: a peer silent for more than
+    /// ANNOUNCE_INTERVAL_MAX goes first (the stalest); else a random one among those that
+    /// never had a file for us; when every peer has, the newcomer is refused. `random` is
+    /// any random u64 from the caller.
+    pub fn admit(
+        &mut self,
+        src: SocketAddr,
+        h: &Header,
+        a: &Announce,
+        now: Instant,
+        random: u64,
+    ) -> PeerEvent {
+        let src = normalize_addr(src);
+        if h.instance == self.own || !plausible_source(&src) {
+            return PeerEvent::Ignored(IgnoreReason::BadSource);
+        }
+        if self.get(h.instance).is_some() {
+            return self.on_announce(src, h, a, now);
+        }
         let mut dropped = self
             .peers
             .iter()
-            .position(|p| p.addr == src && p.instance != h.instance)
+            .position(|p| p.addr == src)
             .map(|j| Box::new(self.peers.remove(j)));
-        match self.peers.iter_mut().find(|p| p.instance == h.instance) {
-            Some(p) => {
-                let newer = seq_newer(h.seq, p.last_seq);
-                if p.addr == src {
-                    p.addr_heard = now;
-                } else if newer && now.saturating_duration_since(p.addr_heard) >= ADDR_FAILOVER {
-                    p.addr = src;
-                    p.addr_heard = now;
+        if dropped.is_none() && self.peers.len() >= MAX_PEERS {
+            let stalest = self
+                .peers
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, p)| p.last_seen)
+                .map(|(i, p)| (i, now.saturating_duration_since(p.last_seen)));
+            let victim = match stalest {
+                Some((i, silent)) if silent > ANNOUNCE_INTERVAL_MAX => Some(i),
+                _ => {
+                    let idle: Vec<usize> = (0..self.peers.len())
+                        .filter(|&i| {
+                            let c = &self.peers[i].credit;
+                            c.served == 0 && c.haves == 0
+                        })
+                        .collect();
+                    (!idle.is_empty()).then(|| idle[(random % idle.len() as u64) as usize])
                 }
-                if !newer {
-                    return match dropped {
-                        Some(_) => PeerEvent::Updated { dropped },
-                        None => PeerEvent::Ignored(IgnoreReason::Stale),
-                    };
-                }
-                p.tcp_port = a.tcp_port;
-                p.uploads = a.uploads;
-                p.name.clone_from(&a.name);
-                p.distro.clone_from(&a.distro);
-                p.archs.clone_from(&a.archs);
-                p.last_seen = now;
-                p.last_seq = h.seq;
-                PeerEvent::Updated { dropped }
+            };
+            match victim {
+                Some(i) => dropped = Some(Box::new(self.peers.remove(i))),
+                None => return PeerEvent::Ignored(IgnoreReason::TableFull),
             }
-            None => {
-                if dropped.is_none() && self.peers.len() >= MAX_PEERS {
-                    let stalest = self
-                        .peers
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, p)| p.last_seen)
-                        .map(|(i, p)| (i, now.saturating_duration_since(p.last_seen)));
-                    match stalest {
-                        Some((i, silent)) if silent > ANNOUNCE_INTERVAL_MAX => {
-                            dropped = Some(Box::new(self.peers.remove(i)));
-                        }
-                        _ => return PeerEvent::Ignored(IgnoreReason::TableFull),
-                    }
-                }
-                self.peers.push(Peer {
-                    instance: h.instance,
-                    addr: src,
-                    tcp_port: a.tcp_port,
-                    name: a.name.clone(),
-                    distro: a.distro.clone(),
-                    archs: a.archs.clone(),
-                    version: VERSION,
-                    last_seen: now,
-                    first_seen: now,
-                    addr_heard: now,
-                    uploads: a.uploads,
-                    last_seq: h.seq,
-                });
-                PeerEvent::New { dropped }
-            }
+        }
+        self.peers.push(Peer {
+            instance: h.instance,
+            addr: src,
+            tcp_port: a.tcp_port,
+            name: a.name.clone(),
+            distro: a.distro.clone(),
+            archs: a.archs.clone(),
+            version: VERSION,
+            last_seen: now,
+            first_seen: now,
+            addr_heard: now,
+            uploads: a.uploads,
+            last_seq: h.seq,
+            credit: Credit::default(),
+        });
+        PeerEvent::New { dropped }
+    }
+
+    /// Whether a GOODBYE may concern a peer: from its recorded address, not older than its
+    /// last announcement. Returns the instance to check; it is removed (`remove`) only if
+    /// it then fails to answer from there, so a forged goodbye cannot hide a live peer.
+    pub fn on_goodbye(&self, src: SocketAddr, h: &Header) -> Option<u64> {
+        let src = normalize_addr(src);
+        self.peers
+            .iter()
+            .find(|p| p.instance == h.instance && p.addr == src && !seq_newer(p.last_seq, h.seq))
+            .map(|p| p.instance)
+    }
+
+    pub fn remove(&mut self, instance: u64) -> Option<Peer> {
+        let i = self.peers.iter().position(|p| p.instance == instance)?;
+        Some(self.peers.remove(i))
+    }
+
+    /// An answer to one of our lookups arrived from the peer.
+    pub fn credit_answer(&mut self, instance: u64, have: bool) {
+        if let Some(p) = self.peers.iter_mut().find(|p| p.instance == instance) {
+            p.credit.answers = p.credit.answers.saturating_add(1);
+            p.credit.haves = p.credit.haves.saturating_add(have as u32);
+            p.credit.unanswered = 0;
+            p.credit.silent_since = None;
         }
     }
 
-    /// Applies a GOODBYE: removes the peer only when it comes from the peer's recorded
-    /// address and is not older than its last announcement, so a forged goodbye from
-    /// elsewhere on the link cannot hide a live peer.
-    pub fn on_goodbye(&mut self, src: SocketAddr, h: &Header) -> Option<Peer> {
-        let src = normalize_addr(src);
-        let i = self.peers.iter().position(|p| {
-            p.instance == h.instance && p.addr == src && !seq_newer(p.last_seq, h.seq)
-        })?;
-        Some(self.peers.remove(i))
+    /// A lookup ended without the peer's answer.
+    pub fn note_unanswered(&mut self, instance: u64, now: Instant) {
+        if let Some(p) = self.peers.iter_mut().find(|p| p.instance == instance) {
+            if p.credit.unanswered == 0 {
+                p.credit.silent_since = Some(now);
+            }
+            p.credit.unanswered = p.credit.unanswered.saturating_add(1);
+        }
+    }
+
+    /// The peer served a copy that matched our sync db.
+    pub fn credit_served(&mut self, instance: u64) {
+        if let Some(p) = self.peers.iter_mut().find(|p| p.instance == instance) {
+            p.credit.served = p.credit.served.saturating_add(1);
+        }
+    }
+
+    /// The peers a lookup asks, best first: those that served or had files, then the rest;
+    /// a silent peer (`Credit::is_silent`) is asked only one lookup in SILENT_RETRY
+    /// (`round` is the lookup's number), so a dead or flooded address costs nothing while
+    /// its expiry runs. At most `max` peers.
+    pub fn lookup_targets(&self, round: u32, max: usize, now: Instant) -> Vec<(u64, SocketAddr)> {
+        let mut v: Vec<&Peer> = self
+            .peers
+            .iter()
+            .filter(|p| !p.credit.is_silent(now) || round.is_multiple_of(SILENT_RETRY))
+            .collect();
+        // stable: equal ranks keep arrival order
+        v.sort_by_key(|p| std::cmp::Reverse(p.credit.rank()));
+        v.into_iter()
+            .take(max)
+            .map(|p| (p.instance, p.addr))
+            .collect()
     }
 
     /// Removes and returns the peers silent for PEER_EXPIRY or longer.
@@ -353,6 +474,12 @@ impl PeerTable {
         self.peers.iter().find(|p| p.addr == addr)
     }
 
+    /// A peer recorded at this IP address (any port).
+    pub fn by_ip(&self, ip: IpAddr) -> Option<&Peer> {
+        let ip = normalize_addr(SocketAddr::new(ip, 1)).ip();
+        self.peers.iter().find(|p| p.addr.ip() == ip)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
         self.peers.iter()
     }
@@ -367,6 +494,244 @@ impl PeerTable {
 
     pub fn own_instance(&self) -> u64 {
         self.own
+    }
+}
+
+/// Checks in flight at once; each is one small record and one datagram. Forged newcomers
+/// beyond it are dropped (real ones announce again).
+pub const MAX_CHECKS: usize = 64;
+/// Checks started per second (burst the same): with the answers to strangers, everything
+/// flocon sends to addresses it has not verified (docs/PROTOCOL.md §6).
+pub const CHECK_RATE: u32 = 20;
+/// A check waits this long for its answer, then asks once more (a lost datagram, a peer
+/// busy for a moment), then gives up.
+pub const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
+pub const CHECK_TRIES: u8 = 3;
+/// The file name a check asks for: a valid QUERY name that is never a package, so the
+/// answer is a DON'T HAVE (its instance and source address are what count).
+pub const CHECK_NAME: &str = "flocon-check";
+/// An address whose admission check stayed unanswered is not checked again for this long:
+/// forged newcomers from addresses nobody receives at each cost one check per minute, and
+/// cannot keep the CHECK_RATE budget spent for real ones (docs/PROTOCOL.md §8.3).
+pub const CHECK_BACKOFF: Duration = Duration::from_secs(60);
+/// Addresses remembered for CHECK_BACKOFF; beyond, the oldest is forgotten.
+pub const MAX_FAILED_CHECKS: usize = 4096;
+
+/// Why an address is being asked "are you there, and who are you?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckReason {
+    /// An unknown instance announced from the address: it is admitted with this
+    /// announcement once it answers from there.
+    Admit(Box<(Header, Announce)>),
+    /// A GOODBYE for the peer at the address: it is removed unless it answers.
+    Goodbye,
+}
+
+/// One check: a QUERY with an unpredictable id (the cookie) sent to `addr`; only a host that
+/// receives at `addr` can answer it with that id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub cookie: u32,
+    pub addr: SocketAddr,
+    /// The instance the datagram that started the check claimed.
+    pub instance: u64,
+    pub reason: CheckReason,
+    pub tries: u8,
+    pub next_at: Instant,
+}
+
+/// What became of a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The claimed instance answered from the address.
+    Confirmed(Check),
+    /// Another instance answered from the address: the claim was false (or the claimed
+    /// instance is gone and another daemon has its address).
+    Refuted(Check, u64),
+    /// No answer after CHECK_TRIES.
+    Silent(Check),
+}
+
+/// The checks in flight, bounded, at most one per address.
+#[derive(Debug)]
+pub struct Checks {
+    checks: Vec<Check>,
+    /// Admission checks; goodbye checks (of known peers only) have their own budget, so a
+    /// flood of forged newcomers cannot delay a real departure.
+    budget: Bucket,
+    goodbye_budget: Bucket,
+    /// Addresses whose admission check stayed silent, with when.
+    failed: HashMap<IpAddr, Instant>,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Checks {
+    pub fn new() -> Self {
+        Checks {
+            checks: Vec::new(),
+            budget: Bucket::new(CHECK_RATE, CHECK_RATE),
+            goodbye_budget: Bucket::new(CHECK_RATE, CHECK_RATE),
+            failed: HashMap::new(),
+        }
+    }
+
+    /// Starts a check of `addr` unless one is in flight for it, the table is full or the
+    /// rate is spent. Returns the check to send (its `cookie` is the QUERY id).
+    pub fn start(
+        &mut self,
+        addr: SocketAddr,
+        instance: u64,
+        reason: CheckReason,
+        cookie: u32,
+        now: Instant,
+    ) -> Option<&Check> {
+        let addr = normalize_addr(addr);
+        let admit = matches!(reason, CheckReason::Admit(_));
+        if self.checks.len() >= MAX_CHECKS
+            || self
+                .checks
+                .iter()
+                .any(|c| c.addr == addr || c.cookie == cookie)
+        {
+            return None;
+        }
+        if admit
+            && self
+                .failed
+                .get(&addr.ip())
+                .is_some_and(|&t| now.saturating_duration_since(t) < CHECK_BACKOFF)
+        {
+            return None;
+        }
+        let budget = if admit {
+            &mut self.budget
+        } else {
+            &mut self.goodbye_budget
+        };
+        if !budget.allow(now) {
+            return None;
+        }
+        self.checks.push(Check {
+            cookie,
+            addr,
+            instance,
+            reason,
+            tries: 1,
+            next_at: now + CHECK_TIMEOUT,
+        });
+        self.checks.last()
+    }
+
+    /// Whether a check of this instance is in flight.
+    pub fn pending_for(&self, instance: u64) -> bool {
+        self.checks.iter().any(|c| c.instance == instance)
+    }
+
+    /// An ANSWER with id `cookie` from `src`, sent by `instance`: the outcome of the check it
+    /// belongs to, or None when it belongs to none (then it is an ordinary answer).
+    pub fn on_answer(
+        &mut self,
+        src: SocketAddr,
+        cookie: u32,
+        instance: u64,
+    ) -> Option<CheckOutcome> {
+        let src = normalize_addr(src);
+        let i = self
+            .checks
+            .iter()
+            .position(|c| c.cookie == cookie && c.addr == src)?;
+        let c = self.checks.swap_remove(i);
+        Some(if c.instance == instance {
+            CheckOutcome::Confirmed(c)
+        } else {
+            CheckOutcome::Refuted(c, instance)
+        })
+    }
+
+    /// Checks due at `now`: those to ask again (returned first, still in flight) and those
+    /// that stayed silent (removed).
+    pub fn due(&mut self, now: Instant) -> (Vec<Check>, Vec<CheckOutcome>) {
+        let mut again = Vec::new();
+        let mut silent = Vec::new();
+        let mut i = 0;
+        while i < self.checks.len() {
+            let c = &mut self.checks[i];
+            if c.next_at > now {
+                i += 1;
+            } else if c.tries < CHECK_TRIES {
+                c.tries += 1;
+                c.next_at = now + CHECK_TIMEOUT;
+                again.push(c.clone());
+                i += 1;
+            } else {
+                let c = self.checks.swap_remove(i);
+                if matches!(c.reason, CheckReason::Admit(_)) {
+                    self.remember_failed(c.addr.ip(), now);
+                }
+                silent.push(CheckOutcome::Silent(c));
+            }
+        }
+        (again, silent)
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.checks.iter().map(|c| c.next_at).min()
+    }
+
+    fn remember_failed(&mut self, ip: IpAddr, now: Instant) {
+        if self.failed.len() >= MAX_FAILED_CHECKS {
+            self.failed
+                .retain(|_, t| now.saturating_duration_since(*t) < CHECK_BACKOFF);
+            if self.failed.len() >= MAX_FAILED_CHECKS {
+                let oldest = self.failed.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    self.failed.remove(&k);
+                }
+            }
+        }
+        self.failed.insert(ip, now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.checks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+}
+
+/// One token bucket (GCRA) for a whole class of datagrams, e.g. everything sent to
+/// unverified addresses: a flood of forged sources cannot make us send more than this.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    interval: Duration,
+    tolerance: Duration,
+    tat: Option<Instant>,
+}
+
+impl Bucket {
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        let interval = Duration::from_secs(1) / per_sec.max(1);
+        Bucket {
+            interval,
+            tolerance: interval * (burst.max(1) - 1),
+            tat: None,
+        }
+    }
+
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let tat = self.tat.map_or(now, |t| t.max(now));
+        if tat.saturating_duration_since(now) > self.tolerance {
+            return false;
+        }
+        self.tat = Some(tat + self.interval);
+        true
     }
 }
 
@@ -705,6 +1070,13 @@ impl Lookup {
         self.all_answered()
     }
 
+    /// Whether `instance` was asked and has not answered yet.
+    pub fn is_pending(&self, instance: u64) -> bool {
+        self.asked
+            .iter()
+            .any(|(i, answered)| *i == instance && !answered)
+    }
+
     /// The peer left (goodbye, expiry, eviction): stop waiting for it. Returns whether it
     /// was still awaited.
     pub fn forget(&mut self, instance: u64) -> bool {
@@ -812,23 +1184,38 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    /// An announcement as the socket layer applies it: an unknown instance is admitted
+    /// (as if its check had been answered), a known one updated.
+    fn verified(
+        t: &mut PeerTable,
+        src: SocketAddr,
+        h: &Header,
+        a: &Announce,
+        now: Instant,
+    ) -> PeerEvent {
+        match t.on_announce(src, h, a, now) {
+            PeerEvent::Ignored(IgnoreReason::Unverified) => t.admit(src, h, a, now, 0),
+            e => e,
+        }
+    }
+
     #[test]
     fn new_update_stale_own() {
         let t0 = Instant::now();
         let mut t = PeerTable::new(OWN);
         assert_eq!(
-            t.on_announce(v4(1), &h(OWN, 1), &ann("me"), t0),
+            verified(&mut t, v4(1), &h(OWN, 1), &ann("me"), t0),
             PeerEvent::Ignored(IgnoreReason::Own)
         );
         assert_eq!(
-            t.on_announce(v4(1), &h(1, 5), &ann("a"), t0),
+            verified(&mut t, v4(1), &h(1, 5), &ann("a"), t0),
             PeerEvent::New { dropped: None }
         );
         let mut b = ann("a2");
         b.uploads = 3;
         let t1 = t0 + secs(30);
         assert_eq!(
-            t.on_announce(v4(1), &h(1, 6), &b, t1),
+            verified(&mut t, v4(1), &h(1, 6), &b, t1),
             PeerEvent::Updated { dropped: None }
         );
         let p = t.get(1).unwrap();
@@ -841,7 +1228,7 @@ mod tests {
         // Replayed and duplicate announcements change nothing.
         for seq in [6, 5, 0] {
             assert_eq!(
-                t.on_announce(v4(1), &h(1, seq), &ann("old"), t1 + secs(1)),
+                verified(&mut t, v4(1), &h(1, seq), &ann("old"), t1 + secs(1)),
                 PeerEvent::Ignored(IgnoreReason::Stale)
             );
         }
@@ -850,11 +1237,17 @@ mod tests {
         assert_eq!(t.len(), 1);
         let bad = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 194, 32)), 19432);
         assert_eq!(
-            t.on_announce(bad, &h(2, 1), &ann("m"), t1),
+            verified(&mut t, bad, &h(2, 1), &ann("m"), t1),
             PeerEvent::Ignored(IgnoreReason::BadSource)
         );
         assert_eq!(
-            t.on_announce(SocketAddr::new(v4(3).ip(), 0), &h(2, 1), &ann("m"), t1),
+            verified(
+                &mut t,
+                SocketAddr::new(v4(3).ip(), 0),
+                &h(2, 1),
+                &ann("m"),
+                t1
+            ),
             PeerEvent::Ignored(IgnoreReason::BadSource)
         );
     }
@@ -867,9 +1260,9 @@ mod tests {
         assert!(!seq_newer(4, 5));
         let t0 = Instant::now();
         let mut t = PeerTable::new(OWN);
-        t.on_announce(v4(1), &h(1, u32::MAX), &ann("a"), t0);
+        verified(&mut t, v4(1), &h(1, u32::MAX), &ann("a"), t0);
         assert!(matches!(
-            t.on_announce(v4(1), &h(1, 0), &ann("b"), t0),
+            verified(&mut t, v4(1), &h(1, 0), &ann("b"), t0),
             PeerEvent::Updated { .. }
         ));
     }
@@ -878,8 +1271,8 @@ mod tests {
     fn expiry() {
         let t0 = Instant::now();
         let mut t = PeerTable::new(OWN);
-        t.on_announce(v4(1), &h(1, 1), &ann("a"), t0);
-        t.on_announce(v4(2), &h(2, 1), &ann("b"), t0 + secs(60));
+        verified(&mut t, v4(1), &h(1, 1), &ann("a"), t0);
+        verified(&mut t, v4(2), &h(2, 1), &ann("b"), t0 + secs(60));
         assert_eq!(t.next_expiry(), Some(t0 + PEER_EXPIRY));
         assert!(
             t.expire(t0 + PEER_EXPIRY - Duration::from_millis(1))
@@ -889,7 +1282,7 @@ mod tests {
         assert_eq!(gone.iter().map(|p| p.instance).collect::<Vec<_>>(), [1]);
         assert_eq!(t.len(), 1);
         // Keeping on announcing keeps it alive.
-        t.on_announce(v4(2), &h(2, 2), &ann("b"), t0 + secs(150));
+        verified(&mut t, v4(2), &h(2, 2), &ann("b"), t0 + secs(150));
         assert!(t.expire(t0 + secs(200)).is_empty());
         assert_eq!(t.expire(t0 + secs(270)).len(), 1);
         assert!(t.is_empty());
@@ -900,7 +1293,7 @@ mod tests {
     fn goodbye_needs_the_recorded_address() {
         let t0 = Instant::now();
         let mut t = PeerTable::new(OWN);
-        t.on_announce(v4(1), &h(1, 10), &ann("a"), t0);
+        verified(&mut t, v4(1), &h(1, 10), &ann("a"), t0);
         assert_eq!(t.on_goodbye(v4(9), &h(1, 11)), None, "spoofed source");
         let other_port = SocketAddr::new(v4(1).ip(), 4000);
         assert_eq!(t.on_goodbye(other_port, &h(1, 11)), None, "other port");
@@ -911,7 +1304,9 @@ mod tests {
         );
         assert_eq!(t.on_goodbye(v4(1), &h(2, 11)), None, "unknown instance");
         assert_eq!(t.len(), 1);
-        assert_eq!(t.on_goodbye(v4(1), &h(1, 11)).map(|p| p.instance), Some(1));
+        assert_eq!(t.on_goodbye(v4(1), &h(1, 11)), Some(1));
+        assert_eq!(t.len(), 1, "removed only once its check fails");
+        assert_eq!(t.remove(1).map(|p| p.instance), Some(1));
         assert!(t.is_empty());
     }
 
@@ -919,8 +1314,8 @@ mod tests {
     fn restart_at_same_address_replaces() {
         let t0 = Instant::now();
         let mut t = PeerTable::new(OWN);
-        t.on_announce(v4(1), &h(1, 50), &ann("a"), t0);
-        match t.on_announce(v4(1), &h(7, 0), &ann("a"), t0 + secs(5)) {
+        verified(&mut t, v4(1), &h(1, 50), &ann("a"), t0);
+        match verified(&mut t, v4(1), &h(7, 0), &ann("a"), t0 + secs(5)) {
             PeerEvent::New { dropped: Some(p) } => assert_eq!(p.instance, 1),
             e => panic!("{e:?}"),
         }
@@ -937,25 +1332,25 @@ mod tests {
     fn dual_stack_does_not_flap_but_moves_when_silent() {
         let t0 = Instant::now();
         let mut t = PeerTable::new(OWN);
-        t.on_announce(v4(1), &h(1, 1), &ann("a"), t0);
+        verified(&mut t, v4(1), &h(1, 1), &ann("a"), t0);
         // The IPv6 copy of the same round is a duplicate.
         assert_eq!(
-            t.on_announce(v6(1, 3), &h(1, 1), &ann("a"), t0),
+            verified(&mut t, v6(1, 3), &h(1, 1), &ann("a"), t0),
             PeerEvent::Ignored(IgnoreReason::Stale)
         );
         // Next round the IPv6 copy arrives first: accepted, address kept.
         let t1 = t0 + secs(30);
         assert!(matches!(
-            t.on_announce(v6(1, 3), &h(1, 2), &ann("a"), t1),
+            verified(&mut t, v6(1, 3), &h(1, 2), &ann("a"), t1),
             PeerEvent::Updated { .. }
         ));
-        t.on_announce(v4(1), &h(1, 2), &ann("a"), t1);
+        verified(&mut t, v4(1), &h(1, 2), &ann("a"), t1);
         assert_eq!(t.get(1).unwrap().addr, v4(1));
         assert_eq!(t.get(1).unwrap().last_seen, t1);
         // The IPv4 address goes away: after ADDR_FAILOVER of silence the peer moves to IPv6,
         // keeping its scope id and losing the flowinfo.
         let t2 = t1 + ADDR_FAILOVER + secs(1);
-        t.on_announce(v6(1, 3), &h(1, 3), &ann("a"), t2);
+        verified(&mut t, v6(1, 3), &h(1, 3), &ann("a"), t2);
         let p = t.get(1).unwrap();
         assert_eq!(p.addr, normalize_addr(v6(1, 3)));
         match p.addr {
@@ -975,7 +1370,7 @@ mod tests {
         );
         assert_eq!(normalize_addr(mapped), v4(1));
         let mut t = PeerTable::new(OWN);
-        t.on_announce(mapped, &h(1, 1), &ann("a"), Instant::now());
+        verified(&mut t, mapped, &h(1, 1), &ann("a"), Instant::now());
         assert!(t.by_addr(&v4(1)).is_some());
         assert!(t.on_goodbye(v4(1), &h(1, 2)).is_some());
     }
@@ -985,7 +1380,8 @@ mod tests {
             let ip = Ipv4Addr::from(0x0a00_0000 + i as u32 + 1);
             let src = SocketAddr::new(IpAddr::V4(ip), 19432);
             assert!(matches!(
-                t.on_announce(
+                verified(
+                    t,
                     src,
                     &h(100 + i, 1),
                     &ann("p"),
@@ -997,20 +1393,35 @@ mod tests {
     }
 
     #[test]
-    fn full_table_keeps_live_peers() {
+    fn full_table_keeps_useful_peers() {
         let t0 = Instant::now();
         let mut t = PeerTable::new(OWN);
         fill(&mut t, t0);
         assert_eq!(t.len(), MAX_PEERS);
         let newcomer = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1)), 19432);
-        // All peers announced recently: the newcomer is refused.
+        // Every peer had a file for us: a (verified) newcomer is refused.
         let t1 = t0 + ANNOUNCE_INTERVAL_MAX;
+        for i in 0..MAX_PEERS as u64 {
+            t.credit_answer(100 + i, true);
+        }
         assert_eq!(
-            t.on_announce(newcomer, &h(9999, 1), &ann("n"), t1),
+            t.admit(newcomer, &h(9999, 1), &ann("n"), t1, 7),
             PeerEvent::Ignored(IgnoreReason::TableFull)
         );
-        // Everyone but peer 100 (the stalest) re-announces; once 100 has missed an
-        // announcement, it is the one evicted.
+        // Only peers 100 and 101 never had one: the newcomer takes the place of one of them,
+        // chosen by the random value, never a useful peer.
+        let mut t = PeerTable::new(OWN);
+        fill(&mut t, t0);
+        for i in 2..MAX_PEERS as u64 {
+            t.credit_answer(100 + i, true);
+        }
+        t.credit_served(102);
+        match t.admit(newcomer, &h(9999, 1), &ann("n"), t1, 1) {
+            PeerEvent::New { dropped: Some(p) } => assert_eq!(p.instance, 101),
+            e => panic!("{e:?}"),
+        }
+        assert!(t.get(9999).is_some() && t.get(100).is_some());
+        // Once a peer has missed an announcement, the stalest goes first, useful or not.
         let t2 = t0 + secs(40);
         for i in 1..MAX_PEERS as u64 {
             let src = SocketAddr::new(
@@ -1019,13 +1430,149 @@ mod tests {
             );
             t.on_announce(src, &h(100 + i, 2), &ann("p"), t2);
         }
-        match t.on_announce(newcomer, &h(9999, 1), &ann("n"), t2) {
+        let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 2)), 19432);
+        match t.admit(other, &h(7777, 1), &ann("o"), t2, 0) {
             PeerEvent::New { dropped: Some(p) } => assert_eq!(p.instance, 100),
             e => panic!("{e:?}"),
         }
         assert_eq!(t.len(), MAX_PEERS);
-        assert!(t.get(9999).is_some());
-        assert!(t.get(100).is_none());
+    }
+
+    #[test]
+    fn unknown_instances_wait_for_their_check() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new(OWN);
+        assert_eq!(
+            t.on_announce(v4(1), &h(1, 1), &ann("a"), t0),
+            PeerEvent::Ignored(IgnoreReason::Unverified)
+        );
+        assert!(t.is_empty());
+        assert_eq!(
+            t.admit(v4(1), &h(1, 1), &ann("a"), t0, 0),
+            PeerEvent::New { dropped: None }
+        );
+        // A forged far-ahead seq cannot make the real announcements stale enough to expire
+        // the peer: any announcement from its recorded address keeps it alive.
+        t.on_announce(v4(1), &h(1, 0x7000_0000), &ann("forged"), t0 + secs(1));
+        assert_eq!(
+            t.on_announce(v4(1), &h(1, 2), &ann("a"), t0 + secs(100)),
+            PeerEvent::Ignored(IgnoreReason::Stale)
+        );
+        assert!(t.expire(t0 + secs(100) + PEER_EXPIRY / 2).is_empty());
+        // A newer one from another address (a dual-stack copy) refreshes it without moving it.
+        t.on_announce(v4(9), &h(1, 0x7000_0001), &ann("a"), t0 + secs(110));
+        assert_eq!(t.get(1).unwrap().addr, v4(1));
+        assert!(t.expire(t0 + secs(100) + PEER_EXPIRY).is_empty());
+        assert_eq!(t.expire(t0 + secs(110) + PEER_EXPIRY).len(), 1);
+    }
+
+    #[test]
+    fn checks_confirm_refute_and_time_out() {
+        let t0 = Instant::now();
+        let mut c = Checks::new();
+        let admit = CheckReason::Admit(Box::new((h(5, 1), ann("x"))));
+        assert!(c.start(v4(1), 5, admit.clone(), 77, t0).is_some());
+        assert!(c.pending_for(5));
+        assert!(
+            c.start(v4(1), 6, CheckReason::Goodbye, 78, t0).is_none(),
+            "one per address"
+        );
+        assert!(
+            c.start(v4(2), 6, CheckReason::Goodbye, 77, t0).is_none(),
+            "cookie in use"
+        );
+        assert!(c.start(v4(2), 6, CheckReason::Goodbye, 79, t0).is_some());
+        // wrong cookie or wrong address: not a check's answer
+        assert_eq!(c.on_answer(v4(1), 78, 5), None);
+        assert_eq!(c.on_answer(v4(3), 77, 5), None);
+        match c.on_answer(v4(1), 77, 5) {
+            Some(CheckOutcome::Confirmed(k)) => assert_eq!((k.instance, &k.reason), (5, &admit)),
+            o => panic!("{o:?}"),
+        }
+        assert!(!c.pending_for(5));
+        // the goodbye check: asked CHECK_TRIES times, then silent
+        assert_eq!(c.next_deadline(), Some(t0 + CHECK_TIMEOUT));
+        for k in 1..CHECK_TRIES as u32 {
+            let (again, silent) = c.due(t0 + CHECK_TIMEOUT * k);
+            assert_eq!((again.len(), silent.len()), (1, 0));
+            assert_eq!(again[0].cookie, 79);
+        }
+        let (again, silent) = c.due(t0 + CHECK_TIMEOUT * CHECK_TRIES as u32);
+        assert_eq!(again.len(), 0);
+        assert!(matches!(&silent[..], [CheckOutcome::Silent(k)] if k.instance == 6));
+        assert!(c.is_empty());
+        // a silent admission check: that address is not checked again for CHECK_BACKOFF
+        let t1 = t0 + secs(1);
+        c.start(v4(7), 70, admit.clone(), 700, t1);
+        for k in 1..=CHECK_TRIES as u32 {
+            c.due(t1 + CHECK_TIMEOUT * k);
+        }
+        assert!(
+            c.start(v4(7), 71, admit.clone(), 701, t1 + secs(30))
+                .is_none()
+        );
+        assert!(
+            c.start(v4(7), 71, CheckReason::Goodbye, 701, t1 + secs(30))
+                .is_some()
+        );
+        c.due(t1 + secs(31));
+        c.due(t1 + secs(32));
+        c.due(t1 + secs(33));
+        assert!(
+            c.start(v4(7), 71, admit.clone(), 702, t1 + CHECK_BACKOFF + secs(1))
+                .is_some()
+        );
+        // another instance answering refutes the claim
+        c.start(v4(4), 8, CheckReason::Goodbye, 80, t0 + secs(200));
+        assert!(matches!(
+            c.on_answer(v4(4), 80, 9),
+            Some(CheckOutcome::Refuted(k, 9)) if k.instance == 8
+        ));
+        // bounded in rate: a flood of claims starts at most CHECK_RATE checks per second
+        let mut c = Checks::new();
+        let t9 = t0 + secs(10);
+        let started = (0..1000u32)
+            .filter(|&i| {
+                let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i)), 19432);
+                c.start(a, i as u64 + 100, admit.clone(), i, t9).is_some()
+            })
+            .count();
+        assert_eq!(started, CHECK_RATE as usize);
+        assert!(c.len() <= MAX_CHECKS);
+        // ... and goodbye checks still have their own budget
+        let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), 19432);
+        assert!(c.start(a, 5, CheckReason::Goodbye, 5_000_000, t9).is_some());
+    }
+
+    #[test]
+    fn lookups_ask_useful_peers_first_and_silent_ones_rarely() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new(OWN);
+        for i in 1..=5u8 {
+            verified(&mut t, v4(i), &h(i as u64, 1), &ann("p"), t0);
+        }
+        t.credit_answer(4, true);
+        t.credit_served(5);
+        for _ in 0..SILENT_AFTER {
+            t.note_unanswered(2, t0);
+        }
+        let order = |t: &PeerTable, round| -> Vec<u64> {
+            t.lookup_targets(round, 10, t0 + SILENT_FOR)
+                .iter()
+                .map(|x| x.0)
+                .collect()
+        };
+        // a burst of unanswered queries is not silence yet
+        assert_eq!(t.lookup_targets(1, 10, t0 + secs(1)).len(), 5);
+        assert_eq!(order(&t, 1), [5, 4, 1, 3]);
+        assert_eq!(order(&t, SILENT_RETRY), [5, 4, 1, 3, 2]);
+        assert_eq!(t.lookup_targets(1, 2, t0).len(), 2);
+        t.credit_answer(2, false);
+        assert_eq!(order(&t, 1), [5, 4, 1, 2, 3]);
+        assert_eq!(t.by_ip(v4(3).ip()).map(|p| p.instance), Some(3));
+        let mut b = Bucket::new(10, 2);
+        assert!(b.allow(t0) && b.allow(t0) && !b.allow(t0));
+        assert!(b.allow(t0 + Duration::from_millis(100)));
     }
 
     #[test]

@@ -360,8 +360,22 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Sets the header flags of an encoded datagram (FLAG_AUTH before the MAC trailer is added).
+pub fn set_flags(buf: &mut [u8], flags: u16) {
+    if let Some(f) = buf.get_mut(6..8) {
+        f.copy_from_slice(&flags.to_be_bytes());
+    }
+}
+
 /// Decodes one datagram, accepting only the exact v1 layout (see PROTOCOL.md "Validation").
 pub fn decode(buf: &[u8]) -> Result<(Header, Message), DecodeError> {
+    decode_with_flags(buf, 0)
+}
+
+/// Decodes a datagram whose header flags must be exactly `flags`: 0 for an open LAN,
+/// FLAG_AUTH for the message part of a keyed datagram whose trailer was checked and removed
+/// (auth.rs).
+pub fn decode_with_flags(buf: &[u8], flags: u16) -> Result<(Header, Message), DecodeError> {
     if buf.len() > MAX_DATAGRAM {
         return Err(DecodeError::TooLong);
     }
@@ -380,9 +394,9 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message), DecodeError> {
     if !(TYPE_ANNOUNCE..=TYPE_ANSWER).contains(&ty) {
         return Err(DecodeError::BadType(ty));
     }
-    // v1 defines no header flag; FLAG_AUTH would change the layout (MAC trailer), so a v1
-    // receiver cannot interpret any flagged datagram.
-    if r.u16()? != 0 {
+    // FLAG_AUTH changes the layout (MAC trailer), so an open receiver cannot interpret a
+    // keyed datagram and a keyed receiver takes nothing else.
+    if r.u16()? != flags {
         return Err(DecodeError::BadField("flags"));
     }
     let instance = r.u64()?;

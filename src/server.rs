@@ -3,6 +3,7 @@
 //! a refusal. The HTTP connection itself is conn.rs; this module owns the cache dirs and the
 //! rules for what may leave them.
 
+use crate::auth::Keys;
 use crate::conn::Conn;
 use crate::http::{self, FileKind, HttpError, RangeOutcome, Request};
 use std::fs::File;
@@ -98,7 +99,23 @@ fn last_modified(meta: &std::fs::Metadata) -> String {
 
 /// Answers one request on a peer connection: the named file from the cache dirs (whole, a
 /// single range, or 416), or a refusal.
-pub fn answer<S: Read + Write + AsRawFd>(c: &mut Conn<S>, req: &Request, dirs: &CacheDirs) {
+pub fn answer<S: Read + Write + AsRawFd>(
+    c: &mut Conn<S>,
+    req: &Request,
+    dirs: &CacheDirs,
+    keys: &Keys,
+) {
+    // under a group key, nothing is served (not even a 404) without a valid Flocon-Auth
+    if !keys.is_empty()
+        && !keys.verify_request(
+            req.method.as_str(),
+            &req.target,
+            req.flocon_auth.as_deref(),
+            unix_now(),
+        )
+    {
+        return c.answer_error(403);
+    }
     let name = match http::peer_file_name(&req.target) {
         Ok(n) => n,
         Err(e) => return c.answer_error(e.status()),
@@ -181,6 +198,10 @@ mod tests {
 
     /// Runs one exchange over a socket pair: writes `req`, drives until the response is out.
     fn exchange(dirs: &CacheDirs, req: &[u8]) -> Vec<u8> {
+        exchange_keyed(dirs, &Keys::default(), req)
+    }
+
+    fn exchange_keyed(dirs: &CacheDirs, keys: &Keys, req: &[u8]) -> Vec<u8> {
         let (a, mut b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         b.write_all(req).unwrap();
@@ -196,7 +217,7 @@ mod tests {
                 Progress::Close => break,
                 Progress::Request => {
                     let req = conn.take_request().unwrap();
-                    answer(&mut conn, &req, dirs);
+                    answer(&mut conn, &req, dirs, keys);
                 }
                 _ => std::thread::sleep(Duration::from_millis(1)),
             }
@@ -277,6 +298,47 @@ mod tests {
             b"HEAD /in-1-1-any.pkg.tar.zst HTTP/1.1\r\nConnection: close\r\n\r\n",
         );
         assert_eq!(status_of(&resp), 200);
+    }
+
+    #[test]
+    fn a_group_key_requires_flocon_auth() {
+        let f = fixture("auth");
+        let keys = Keys::from_secrets(&[b"0123456789abcdef"]);
+        let path = "/a-1-1-any.pkg.tar.zst";
+        let req = |auth: Option<String>| {
+            let extra = auth
+                .map(|v| format!("Flocon-Auth: {v}\r\n"))
+                .unwrap_or_default();
+            format!("GET {path} HTTP/1.1\r\n{extra}Connection: close\r\n\r\n")
+        };
+        assert_eq!(
+            status_of(&exchange_keyed(&f.dirs, &keys, req(None).as_bytes())),
+            403
+        );
+        let other = Keys::from_secrets(&[b"fedcba9876543210"]);
+        let forged = other.sign_request("GET", path, unix_now());
+        assert_eq!(
+            status_of(&exchange_keyed(&f.dirs, &keys, req(forged).as_bytes())),
+            403
+        );
+        let stale = keys.sign_request("GET", path, unix_now() - 3600);
+        assert_eq!(
+            status_of(&exchange_keyed(&f.dirs, &keys, req(stale).as_bytes())),
+            403
+        );
+        let missing = keys.sign_request("GET", "/missing-1-1-any.pkg.tar.zst", unix_now());
+        let r = format!(
+            "GET /missing-1-1-any.pkg.tar.zst HTTP/1.1\r\nFlocon-Auth: {}\r\nConnection: close\r\n\r\n",
+            missing.unwrap()
+        );
+        assert_eq!(
+            status_of(&exchange_keyed(&f.dirs, &keys, r.as_bytes())),
+            404
+        );
+        let good = keys.sign_request("GET", path, unix_now());
+        let resp = exchange_keyed(&f.dirs, &keys, req(good).as_bytes());
+        assert_eq!(status_of(&resp), 200);
+        assert!(resp.len() > 100_000);
     }
 
     #[test]

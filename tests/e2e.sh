@@ -503,6 +503,9 @@ check_pm 2 "pacman -S $BIG on host 2"
 check "installed: $BIG" installed 2 "$BIG"
 r=$(pkg_req_names "$m" "$(addr 2)")
 check "host 2's flocon finished it from the mirror instead (mirror served: $r)" [ -n "$r" ]
+got=$(since "$m" | awk -v a="$(addr 2)" -v f="/${FILE[$BIG]}" '$2 == a && substr($4, length($4) - length(f) + 1) == f { sub("sent=", "", $7); s += $7; r = r " " $6 } END { printf "%d%s", s, r }')
+check "the mirror sent only the rest: ${got%% *} of ${SIZE[$BIG]} bytes (${got#* })" \
+  bash -c "[[ ${got%% *} -lt ${SIZE[$BIG]} && '$got' == *range=bytes=* ]]"
 "$LAN" shape 1 off
 start 1
 
@@ -628,8 +631,26 @@ sent=$(( $(stq 1 's["peer_bytes_sent"]') - sent0 ))
 check "host 1 served it: $sent bytes sent (>= ${SIZE[$LARGE]})" [ "$sent" -ge "${SIZE[$LARGE]}" ]
 
 # ------------------------------------------------------------------------------ 9
+scenario 9 "host 1 freezes (SIGSTOP) just after serving $LARGE to host 4, which asks again"
+# host 4 holds a fresh "host 1 had it" hint; a frozen daemon's sockets still accept
+uncache 4 "$LARGE"
+p1=$(cat "$W/h1/flocon.pid")
+kill -STOP "$p1"
+m=$(mark)
+pm 4 -S "$LARGE"
+kill -CONT "$p1"
+check_pm 4 "with host 1 frozen: pacman -S $LARGE"
+check "installed: $LARGE" installed 4 "$LARGE"
+r=$(pkg_req_names "$m" "$(addr 4)")
+# (the package itself may still be flocon's verified copy of a moment ago: it lingers 10 s)
+check "the .sig came from the mirror, not from the frozen host (mirror served: $r)" \
+  bash -c "[[ ' $r ' == *' ${FILE[$LARGE]}.sig '* ]]"
+check "no wait for the frozen host: ${EL[4]} s (< 8 s: the .sig is asked only of peers that answered)" \
+  awk -v e="${EL[4]}" 'BEGIN { exit !(e < 8) }'
+
+# ------------------------------------------------------------------------------ 10
 if [[ $MODE == cacheserver ]]; then
-  scenario 9 "pacman -Syy on host 2: the databases come from the mirror, none reaches flocon"
+  scenario 10 "pacman -Syy on host 2: the databases come from the mirror, none reaches flocon"
   m=$(mark); l0=$(loglines 2)
   pm 2 -Syy
   check_pm 2 "pacman -Syy"
@@ -639,9 +660,9 @@ if [[ $MODE == cacheserver ]]; then
   wait_for 10 indexed 2 || ko "flocon on host 2 did not index the db again"
 fi
 
-# ------------------------------------------------------------------------------ 10
+# ------------------------------------------------------------------------------ 11
 PARTP=$LARGE
-scenario 10 ".part resume: host 4 holds the first half of $PARTP as a .part; host 1 has it all"
+scenario 11 ".part resume: host 4 holds the first half of $PARTP as a .part; host 1 has it all"
 uncache 4 "$PARTP"
 half=$((SIZE[$PARTP] / 2))
 head -c "$half" "$FIXTURE_DB_DIR/${FILE[$PARTP]}" > "$W/h4/cache/${FILE[$PARTP]}.part"
@@ -654,10 +675,10 @@ check "installed: $PARTP, the cached file byte for byte the repo's" installed 4 
 check "no .part left in host 4's cache" bash -c "! ls -R '$W/h4/cache/' | grep -q '\\.part$'"
 no_reqs "$m" 4 "host 4 (the rest came from host 1)"
 
-# ------------------------------------------------------------------------------ 11
+# ------------------------------------------------------------------------------ 12
 if [[ $MODE == cacheserver ]]; then
   P11=flocon-small
-  scenario 11 "DownloadUser = alpm on host 4 (pacman downloads as an unprivileged user): $P11 from the LAN"
+  scenario 12 "DownloadUser = alpm on host 4 (pacman downloads as an unprivileged user): $P11 from the LAN"
   mkconf 4 1 "DownloadUser = alpm"
   uncache 4 "$P11"
   m=$(mark)
@@ -671,9 +692,9 @@ if [[ $MODE == cacheserver ]]; then
   mkconf 4 1
 fi
 
-# ------------------------------------------------------------------------------ 12
+# ------------------------------------------------------------------------------ 13
 P12=$FIXTURE_UPDATE_PKG
-scenario 12 "an https mirror: host 4 follows its new pacman.conf; for $P12, which no peer has, flocon answers 307"
+scenario 13 "an https mirror: host 4 follows its new pacman.conf; for $P12, which no peer has, flocon answers 307"
 for i in 1 2 3 4; do uncache "$i" "$P12"; done
 l0=$(loglines 4)
 MIRROR_URL=https://$MIRROR:$MIRROR_TLS_PORT mkconf 4 1
@@ -692,9 +713,9 @@ mkconf 4 1
 wait_for 10 bash -c "tail -n +$((l0 + 1)) '$W/h4/flocon.log' | grep -q 'pacman.conf changed: pacman.conf re-read'" ||
   ko "flocon on host 4 did not follow its pacman.conf back to the http mirror"
 
-# ------------------------------------------------------------------------------ 13
+# ------------------------------------------------------------------------------ 14
 P13=flocon-xz
-scenario 13 "flocon stopped on host 4: pacman still works (the mirror directly)"
+scenario 14 "flocon stopped on host 4: pacman still works (the mirror directly)"
 stop 4
 uncache 4 "$P13"
 m=$(mark)
@@ -718,9 +739,9 @@ echo "# pacman -S $P13: ${t_stopped} s with flocon stopped, ${EL[4]} s without f
 mv "$W/h4/pacman.conf.flocon" "$W/h4/pacman.conf"
 start 4
 
-# ------------------------------------------------------------------------------ 14
+# ------------------------------------------------------------------------------ 15
 UPD=$FIXTURE_UPDATE_PKG
-scenario 14 "an update is published ($FIXTURE_UPDATE_FILE): pacman -Syu on hosts 1 then 2, twice each"
+scenario 15 "an update is published ($FIXTURE_UPDATE_FILE): pacman -Syu on hosts 1 then 2, twice each"
 for f in "$FIXTURE_UPDATE_DIR"/*; do
   b=${f##*/}
   cp -L "$f" "$MROOT/$FIXTURE_REPO/os/x86_64/$b.new" && mv "$MROOT/$FIXTURE_REPO/os/x86_64/$b.new" "$MROOT/$FIXTURE_REPO/os/x86_64/$b"

@@ -527,7 +527,7 @@ fn a_dead_first_mirror_then_a_slow_client_still_gets_every_byte() {
     use std::io::{Read, Write};
     write!(
         s,
-        "GET {REPO}/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET {REPO}/{} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         p.file
     )
     .unwrap();
@@ -567,9 +567,9 @@ fn thousands_of_pipelined_requests_do_not_crash_the_front() {
         })
     };
     use std::io::Write;
-    let one = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    let one = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let mut req = one.repeat(n - 1);
-    req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    req.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     s.write_all(&req).unwrap();
     let all = reader.join().unwrap();
     let answers = all.windows(12).filter(|w| w == b"HTTP/1.1 404").count();
@@ -638,7 +638,7 @@ fn out_of_descriptors_the_front_resumes_accepting_and_serves_what_queued() {
     // the kernel completed this handshake; the daemon cannot accept it yet
     let mut queued = std::net::TcpStream::connect(d.front).unwrap();
     queued
-        .write_all(b"GET /.flocon/status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /.flocon/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let t0 = std::time::Instant::now();
     while !d.log_text().contains("retrying when descriptors free up") {

@@ -69,6 +69,18 @@ fn discovery_on_a_bridged_lan_ipv4_ipv6_late_address_cut_heal() {
     run_isolated("lan_discovery.sh", &[], "lan_discovery");
 }
 
+/// A hostile host (raw sockets, a hub switch) against open and keyed flocon.
+#[test]
+fn attacks_from_a_lan_host_without_and_with_a_group_key() {
+    run_isolated("lan_attack.sh", &[], "lan_attack");
+}
+
+/// Two segments and a router: static peers, a keyed copy across it, exclude-interface.
+#[test]
+fn static_peers_across_a_router_and_excluded_interfaces() {
+    run_isolated("lan_routed.sh", &[], "lan_routed");
+}
+
 /// The end-to-end suite with the host's pacman (6.0.2 on bookworm), flocon as its first
 /// `Server`: the way for pacman < 6.1.
 #[test]

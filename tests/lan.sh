@@ -7,8 +7,15 @@
 #   switch  netns ${FLAN_PREFIX}sw: bridge br0 (plain flooding, no STP, no snooping), one port
 #           h<i> per host. The bridge is connected to nothing else.
 #
+#   routed  `lan.sh routed N M` adds a second segment: hosts 101..100+M on switch
+#           ${FLAN_PREFIX}sw2 with 10.78.0.<i-100>/24 and fd78::<i-100>/64, and a router
+#           netns ${FLAN_PREFIX}rt (r1 10.77.0.254 on the first switch, r2 10.78.0.254 on
+#           the second, IPv4 forwarding on, no multicast routing: TTL-1 discovery stays on
+#           each side). Hosts of each side get a route to the other side via the router.
+#
 # Usage (as root, or wrapped in `lan.sh isolated ...`, which needs no root):
 #   lan.sh up N              create hosts 1..N (idempotent; removes hosts above N)
+#   lan.sh routed N M        hosts 1..N on one segment, 101..100+M on another, a router between
 #   lan.sh down              kill everything running in the LAN and delete it (idempotent)
 #   lan.sh exec I CMD...     run CMD in host I (env FLAN_HOST=I, FLAN_ADDR=its IPv4)
 #   lan.sh cut I             unplug host I (its eth0 goes NO-CARRIER)
@@ -37,8 +44,10 @@ MAX_HOSTS=200   # the last IPv4 octet and the MAC byte hold the index
 die() { echo "lan.sh: $*" >&2; exit 1; }
 need_root() { [[ $(id -u) == 0 ]] || die "needs root (or: $0 isolated $0 ...)"; }
 ns() { echo "${PREFIX}h$1"; }
-v4() { echo "10.77.0.$1"; }
-ula() { printf 'fd77::%x\n' "$1"; }
+v4() { if (( $1 > 100 )); then echo "10.78.0.$(($1 - 100))"; else echo "10.77.0.$1"; fi; }
+ula() { if (( $1 > 100 )); then printf 'fd78::%x\n' $(($1 - 100)); else printf 'fd77::%x\n' "$1"; fi; }
+sw_of() { if (( $1 > 100 )); then echo "${PREFIX}sw2"; else echo "$SW"; fi; }
+RT=${PREFIX}rt
 ll() { printf 'fe80::77:ff:fe00:%x\n' "$1"; }
 exists() { [[ -e /run/netns/$1 ]]; }
 hosts() { local f; for f in /run/netns/"${PREFIX}"h*; do [[ -e $f ]] && echo "${f##*/"${PREFIX}"h}"; done | grep -xE '[0-9]+' | sort -n || true; }
@@ -47,19 +56,30 @@ host() { index "$1"; exists "$(ns "$1")" || die "no host $1 (run: $0 up N)"; }
 sysctl_ns() { ip netns exec "$1" sh -c "echo $3 > /proc/sys/net/$2"; }
 
 add_host() {
-  local i=$1 h; h=$(ns "$1")
+  local i=$1 h sw; h=$(ns "$1"); sw=$(sw_of "$1")
   exists "$h" || ip netns add "$h"
   ip -n "$h" link set lo up
   if ! ip -n "$h" link show eth0 >/dev/null 2>&1; then
-    ip -n "$SW" link del "h$i" 2>/dev/null || true
-    ip -n "$SW" link add "h$i" type veth peer name eth0 netns "$h" address "$(printf '02:77:00:00:00:%02x' "$i")"
+    ip -n "$sw" link del "h$i" 2>/dev/null || true
+    ip -n "$sw" link add "h$i" type veth peer name eth0 netns "$h" address "$(printf '02:77:00:00:00:%02x' "$i")"
   fi
   sysctl_ns "$h" ipv6/conf/eth0/accept_dad 0   # addresses usable at once
   ip -n "$h" addr replace "$(v4 "$i")/24" dev eth0
   ip -n "$h" addr replace "$(ula "$i")/64" dev eth0 nodad
   ip -n "$h" link set eth0 up
   ip -n "$h" route replace 224.0.0.0/4 dev eth0
-  ip -n "$SW" link set "h$i" master br0 up
+  ip -n "$sw" link set "h$i" master br0 up
+}
+
+add_switch() {  # add_switch NETNS: a netns with a plain bridge br0
+  if ! exists "$1"; then
+    ip netns add "$1"
+    sysctl_ns "$1" ipv6/conf/all/disable_ipv6 1     # the switch itself stays silent
+    sysctl_ns "$1" ipv6/conf/default/disable_ipv6 1
+  fi
+  ip -n "$1" link show br0 >/dev/null 2>&1 ||
+    ip -n "$1" link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+  ip -n "$1" link set br0 up
 }
 
 kill_in() {  # kill_in NETNS: TERM, then KILL what is left after 2 s
@@ -73,7 +93,8 @@ kill_in() {  # kill_in NETNS: TERM, then KILL what is left after 2 s
 }
 
 del_host() {
-  exists "$SW" && { ip -n "$SW" link del "h$1" 2>/dev/null || true; }
+  local sw; sw=$(sw_of "$1")
+  exists "$sw" && { ip -n "$sw" link del "h$1" 2>/dev/null || true; }
   kill_in "$(ns "$1")"
   ip netns del "$(ns "$1")" 2>/dev/null || true
 }
@@ -82,23 +103,52 @@ cmd_up() {
   local n=${1:-} i
   [[ $n =~ ^[0-9]+$ ]] && (( n >= 1 && n <= MAX_HOSTS )) || die "usage: up N (1..$MAX_HOSTS)"
   need_root
-  if ! exists "$SW"; then
-    ip netns add "$SW"
-    sysctl_ns "$SW" ipv6/conf/all/disable_ipv6 1     # the switch itself stays silent
-    sysctl_ns "$SW" ipv6/conf/default/disable_ipv6 1
-  fi
-  ip -n "$SW" link show br0 >/dev/null 2>&1 ||
-    ip -n "$SW" link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0
-  ip -n "$SW" link set br0 up
+  add_switch "$SW"
   for i in $(hosts); do (( i > n )) && del_host "$i"; done
   for i in $(seq "$n"); do add_host "$i"; done
   mkdir -p "$STATE"
+}
+
+cmd_routed() {
+  local n=${1:-} m=${2:-} i
+  [[ $m =~ ^[0-9]+$ ]] && (( m >= 1 && m <= 99 )) || die "usage: routed N M (M: 1..99)"
+  cmd_up "$n"
+  add_switch "${PREFIX}sw2"
+  for i in $(seq 101 $((100 + m))); do add_host "$i"; done
+  exists "$RT" || ip netns add "$RT"
+  ip -n "$RT" link set lo up
+  local side sw addr ula_r
+  for side in 1 2; do
+    if (( side == 1 )); then sw=$SW addr=10.77.0.254 ula_r=fd77::fe; else sw=${PREFIX}sw2 addr=10.78.0.254 ula_r=fd78::fe; fi
+    if ! ip -n "$RT" link show "r$side" >/dev/null 2>&1; then
+      ip -n "$sw" link add rt type veth peer name "r$side" netns "$RT"
+    fi
+    sysctl_ns "$RT" "ipv6/conf/r$side/accept_dad" 0
+    ip -n "$RT" addr replace "$addr/24" dev "r$side"
+    ip -n "$RT" addr replace "$ula_r/64" dev "r$side" nodad
+    ip -n "$RT" link set "r$side" up
+    ip -n "$sw" link set rt master br0 up
+  done
+  sysctl_ns "$RT" ipv4/ip_forward 1
+  sysctl_ns "$RT" ipv6/conf/all/forwarding 1
+  for i in $(hosts); do
+    if (( i > 100 )); then
+      ip -n "$(ns "$i")" route replace 10.77.0.0/24 via 10.78.0.254
+      ip -n "$(ns "$i")" -6 route replace fd77::/64 via fd78::fe
+    else
+      ip -n "$(ns "$i")" route replace 10.78.0.0/24 via 10.77.0.254
+      ip -n "$(ns "$i")" -6 route replace fd78::/64 via fd77::fe
+    fi
+  done
 }
 
 cmd_down() {
   need_root
   local i
   for i in $(hosts); do del_host "$i"; done
+  for i in "$RT" "${PREFIX}sw2"; do
+    if exists "$i"; then kill_in "$i"; ip netns del "$i" 2>/dev/null || true; fi
+  done
   if exists "$SW"; then kill_in "$SW"; ip netns del "$SW" 2>/dev/null || true; fi
   rm -rf "$STATE"
 }
@@ -110,8 +160,8 @@ cmd_exec() {
   FLAN_HOST=$i FLAN_ADDR=$(v4 "$i") exec ip netns exec "$(ns "$i")" "$@"
 }
 
-cmd_cut() { need_root; host "${1:-}"; ip -n "$SW" link set "h$1" down; }
-cmd_heal() { need_root; host "${1:-}"; ip -n "$SW" link set "h$1" up; }
+cmd_cut() { need_root; host "${1:-}"; ip -n "$(sw_of "$1")" link set "h$1" down; }
+cmd_heal() { need_root; host "${1:-}"; ip -n "$(sw_of "$1")" link set "h$1" up; }
 
 cmd_shape() {
   local i=${1:-} rate=${2:-}
@@ -220,7 +270,7 @@ cmd_selftest() {
   local c
   for c in python3 ping tc bridge; do command -v $c >/dev/null || die "selftest needs $c"; done
   export FLAN_PREFIX=${PREFIX}t- FLAN_STATE=$STATE-selftest
-  PREFIX=$FLAN_PREFIX STATE=$FLAN_STATE SW=${FLAN_PREFIX}sw
+  PREFIX=$FLAN_PREFIX STATE=$FLAN_STATE SW=${FLAN_PREFIX}sw RT=${FLAN_PREFIX}rt
   local T=$SELF pass=0 fail=0 out G4=239.255.77.1 G6=ff02::77:1
   ok() { echo "ok   - $*"; pass=$((pass + 1)); }
   ko() { echo "FAIL - $*"; fail=$((fail + 1)); }
@@ -293,7 +343,7 @@ cmd_selftest() {
 
 sub=${1:-help}; shift || true
 case $sub in
-  up|down|exec|cut|heal|shape|addr|status|isolated|selftest) "cmd_$sub" "$@";;
+  up|routed|down|exec|cut|heal|shape|addr|status|isolated|selftest) "cmd_$sub" "$@";;
   help|-h|--help) sed -n '2,/^set -euo/p' "$SELF" | sed '$d; s/^# \{0,1\}//';;
   *) die "unknown command '$sub' (try: $0 help)";;
 esac

@@ -174,8 +174,17 @@ fn a_thousand_connections_are_served_or_refused_cleanly() {
     let d = Daemon::start(DaemonOpts::new(t.path(), &t.join("cache")));
     let req = format!("GET /{BIG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut conns = Vec::new();
-    for _ in 0..1000 {
-        match TcpStream::connect(d.peer) {
+    // from 40 addresses: one address alone holds at most its share (guard::MAX_PER_ADDRESS)
+    let connect_from = |i: usize| -> std::io::Result<TcpStream> {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        let src: std::net::SocketAddr = format!("127.0.0.{}:0", 10 + i % 40).parse().unwrap();
+        s.bind(&src.into())?;
+        s.connect(&d.peer.into())?;
+        Ok(s.into())
+    };
+    for i in 0..1000 {
+        match connect_from(i) {
             Ok(mut s) => {
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 let _ = s.write_all(req.as_bytes());
