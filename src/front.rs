@@ -744,7 +744,7 @@ impl Front {
             }
             Err(c) => {
                 self.end_fetch(env, tok);
-                self.judge(env, instance, c, &format!("its .sig: {c:?}"));
+                self.judge(env, instance, c, &format!("its .sig: {c}"));
                 self.upstream_again(env, client, r);
             }
         }
@@ -926,7 +926,7 @@ impl Front {
                             env,
                             instance,
                             c,
-                            &format!("its .sig: {c:?} past the deadline"),
+                            &format!("its .sig: {c}, past the deadline"),
                         );
                         self.upstream_again(env, t, r);
                     }
@@ -1535,7 +1535,7 @@ impl Front {
             v => {
                 self.stats.rejected_copies += 1;
                 self.metrics.rejected_copy();
-                self.copy_refused(env, file, &contributors, &format!("{v:?}"));
+                self.copy_refused(env, file, &contributors, &v.to_string());
             }
         }
     }
