@@ -16,6 +16,7 @@ use crate::fetch;
 use crate::guard;
 use crate::http::{self, FileKind, Method, RangeOutcome, Request};
 use crate::metrics::{Metrics, human_bytes};
+use crate::names;
 use crate::peers::Candidate;
 use crate::policy::{self, Action, Conduct, Pace};
 use crate::sig::SigFetch;
@@ -483,7 +484,7 @@ impl Front {
     /// `/.flocon/lookup/<name>[?size=N]`: one lookup, answered with what it decided. For
     /// tests and the benchmark; loopback only like everything on the front.
     fn debug_lookup(&mut self, env: &mut impl Env, t: Token, r: Asked, name: &str) {
-        if !http::is_safe_name(name) {
+        if !names::is_file_name(name.as_bytes()) {
             return answer(env, t, Reply::Error(400));
         }
         let size = r
