@@ -112,14 +112,22 @@ impl Listeners {
         })
     }
 
-    /// (peer address, front addresses) for the start line.
-    pub fn describe(&self) -> (String, String) {
+    /// The line that says the daemon started: where it listens, which caches it serves.
+    pub(crate) fn started_line(&self, cfg: &Config) -> String {
         let front: Vec<String> = (self.front.iter())
             .filter_map(|l| l.local_addr().ok())
             .map(|a| a.to_string())
             .collect();
-        let peer = self.peer.local_addr().map(|a| a.to_string());
-        (peer.unwrap_or_default(), front.join(" "))
+        let peers = self.peer.local_addr().map(|a| a.to_string());
+        let cache: Vec<String> = (cfg.cache_dirs.iter())
+            .map(|d| d.display().to_string())
+            .collect();
+        format!(
+            "started: peers on {}, pacman on {}, cache {}",
+            peers.unwrap_or_default(),
+            front.join(" "),
+            cache.join(" ")
+        )
     }
 
     /// The front's addresses: an upstream there would be flocon calling itself.

@@ -266,6 +266,35 @@ impl Metrics {
         self.dirty && now.saturating_duration_since(self.saved_at) >= SAVE_INTERVAL
     }
 
+    /// A starting daemon's counters, the lifetime ones loaded from the state dir `dir` (from 0
+    /// when they cannot be read, with a warning).
+    pub(crate) fn start(dir: &Path, now: Instant) -> Metrics {
+        let lifetime = Lifetime::load(dir).unwrap_or_else(|e| {
+            warn!("{e}; counting what the LAN saved starts again at 0");
+            None
+        });
+        Metrics::new(lifetime, now, unix_now())
+    }
+
+    /// Saves the lifetime counters in the state dir `dir` when a save is due, a failure
+    /// logged.
+    pub(crate) fn save_when_due(&mut self, dir: &Path, now: Instant) {
+        if self.save_due(now) {
+            self.save_or_warn(dir, now, false);
+        }
+    }
+
+    /// Saves them to the disk (a stop), a failure logged.
+    pub(crate) fn save_at_exit(&mut self, dir: &Path, now: Instant) {
+        self.save_or_warn(dir, now, true);
+    }
+
+    fn save_or_warn(&mut self, dir: &Path, now: Instant, sync: bool) {
+        if let Err(e) = self.save(dir, now, sync) {
+            warn!("saving the counters in {}: {e}", dir.display());
+        }
+    }
+
     /// Saves the lifetime counters if they changed (`sync` at shutdown).
     pub fn save(&mut self, dir: &Path, now: Instant, sync: bool) -> io::Result<()> {
         if !self.dirty {

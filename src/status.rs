@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::discovery::Discovery;
+use crate::env::Loop;
 use crate::front::Front;
 use crate::metrics::{date, human_bytes};
 use crate::peers::BanKey;
@@ -330,6 +331,42 @@ pub fn json_str(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+impl Snapshot {
+    /// The running loop's snapshot: `gather`, with the addresses strikes bench (policy.rs)
+    /// shown with the bans.
+    pub(crate) fn of_loop(env: &Loop, front: &Front, counters: &Counters) -> Snapshot {
+        let (cfg, index) = (env.cfg, &*env.index);
+        let mut s = Snapshot::gather(cfg, env.discovery, front, index, counters, env.now);
+        s.bans
+            .extend(env.strikes.iter(env.now).map(|(ip, left, why)| BanRow {
+                name: String::new(),
+                peer: format!("address {ip}"),
+                seconds_left: left.as_secs(),
+                reason: format!("benched: {why}"),
+            }));
+        s
+    }
+}
+
+/// The pages the front answers itself, by path: the body and its Content-Type.
+pub(crate) fn page(
+    path: &str,
+    env: &Loop,
+    front: &Front,
+    counters: &Counters,
+) -> Option<(String, &'static str)> {
+    let snapshot = || Snapshot::of_loop(env, front, counters);
+    match path {
+        "/.flocon/status" => Some((snapshot().text(), "text/plain; charset=utf-8")),
+        "/.flocon/status.json" => Some((snapshot().json(), "application/json")),
+        "/metrics" | "/.flocon/metrics" => Some((
+            front.metrics.render(env.discovery.peers.len()),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
