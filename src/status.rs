@@ -14,14 +14,14 @@ use std::fmt::Write;
 use std::time::Instant;
 
 /// What only the loop knows, for the snapshot.
-pub struct Counters {
+pub(crate) struct Counters {
     pub started: Instant,
     pub peer_bytes_sent: u64,
     pub refused_busy: u64,
     pub connections: usize,
 }
 
-pub struct PeerRow {
+pub(crate) struct PeerRow {
     pub instance: u64,
     pub name: String,
     pub addr: String,
@@ -32,7 +32,7 @@ pub struct PeerRow {
     pub last_seen_ms: u128,
 }
 
-pub struct CopyRow {
+pub(crate) struct CopyRow {
     pub file: String,
     pub source: String,
     pub bytes: u64,
@@ -42,7 +42,7 @@ pub struct CopyRow {
     pub phase: String,
 }
 
-pub struct BanRow {
+pub(crate) struct BanRow {
     /// The banned peer's announced name, when it is (or was just) in the peer table.
     pub name: String,
     pub peer: String,
@@ -51,7 +51,7 @@ pub struct BanRow {
 }
 
 /// Everything the status page shows, gathered in one place by the daemon.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub version: &'static str,
     pub name: String,
     pub distro: String,
@@ -83,7 +83,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Gathers the snapshot from the daemon's parts.
-    pub fn gather(
+    pub(crate) fn gather(
         cfg: &Config,
         discovery: &Discovery,
         front: &Front,
@@ -153,7 +153,7 @@ impl Snapshot {
         }
     }
 
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -239,7 +239,7 @@ impl Snapshot {
         s
     }
 
-    pub fn json(&self) -> String {
+    pub(crate) fn json(&self) -> String {
         let list = |v: &[String]| v.iter().map(|x| json_str(x)).collect::<Vec<_>>().join(",");
         let peers: Vec<String> = self
             .peers
@@ -318,7 +318,7 @@ impl Snapshot {
 }
 
 /// A JSON string literal (the only escaping the status document needs).
-pub fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
