@@ -170,3 +170,37 @@ pub(crate) fn prepare_staging(cfg: &Config) {
         warn!("staging dir {s}: {e}; every request goes upstream");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_reload_keeps_socket_and_identity_settings_and_names_them() {
+        let old = Config::default();
+        let mut new = Config {
+            port: old.port + 1,
+            name: "renamed".into(),
+            interfaces: vec!["eth9".into()],
+            announce_interval: old.announce_interval + Duration::from_secs(1),
+            lookup_budget: old.lookup_budget + Duration::from_millis(10),
+            debug: !old.debug,
+            ..Config::default()
+        };
+        let kept = keep_restart_settings(&old, &mut new);
+        assert_eq!(kept, ["port", "interface", "name", "announce-interval"]);
+        assert_eq!(
+            (new.port, &new.name, &new.interfaces),
+            (old.port, &old.name, &old.interfaces)
+        );
+        assert_eq!(new.announce_interval, old.announce_interval);
+        // the others apply at once
+        assert_eq!(
+            new.lookup_budget,
+            old.lookup_budget + Duration::from_millis(10)
+        );
+        assert_eq!(new.debug, !old.debug);
+        assert!(keep_restart_settings(&old, &mut old.clone()).is_empty());
+    }
+}
