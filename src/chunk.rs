@@ -10,7 +10,7 @@ use std::ops::Deref;
 use std::sync::Mutex;
 
 /// Bytes one chunk holds: one socket read's worth.
-pub const CHUNK_SIZE: usize = 64 * 1024;
+pub(crate) const CHUNK_SIZE: usize = 64 * 1024;
 /// Free chunks kept for reuse (2 MiB): enough for every chunk in flight to the stager
 /// (`stager::QUEUE_BYTES`) plus a few being read; more are freed.
 const MAX_POOLED: usize = 32;
@@ -19,14 +19,14 @@ static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// Up to `CHUNK_SIZE` bytes. `buf` is always `CHUNK_SIZE` long (initialised once, when first
 /// allocated); `len` of them are the chunk's contents.
-pub struct Chunk {
+pub(crate) struct Chunk {
     buf: Vec<u8>,
     len: usize,
 }
 
 impl Chunk {
     /// An empty chunk, from the pool when one is free.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let pooled = POOL.lock().map(|mut p| p.pop()).unwrap_or(None);
         Chunk {
             buf: pooled.unwrap_or_else(|| vec![0; CHUNK_SIZE]),
@@ -35,7 +35,7 @@ impl Chunk {
     }
 
     /// A chunk holding `data` (at most `CHUNK_SIZE` bytes are taken).
-    pub fn copy_of(data: &[u8]) -> Self {
+    pub(crate) fn copy_of(data: &[u8]) -> Self {
         let mut c = Chunk::new();
         let n = data.len().min(CHUNK_SIZE);
         c.buf[..n].copy_from_slice(&data[..n]);
@@ -44,13 +44,13 @@ impl Chunk {
     }
 
     /// Free space at the end.
-    pub fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         self.buf.len() - self.len
     }
 
     /// One `read` of at most `max` bytes appended to the chunk (0 = end of stream, or no
     /// room).
-    pub fn read_from<R: Read>(&mut self, r: &mut R, max: usize) -> io::Result<usize> {
+    pub(crate) fn read_from<R: Read>(&mut self, r: &mut R, max: usize) -> io::Result<usize> {
         let end = self.len + max.min(self.room());
         let n = r.read(&mut self.buf[self.len..end])?;
         self.len += n;
@@ -58,12 +58,13 @@ impl Chunk {
     }
 
     /// Keeps only the first `n` bytes.
-    pub fn truncate(&mut self, n: usize) {
+    pub(crate) fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
     }
 
     /// Drops the first `n` bytes (moving the rest down).
-    pub fn consume(&mut self, n: usize) {
+    #[cfg(test)]
+    pub(crate) fn consume(&mut self, n: usize) {
         let n = n.min(self.len);
         self.buf.copy_within(n..self.len, 0);
         self.len -= n;
@@ -72,7 +73,7 @@ impl Chunk {
     /// Appends what `fill` writes into a vector; for decoders that produce into a
     /// `Vec<u8>`. Nothing is lost: a chunk filled past `CHUNK_SIZE` grows (and is freed, not
     /// pooled, when dropped).
-    pub fn fill_with<T>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    pub(crate) fn fill_with<T>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> T) -> T {
         let mut v = std::mem::take(&mut self.buf);
         v.truncate(self.len);
         let r = fill(&mut v);

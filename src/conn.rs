@@ -16,18 +16,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A client must send its whole request head within this time (slowloris guard).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A receiver that takes nothing for this long is dead or hostile.
-pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on bytes (and memory) buffered for a streamed answer; the source is read only
 /// while there is room. The kernel's socket buffer does the real smoothing: this only has to
 /// hold one read's worth, and 256 slow clients at 32 KiB are 8 MiB (docs/DESIGN.md, "Memory").
-pub const MAX_STREAM_BUFFER: usize = 32 * 1024;
+pub(crate) const MAX_STREAM_BUFFER: usize = 32 * 1024;
 /// Bytes per sendfile call: big enough for full throughput, small enough that one huge
 /// transfer yields the loop to the other connections between calls.
-pub const SENDFILE_CHUNK: usize = 1 << 20;
+pub(crate) const SENDFILE_CHUNK: usize = 1 << 20;
 /// sendfile calls per readiness turn before the connection goes to the back of the queue.
-pub const SENDFILE_CALLS_PER_TURN: usize = 4;
+pub(crate) const SENDFILE_CALLS_PER_TURN: usize = 4;
 /// Room a chunked stream keeps for its framing: one chunk's size line and CRLF, and the last
 /// chunk (a streamed answer of unknown length is chunked to an HTTP/1.1 client, so that a
 /// source cut short never reaches it as a clean end).
@@ -35,7 +35,7 @@ const CHUNK_FRAMING: usize = 12 + LAST_CHUNK.len();
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Reading a request head.
     WaitingForHead,
     /// A request was handed to the daemon; nothing to send yet.
@@ -50,7 +50,7 @@ pub enum State {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
+pub(crate) enum Progress {
     Blocked,
     Yielded,
     /// A complete request head is ready: the daemon should `take_request()`.
@@ -58,7 +58,7 @@ pub enum Progress {
     Close,
 }
 
-pub struct Conn<S> {
+pub(crate) struct Conn<S> {
     pub stream: S,
     state: State,
     inbuf: Vec<u8>,
@@ -88,7 +88,7 @@ pub struct Conn<S> {
 }
 
 impl<S: Read + Write + AsRawFd> Conn<S> {
-    pub fn new(stream: S, now: Instant, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(stream: S, now: Instant, idle_timeout: Duration) -> Self {
         Conn {
             stream,
             state: State::WaitingForHead,
@@ -113,11 +113,11 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         }
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         self.state
     }
 
-    pub fn timed_out(&self, now: Instant) -> bool {
+    pub(crate) fn timed_out(&self, now: Instant) -> bool {
         match self.state {
             State::WaitingForHead if self.head_bytes => {
                 now.duration_since(self.head_started) > HEAD_TIMEOUT
@@ -136,7 +136,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     /// What it is doing, for choosing which connection gives way on a full listener.
-    pub fn activity(&self) -> crate::guard::Activity {
+    pub(crate) fn activity(&self) -> crate::guard::Activity {
         use crate::guard::Activity;
         match self.state {
             State::WaitingForHead if self.requests > 0 && !self.head_bytes => {
@@ -149,17 +149,17 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     /// How many requests this connection has read (the current one's number).
-    pub fn request_number(&self) -> u64 {
+    pub(crate) fn request_number(&self) -> u64 {
         self.requests
     }
 
     /// The request the last `Progress::Request` announced.
-    pub fn take_request(&mut self) -> Option<Request> {
+    pub(crate) fn take_request(&mut self) -> Option<Request> {
         self.pending.take()
     }
 
     /// Room for more streamed bytes (backpressure on the upstream read).
-    pub fn stream_room(&self) -> usize {
+    pub(crate) fn stream_room(&self) -> usize {
         match self.state {
             State::Streaming if !self.stream_done && self.chunked => {
                 self.out.room().saturating_sub(CHUNK_FRAMING)
@@ -170,11 +170,12 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     /// Memory held for unsent bytes (tests, status).
-    pub fn buffer_capacity(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
         self.out.capacity()
     }
 
-    pub fn drive(&mut self, now: Instant) -> Progress {
+    pub(crate) fn drive(&mut self, now: Instant) -> Progress {
         loop {
             let step = match self.state {
                 State::WaitingForHead => self.read_head(now),
@@ -260,7 +261,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
 
     /// An error status with a small text body (none for HEAD); keep-alive kept when the
     /// request allows it.
-    pub fn answer_error(&mut self, status: u16) {
+    pub(crate) fn answer_error(&mut self, status: u16) {
         self.begin();
         if self.method == Method::Head {
             http::error_head(self.out.whole(), self.version, status, self.keep_alive);
@@ -271,7 +272,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     /// A complete in-memory answer (status pages, redirects, 304, 416).
-    pub fn answer_bytes(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+    pub(crate) fn answer_bytes(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         self.begin();
         let len = body.len().to_string();
         let mut h: Vec<(&str, &str)> = headers.to_vec();
@@ -288,7 +289,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     /// Read at explicit offsets, so one file can serve many connections at once (a staged
     /// copy is shared through an `Arc`: whoever holds the last one closes it — the stager,
     /// for a staged copy, so that freeing its pages never stalls the loop).
-    pub fn answer_file(
+    pub(crate) fn answer_file(
         &mut self,
         status: u16,
         headers: &[(&str, &str)],
@@ -315,7 +316,12 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     /// Starts a streamed answer: the head now, the body through `push_stream`.
     /// `length` is the promised body length (None: chunked to an HTTP/1.1 client, so that
     /// only `end_stream(true)` ends it cleanly; close-delimited to an HTTP/1.0 one).
-    pub fn answer_stream(&mut self, status: u16, headers: &[(&str, &str)], length: Option<u64>) {
+    pub(crate) fn answer_stream(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        length: Option<u64>,
+    ) {
         self.begin();
         self.chunked =
             length.is_none() && self.version == Version::Http11 && self.method != Method::Head;
@@ -345,7 +351,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     /// Appends streamed body bytes (never more than promised). The source gives at most
     /// `stream_room()`: bytes beyond it would break the bound, so the stream is cut instead
     /// (the client sees a failure, never a body with a hole). False when that happened.
-    pub fn push_stream(&mut self, data: &[u8]) -> bool {
+    pub(crate) fn push_stream(&mut self, data: &[u8]) -> bool {
         if self.state != State::Streaming || self.stream_done {
             return true;
         }
@@ -387,7 +393,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
 
     /// The source ended. `complete`: it delivered everything it promised; otherwise the
     /// connection must be cut so the client sees the failure.
-    pub fn end_stream(&mut self, complete: bool) {
+    pub(crate) fn end_stream(&mut self, complete: bool) {
         if self.state != State::Streaming {
             return;
         }
@@ -402,10 +408,6 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             return;
         }
         self.stream_done = true;
-    }
-
-    pub fn is_streaming(&self) -> bool {
-        self.state == State::Streaming
     }
 
     fn send_out(&mut self, now: Instant) -> io::Result<Option<Progress>> {
@@ -496,7 +498,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
 }
 
 /// The fixed answer for a connection accepted while the table is full.
-pub fn busy_response() -> Vec<u8> {
+pub(crate) fn busy_response() -> Vec<u8> {
     let mut out = Vec::new();
     http::error_response(&mut out, Version::Http11, 503, false);
     out

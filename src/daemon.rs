@@ -8,30 +8,30 @@
 //! within a time budget. Every connection or fetch with work goes through `Ready::schedule`.
 
 use crate::config::Config;
-use crate::conn::{self, Conn};
+use crate::conns::{self, Admit, Closed, Conns};
 use crate::dbload::DbLoader;
-use crate::discovery::{self, Discovery, DiscoveryEvent, Identity};
+use crate::discovery::{self, Discovery, DiscoveryEvent};
 use crate::env::{Loop, Slot, Timer, check_dbs};
 use crate::eventloop::{Ready, Slots, Timers};
 use crate::fetch;
-use crate::front::{self, Env, Front, Reply};
-use crate::guard::{self, PerAddress};
+use crate::front::{self, Front};
+use crate::front_loop;
 pub use crate::listen::StartError;
 use crate::listen::{Accepted, Listener, Listeners};
-use crate::metrics::{self, Lifetime, Metrics};
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::peers;
 use crate::policy::Strikes;
+use crate::rescan;
 use crate::resolver::Resolver;
 use crate::server::{self, CacheDirs};
 use crate::stager::Stager;
-use crate::status::{BanRow, Counters, Snapshot};
+use crate::status::Snapshot;
 use crate::syncdb::SyncIndex;
-use crate::{sys, transfer};
+use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -72,9 +72,8 @@ pub struct Daemon {
     front_addrs: Vec<SocketAddr>,
     /// Peers struck (policy.rs) and benched, by address.
     strikes: Strikes<IpAddr>,
-    /// Peer-port connections per address (guard::MAX_PER_ADDRESS), and each one's address.
-    per_address: PerAddress,
-    peer_ips: HashMap<Token, IpAddr>,
+    /// The accepted connections' counts and addresses.
+    conns: Conns,
     cache: CacheDirs,
     slots: Slots<Slot>,
     timers: Timers<Timer>,
@@ -89,10 +88,6 @@ pub struct Daemon {
     front: Front,
     /// Lookups decided outside discovery's own events (nobody to ask), for the front.
     decided: Vec<DiscoveryEvent>,
-    peer_bytes_sent: u64,
-    refused_busy: u64,
-    peer_conns: usize,
-    front_conns: usize,
     /// systemd's `Type=notify`: READY=1, STATUS=, STOPPING=1.
     notifier: Notifier,
 }
@@ -116,30 +111,12 @@ impl Daemon {
         (poll.registry())
             .register(&mut SourceFd(&fd), SIGNAL, Interest::READABLE)
             .map_err(err("epoll"))?;
-        // (a cache dir that cannot be listed is among cfg.warnings)
+        // (a cache dir that cannot be listed is among cfg.warnings, which identity() logs)
         let cache = CacheDirs::new(&cfg.cache_dirs);
-        for w in &cfg.warnings {
-            warn!("{w}");
-        }
-        let (keys, key_warnings) = crate::auth::Keys::load(&cfg.key_files).map_err(StartError)?;
-        for w in key_warnings {
-            warn!("{w}");
-        }
-        let identity = Identity {
-            announce_interval: cfg.announce_interval,
-            port: cfg.port,
-            peer_addr: cfg.peer_addr,
-            interfaces: cfg.interfaces.clone(),
-            name: cfg.name.clone(),
-            distro: cfg.distro.clone(),
-            archs: cfg.architectures.clone(),
-            exclude_interfaces: cfg.exclude_interfaces.clone(),
-            keys,
-            static_peers: cfg.static_peers.clone(),
-        };
+        let identity = rescan::identity(&cfg).map_err(StartError)?;
         let discovery =
             Discovery::new(identity, poll.registry()).map_err(|e| StartError(e.to_string()))?;
-        prepare_staging(&cfg);
+        rescan::prepare_staging(&cfg);
         let stager = Stager::new(&cfg.state_dir.join("staging"), waker.clone())
             .map_err(err("staging thread"))?;
         let now = Instant::now();
@@ -156,8 +133,7 @@ impl Daemon {
             front_addrs: listeners.front_addrs(),
             listeners,
             strikes: Strikes::new(),
-            per_address: PerAddress::new(),
-            peer_ips: HashMap::new(),
+            conns: Conns::new(),
             cache,
             slots: Slots::new(server::MAX_CONNECTIONS + front::MAX_CONNECTIONS + MAX_FETCHES),
             timers,
@@ -170,18 +146,10 @@ impl Daemon {
             stager,
             front: Front::new(),
             decided: Vec::new(),
-            peer_bytes_sent: 0,
-            refused_busy: 0,
-            peer_conns: 0,
-            front_conns: 0,
             check_joined: true,
             notifier: Notifier::from_env(),
         };
-        let lifetime = Lifetime::load(&d.cfg.state_dir).unwrap_or_else(|e| {
-            warn!("{e}; counting what the LAN saved starts again at 0");
-            None
-        });
-        d.front.metrics = Metrics::new(lifetime, now, metrics::unix_now());
+        d.front.metrics = Metrics::start(&d.cfg.state_dir, now);
         check_dbs(&d.cfg, &mut d.index, &mut d.dbload);
         Ok(d)
     }
@@ -189,29 +157,22 @@ impl Daemon {
     /// Runs until a stop signal and the grace period; returns the exit code.
     pub fn run(&mut self) -> i32 {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        let (peers, front) = self.listeners.describe();
-        let cache: Vec<String> = (self.cfg.cache_dirs.iter())
-            .map(|d| d.display().to_string())
-            .collect();
-        info!(
-            "started: peers on {peers}, pacman on {front}, cache {}",
-            cache.join(" ")
-        );
+        info!("{}", self.listeners.started_line(&self.cfg));
         info!("{}", self.front.metrics.saved_line());
         // the listeners are open (Daemon::new): pacman can connect from here on
-        let status = self.systemd_status();
+        let status = (self.front.metrics).systemd_status(self.discovery.peers.len());
         self.notifier.ready(&status, self.now);
         loop {
             self.now = Instant::now();
             if let Some(deadline) = self.stopping {
-                let busy = self.busy_connections();
+                let busy = conns::busy(&self.slots);
                 if busy == 0 || self.now >= deadline {
                     if busy == 0 {
                         info!("stopped");
                     } else {
                         info!("stopped with {busy} transfers cut short");
                     }
-                    self.save_counters(true);
+                    (self.front.metrics).save_at_exit(&self.cfg.state_dir, self.now);
                     return 0;
                 }
             }
@@ -251,7 +212,7 @@ impl Daemon {
             index: &mut self.index,
             dbload: &mut self.dbload,
             resolver: &mut self.resolver,
-            stager: &self.stager,
+            stager: &mut self.stager,
             decided: &mut self.decided,
             strikes: &mut self.strikes,
             front_addrs: &self.front_addrs,
@@ -304,108 +265,30 @@ impl Daemon {
     fn on_datagrams(&mut self, token: Token) {
         let mut events = Vec::new();
         let (cache, index) = (&self.cache, &self.index);
-        // The size is the file's; the SHA-256 is what this host's own sync db says of a
-        // file of that name and size: pacman checked its cached copy against that db, and a
-        // host of another architecture (Arch ARM) names another build, so an asker whose db
-        // differs skips us without a transfer and without a ban (docs/DESIGN.md).
-        let mut has_file = |name: &str| {
-            let size = cache.size_of(name)?;
-            let sha = index
-                .lookup_any(name)
-                .filter(|(_, i)| i.size == size)
-                .and_then(|(_, i)| i.sha256);
-            Some((size, sha))
-        };
-        self.discovery.uploads = self.uploads_in_flight();
+        let mut has_file = |name: &str| conns::offer(cache, index, name);
+        self.discovery.uploads = conns::uploads_in_flight(&self.slots);
         self.discovery
             .on_readable(token, self.now, &mut has_file, &mut events);
         self.on_discovery_events(events);
     }
 
-    fn on_discovery_events(&mut self, mut events: Vec<DiscoveryEvent>) {
-        loop {
-            events.append(&mut self.decided);
-            if events.is_empty() {
-                return;
-            }
-            for ev in events.drain(..) {
-                match ev {
-                    DiscoveryEvent::PeerUp => {
-                        let at = self.discovery.announce_deadline();
-                        self.timers.always(at, Timer::Announce);
-                    }
-                    DiscoveryEvent::Decided(d) => {
-                        let (front, mut env) = self.parts();
-                        front.on_decided(&mut env, d.id, d.candidates, d.asked, d.answered);
-                    }
-                }
-            }
-        }
-    }
-
-    fn uploads_in_flight(&self) -> u16 {
-        let sending =
-            |s: &&Slot| matches!(s, Slot::Peer(c) if c.state() == conn::State::SendingFile);
-        self.slots
-            .values()
-            .filter(sending)
-            .count()
-            .min(u16::MAX as usize) as u16
+    fn on_discovery_events(&mut self, events: Vec<DiscoveryEvent>) {
+        let (front, mut env) = self.parts();
+        front_loop::on_discovery_events(front, &mut env, events);
     }
 
     fn on_wake(&mut self) {
-        for (id, r) in self.resolver.results() {
-            if let Some(i) = discovery::static_peer_of(id) {
-                self.discovery.static_resolved(i, r);
-                continue;
-            }
-            let (front, mut env) = self.parts();
-            front.on_resolved(&mut env, id, r);
-        }
-        for r in self.stager.reports() {
-            let (front, mut env) = self.parts();
-            front.on_staged(&mut env, r);
-        }
-        // the stager's queue has room again: peer copies paused for it read on
-        if self.stager.take_room_freed() {
-            for t in self.front.copy_fetches("") {
-                self.ready.schedule(t);
-            }
-        }
-        let loaded = self.dbload.results();
-        let any = !loaded.is_empty();
-        for (repo, r) in loaded {
-            match r {
-                Ok((map, stamp)) => {
-                    info!("sync db {repo}: {} packages", map.len());
-                    self.index.install(&repo, Some(stamp), map);
-                }
-                Err(e) => {
-                    let path = self.cfg.db_path.join("sync").join(format!("{repo}.db"));
-                    warn!(
-                        "sync db {}: {e}; keeping the previous index",
-                        path.display()
-                    );
-                    self.index.keep_old(&repo, crate::syncdb::stamp(&path));
-                }
-            }
-        }
-        if any && self.dbload.in_flight.is_empty() {
-            let (front, mut env) = self.parts();
-            front.on_dbs_loaded(&mut env);
-        }
-        self.on_discovery_events(Vec::new());
+        let (front, mut env) = self.parts();
+        front_loop::on_wake(front, &mut env);
     }
 
     fn on_timer(&mut self, t: Timer) {
         match t {
             Timer::Sweep => {
                 self.sweep();
-                let status = self.systemd_status();
+                let status = (self.front.metrics).systemd_status(self.discovery.peers.len());
                 self.notifier.status(&status, self.now);
-                if self.front.metrics.save_due(self.now) {
-                    self.save_counters(false);
-                }
+                (self.front.metrics).save_when_due(&self.cfg.state_dir, self.now);
                 let mut events = Vec::new();
                 self.discovery.expire(self.now, &mut events);
                 self.on_discovery_events(events);
@@ -417,22 +300,18 @@ impl Daemon {
                 {
                     self.announce_soon();
                 }
-                if self.check_joined {
-                    self.check_joined = false;
-                    self.warn_if_no_multicast();
+                if std::mem::take(&mut self.check_joined) {
+                    rescan::warn_if_no_multicast(&self.cfg, &self.discovery);
                 }
-                self.follow_pacman_conf();
-                check_dbs(&self.cfg, &mut self.index, &mut self.dbload);
-                for (i, host, port) in self.discovery.static_resolutions_due(self.now) {
-                    self.resolver
-                        .resolve(discovery::static_resolve_id(i), host, port);
-                }
+                self.check_joined |= rescan::follow_pacman_conf(&mut self.cfg, &mut self.cache);
+                let (d, r) = (&mut self.discovery, &mut self.resolver);
+                rescan::check(&self.cfg, &mut self.index, &mut self.dbload, d, r, self.now);
                 let at = self.now + discovery::RESCAN_INTERVAL;
                 self.timers.always(at, Timer::Rescan);
             }
             Timer::Announce => {
                 if self.stopping.is_none() {
-                    self.discovery.uploads = self.uploads_in_flight();
+                    self.discovery.uploads = conns::uploads_in_flight(&self.slots);
                     if self.discovery.announce_if_due(self.now) {
                         let at = self.discovery.announce_deadline();
                         self.timers.always(at, Timer::Announce);
@@ -478,7 +357,9 @@ impl Daemon {
             libc::SIGTERM | libc::SIGINT => self.begin_stop(),
             libc::SIGHUP => self.reload(),
             libc::SIGUSR1 => {
-                for line in self.snapshot().text().lines() {
+                let counters = self.conns.counters(self.started, &self.slots);
+                let (front, env) = self.parts();
+                for line in Snapshot::of_loop(&env, front, &counters).text().lines() {
                     info!("{line}");
                 }
             }
@@ -495,7 +376,7 @@ impl Daemon {
         if self.stopping.is_some() {
             return;
         }
-        let busy = self.busy_connections();
+        let busy = conns::busy(&self.slots);
         info!("stopping: {busy} connections busy");
         (self.notifier).stopping(&format!("stopping: {busy} connections busy"));
         self.discovery.goodbye();
@@ -505,11 +386,7 @@ impl Daemon {
         self.timers.always(deadline, Timer::StopDeadline);
         // idle keep-alive connections are not work in flight
         for t in self.slots.tokens() {
-            let idle = match self.slots.get(t) {
-                Some(Slot::Peer(c) | Slot::Front(c)) => c.state() == conn::State::WaitingForHead,
-                _ => false,
-            };
-            if idle {
+            if conns::is_idle(&self.slots, t) {
                 self.close(t);
             }
         }
@@ -518,7 +395,8 @@ impl Daemon {
     /// SIGHUP: every setting is applied, except those bound to sockets and identity, which
     /// keep their old values until a restart (one warning line names them).
     fn reload(&mut self) {
-        if self.apply_config("SIGHUP") {
+        if rescan::apply_config(&mut self.cfg, &mut self.cache, "SIGHUP") {
+            self.check_joined = true;
             // re-read every sync db, changed or not
             self.index = SyncIndex::new();
             check_dbs(&self.cfg, &mut self.index, &mut self.dbload);
@@ -526,87 +404,11 @@ impl Daemon {
         }
     }
 
-    /// pacman.conf, a file it includes or a mirrorlist changed (reflector, a merged .pacnew,
-    /// an edit): re-read the configuration as SIGHUP does; the sync dbs follow their own
-    /// stamps. One log line.
-    fn follow_pacman_conf(&mut self) {
-        let Some(path) = crate::config::changed_file(&self.cfg.pacman_files) else {
-            return;
-        };
-        let why = format!("{} changed", path.display());
-        if self.apply_config(&why) {
-            let servers: usize = self.cfg.repos.iter().map(|r| r.servers.len()).sum();
-            info!(
-                "{why}: pacman.conf re-read ({} repos, {servers} server lines)",
-                self.cfg.repos.len()
-            );
-        }
-    }
-
-    /// Re-reads the configuration and applies it, logging each of its warnings; on failure
-    /// keeps the running one and re-stamps pacman's files (the broken one included), so that
-    /// only a further change tries again.
-    fn apply_config(&mut self, why: &str) -> bool {
-        let mut cfg = match crate::config::reload(&self.cfg) {
-            Ok(cfg) => cfg,
-            Err(e) => {
-                warn!("{why}: keeping the old configuration: {e}");
-                self.cfg.pacman_files = crate::config::pacman_conf_stamps(&self.cfg.pacman_conf);
-                return false;
-            }
-        };
-        for w in &cfg.warnings {
-            warn!("{w}");
-        }
-        let kept = keep_restart_settings(&self.cfg, &mut cfg);
-        if !kept.is_empty() {
-            warn!(
-                "{why}: {} changed; keeping the old value until flocon restarts",
-                kept.join(", ")
-            );
-        }
-        crate::log::set_debug(cfg.debug);
-        self.cache = CacheDirs::new(&cfg.cache_dirs);
-        if cfg.state_dir != self.cfg.state_dir {
-            prepare_staging(&cfg);
-        }
-        self.cfg = cfg;
-        self.check_joined = true;
-        true
-    }
-
-    /// Once after start and after each re-read: no multicast group joined means no peer.
-    fn warn_if_no_multicast(&self) {
-        if self.discovery.joined().is_empty() {
-            let named = if self.cfg.interfaces.is_empty() {
-                String::new()
-            } else {
-                format!(" (--interface {})", self.cfg.interfaces.join(", "))
-            };
-            warn!(
-                "no multicast interface joined{named}: no peer can be found (flocon serves \
-                 from the mirrors only) until one comes up"
-            );
-        }
-    }
-
-    /// Connections with a response in flight (what a stop waits for).
-    fn busy_connections(&self) -> usize {
-        let busy = |s: &&Slot| match s {
-            Slot::Peer(c) | Slot::Front(c) => c.state() != conn::State::WaitingForHead,
-            Slot::Fetch(_) => false,
-        };
-        self.slots.values().filter(busy).count()
-    }
-
     fn sweep(&mut self) {
         for t in self.slots.tokens() {
-            let why = match self.slots.get(t) {
-                Some(Slot::Peer(c) | Slot::Front(c)) => c.timed_out(self.now).then_some(""),
-                Some(Slot::Fetch(f)) => f.timed_out(self.now),
-                None => None,
+            let Some(why) = conns::timed_out(&self.slots, t, self.now) else {
+                continue;
             };
-            let Some(why) = why else { continue };
             debug!("closing timed-out connection {t:?} {why}");
             if matches!(self.slots.get(t), Some(Slot::Fetch(_))) {
                 // a dead peer or mirror must be noticed before pacman's 10 s
@@ -630,103 +432,28 @@ impl Daemon {
                     return;
                 }
             };
-            // a peer connection that came in on an interface flocon does not use (excluded,
-            // or not among --interface) is closed unanswered
-            if matches!(which, Listener::Peers)
-                && !stream
-                    .local_addr()
-                    .is_ok_and(|l| self.discovery.accepts_on(l.ip()))
-            {
-                debug!("peer connection from {addr} on a foreign interface refused");
-                continue;
-            }
-            // answers are a small head then sendfile: Nagle + delayed ACK would hold the head
-            // back 40 ms per request
-            let _ = stream.set_nodelay(true);
-            let (open, limit, idle) = match which {
-                Listener::Peers => (
-                    self.peer_conns,
-                    server::MAX_CONNECTIONS,
-                    server::IDLE_TIMEOUT,
-                ),
-                Listener::Front(_) => (
-                    self.front_conns,
-                    front::MAX_CONNECTIONS,
-                    front::IDLE_TIMEOUT,
-                ),
-            };
             let ip = peers::normalize_addr(addr).ip();
-            let peer_port = matches!(which, Listener::Peers);
-            if peer_port && !self.per_address.admit(ip) {
-                self.refused_busy += 1;
-                let _ = stream.write(&conn::busy_response());
-                continue;
-            }
-            if self.slots.is_full() || open >= limit {
-                let victim = self.make_room(which);
-                if let Some(v) = victim {
+            match (self.conns).admit(which, &mut stream, addr, &self.discovery, &self.slots) {
+                Admit::Yes => {}
+                Admit::GiveWay(v) => {
                     debug!("{which:?} full: closing {v:?} to make room for {addr}");
                     self.close(v);
-                }
-                if victim.is_none() || self.slots.is_full() {
-                    if peer_port {
-                        self.per_address.release(ip);
+                    if self.slots.is_full() {
+                        self.conns.refuse(which, ip, &mut stream);
+                        continue;
                     }
-                    self.refused_busy += 1;
-                    let _ = stream.write(&conn::busy_response());
-                    continue;
                 }
+                Admit::No => continue,
             }
-            let now = self.now;
-            let Some(t) = self.slots.insert_with(|_| {
-                let c = Conn::new(stream, now, idle);
-                match which {
-                    Listener::Peers => Slot::Peer(c),
-                    Listener::Front(_) => Slot::Front(c),
-                }
-            }) else {
-                if peer_port {
-                    self.per_address.release(ip);
-                }
+            let (reg, now) = (self.poll.registry(), self.now);
+            let Some(t) = (self.conns).insert(which, stream, ip, &mut self.slots, reg, now) else {
                 continue;
             };
-            if peer_port {
-                self.peer_ips.insert(t, ip);
-            }
-            match which {
-                Listener::Peers => self.peer_conns += 1,
-                Listener::Front(_) => self.front_conns += 1,
-            }
-            let registered = match self.slots.get_mut(t) {
-                Some(Slot::Peer(c) | Slot::Front(c)) => {
-                    let rw = Interest::READABLE | Interest::WRITABLE;
-                    self.poll.registry().register(&mut c.stream, t, rw).is_ok()
-                }
-                _ => false,
-            };
-            if !registered {
-                self.close(t);
-                continue;
-            }
             debug!("{which:?} connection from {addr}");
             // read its head now: a client's whole head is usually there already, and a
             // connection with its request in hand is never the one that gives way
             self.drive(t);
         }
-    }
-
-    /// The connection of listener `which` that gives way to a new one (guard::make_room).
-    fn make_room(&self, which: Listener) -> Option<Token> {
-        let conns =
-            self.slots
-                .tokens()
-                .into_iter()
-                .filter_map(|t| match (which, self.slots.get(t)) {
-                    (Listener::Peers, Some(Slot::Peer(c))) => Some((t, c.activity())),
-                    (Listener::Front(_), Some(Slot::Front(c))) => Some((t, c.activity())),
-                    _ => None,
-                });
-        guard::make_room(conns)
     }
 
     /// A descriptor was freed (or the retry timer fired): accept what queued meanwhile.
@@ -741,222 +468,47 @@ impl Daemon {
 
     fn drive(&mut self, t: Token) {
         let now = self.now;
-        let close = match self.slots.get_mut(t) {
+        let p = match self.slots.get_mut(t) {
             Some(Slot::Peer(c)) => {
-                let before = c.body_bytes;
-                let p = c.drive(now);
-                self.peer_bytes_sent += c.body_bytes - before;
-                self.front.metrics.served(c.body_bytes - before);
-                if p == conn::Progress::Request
-                    && let Some(req) = c.take_request()
-                {
-                    server::answer(c, &req, &self.cache, self.discovery.keys());
-                }
-                self.after_drive(t, p)
+                let keys = self.discovery.keys();
+                let metrics = &mut self.front.metrics;
+                (self.conns).drive_peer(c, now, &self.cache, keys, metrics)
             }
-            Some(Slot::Front(c)) => {
-                let p = c.drive(now);
-                match p {
-                    conn::Progress::Request => {
-                        if let Some(req) = c.take_request() {
-                            let number = c.request_number();
-                            self.on_front_request(t, number, req);
-                        }
-                    }
-                    conn::Progress::Blocked => {
-                        // room freed in a streaming answer: let its fetch read again
-                        if let Some(f) = self.front.client_fetch(t) {
-                            self.ready.schedule(f);
-                        }
-                    }
-                    _ => {}
-                }
-                self.after_drive(t, p)
+            Some(Slot::Front(_)) => {
+                let counters = self.conns.counters(self.started, &self.slots);
+                let stopping = self.stopping.is_some();
+                let (front, mut env) = self.parts();
+                let Some(p) = front_loop::drive_client(front, &mut env, t, stopping, &counters)
+                else {
+                    return;
+                };
+                p
             }
             Some(Slot::Fetch(_)) => {
-                self.drive_fetch(t);
-                false
+                let (front, mut env) = self.parts();
+                if front_loop::drive_fetch(front, &mut env, t) {
+                    self.close(t);
+                }
+                self.on_discovery_events(Vec::new());
+                return;
             }
-            None => false,
+            None => return,
         };
-        if close {
+        if conns::after_turn(&self.slots, &mut self.ready, t, p) {
             self.close(t);
         }
     }
 
-    /// Whether to close after a turn; a connection with more to do gets another turn.
-    fn after_drive(&mut self, t: Token, p: conn::Progress) -> bool {
-        match p {
-            conn::Progress::Close => return true,
-            conn::Progress::Blocked => {}
-            // an answer given at once is sent on its next turn (not by recursing: pipelined
-            // requests would nest without bound)
-            conn::Progress::Yielded | conn::Progress::Request => match self.slots.get(t) {
-                Some(Slot::Peer(c) | Slot::Front(c))
-                    if c.state() != conn::State::WaitingForSource =>
-                {
-                    self.ready.schedule(t)
-                }
-                _ => {}
-            },
-        }
-        false
-    }
-
-    fn on_front_request(&mut self, t: Token, number: u64, req: crate::http::Request) {
-        // only the loopback by name: a web page that rebinds its own name to 127.0.0.1 still
-        // sends that name, and gets nothing (status, lookups, packages) from the front
-        if !guard::is_loopback_host(req.host.as_deref()) {
-            debug!("Host {:?} is not the loopback: 421", req.host);
-            let (_, mut env) = self.parts();
-            env.reply(t, Reply::Error(421));
-            return;
-        }
-        let page = match req.target.split('?').next().unwrap_or("") {
-            "/.flocon/status" => Some((self.snapshot().text(), "text/plain; charset=utf-8")),
-            "/.flocon/status.json" => Some((self.snapshot().json(), "application/json")),
-            "/metrics" | "/.flocon/metrics" => Some((
-                self.front.metrics.render(self.discovery.peers.len()),
-                "text/plain; version=0.0.4; charset=utf-8",
-            )),
-            _ => None,
-        };
-        let stopping = self.stopping.is_some();
-        let (front, mut env) = self.parts();
-        match page {
-            Some((body, ct)) => {
-                let h = [("Content-Type", ct)];
-                env.reply(t, Reply::Bytes(200, &h, body.as_bytes()));
-            }
-            None if stopping => _ = env.reply(t, Reply::Error(503)),
-            None => front.on_request(&mut env, t, number, req),
-        }
-        self.on_discovery_events(Vec::new());
-    }
-
-    fn drive_fetch(&mut self, tok: Token) {
-        // backpressure: a proxied stream reads what its client's buffer has room for, a
-        // peer copy what the stager's queue has
-        let room = match self.front.fetch_client(tok).map(|c| self.slots.get(c)) {
-            Some(Some(Slot::Front(c))) => c.stream_room(),
-            Some(_) => usize::MAX,
-            // a peer's .sig waits for nobody's room (a full stager must not stall it)
-            None if self.front.is_sig_fetch(tok) => usize::MAX,
-            None => self.stager.handle().room(),
-        };
-        let Some(Slot::Fetch(f)) = self.slots.get_mut(tok) else {
-            return;
-        };
-        f.set_room(room);
-        let mut events = Vec::new();
-        f.drive(self.now, &mut events);
-        let finished = f.is_finished();
-        // it stopped at its per-turn bound with bytes left in the socket: no event will come
-        if !finished && f.wants_drive() {
-            self.ready.schedule(tok);
-        }
-        for ev in events {
-            let (front, mut env) = self.parts();
-            front.on_fetch_event(&mut env, tok, ev);
-        }
-        if finished {
-            self.close(tok);
-        }
-        self.on_discovery_events(Vec::new());
-    }
-
-    /// The unit's one-line status for `systemctl status`.
-    fn systemd_status(&self) -> String {
-        (self.front.metrics).systemd_status(self.discovery.peers.len())
-    }
-
-    /// Writes the lifetime counters to the state dir (`sync`: to the disk, at exit).
-    fn save_counters(&mut self, sync: bool) {
-        let dir = self.cfg.state_dir.clone();
-        if let Err(e) = self.front.metrics.save(&dir, self.now, sync) {
-            warn!("saving the counters in {}: {e}", dir.display());
-        }
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        let counters = Counters {
-            started: self.started,
-            peer_bytes_sent: self.peer_bytes_sent,
-            refused_busy: self.refused_busy,
-            connections: self.slots.len(),
-        };
-        let (cfg, index) = (&self.cfg, &self.index);
-        let mut s = Snapshot::gather(
-            cfg,
-            &self.discovery,
-            &self.front,
-            index,
-            &counters,
-            self.now,
-        );
-        // strikes (policy.rs) bench a peer's address for a while: shown with the bans
-        s.bans
-            .extend(self.strikes.iter(self.now).map(|(ip, left, why)| {
-                BanRow {
-                    name: (self.discovery.peers.iter())
-                        .find(|p| p.addr.ip() == ip)
-                        .map(|p| p.name.clone())
-                        .unwrap_or_default(),
-                    peer: format!("address {ip}"),
-                    seconds_left: left.as_secs(),
-                    reason: format!("benched: {why}"),
-                }
-            }));
-        s
-    }
-
     fn close(&mut self, t: Token) {
         let reg = self.poll.registry();
-        match self.slots.remove(t) {
-            Some(Slot::Peer(mut c)) => {
-                self.peer_conns -= 1;
-                let _ = reg.deregister(&mut c.stream);
-                if let Some(ip) = self.peer_ips.remove(&t) {
-                    self.per_address.release(ip);
-                }
-            }
-            Some(Slot::Front(mut c)) => {
-                self.front_conns -= 1;
-                let _ = reg.deregister(&mut c.stream);
+        match self.conns.close(t, &mut self.slots, reg) {
+            Some(Closed::Front) => {
                 let (front, mut env) = self.parts();
                 front.forget(&mut env, t);
             }
-            Some(Slot::Fetch(mut f)) => {
-                let _ = reg.deregister(&mut f.stream);
-            }
+            Some(Closed::Peer | Closed::Fetch) => {}
             None => return,
         }
         self.resume_accepting();
-    }
-}
-
-/// Settings bound to sockets or to the identity peers know: a reload keeps their old values
-/// in `new` and returns the names of those that differed.
-fn keep_restart_settings(old: &Config, new: &mut Config) -> Vec<&'static str> {
-    let mut kept = Vec::new();
-    macro_rules! keep {
-        ($($field:ident: $name:literal),*) => {$(
-            if new.$field != old.$field {
-                kept.push($name);
-                new.$field = old.$field.clone();
-            }
-        )*};
-    }
-    keep!(listen: "listen", port: "port", peer_addr: "peer-addr", interfaces: "interface",
-        name: "name", distro: "distro", architectures: "architecture", state_dir: "state-dir",
-        announce_interval: "announce-interval");
-    kept
-}
-
-fn prepare_staging(cfg: &Config) {
-    let staging = cfg.state_dir.join("staging");
-    if let Err(e) = transfer::prepare_staging(&staging) {
-        let s = staging.display();
-        warn!("staging dir {s}: {e}; every request goes upstream");
     }
 }

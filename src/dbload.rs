@@ -11,9 +11,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 /// Pending parse requests; a pacman.conf has a handful of repos, so this is generous.
 const QUEUE: usize = 64;
 
-pub type Loaded = (String, Result<(DbIndex, FileStamp), syncdb::DbError>);
+pub(crate) type Loaded = (String, Result<(DbIndex, FileStamp), syncdb::DbError>);
 
-pub struct DbLoader {
+pub(crate) struct DbLoader {
     tx: SyncSender<(String, PathBuf)>,
     rx: Receiver<Loaded>,
     /// Repos sent and not yet answered: not sent again while in flight.
@@ -21,7 +21,7 @@ pub struct DbLoader {
 }
 
 impl DbLoader {
-    pub fn new(waker: Arc<mio::Waker>, sig_dir: PathBuf) -> std::io::Result<Self> {
+    pub(crate) fn new(waker: Arc<mio::Waker>, sig_dir: PathBuf) -> std::io::Result<Self> {
         let (tx, jobs) = mpsc::sync_channel::<(String, PathBuf)>(QUEUE);
         let (done, rx) = mpsc::sync_channel::<Loaded>(QUEUE);
         std::thread::Builder::new()
@@ -42,7 +42,7 @@ impl DbLoader {
         })
     }
 
-    pub fn load(&mut self, repo: &str, path: PathBuf) {
+    pub(crate) fn load(&mut self, repo: &str, path: PathBuf) {
         if self.in_flight.iter().any(|r| r == repo) {
             return;
         }
@@ -52,7 +52,7 @@ impl DbLoader {
         }
     }
 
-    pub fn results(&mut self) -> Vec<Loaded> {
+    pub(crate) fn results(&mut self) -> Vec<Loaded> {
         let out: Vec<Loaded> = self.rx.try_iter().collect();
         self.in_flight.retain(|r| !out.iter().any(|(o, _)| o == r));
         out

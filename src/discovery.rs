@@ -22,32 +22,32 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::time::{Duration, Instant};
 
 /// Fixed tokens: the two unicast sockets, the two query sockets, then one per membership.
-pub const UNICAST_V4: Token = Token(32);
-pub const UNICAST_V6: Token = Token(33);
-pub const QUERY_V4: Token = Token(34);
-pub const QUERY_V6: Token = Token(35);
+pub(crate) const UNICAST_V4: Token = Token(32);
+pub(crate) const UNICAST_V6: Token = Token(33);
+pub(crate) const QUERY_V4: Token = Token(34);
+pub(crate) const QUERY_V6: Token = Token(35);
 const MEMBERSHIP_TOKEN_BASE: usize = 64;
 /// Interfaces × families we keep memberships for; a host with more is unusual, and past it
 /// the rest are ignored with a warning rather than growing without bound.
-pub const MAX_MEMBERSHIPS: usize = 128;
+pub(crate) const MAX_MEMBERSHIPS: usize = 128;
 /// How often interfaces are re-read: a new address is used within this time.
-pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// Backoff bounds for a membership that failed to join: retried forever.
 const JOIN_RETRY_MIN: Duration = Duration::from_secs(1);
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Lookups in flight at once; each is small, but a flood of local requests must not grow
 /// the table without end.
-pub const MAX_LOOKUPS: usize = 1024;
+pub(crate) const MAX_LOOKUPS: usize = 1024;
 /// Answers per second (burst the same) to queriers that are not peers: enough for a
 /// newcomer's first lookups, and a bound on what spoofed queries from addresses that do not
 /// exist can leave queued behind address resolution in the unicast socket's send buffer.
-pub const STRANGER_ANSWERS: u32 = 50;
+pub(crate) const STRANGER_ANSWERS: u32 = 50;
 /// Peers asked by one lookup at most, best ranked first (peers.rs `lookup_targets`).
-pub const MAX_FANOUT: usize = crate::peers::MAX_PEERS;
+pub(crate) const MAX_FANOUT: usize = crate::peers::MAX_PEERS;
 /// Static peers (`peer = HOST[:PORT]`) configured at most.
-pub const MAX_STATIC_PEERS: usize = 64;
+pub(crate) const MAX_STATIC_PEERS: usize = 64;
 /// Static peer names are resolved again this often (their address may change).
-pub const STATIC_RESOLVE_INTERVAL: Duration = Duration::from_secs(300);
+pub(crate) const STATIC_RESOLVE_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Family {
@@ -69,14 +69,14 @@ struct Membership {
 }
 
 /// What happened to a lookup, for the daemon.
-pub struct Decided {
+pub(crate) struct Decided {
     pub id: u32,
     pub candidates: Vec<Candidate>,
     pub asked: usize,
     pub answered: usize,
 }
 
-pub struct Discovery {
+pub(crate) struct Discovery {
     instance: u64,
     seq: u32,
     port: u16,
@@ -128,7 +128,7 @@ pub struct Discovery {
 
 /// A `peer = HOST[:PORT]` line: announced to and accepted from by unicast.
 #[derive(Debug, Clone)]
-pub struct StaticPeer {
+pub(crate) struct StaticPeer {
     pub host: String,
     pub port: u16,
     pub addrs: Vec<SocketAddr>,
@@ -137,7 +137,7 @@ pub struct StaticPeer {
 }
 
 #[derive(Default, Debug, Clone)]
-pub struct DiscoveryStats {
+pub(crate) struct DiscoveryStats {
     pub datagrams_in: u64,
     pub rejected: u64,
     pub queries_answered: u64,
@@ -177,7 +177,7 @@ fn udp_socket(domain: Domain) -> io::Result<Socket> {
     Ok(s)
 }
 
-pub struct Identity {
+pub(crate) struct Identity {
     pub announce_interval: Duration,
     pub port: u16,
     pub peer_addr: Option<IpAddr>,
@@ -192,7 +192,7 @@ pub struct Identity {
 }
 
 impl Discovery {
-    pub fn new(id: Identity, registry: &Registry) -> io::Result<Discovery> {
+    pub(crate) fn new(id: Identity, registry: &Registry) -> io::Result<Discovery> {
         let instance = random_u64();
         let (u4, u6) = Self::unicast_sockets(id.port, id.peer_addr)?;
         let (q4, q6) = Self::unicast_sockets(0, id.peer_addr)?;
@@ -266,7 +266,7 @@ impl Discovery {
         Ok(d)
     }
 
-    pub fn instance(&self) -> u64 {
+    pub(crate) fn instance(&self) -> u64 {
         self.instance
     }
 
@@ -371,7 +371,7 @@ impl Discovery {
 
     /// Re-reads interfaces and joins or leaves memberships to match. Cheap enough to run
     /// every RESCAN_INTERVAL. Returns true when a membership was newly joined (announce).
-    pub fn rescan(&mut self, registry: &Registry, now: Instant) -> bool {
+    pub(crate) fn rescan(&mut self, registry: &Registry, now: Instant) -> bool {
         let addrs = match sys::interface_addresses() {
             Ok(a) => a,
             Err(e) => {
@@ -527,7 +527,7 @@ impl Discovery {
     }
 
     /// SIGUSR2: drop every membership and join again at once.
-    pub fn rejoin(&mut self, registry: &Registry, now: Instant) {
+    pub(crate) fn rejoin(&mut self, registry: &Registry, now: Instant) {
         for m in &mut self.memberships {
             if let Some(mut s) = m.socket.take() {
                 let _ = registry.deregister(&mut s);
@@ -538,7 +538,7 @@ impl Discovery {
         self.rescan(registry, now);
     }
 
-    pub fn joined(&self) -> Vec<String> {
+    pub(crate) fn joined(&self) -> Vec<String> {
         self.memberships
             .iter()
             .filter(|m| m.socket.is_some())
@@ -617,7 +617,7 @@ impl Discovery {
     }
 
     /// When the loop should next call `announce_if_due`.
-    pub fn announce_deadline(&self) -> Instant {
+    pub(crate) fn announce_deadline(&self) -> Instant {
         let t = self.announce_timer.deadline();
         self.checks.next_deadline().map_or(t, |c| c.min(t))
     }
@@ -626,7 +626,7 @@ impl Discovery {
     /// every 30 s ± 25 %, or sooner after `hurry`).
     /// Also runs due checks (their removals end lookups at their own deadline) and returns
     /// true then too, so the loop re-arms its timer at `announce_deadline`.
-    pub fn announce_if_due(&mut self, now: Instant) -> bool {
+    pub(crate) fn announce_if_due(&mut self, now: Instant) -> bool {
         let checks_due = self.checks.next_deadline().is_some_and(|t| t <= now);
         if checks_due {
             // the loop's announce timer has no event list: decisions wait for the next call
@@ -647,14 +647,14 @@ impl Discovery {
 
     /// Someone new should hear from us soon (by multicast: never a unicast reply to an
     /// announcement, which a spoofed source could turn into amplification).
-    pub fn hurry_announce(&mut self, now: Instant) {
+    pub(crate) fn hurry_announce(&mut self, now: Instant) {
         let r = self.rng.next();
         self.announce_timer.hurry(now, r);
     }
 
     /// Says goodbye and stops answering queries: peers that check whether we really left
     /// (docs/PROTOCOL.md §8.4) hear nothing and drop us at once.
-    pub fn goodbye(&mut self) {
+    pub(crate) fn goodbye(&mut self) {
         self.multicast(&Message::Goodbye);
         self.leaving = true;
     }
@@ -688,7 +688,7 @@ impl Discovery {
 
     /// Static peers whose name should be resolved now: (index, host, port). The caller
     /// resolves off the loop and reports with `static_resolved`.
-    pub fn static_resolutions_due(&mut self, now: Instant) -> Vec<(usize, String, u16)> {
+    pub(crate) fn static_resolutions_due(&mut self, now: Instant) -> Vec<(usize, String, u16)> {
         let mut out = Vec::new();
         for (i, s) in self.statics.iter_mut().enumerate() {
             if s.resolve_at.is_some_and(|t| t <= now) {
@@ -701,7 +701,7 @@ impl Discovery {
     }
 
     /// The addresses a static peer's name resolved to (an error keeps the previous ones).
-    pub fn static_resolved(&mut self, index: usize, addrs: io::Result<Vec<SocketAddr>>) {
+    pub(crate) fn static_resolved(&mut self, index: usize, addrs: io::Result<Vec<SocketAddr>>) {
         let Some(s) = self.statics.get_mut(index) else {
             return;
         };
@@ -717,7 +717,7 @@ impl Discovery {
         }
     }
 
-    pub fn static_peers(&self) -> &[StaticPeer] {
+    pub(crate) fn static_peers(&self) -> &[StaticPeer] {
         &self.statics
     }
 
@@ -731,7 +731,7 @@ impl Discovery {
     /// Whether a peer connection that arrived at local address `local` may be served: it
     /// came in on an interface flocon uses (loopback always: tests, `--peer-addr 127.0.0.x`).
     /// A laptop with `exclude-interface = wlan0` serves nothing on its café Wi-Fi.
-    pub fn accepts_on(&self, local: IpAddr) -> bool {
+    pub(crate) fn accepts_on(&self, local: IpAddr) -> bool {
         let local = canonical_ip(local);
         local.is_loopback()
             || self
@@ -741,14 +741,14 @@ impl Discovery {
     }
 
     /// The `Flocon-Auth` header for a request to a peer's file server, when keyed.
-    pub fn auth_header(&self, method: &str, path: &str) -> Option<(String, String)> {
+    pub(crate) fn auth_header(&self, method: &str, path: &str) -> Option<(String, String)> {
         let v = self
             .keys
             .sign_request(method, path, crate::server::unix_now())?;
         Some((crate::auth::HTTP_HEADER.to_string(), v))
     }
 
-    pub fn keys(&self) -> &Keys {
+    pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }
 
@@ -770,7 +770,7 @@ impl Discovery {
     }
 
     /// Reads every pending datagram on `token`'s socket. Returns lookups that completed.
-    pub fn on_readable(
+    pub(crate) fn on_readable(
         &mut self,
         token: Token,
         now: Instant,
@@ -1019,7 +1019,7 @@ impl Discovery {
     }
 
     /// Retries and timeouts of checks; the loop calls it at `deadline()`.
-    pub fn run_checks(&mut self, now: Instant, events: &mut Vec<DiscoveryEvent>) {
+    pub(crate) fn run_checks(&mut self, now: Instant, events: &mut Vec<DiscoveryEvent>) {
         let (again, silent) = self.checks.due(now);
         for c in again {
             self.send_check(c.addr, c.cookie);
@@ -1078,7 +1078,7 @@ impl Discovery {
 
     /// Starts "who has `name`?" among the live, unbanned peers. Returns its id, or None when
     /// too many lookups are in flight. With no peer to ask it completes at once.
-    pub fn start_lookup(
+    pub(crate) fn start_lookup(
         &mut self,
         name: &str,
         expected: Option<(u64, Option<[u8; 32]>)>,
@@ -1134,7 +1134,12 @@ impl Discovery {
     }
 
     /// A lookup's deadline passed: decide with what arrived.
-    pub fn lookup_deadline(&mut self, id: u32, now: Instant, events: &mut Vec<DiscoveryEvent>) {
+    pub(crate) fn lookup_deadline(
+        &mut self,
+        id: u32,
+        now: Instant,
+        events: &mut Vec<DiscoveryEvent>,
+    ) {
         events.append(&mut self.deferred);
         if self.lookups.get(&id).is_some_and(|l| l.is_done(now)) {
             self.finish_lookup(id, events, now);
@@ -1163,7 +1168,7 @@ impl Discovery {
     }
 
     /// Expires silent peers; lookups waiting on them stop waiting.
-    pub fn expire(&mut self, now: Instant, events: &mut Vec<DiscoveryEvent>) {
+    pub(crate) fn expire(&mut self, now: Instant, events: &mut Vec<DiscoveryEvent>) {
         events.append(&mut self.deferred);
         for p in self.peers.expire(now) {
             info!("peer {} ({}) expired", p.name, short_id(p.instance));
@@ -1172,7 +1177,7 @@ impl Discovery {
     }
 
     /// Whether a peer is banned, by its instance or by its address.
-    pub fn is_banned(&self, instance: u64, now: Instant) -> bool {
+    pub(crate) fn is_banned(&self, instance: u64, now: Instant) -> bool {
         self.bans.is_banned(instance, now)
             || self
                 .peers
@@ -1182,7 +1187,7 @@ impl Discovery {
 
     /// Bans a peer by instance and by address: a restarted daemon (new instance) on the
     /// same host stays banned for what its host served.
-    pub fn ban(&mut self, instance: u64, now: Instant, reason: &str) -> Duration {
+    pub(crate) fn ban(&mut self, instance: u64, now: Instant, reason: &str) -> Duration {
         let d = self.bans.ban(instance, now, reason);
         if let Some(ip) = self.peers.get(instance).map(|p| p.addr.ip()) {
             self.bans.ban(ip, now, reason);
@@ -1207,24 +1212,24 @@ impl Discovery {
 /// (the daemon's own requests count up from 1 and never reach it).
 const STATIC_RESOLVE_BIT: u64 = 1 << 63;
 
-pub fn static_resolve_id(index: usize) -> u64 {
+pub(crate) fn static_resolve_id(index: usize) -> u64 {
     STATIC_RESOLVE_BIT | index as u64
 }
 
 /// The static peer a resolver answer is for, if it is one.
-pub fn static_peer_of(id: u64) -> Option<usize> {
+pub(crate) fn static_peer_of(id: u64) -> Option<usize> {
     (id & STATIC_RESOLVE_BIT != 0).then_some((id & !STATIC_RESOLVE_BIT) as usize)
 }
 
 /// What the daemon knows of a file asked for: None, or its size and (maybe) SHA-256.
-pub type HasFile<'a> = dyn FnMut(&str) -> Option<(u64, Option<[u8; 32]>)> + 'a;
+pub(crate) type HasFile<'a> = dyn FnMut(&str) -> Option<(u64, Option<[u8; 32]>)> + 'a;
 
-pub enum DiscoveryEvent {
+pub(crate) enum DiscoveryEvent {
     PeerUp,
     Decided(Decided),
 }
 
-pub fn short_id(instance: u64) -> String {
+pub(crate) fn short_id(instance: u64) -> String {
     format!("{:08x}", (instance >> 32) as u32)
 }
 
@@ -1237,7 +1242,7 @@ fn unix_micros() -> u64 {
 }
 
 /// `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address; the port defaults to `port`.
-pub fn split_host_port(s: &str, port: u16) -> Option<(String, u16)> {
+pub(crate) fn split_host_port(s: &str, port: u16) -> Option<(String, u16)> {
     let s = s.trim();
     if s.is_empty() || s.len() > 260 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return None;

@@ -61,7 +61,7 @@ pub(crate) struct Loop<'a> {
     pub(crate) index: &'a mut SyncIndex,
     pub(crate) dbload: &'a mut DbLoader,
     pub(crate) resolver: &'a mut Resolver,
-    pub(crate) stager: &'a Stager,
+    pub(crate) stager: &'a mut Stager,
     pub(crate) decided: &'a mut Vec<DiscoveryEvent>,
     pub(crate) strikes: &'a mut Strikes<IpAddr>,
     pub(crate) front_addrs: &'a [SocketAddr],

@@ -8,12 +8,12 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Tokens below this are fixed (listeners, UDP sockets, signalfd, waker); slots start here.
-pub const FIXED_TOKENS: usize = 1024;
+pub(crate) const FIXED_TOKENS: usize = 1024;
 /// Slot indexes and generations share a token: 16 bits each, so tokens fit a 32-bit usize.
 const INDEX_BITS: u32 = 16;
 const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
 /// Most slots the table will ever hold (index space above FIXED_TOKENS).
-pub const MAX_SLOTS: usize = INDEX_MASK + 1 - FIXED_TOKENS;
+pub(crate) const MAX_SLOTS: usize = INDEX_MASK + 1 - FIXED_TOKENS;
 
 struct Entry<T> {
     generation: u16,
@@ -22,7 +22,7 @@ struct Entry<T> {
 
 /// A slab whose tokens carry a generation: `get_mut` on a token whose slot was freed (and
 /// maybe reused) returns None instead of the new occupant.
-pub struct Slots<T> {
+pub(crate) struct Slots<T> {
     entries: Vec<Entry<T>>,
     free: Vec<usize>,
     len: usize,
@@ -30,7 +30,7 @@ pub struct Slots<T> {
 }
 
 impl<T> Slots<T> {
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Slots {
             entries: Vec::new(),
             free: Vec::new(),
@@ -39,15 +39,11 @@ impl<T> Slots<T> {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.len >= self.limit
     }
 
@@ -62,7 +58,7 @@ impl<T> Slots<T> {
     }
 
     /// Stores the value `make` builds for its own token; None when the table is full.
-    pub fn insert_with(&mut self, make: impl FnOnce(Token) -> T) -> Option<Token> {
+    pub(crate) fn insert_with(&mut self, make: impl FnOnce(Token) -> T) -> Option<Token> {
         if self.is_full() {
             return None;
         }
@@ -83,7 +79,7 @@ impl<T> Slots<T> {
         Some(token)
     }
 
-    pub fn get_mut(&mut self, token: Token) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, token: Token) -> Option<&mut T> {
         let (index, generation) = Self::index(token)?;
         let entry = self.entries.get_mut(index)?;
         if entry.generation != generation {
@@ -92,7 +88,7 @@ impl<T> Slots<T> {
         entry.value.as_mut()
     }
 
-    pub fn get(&self, token: Token) -> Option<&T> {
+    pub(crate) fn get(&self, token: Token) -> Option<&T> {
         let (index, generation) = Self::index(token)?;
         let entry = self.entries.get(index)?;
         if entry.generation != generation {
@@ -102,7 +98,7 @@ impl<T> Slots<T> {
     }
 
     /// Frees the slot and bumps its generation so that old tokens no longer match.
-    pub fn remove(&mut self, token: Token) -> Option<T> {
+    pub(crate) fn remove(&mut self, token: Token) -> Option<T> {
         let (index, generation) = Self::index(token)?;
         let entry = self.entries.get_mut(index)?;
         if entry.generation != generation || entry.value.is_none() {
@@ -115,7 +111,7 @@ impl<T> Slots<T> {
     }
 
     /// Tokens of every occupied slot (a snapshot, so the caller may remove while iterating).
-    pub fn tokens(&self) -> Vec<Token> {
+    pub(crate) fn tokens(&self) -> Vec<Token> {
         self.entries
             .iter()
             .enumerate()
@@ -124,7 +120,7 @@ impl<T> Slots<T> {
             .collect()
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().filter_map(|e| e.value.as_ref())
     }
 }
@@ -133,72 +129,69 @@ impl<T> Slots<T> {
 /// has work (an event, a yielded turn, bytes pushed to a client) goes through `schedule`, so
 /// the one place that drives them can bound the work done per pass.
 #[derive(Default)]
-pub struct Ready {
+pub(crate) struct Ready {
     queue: VecDeque<Token>,
     queued: HashSet<Token>,
 }
 
 impl Ready {
     /// Queues `t` unless it is queued already (its one turn does all its work).
-    pub fn schedule(&mut self, t: Token) {
+    pub(crate) fn schedule(&mut self, t: Token) {
         if self.queued.insert(t) {
             self.queue.push_back(t);
         }
     }
 
-    pub fn pop(&mut self) -> Option<Token> {
+    pub(crate) fn pop(&mut self) -> Option<Token> {
         let t = self.queue.pop_front()?;
         self.queued.remove(&t);
         Some(t)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.queue.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 }
 
 /// A timer's handle, for cancelling it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TimerId(Instant, u64);
+pub(crate) struct TimerId(Instant, u64);
 
 /// Deadlines in order. Timers of requests are cancelled with their request, so the table
 /// holds only live ones; whoever handles a timer still checks that it matters.
-pub struct Timers<K> {
+pub(crate) struct Timers<K> {
     map: BTreeMap<TimerId, K>,
     seq: u64,
 }
 
 /// The loop wakes at least this often even with nothing scheduled, so that sweeps of idle
 /// connections and interface rescans never depend on a timer having been set.
-pub const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 /// Bound on timers so that a flood of lookups cannot grow the table without end. Only `at`
 /// is bounded: the daemon's own periodic timers (`always`) are a fixed handful and must
 /// never be dropped.
-pub const MAX_TIMERS: usize = 65536;
+pub(crate) const MAX_TIMERS: usize = 65536;
 
 impl<K> Timers<K> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Timers {
             map: BTreeMap::new(),
             seq: 0,
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     /// Schedules `kind` at `at`; None when the table is full (the caller degrades gracefully:
     /// a request without its timer is still bounded by the sweep of its connection).
-    pub fn at(&mut self, at: Instant, kind: K) -> Option<TimerId> {
+    pub(crate) fn at(&mut self, at: Instant, kind: K) -> Option<TimerId> {
         if self.map.len() >= MAX_TIMERS {
             return None;
         }
@@ -206,7 +199,7 @@ impl<K> Timers<K> {
     }
 
     /// Schedules `kind` whatever the table holds: for the daemon's own few timers.
-    pub fn always(&mut self, at: Instant, kind: K) -> TimerId {
+    pub(crate) fn always(&mut self, at: Instant, kind: K) -> TimerId {
         self.seq += 1;
         let id = TimerId(at, self.seq);
         self.map.insert(id, kind);
@@ -214,12 +207,12 @@ impl<K> Timers<K> {
     }
 
     /// Removes a timer that has not fired yet (nothing happens if it has).
-    pub fn cancel(&mut self, id: TimerId) {
+    pub(crate) fn cancel(&mut self, id: TimerId) {
         self.map.remove(&id);
     }
 
     /// Removes and returns the earliest timer due at `now`.
-    pub fn pop_expired(&mut self, now: Instant) -> Option<K> {
+    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<K> {
         let entry = self.map.first_entry()?;
         if entry.key().0 > now {
             return None;
@@ -228,17 +221,18 @@ impl<K> Timers<K> {
     }
 
     /// Removes and returns every timer due at `now`, in deadline order.
-    pub fn expired(&mut self, now: Instant) -> Vec<K> {
+    #[cfg(test)]
+    pub(crate) fn expired(&mut self, now: Instant) -> Vec<K> {
         std::iter::from_fn(|| self.pop_expired(now)).collect()
     }
 
     /// The earliest deadline, if any.
-    pub fn next(&self) -> Option<Instant> {
+    pub(crate) fn next(&self) -> Option<Instant> {
         self.map.keys().next().map(|k| k.0)
     }
 
     /// How long poll may sleep: until the next deadline, at most MAX_POLL_WAIT.
-    pub fn poll_timeout(&self, now: Instant) -> Duration {
+    pub(crate) fn poll_timeout(&self, now: Instant) -> Duration {
         match self.next() {
             Some(at) => at.saturating_duration_since(now).min(MAX_POLL_WAIT),
             None => MAX_POLL_WAIT,

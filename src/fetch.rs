@@ -19,24 +19,24 @@ use std::time::{Duration, Instant};
 
 /// A LAN peer or a mirror that has not completed the TCP handshake in 5 s is dead or
 /// unreachable for our purpose; the caller moves on to the next source.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The response head must arrive within 10 s of the connection being up (the request is a
 /// few hundred bytes and leaves at once). Also bounds a server trickling its head slowly.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// No body byte for 8 s means failed: pacman aborts after 10 s without progress, and the
 /// caller needs the last 2 s to switch source and deliver something.
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(8);
+pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(8);
 /// Most body bytes one `drive` call reads and delivers, so one fast connection cannot
 /// monopolise a loop turn (fairness between transfers), and a consumer that pauses the fetch
 /// whenever it has less room than this is never overrun.
-pub const MAX_BODY_BUFFER: usize = 256 * 1024;
+pub(crate) const MAX_BODY_BUFFER: usize = 256 * 1024;
 /// Size of one read: 64 KiB matches the usual socket receive quantum. Each read goes into a
 /// pooled `Chunk` that becomes the body event itself (no copy, no allocation per read).
 const READ_CHUNK: usize = CHUNK_SIZE;
 
 /// One outbound request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     pub method: Method,
     pub addr: SocketAddr,
     /// Value of the `Host` header, `host_header()` builds it from a URL's parts.
@@ -50,7 +50,7 @@ pub struct Request {
 /// What a `drive` call observed, in wire order: `Head`, then `Body` pieces, then exactly one
 /// of `Done` / `Failed` (`Failed` may also come before any `Head`). Nothing after either.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     Head(ResponseInfo),
     /// Decoded body bytes (chunk framing removed), never past the promised Content-Length.
     /// Dropping the chunk recycles its buffer.
@@ -88,7 +88,7 @@ type ConnectCheck<S> = fn(&S) -> io::Result<bool>;
 
 /// One request on one connection. Generic over the stream so tests drive the real state
 /// machine over any `Read + Write`.
-pub struct Fetch<S = mio::net::TcpStream> {
+pub(crate) struct Fetch<S = mio::net::TcpStream> {
     /// The socket, for the caller to register with mio (READABLE | WRITABLE).
     pub stream: S,
     state: State,
@@ -137,7 +137,7 @@ fn mio_connect_check(stream: &mio::net::TcpStream) -> io::Result<bool> {
 impl Fetch<mio::net::TcpStream> {
     /// Starts a non-blocking connect to `req.addr`. An error here is immediate (no route, no
     /// local address); a refused or unreachable peer shows up later as `Failed`.
-    pub fn connect(req: Request, now: Instant) -> io::Result<Self> {
+    pub(crate) fn connect(req: Request, now: Instant) -> io::Result<Self> {
         let stream = mio::net::TcpStream::connect(req.addr)?;
         // the request is one small write: send it at once
         let _ = stream.set_nodelay(true);
@@ -150,7 +150,8 @@ impl Fetch<mio::net::TcpStream> {
 
 impl<S: Read + Write> Fetch<S> {
     /// Uses an already connected stream (tests, or a connection made elsewhere).
-    pub fn with_stream(stream: S, req: Request, now: Instant) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_stream(stream: S, req: Request, now: Instant) -> Self {
         Fetch::build(stream, &req, now)
     }
 
@@ -183,7 +184,7 @@ impl<S: Read + Write> Fetch<S> {
 
     /// Advances as far as possible without blocking and appends what happened to `events`.
     /// Safe to call on spurious wake-ups and after the end (it then does nothing).
-    pub fn drive(&mut self, now: Instant, events: &mut Vec<Event>) {
+    pub(crate) fn drive(&mut self, now: Instant, events: &mut Vec<Event>) {
         self.more = false;
         if let Err(reason) = self.step(now, events) {
             self.state = State::Finished;
@@ -193,7 +194,7 @@ impl<S: Read + Write> Fetch<S> {
 
     /// Which time bound has passed, if any: "connect", "response head" or "stall". The
     /// caller gives up on the fetch (this does not emit `Failed`).
-    pub fn timed_out(&self, now: Instant) -> Option<&'static str> {
+    pub(crate) fn timed_out(&self, now: Instant) -> Option<&'static str> {
         let deadline = self.next_deadline()?;
         if now < deadline {
             return None;
@@ -207,7 +208,7 @@ impl<S: Read + Write> Fetch<S> {
 
     /// When `timed_out` will first answer Some, for the loop's timer; None while paused or
     /// finished.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match self.state {
             State::Connecting => Some(self.since + CONNECT_TIMEOUT),
             State::Sending | State::WaitingForHead => Some(self.since + HEAD_TIMEOUT),
@@ -220,14 +221,15 @@ impl<S: Read + Write> Fetch<S> {
     /// Backpressure: while paused, `drive` reads no body (the consumer is behind) and the
     /// stall bound is suspended. After unpausing, call `drive`: bytes already in the socket
     /// raise no new readiness event.
-    pub fn pause(&mut self, paused: bool) {
+    #[cfg(test)]
+    pub(crate) fn pause(&mut self, paused: bool) {
         self.set_room(if paused { 0 } else { usize::MAX });
     }
 
     /// Backpressure by count: the following `drive`s deliver at most `room` body bytes in
     /// all (0 pauses, as `pause(true)`), until the consumer says again. A consumer with a
     /// bounded buffer passes its free space and is never overrun.
-    pub fn set_room(&mut self, room: usize) {
+    pub(crate) fn set_room(&mut self, room: usize) {
         if self.room == 0 && room > 0 {
             self.stall_restart = true;
         }
@@ -237,16 +239,17 @@ impl<S: Read + Write> Fetch<S> {
     /// True when the last `drive` stopped on `MAX_BODY_BUFFER` or on its room with bytes
     /// possibly left in the socket: drive again without waiting for an event (after
     /// `set_room`; a drive without room reads nothing and clears this).
-    pub fn wants_drive(&self) -> bool {
+    pub(crate) fn wants_drive(&self) -> bool {
         self.more && !self.is_finished()
     }
 
     /// Body bytes delivered so far (after chunk decoding), e.g. for a resuming Range.
-    pub fn bytes_received(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn bytes_received(&self) -> u64 {
         self.received
     }
 
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         matches!(self.state, State::Finished)
     }
 
@@ -465,7 +468,7 @@ impl<S: Read + Write> Fetch<S> {
 /// brackets (`[::1]`), as the `Host` header and the resolver expect. Userinfo is refused
 /// (it would be sent to nobody and hides the real host from a reader); the fragment is
 /// dropped; an empty path becomes `/`. Host names are lowercased.
-pub fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
+pub(crate) fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
     const SCHEME: &str = "http://";
     let scheme = url.get(..SCHEME.len())?;
     if !scheme.eq_ignore_ascii_case(SCHEME) {
@@ -512,7 +515,7 @@ pub fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
 
 /// The `Host` header for a host as `parse_http_url` returns it: the port only when it is not
 /// the default (RFC 9110 §7.2).
-pub fn host_header(host: &str, port: u16) -> String {
+pub(crate) fn host_header(host: &str, port: u16) -> String {
     if port == 80 {
         host.to_string()
     } else {

@@ -12,7 +12,7 @@ use std::time::Instant;
 /// (`127.0.0.1`, `[::1]`, any of 127/8), with or without a port. A web page that rebinds its
 /// own name to 127.0.0.1 still sends its own name, so it gets nothing from the front. No
 /// `Host` at all is allowed: HTTP/1.0 tools omit it, browsers never do.
-pub fn is_loopback_host(host: Option<&str>) -> bool {
+pub(crate) fn is_loopback_host(host: Option<&str>) -> bool {
     let Some(host) = host else {
         return true;
     };
@@ -59,21 +59,21 @@ fn normalize(ip: IpAddr) -> IpAddr {
 /// per file it copies from us: at most its pacman's ParallelDownloads (5 by default, rarely
 /// above 10) plus a `.sig` or two. 32 leaves room for a host behind NAT with a few daemons,
 /// and it takes 8 addresses to fill the 256-connection listener.
-pub const MAX_PER_ADDRESS: usize = 32;
+pub(crate) const MAX_PER_ADDRESS: usize = 32;
 
 /// Live connections per address, for `MAX_PER_ADDRESS`.
 #[derive(Debug, Default)]
-pub struct PerAddress {
+pub(crate) struct PerAddress {
     counts: HashMap<IpAddr, usize>,
 }
 
 impl PerAddress {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Counts a new connection from `ip` if it is under the limit.
-    pub fn admit(&mut self, ip: IpAddr) -> bool {
+    pub(crate) fn admit(&mut self, ip: IpAddr) -> bool {
         let n = self.counts.entry(normalize(ip)).or_insert(0);
         if *n >= MAX_PER_ADDRESS {
             return false;
@@ -83,7 +83,7 @@ impl PerAddress {
     }
 
     /// A connection from `ip` closed.
-    pub fn release(&mut self, ip: IpAddr) {
+    pub(crate) fn release(&mut self, ip: IpAddr) {
         let ip = normalize(ip);
         if let Some(n) = self.counts.get_mut(&ip) {
             *n = n.saturating_sub(1);
@@ -93,14 +93,15 @@ impl PerAddress {
         }
     }
 
-    pub fn count(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    pub(crate) fn count(&self, ip: IpAddr) -> usize {
         self.counts.get(&normalize(ip)).copied().unwrap_or(0)
     }
 }
 
 /// What a connection is doing, as far as making room goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activity {
+pub(crate) enum Activity {
     /// Keep-alive between two requests (it was answered at least once), since then.
     Idle(Instant),
     /// Part of a request head has arrived, since then: a slow sender, or one mid-packet.
@@ -116,7 +117,7 @@ pub enum Activity {
 /// Every real client (pacman, a peer's daemon) sends its whole head right after connecting:
 /// it is read whole or not at all, so it is never a partial head, and a fresh one gives way
 /// only after every older one did. None: every connection is at work (the newcomer gets 503).
-pub fn make_room<T: Copy>(conns: impl IntoIterator<Item = (T, Activity)>) -> Option<T> {
+pub(crate) fn make_room<T: Copy>(conns: impl IntoIterator<Item = (T, Activity)>) -> Option<T> {
     // (rank, since): the lowest rank, then the oldest, gives way
     let mut best: Option<(T, u8, Instant)> = None;
     for (t, a) in conns {
@@ -135,7 +136,7 @@ pub fn make_room<T: Copy>(conns: impl IntoIterator<Item = (T, Activity)>) -> Opt
 
 /// Whether an upstream address is flocon's own front (`front`, the address it listens on):
 /// a mirror URL or redirect pointing there would make flocon call itself.
-pub fn is_own_front(addr: SocketAddr, front: SocketAddr) -> bool {
+pub(crate) fn is_own_front(addr: SocketAddr, front: SocketAddr) -> bool {
     if addr.port() != front.port() {
         return false;
     }
@@ -149,7 +150,7 @@ pub fn is_own_front(addr: SocketAddr, front: SocketAddr) -> bool {
 /// allowed as itself in a segment (RFC 3986 `pchar`) percent-encoded, `%` included, so the
 /// mirror decodes exactly the name flocon checked (decoded once by the front, encoded once
 /// here).
-pub fn encode_segment(name: &str) -> String {
+pub(crate) fn encode_segment(name: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(name.len());
     for &b in name.as_bytes() {

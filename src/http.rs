@@ -7,26 +7,28 @@
 use crate::names;
 use std::fmt::Display;
 use std::io::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+#[cfg(test)]
+use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Request head bound. pacman (libcurl) sends heads of about 200-300 bytes; 8 KiB is the
 /// usual server default (nginx, Apache), so no real client reaches it, and it caps what one
 /// connection can make us hold before we answer 431.
-pub const MAX_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// httparse header array size. curl sends about 5 header lines; 32 leaves room for proxies
 /// while keeping the array on the stack. More lines -> 431, like an oversize head.
-pub const MAX_HEADERS: usize = 32;
+pub(crate) const MAX_HEADERS: usize = 32;
 /// Response head bound for flocon's own client. Mirrors behind CDNs send long heads (cookies,
 /// security policies), so twice the request bound; still small per outbound fetch.
-pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+pub(crate) const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Response header array size: CDN-fronted mirrors send 20-40 header lines.
-pub const MAX_RESPONSE_HEADERS: usize = 64;
+pub(crate) const MAX_RESPONSE_HEADERS: usize = 64;
 /// Longest chunk-size line including extensions. Real servers send "1f40\r\n"; the bound
 /// stops a peer from trickling an endless line at us.
-pub const MAX_CHUNK_LINE: usize = 1024;
+pub(crate) const MAX_CHUNK_LINE: usize = 1024;
 /// Total trailer bytes accepted after the last chunk (we discard them; the bound only
 /// limits how long a sender can keep us reading nothing useful).
-pub const MAX_TRAILERS: usize = 8 * 1024;
+pub(crate) const MAX_TRAILERS: usize = 8 * 1024;
 
 /// Compressor suffixes makepkg can give a package (`PKGEXT`) and repo-add a database.
 const COMPRESSORS: &[&str] = &["gz", "xz", "zst", "bz2", "lz4", "lrz", "lzo", "Z", "lz"];
@@ -37,13 +39,13 @@ const MAX_DATE_SECS: u64 = 253_402_300_799;
 const USER_AGENT: &str = concat!("flocon/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Method {
+pub(crate) enum Method {
     Get,
     Head,
 }
 
 impl Method {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
             Method::Head => "HEAD",
@@ -52,13 +54,13 @@ impl Method {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Version {
+pub(crate) enum Version {
     Http10,
     Http11,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     pub method: Method,
     pub version: Version,
     /// Raw request target as sent (path [+ query]); decode it with `peer_file_name` or
@@ -78,7 +80,7 @@ pub struct Request {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// Malformed request, bad percent-encoding, a body, duplicate Range/Host.
     BadRequest,
     /// A well-formed target that names nothing we may serve (`..`, dot files, `.part`, ...).
@@ -96,7 +98,7 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    pub fn status(self) -> u16 {
+    pub(crate) fn status(self) -> u16 {
         match self {
             HttpError::BadRequest => 400,
             HttpError::NotFound => 404,
@@ -133,7 +135,7 @@ impl std::error::Error for HttpError {}
 /// Parses one request head from the start of `buf`. `Ok(None)`: incomplete, read more (only
 /// while `buf.len() < MAX_HEAD`). A head is accepted iff it fits in `MAX_HEAD` bytes, however
 /// the bytes were split across reads.
-pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
+pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
     let window = &buf[..buf.len().min(MAX_HEAD)];
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -269,7 +271,7 @@ fn parse_decimal(s: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RangeOutcome {
+pub(crate) enum RangeOutcome {
     /// No usable Range: send the whole file with 200.
     Full,
     /// 206 with these bytes, both ends inclusive.
@@ -288,7 +290,7 @@ enum RangeSpec {
 /// Single-range only. Anything we do not understand (several ranges, other units, garbage,
 /// `b < a`) yields `Full`: RFC 9110 §14.2 lets a server ignore Range, and a whole file is
 /// always a correct answer.
-pub fn resolve_range(header: Option<&str>, len: u64) -> RangeOutcome {
+pub(crate) fn resolve_range(header: Option<&str>, len: u64) -> RangeOutcome {
     let Some(spec) = header.and_then(parse_range_spec) else {
         return RangeOutcome::Full;
     };
@@ -350,12 +352,12 @@ fn saturating_digits(s: &str) -> Option<u64> {
 }
 
 /// `Content-Range` value of a 206.
-pub fn content_range(start: u64, end: u64, len: u64) -> String {
+pub(crate) fn content_range(start: u64, end: u64, len: u64) -> String {
     format!("bytes {start}-{end}/{len}")
 }
 
 /// `Content-Range` value of a 416.
-pub fn content_range_unsatisfied(len: u64) -> String {
+pub(crate) fn content_range_unsatisfied(len: u64) -> String {
     format!("bytes */{len}")
 }
 
@@ -389,7 +391,7 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 /// Name rules for a file requested from the peer server (docs/DESIGN.md, "The peer server"): the target must be "/"
 /// plus one safe name of a package or a package signature. Bad encoding is 400; a name we
 /// refuse is 404, which tells a prober nothing more.
-pub fn peer_file_name(target: &str) -> Result<String, HttpError> {
+pub(crate) fn peer_file_name(target: &str) -> Result<String, HttpError> {
     let rest = origin_path(target)?
         .strip_prefix('/')
         .ok_or(HttpError::BadRequest)?;
@@ -406,7 +408,7 @@ pub fn peer_file_name(target: &str) -> Result<String, HttpError> {
 /// The loopback front's path `/<repo>/os/<arch>/<file>` (docs/DESIGN.md, "The front"), each part decoded once and
 /// checked with `names::is_file_name`. Returns (repo, arch, file); the file may be of any kind, the
 /// front decides what to do with it by `classify`.
-pub fn front_path(target: &str) -> Result<(String, String, String), HttpError> {
+pub(crate) fn front_path(target: &str) -> Result<(String, String, String), HttpError> {
     let rest = origin_path(target)?
         .strip_prefix('/')
         .ok_or(HttpError::BadRequest)?;
@@ -444,7 +446,7 @@ fn decode_component(raw: &str) -> Result<String, HttpError> {
 /// Percent-decodes exactly once. Refuses `%00` (C strings would end there), `%2f`/`%2F` (this
 /// decodes one component, and a slash inside it would make two), invalid escapes and invalid
 /// UTF-8. `+` stays `+`: it means space only in form data, not in paths.
-pub fn percent_decode(s: &str) -> Result<String, HttpError> {
+pub(crate) fn percent_decode(s: &str) -> Result<String, HttpError> {
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {
@@ -476,7 +478,7 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
+pub(crate) enum FileKind {
     /// `<stem>.pkg.tar` or `<stem>.pkg.tar.<compressor>`.
     Package,
     PackageSig,
@@ -486,7 +488,7 @@ pub enum FileKind {
     Other,
 }
 
-pub fn classify(name: &str) -> FileKind {
+pub(crate) fn classify(name: &str) -> FileKind {
     match name.strip_suffix(".sig") {
         Some(base) => match classify_unsigned(base) {
             FileKind::Package => FileKind::PackageSig,
@@ -531,7 +533,7 @@ fn has_stem(name: &str, suffix: &str) -> bool {
 // Response heads we send
 // ---------------------------------------------------------------------------------------
 
-pub fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
@@ -569,7 +571,7 @@ pub fn reason(status: u16) -> &'static str {
 /// version); `version` is the client's and decides how keep-alive is spelled. Adds the
 /// Connection header itself, so a `Connection` in `headers` is dropped, as is any header
 /// whose name or value could split the head (CR, LF, NUL...): values can come from upstream.
-pub fn write_head(
+pub(crate) fn write_head(
     out: &mut Vec<u8>,
     version: Version,
     status: u16,
@@ -608,29 +610,31 @@ fn valid_header(name: &str, value: &str) -> bool {
 
 /// A response head under construction, for callers that gather headers step by step.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseHead {
+#[cfg(test)]
+pub(crate) struct ResponseHead {
     pub status: u16,
     pub headers: Vec<(String, String)>,
 }
 
+#[cfg(test)]
 impl ResponseHead {
-    pub fn new(status: u16) -> Self {
+    pub(crate) fn new(status: u16) -> Self {
         ResponseHead {
             status,
             headers: Vec::new(),
         }
     }
 
-    pub fn header(mut self, name: &str, value: impl Display) -> Self {
+    pub(crate) fn header(mut self, name: &str, value: impl Display) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
         self
     }
 
-    pub fn content_length(self, len: u64) -> Self {
+    pub(crate) fn content_length(self, len: u64) -> Self {
         self.header("Content-Length", len)
     }
 
-    pub fn write(&self, out: &mut Vec<u8>, version: Version, keep_alive: bool) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>, version: Version, keep_alive: bool) {
         let headers: Vec<(&str, &str)> = self
             .headers
             .iter()
@@ -645,7 +649,7 @@ fn error_body(status: u16) -> String {
 }
 
 /// The head of `error_response` without its body: the answer to a HEAD request.
-pub fn error_head(out: &mut Vec<u8>, version: Version, err_status: u16, keep_alive: bool) {
+pub(crate) fn error_head(out: &mut Vec<u8>, version: Version, err_status: u16, keep_alive: bool) {
     let len = error_body(err_status).len().to_string();
     let mut headers = vec![
         ("Content-Type", "text/plain; charset=utf-8"),
@@ -659,7 +663,12 @@ pub fn error_head(out: &mut Vec<u8>, version: Version, err_status: u16, keep_ali
 }
 
 /// A complete error response: head plus a one-line text body.
-pub fn error_response(out: &mut Vec<u8>, version: Version, err_status: u16, keep_alive: bool) {
+pub(crate) fn error_response(
+    out: &mut Vec<u8>,
+    version: Version,
+    err_status: u16,
+    keep_alive: bool,
+) {
     error_head(out, version, err_status, keep_alive);
     out.extend_from_slice(error_body(err_status).as_bytes());
 }
@@ -669,6 +678,7 @@ pub fn error_response(out: &mut Vec<u8>, version: Version, err_status: u16, keep
 // ---------------------------------------------------------------------------------------
 
 const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+#[cfg(test)]
 const WEEKDAYS_LONG: [&str; 7] = [
     "Sunday",
     "Monday",
@@ -685,7 +695,7 @@ const SECS_PER_DAY: i64 = 86_400;
 
 /// IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT". Times before 1970 are written as the
 /// epoch and times past year 9999 as its last second: neither is a real file time.
-pub fn http_date(t: SystemTime) -> String {
+pub(crate) fn http_date(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -728,6 +738,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// Inverse of `civil_from_days`.
+#[cfg(test)]
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
@@ -738,6 +749,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+#[cfg(test)]
 fn days_in_month(year: i64, month: i64) -> i64 {
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
     match month {
@@ -751,7 +763,8 @@ fn days_in_month(year: i64, month: i64) -> i64 {
 /// Parses the three date forms RFC 9110 §5.6.7 says a recipient must accept: IMF-fixdate
 /// ("Sun, 06 Nov 1994 08:49:37 GMT"), RFC 850 ("Sunday, 06-Nov-94 08:49:37 GMT") and asctime
 /// ("Sun Nov  6 08:49:37 1994"). The weekday must be a weekday name but is not cross-checked.
-pub fn parse_http_date(s: &str) -> Option<SystemTime> {
+#[cfg(test)]
+pub(crate) fn parse_http_date(s: &str) -> Option<SystemTime> {
     let fields: Vec<&str> = s.split_ascii_whitespace().collect();
     let (year, month, day, time) = match fields.as_slice() {
         [wd, day, mon, year, time, "GMT"] => {
@@ -806,6 +819,7 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
     }
 }
 
+#[cfg(test)]
 fn fixed_digits(s: &str, n: usize) -> Option<i64> {
     if s.len() != n || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -813,6 +827,7 @@ fn fixed_digits(s: &str, n: usize) -> Option<i64> {
     s.parse().ok()
 }
 
+#[cfg(test)]
 fn month_number(s: &str) -> Option<i64> {
     MONTHS.iter().position(|m| *m == s).map(|i| i as i64 + 1)
 }
@@ -825,7 +840,7 @@ fn month_number(s: &str) -> Option<i64> {
 /// may not appear in a request target (space, controls, non-ASCII and the delimiters
 /// RFC 3986 excludes) are encoded here so a stray one cannot split the request line. Headers that could split the head are
 /// dropped, and so are bytes of `host_header` that could.
-pub fn build_request(
+pub(crate) fn build_request(
     out: &mut Vec<u8>,
     method: Method,
     host_header: &str,
@@ -861,7 +876,7 @@ pub fn build_request(
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseInfo {
+pub(crate) struct ResponseInfo {
     pub status: u16,
     pub content_length: Option<u64>,
     /// The body is chunked: feed it through `ChunkedDecoder`.
@@ -883,7 +898,7 @@ pub struct ResponseInfo {
 
 /// How the body after a response head ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFraming {
+pub(crate) enum BodyFraming {
     /// No body at all (HEAD, 1xx, 204, 304).
     Empty,
     Length(u64),
@@ -894,7 +909,7 @@ pub enum BodyFraming {
 
 impl ResponseInfo {
     /// RFC 9112 §6.3, for a response to a request whose method we know.
-    pub fn framing(&self, head_request: bool) -> BodyFraming {
+    pub(crate) fn framing(&self, head_request: bool) -> BodyFraming {
         if head_request || self.status < 200 || self.status == 204 || self.status == 304 {
             BodyFraming::Empty
         } else if self.chunked {
@@ -910,7 +925,7 @@ impl ResponseInfo {
 /// Parses one response head from the start of `buf`; `Ok(None)` = incomplete (only while
 /// `buf.len() < MAX_RESPONSE_HEAD`). A 1xx head is returned like any other: skip
 /// `head_len` bytes and parse again.
-pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseInfo>, HttpError> {
+pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<ResponseInfo>, HttpError> {
     let window = &buf[..buf.len().min(MAX_RESPONSE_HEAD)];
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -1054,7 +1069,7 @@ enum ChunkState {
 /// of the input gives the same output; strict CRLF framing, since a lenient decoder is how
 /// two parsers come to disagree on where a message ends.
 #[derive(Debug, Clone)]
-pub struct ChunkedDecoder {
+pub(crate) struct ChunkedDecoder {
     state: ChunkState,
     /// Size being read, then bytes left in the current chunk.
     remaining: u64,
@@ -1070,7 +1085,7 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ChunkedDecoder {
             state: ChunkState::Size,
             remaining: 0,
@@ -1080,14 +1095,19 @@ impl ChunkedDecoder {
         }
     }
 
-    pub fn is_done(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_done(&self) -> bool {
         self.state == ChunkState::Done
     }
 
     /// Decodes from `input`, appending body bytes to `out`. Returns (bytes consumed, done).
     /// All of `input` is consumed unless the body ends inside it: bytes after the last
     /// trailer belong to the next response.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), HttpError> {
+    pub(crate) fn feed(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, bool), HttpError> {
         let mut i = 0;
         while let Some(rest) = input.get(i..).filter(|r| !r.is_empty()) {
             match self.state {

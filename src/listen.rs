@@ -19,14 +19,14 @@ const MAX_FRONT_LISTENERS: usize = 8;
 pub struct StartError(pub String);
 
 #[derive(Debug, Clone, Copy)]
-pub enum Listener {
+pub(crate) enum Listener {
     Peers,
     Front(usize),
 }
 
 impl Listener {
     /// The listener a poll token stands for.
-    pub fn of(token: Token) -> Option<Listener> {
+    pub(crate) fn of(token: Token) -> Option<Listener> {
         match token {
             PEER_LISTENER => Some(Listener::Peers),
             Token(t)
@@ -41,7 +41,7 @@ impl Listener {
 }
 
 /// What `Listeners::accept` found.
-pub enum Accepted {
+pub(crate) enum Accepted {
     Conn(TcpStream, SocketAddr),
     /// Nothing (more) waits, or accepting is paused.
     Nothing,
@@ -49,7 +49,7 @@ pub enum Accepted {
     Paused,
 }
 
-pub struct Listeners {
+pub(crate) struct Listeners {
     peer: TcpListener,
     front: Vec<TcpListener>,
     paused: bool,
@@ -81,7 +81,7 @@ fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
 
 impl Listeners {
     /// Binds the peer port and every `--listen` address, registered with `reg`.
-    pub fn bind(cfg: &Config, reg: &Registry) -> Result<Listeners, StartError> {
+    pub(crate) fn bind(cfg: &Config, reg: &Registry) -> Result<Listeners, StartError> {
         let peer_ip = cfg.peer_addr.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
         let mut peer = bind_tcp(SocketAddr::new(peer_ip, cfg.port), "peers")?;
         if cfg.listen.len() > MAX_FRONT_LISTENERS {
@@ -112,18 +112,26 @@ impl Listeners {
         })
     }
 
-    /// (peer address, front addresses) for the start line.
-    pub fn describe(&self) -> (String, String) {
+    /// The line that says the daemon started: where it listens, which caches it serves.
+    pub(crate) fn started_line(&self, cfg: &Config) -> String {
         let front: Vec<String> = (self.front.iter())
             .filter_map(|l| l.local_addr().ok())
             .map(|a| a.to_string())
             .collect();
-        let peer = self.peer.local_addr().map(|a| a.to_string());
-        (peer.unwrap_or_default(), front.join(" "))
+        let peers = self.peer.local_addr().map(|a| a.to_string());
+        let cache: Vec<String> = (cfg.cache_dirs.iter())
+            .map(|d| d.display().to_string())
+            .collect();
+        format!(
+            "started: peers on {}, pacman on {}, cache {}",
+            peers.unwrap_or_default(),
+            front.join(" "),
+            cache.join(" ")
+        )
     }
 
     /// The front's addresses: an upstream there would be flocon calling itself.
-    pub fn front_addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn front_addrs(&self) -> Vec<SocketAddr> {
         self.front
             .iter()
             .filter_map(|l| l.local_addr().ok())
@@ -131,7 +139,7 @@ impl Listeners {
     }
 
     /// Stops listening (a stop in progress).
-    pub fn close(&mut self, reg: &Registry) {
+    pub(crate) fn close(&mut self, reg: &Registry) {
         let _ = reg.deregister(&mut self.peer);
         for l in &mut self.front {
             let _ = reg.deregister(l);
@@ -139,13 +147,13 @@ impl Listeners {
     }
 
     /// Every listener, for accepting again after a pause.
-    pub fn all(&self) -> Vec<Listener> {
+    pub(crate) fn all(&self) -> Vec<Listener> {
         let front = (0..self.front.len()).map(Listener::Front);
         std::iter::once(Listener::Peers).chain(front).collect()
     }
 
     /// The next connection waiting on `which`.
-    pub fn accept(&mut self, which: Listener) -> Accepted {
+    pub(crate) fn accept(&mut self, which: Listener) -> Accepted {
         if self.paused {
             return Accepted::Nothing;
         }
@@ -181,7 +189,7 @@ impl Listeners {
 
     /// Descriptors were freed (or the retry timer fired): true when accepting was paused
     /// and may now go on.
-    pub fn resume(&mut self) -> bool {
+    pub(crate) fn resume(&mut self) -> bool {
         std::mem::take(&mut self.paused)
     }
 }

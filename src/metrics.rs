@@ -17,24 +17,24 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How often changed lifetime counters are written (and the most a crash can lose).
-pub const SAVE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+pub(crate) const SAVE_INTERVAL: Duration = Duration::from_secs(15 * 60);
 /// The file in the state directory.
-pub const COUNTERS_FILE: &str = "counters";
+pub(crate) const COUNTERS_FILE: &str = "counters";
 /// Longer than any file we write: a bigger one is not ours.
-pub const MAX_COUNTERS_FILE: u64 = 4096;
+pub(crate) const MAX_COUNTERS_FILE: u64 = 4096;
 /// Repos with their own label; a request names its repo, so the label set must be bounded.
 /// A real pacman.conf has a handful; more land under `repo="other"`.
-pub const MAX_REPOS: usize = 64;
+pub(crate) const MAX_REPOS: usize = 64;
 /// Upper bounds of the lookup latency buckets, in microseconds (then +Inf). Lookups wait at
 /// most `--lookup-ms` (default 50, at most 5000).
-pub const LOOKUP_BUCKETS_US: [u64; 12] = [
+pub(crate) const LOOKUP_BUCKETS_US: [u64; 12] = [
     1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
     5_000_000,
 ];
 
 /// Counters of one repository, since start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RepoCounters {
+pub(crate) struct RepoCounters {
     /// Packages copied from a LAN peer and verified.
     pub lan_hits: u64,
     /// Packages in the sync db that no peer had (fetched upstream instead).
@@ -47,14 +47,14 @@ pub struct RepoCounters {
 
 /// Lookup latency: counts per bucket (not cumulative; rendered cumulative), sum, count.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     buckets: [u64; LOOKUP_BUCKETS_US.len() + 1],
     sum_us: u64,
     count: u64,
 }
 
 impl Histogram {
-    pub fn observe(&mut self, d: Duration) {
+    pub(crate) fn observe(&mut self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let i = LOOKUP_BUCKETS_US
             .iter()
@@ -64,15 +64,11 @@ impl Histogram {
         self.sum_us = self.sum_us.saturating_add(us);
         self.count += 1;
     }
-
-    pub fn count(&self) -> u64 {
-        self.count
-    }
 }
 
 /// What survives a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lifetime {
+pub(crate) struct Lifetime {
     /// Unix time (seconds) of the first start that counted.
     pub since: u64,
     pub lan_bytes: u64,
@@ -81,7 +77,7 @@ pub struct Lifetime {
 }
 
 impl Lifetime {
-    pub fn new(since: u64) -> Lifetime {
+    pub(crate) fn new(since: u64) -> Lifetime {
         Lifetime {
             since,
             lan_bytes: 0,
@@ -91,7 +87,7 @@ impl Lifetime {
     }
 
     /// The file's text: `key value` lines.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(self) -> String {
         format!(
             "# flocon's lifetime counters, rewritten by flocon (delete to start again at 0)\n\
              since {}\nlan_bytes {}\nlan_hits {}\nserved_bytes {}\n",
@@ -101,7 +97,7 @@ impl Lifetime {
 
     /// Reads the file's text. Unknown keys are skipped (a newer version may add some); a
     /// line that is not `key number` makes the whole file suspect.
-    pub fn parse(text: &str) -> Result<Lifetime, String> {
+    pub(crate) fn parse(text: &str) -> Result<Lifetime, String> {
         let mut l = Lifetime::new(0);
         let mut since = None;
         for (n, line) in text.lines().enumerate() {
@@ -125,7 +121,7 @@ impl Lifetime {
     }
 
     /// `<dir>/counters`, or None when there is none yet.
-    pub fn load(dir: &Path) -> Result<Option<Lifetime>, String> {
+    pub(crate) fn load(dir: &Path) -> Result<Option<Lifetime>, String> {
         let path = dir.join(COUNTERS_FILE);
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
@@ -146,7 +142,7 @@ impl Lifetime {
 
     /// Writes `<dir>/counters` through a temporary file and a rename; `sync` also flushes
     /// it to the disk first (shutdown).
-    pub fn save(&self, dir: &Path, sync: bool) -> io::Result<()> {
+    pub(crate) fn save(&self, dir: &Path, sync: bool) -> io::Result<()> {
         let tmp = dir.join(format!("{COUNTERS_FILE}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(self.to_text().as_bytes())?;
@@ -160,7 +156,7 @@ impl Lifetime {
 
 /// Everything `/metrics` shows, plus the lifetime counters and when they were last saved.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     repos: BTreeMap<String, RepoCounters>,
     pub served_bytes: u64,
     pub rejected_copies: u64,
@@ -182,7 +178,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// `loaded` is what `Lifetime::load` found, if anything; otherwise counting starts now.
-    pub fn new(loaded: Option<Lifetime>, now: Instant, now_unix: u64) -> Metrics {
+    pub(crate) fn new(loaded: Option<Lifetime>, now: Instant, now_unix: u64) -> Metrics {
         Metrics {
             repos: BTreeMap::new(),
             served_bytes: 0,
@@ -205,12 +201,13 @@ impl Metrics {
         self.repos.entry(key.to_string()).or_default()
     }
 
-    pub fn repo_counters(&self, repo: &str) -> Option<&RepoCounters> {
+    #[cfg(test)]
+    pub(crate) fn repo_counters(&self, repo: &str) -> Option<&RepoCounters> {
         self.repos.get(repo)
     }
 
     /// A package copied from a peer and verified.
-    pub fn lan_hit(&mut self, repo: &str, bytes: u64) {
+    pub(crate) fn lan_hit(&mut self, repo: &str, bytes: u64) {
         let r = self.repo(repo);
         r.lan_hits += 1;
         r.lan_bytes += bytes;
@@ -220,54 +217,83 @@ impl Metrics {
     }
 
     /// A verifiable package that no peer could give.
-    pub fn lan_miss(&mut self, repo: &str) {
+    pub(crate) fn lan_miss(&mut self, repo: &str) {
         self.repo(repo).lan_misses += 1;
     }
 
     /// A file fetched from upstream has ended; `bytes` is what came through.
-    pub fn upstream_file(&mut self, repo: &str, bytes: u64) {
+    pub(crate) fn upstream_file(&mut self, repo: &str, bytes: u64) {
         let r = self.repo(repo);
         r.upstream_files += 1;
         r.upstream_bytes += bytes;
     }
 
     /// Bytes sent by the peer server, counted as they go.
-    pub fn served(&mut self, bytes: u64) {
+    pub(crate) fn served(&mut self, bytes: u64) {
         self.served_bytes += bytes;
         self.lifetime.served_bytes += bytes;
         self.dirty |= bytes > 0;
     }
 
-    pub fn rejected_copy(&mut self) {
+    pub(crate) fn rejected_copy(&mut self) {
         self.rejected_copies += 1;
     }
 
-    pub fn banned(&mut self) {
+    pub(crate) fn banned(&mut self) {
         self.bans += 1;
     }
 
-    pub fn lookup(&mut self, elapsed: Duration) {
+    pub(crate) fn lookup(&mut self, elapsed: Duration) {
         self.lookups.observe(elapsed);
     }
 
-    pub fn lifetime(&self) -> &Lifetime {
+    pub(crate) fn lifetime(&self) -> &Lifetime {
         &self.lifetime
     }
 
     /// Sums over repos since start: (LAN hits, LAN bytes, upstream bytes).
-    pub fn totals(&self) -> (u64, u64, u64) {
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
         self.repos.values().fold((0, 0, 0), |(h, b, u), r| {
             (h + r.lan_hits, b + r.lan_bytes, u + r.upstream_bytes)
         })
     }
 
     /// Whether the lifetime counters changed and the last save is SAVE_INTERVAL old.
-    pub fn save_due(&self, now: Instant) -> bool {
+    pub(crate) fn save_due(&self, now: Instant) -> bool {
         self.dirty && now.saturating_duration_since(self.saved_at) >= SAVE_INTERVAL
     }
 
+    /// A starting daemon's counters, the lifetime ones loaded from the state dir `dir` (from 0
+    /// when they cannot be read, with a warning).
+    pub(crate) fn start(dir: &Path, now: Instant) -> Metrics {
+        let lifetime = Lifetime::load(dir).unwrap_or_else(|e| {
+            warn!("{e}; counting what the LAN saved starts again at 0");
+            None
+        });
+        Metrics::new(lifetime, now, unix_now())
+    }
+
+    /// Saves the lifetime counters in the state dir `dir` when a save is due, a failure
+    /// logged.
+    pub(crate) fn save_when_due(&mut self, dir: &Path, now: Instant) {
+        if self.save_due(now) {
+            self.save_or_warn(dir, now, false);
+        }
+    }
+
+    /// Saves them to the disk (a stop), a failure logged.
+    pub(crate) fn save_at_exit(&mut self, dir: &Path, now: Instant) {
+        self.save_or_warn(dir, now, true);
+    }
+
+    fn save_or_warn(&mut self, dir: &Path, now: Instant, sync: bool) {
+        if let Err(e) = self.save(dir, now, sync) {
+            warn!("saving the counters in {}: {e}", dir.display());
+        }
+    }
+
     /// Saves the lifetime counters if they changed (`sync` at shutdown).
-    pub fn save(&mut self, dir: &Path, now: Instant, sync: bool) -> io::Result<()> {
+    pub(crate) fn save(&mut self, dir: &Path, now: Instant, sync: bool) -> io::Result<()> {
         if !self.dirty {
             return Ok(());
         }
@@ -280,7 +306,7 @@ impl Metrics {
 
     /// "saved from the Internet: 3.2 GiB since 2026-11-30" (the bytes this host got from
     /// peers instead of a mirror), with what it gave to the others.
-    pub fn saved_line(&self) -> String {
+    pub(crate) fn saved_line(&self) -> String {
         let l = &self.lifetime;
         format!(
             "saved from the Internet: {} since {} ({} packages); served to peers: {}",
@@ -293,7 +319,7 @@ impl Metrics {
 
     /// The one line systemd shows as the unit's status (`STATUS=`): peers, LAN hits and
     /// bytes from the LAN since start, and the lifetime saving.
-    pub fn systemd_status(&self, peers: usize) -> String {
+    pub(crate) fn systemd_status(&self, peers: usize) -> String {
         let (hits, bytes, _) = self.totals();
         format!(
             "{peers} {}, {hits} LAN {}, {} from the LAN; saved {} since {}",
@@ -306,7 +332,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self, peers_known: usize) -> String {
+    pub(crate) fn render(&self, peers_known: usize) -> String {
         let mut o = String::with_capacity(4096);
         type Field = fn(&RepoCounters) -> u64;
         let per_repo: [(&str, &str, Field); 5] = [
@@ -440,7 +466,7 @@ fn seconds(us: u64) -> String {
 }
 
 /// Sizes for people: "512 B", "1.5 KiB", "3.2 GiB".
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
         return format!("{n} B");
@@ -460,7 +486,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// A Unix time as a UTC date, YYYY-MM-DD (days to civil date, after Howard Hinnant).
-pub fn date(unix: u64) -> String {
+pub(crate) fn date(unix: u64) -> String {
     let days = (unix / 86_400) as i64;
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -475,7 +501,7 @@ pub fn date(unix: u64) -> String {
 }
 
 /// Seconds since the Unix epoch now (0 if the clock is before 1970).
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -5,13 +5,13 @@
 //! refused, or read differently, by another. Pure; see docs/DESIGN.md, "File names".
 
 /// Longest name: a file name's limit on Linux (NAME_MAX), and a QUERY's length byte.
-pub const MAX_FILE_NAME: usize = 255;
+pub(crate) const MAX_FILE_NAME: usize = 255;
 
 /// 1..=MAX_FILE_NAME bytes of printable ASCII without space (0x21–0x7E), no `/`, no `\`, not
 /// starting with `.` (so neither `.` nor `..` nor a dot file), not ending in `.part` in any
 /// case (pacman's and flocon's half-written files). Package file names are ASCII, so refusing
 /// the rest kills Unicode look-alikes (fullwidth dots, right-to-left overrides) outright.
-pub fn is_file_name(name: &[u8]) -> bool {
+pub(crate) fn is_file_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name.len() <= MAX_FILE_NAME
         && name[0] != b'.'

@@ -15,13 +15,13 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::{Duration, Instant};
 
 /// A changed status goes out at most this often: `systemctl status` is read by people.
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// Status text longer than this is cut (one line in `systemctl status`).
-pub const MAX_STATUS_LEN: usize = 240;
+pub(crate) const MAX_STATUS_LEN: usize = 240;
 
 /// Where the service manager is in our life, as far as it has been told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     Starting,
     /// `ready()` was called but the datagram could not be sent yet.
     ReadyPending,
@@ -29,7 +29,7 @@ pub enum State {
     Stopping,
 }
 
-pub struct Notifier {
+pub(crate) struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
     state: State,
     /// The last status sent and when.
@@ -38,7 +38,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// From `$NOTIFY_SOCKET`; a value we cannot use is reported once and ignored.
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let var = std::env::var_os("NOTIFY_SOCKET");
         match var.as_deref().map(open) {
             None => Notifier::disabled(),
@@ -50,7 +50,7 @@ impl Notifier {
         }
     }
 
-    pub fn disabled() -> Notifier {
+    pub(crate) fn disabled() -> Notifier {
         Notifier {
             target: None,
             state: State::Starting,
@@ -66,20 +66,23 @@ impl Notifier {
     }
 
     /// For tests: notify the socket at `name` (a path, or `@abstract`).
-    pub fn to(name: &str) -> io::Result<Notifier> {
+    #[cfg(test)]
+    pub(crate) fn to(name: &str) -> io::Result<Notifier> {
         open(OsStr::new(name)).map(Notifier::with_target)
     }
 
-    pub fn enabled(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn enabled(&self) -> bool {
         self.target.is_some()
     }
 
-    pub fn state(&self) -> State {
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> State {
         self.state
     }
 
     /// The listeners are open: `READY=1` with the first status.
-    pub fn ready(&mut self, status: &str, now: Instant) {
+    pub(crate) fn ready(&mut self, status: &str, now: Instant) {
         if self.state != State::Starting {
             return;
         }
@@ -97,7 +100,7 @@ impl Notifier {
 
     /// Keeps `STATUS=` current: sends `status` when it differs from the last one sent and
     /// that one is at least STATUS_INTERVAL old. Cheap to call on every timer tick.
-    pub fn status(&mut self, status: &str, now: Instant) {
+    pub(crate) fn status(&mut self, status: &str, now: Instant) {
         match self.state {
             State::ReadyPending => self.send_ready(status, now),
             State::Ready if status_due(self.last.as_ref(), status, now) => {
@@ -111,7 +114,7 @@ impl Notifier {
     }
 
     /// Shutdown has begun: `STOPPING=1`, with a last status.
-    pub fn stopping(&mut self, status: &str) {
+    pub(crate) fn stopping(&mut self, status: &str) {
         if self.state == State::Stopping {
             return;
         }
@@ -138,7 +141,7 @@ impl Notifier {
 }
 
 /// Whether a status is worth sending now, given the last one sent.
-pub fn status_due(last: Option<&(String, Instant)>, status: &str, now: Instant) -> bool {
+pub(crate) fn status_due(last: Option<&(String, Instant)>, status: &str, now: Instant) -> bool {
     match last {
         None => true,
         Some((text, at)) => {

@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 
-pub struct OutBuf {
+pub(crate) struct OutBuf {
     buf: Vec<u8>,
     /// Bytes of `buf` before this are sent.
     start: usize,
@@ -19,7 +19,7 @@ pub struct OutBuf {
 const KEEP_CAPACITY: usize = 4096;
 
 impl OutBuf {
-    pub const fn new(bound: usize) -> Self {
+    pub(crate) const fn new(bound: usize) -> Self {
         OutBuf {
             buf: Vec::new(),
             start: 0,
@@ -28,26 +28,27 @@ impl OutBuf {
     }
 
     /// Bytes waiting to be sent.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.buf.len() - self.start
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pending() == 0
     }
 
     /// How many more bytes `push` takes now.
-    pub fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         self.bound.saturating_sub(self.pending())
     }
 
     /// Memory held (for tests and the status page).
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
         self.buf.capacity()
     }
 
     /// Appends as much of `data` as the bound allows; returns how much that was.
-    pub fn push(&mut self, data: &[u8]) -> usize {
+    pub(crate) fn push(&mut self, data: &[u8]) -> usize {
         let take = data.len().min(self.room());
         if take == 0 {
             return 0;
@@ -67,14 +68,14 @@ impl OutBuf {
 
     /// Starts a whole answer built in place: drops anything pending and hands out the
     /// (empty) vector to write the head and body into.
-    pub fn whole(&mut self) -> &mut Vec<u8> {
+    pub(crate) fn whole(&mut self) -> &mut Vec<u8> {
         self.clear();
         &mut self.buf
     }
 
     /// One `write` of the pending bytes. Once all are out the buffer is empty again (memory
     /// kept for the next push).
-    pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
+    pub(crate) fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
         let n = w.write(&self.buf[self.start..])?;
         self.start += n;
         if self.start == self.buf.len() {
@@ -85,13 +86,13 @@ impl OutBuf {
     }
 
     /// Drops what is pending (a cut stream, a new answer).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.buf.clear();
         self.start = 0;
     }
 
     /// The answer ended: drops what is pending and frees a stream-sized allocation.
-    pub fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         self.clear();
         if self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();

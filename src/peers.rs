@@ -9,54 +9,54 @@ use std::time::{Duration, Instant};
 
 /// Peers kept at once; a LAN with more flocon daemons is not expected, and a bound keeps
 /// forged announcements (random instance ids) from growing memory.
-pub const MAX_PEERS: usize = 256;
+pub(crate) const MAX_PEERS: usize = 256;
 /// Mean spacing of periodic announcements: cheap (one ~100-byte datagram per host), and
 /// departures without a goodbye are still noticed within ~2 minutes.
-pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
 /// ±25 % of the interval, uniform: hosts booted together (power cut) drift apart instead of
 /// announcing in lockstep.
-pub const ANNOUNCE_JITTER: Duration = Duration::from_millis(7_500);
+pub(crate) const ANNOUNCE_JITTER: Duration = Duration::from_millis(7_500);
 /// Longest gap between two periodic announcements of a live peer.
-pub const ANNOUNCE_INTERVAL_MAX: Duration = Duration::from_millis(37_500);
+pub(crate) const ANNOUNCE_INTERVAL_MAX: Duration = Duration::from_millis(37_500);
 /// Three missed announcements at the longest interval (112.5 s) plus slack for a busy loop.
-pub const PEER_EXPIRY: Duration = Duration::from_secs(120);
+pub(crate) const PEER_EXPIRY: Duration = Duration::from_secs(120);
 /// Announcements sent 1 s apart at start (the first may go out before every join has
 /// settled, or be lost); then the periodic schedule takes over.
-pub const STARTUP_ANNOUNCES: u8 = 3;
-pub const STARTUP_GAP: Duration = Duration::from_secs(1);
+pub(crate) const STARTUP_ANNOUNCES: u8 = 3;
+pub(crate) const STARTUP_GAP: Duration = Duration::from_secs(1);
 /// Hearing a new peer makes us announce within this (random) delay so it learns about us
 /// at once instead of after a full interval; random so N hosts do not answer in a burst.
-pub const HURRY_DELAY_MAX: Duration = Duration::from_millis(250);
+pub(crate) const HURRY_DELAY_MAX: Duration = Duration::from_millis(250);
 /// No two announcements closer than this: forged "new peers" cannot make us flood the link.
-pub const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
+pub(crate) const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 /// A peer's recorded address changes to another one it announces from only after the
 /// recorded one has been silent this long: dual-stack hosts announce on both families and
 /// must not flap between them, but a host whose address changed must move.
-pub const ADDR_FAILOVER: Duration = ANNOUNCE_INTERVAL_MAX;
+pub(crate) const ADDR_FAILOVER: Duration = ANNOUNCE_INTERVAL_MAX;
 /// Default lookup budget (issue 3: ≤ 50 ms); a lookup normally ends much sooner, when
 /// every asked peer has answered.
-pub const LOOKUP_BUDGET: Duration = Duration::from_millis(50);
+pub(crate) const LOOKUP_BUDGET: Duration = Duration::from_millis(50);
 
 /// Delay until the next periodic announcement, uniform in interval ± jitter; `random` is any
 /// random u64 from the caller (no RNG in here, so tests are deterministic).
-pub fn next_announce_delay(random: u64) -> Duration {
+pub(crate) fn next_announce_delay(random: u64) -> Duration {
     announce_delay_for(ANNOUNCE_INTERVAL, random)
 }
 
 /// The same for another mean interval (`--announce-interval`): interval ± 25 %.
-pub fn announce_delay_for(interval: Duration, random: u64) -> Duration {
+pub(crate) fn announce_delay_for(interval: Duration, random: u64) -> Duration {
     let jitter = interval / 4;
     let span = 2 * jitter.as_millis() as u64 + 1;
     interval - jitter + Duration::from_millis(random % span)
 }
 
 /// Peers expire after this many mean intervals of silence (3 missed + slack).
-pub const EXPIRY_INTERVALS: u32 = 4;
+pub(crate) const EXPIRY_INTERVALS: u32 = 4;
 
 /// When to announce next: at start, STARTUP_ANNOUNCES times STARTUP_GAP apart, then every
 /// `next_announce_delay`; `hurry` brings it forward when someone new needs to hear from us.
 #[derive(Debug, Clone)]
-pub struct AnnounceTimer {
+pub(crate) struct AnnounceTimer {
     interval: Duration,
     next: Instant,
     last_sent: Option<Instant>,
@@ -65,7 +65,7 @@ pub struct AnnounceTimer {
 
 impl AnnounceTimer {
     /// Due at once.
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         AnnounceTimer {
             interval: ANNOUNCE_INTERVAL,
             next: now,
@@ -75,7 +75,7 @@ impl AnnounceTimer {
     }
 
     /// A mean interval other than ANNOUNCE_INTERVAL (`--announce-interval`).
-    pub fn with_interval(now: Instant, interval: Duration) -> Self {
+    pub(crate) fn with_interval(now: Instant, interval: Duration) -> Self {
         AnnounceTimer {
             interval,
             ..AnnounceTimer::new(now)
@@ -83,16 +83,16 @@ impl AnnounceTimer {
     }
 
     /// The instant the loop should wake up for the next announcement.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         self.next
     }
 
-    pub fn is_due(&self, now: Instant) -> bool {
+    pub(crate) fn is_due(&self, now: Instant) -> bool {
         now >= self.next
     }
 
     /// Records an announcement round sent at `now` and schedules the next.
-    pub fn sent(&mut self, now: Instant, random: u64) {
+    pub(crate) fn sent(&mut self, now: Instant, random: u64) {
         self.last_sent = Some(now);
         self.startup_left = self.startup_left.saturating_sub(1);
         let delay = if self.startup_left > 0 {
@@ -105,7 +105,7 @@ impl AnnounceTimer {
 
     /// Announce soon (a new peer appeared, an interface was joined): within
     /// HURRY_DELAY_MAX, but never sooner than MIN_ANNOUNCE_GAP after the last one.
-    pub fn hurry(&mut self, now: Instant, random: u64) {
+    pub(crate) fn hurry(&mut self, now: Instant, random: u64) {
         let jitter = Duration::from_millis(random % (HURRY_DELAY_MAX.as_millis() as u64 + 1));
         let mut at = now + jitter;
         if let Some(last) = self.last_sent {
@@ -117,7 +117,7 @@ impl AnnounceTimer {
 
 /// One known daemon on the LAN.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub instance: u64,
     /// UDP source of its announcements: where queries go. IPv6 keeps the scope id (needed
     /// for link-local addresses); IPv4-mapped IPv6 is stored as IPv4; flowinfo is cleared.
@@ -141,7 +141,7 @@ pub struct Peer {
 /// A peer's record of usefulness. Only `served` cannot be faked by a LAN host (the bytes
 /// matched our sync db); answers rank a peer among those without served bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Credit {
+pub(crate) struct Credit {
     /// Verified copies it served us.
     pub served: u32,
     /// HAVE answers it gave to our lookups.
@@ -157,7 +157,7 @@ pub struct Credit {
 impl Credit {
     /// SILENT_AFTER queries in a row unanswered over at least SILENT_FOR: a burst of
     /// lookups while the peer is busy for a moment does not count.
-    pub fn is_silent(&self, now: Instant) -> bool {
+    pub(crate) fn is_silent(&self, now: Instant) -> bool {
         self.unanswered >= SILENT_AFTER
             && self
                 .silent_since
@@ -165,7 +165,7 @@ impl Credit {
     }
 
     /// Eviction and lookup rank: higher is kept longer and asked first.
-    pub fn rank(&self) -> (bool, bool, bool) {
+    pub(crate) fn rank(&self) -> (bool, bool, bool) {
         (
             self.served > 0,
             self.haves > 0,
@@ -176,17 +176,17 @@ impl Credit {
 
 /// Queries in a row without an answer after which a peer is asked only now and then
 /// (SILENT_RETRY): a dead or overloaded peer then costs a lookup nothing.
-pub const SILENT_AFTER: u32 = 8;
+pub(crate) const SILENT_AFTER: u32 = 8;
 /// ... and over at least this long.
-pub const SILENT_FOR: Duration = Duration::from_secs(5);
+pub(crate) const SILENT_FOR: Duration = Duration::from_secs(5);
 /// How often a silent peer is still asked (one lookup in this many).
-pub const SILENT_RETRY: u32 = 16;
+pub(crate) const SILENT_RETRY: u32 = 16;
 
 impl Peer {
     /// Where its file server listens.
     /// Where its file server listens: its address (with the IPv6 scope id, without which a
     /// link-local peer is unreachable) and its announced TCP port.
-    pub fn tcp_addr(&self) -> SocketAddr {
+    pub(crate) fn tcp_addr(&self) -> SocketAddr {
         let mut a = self.addr;
         a.set_port(self.tcp_port);
         a
@@ -194,7 +194,7 @@ impl Peer {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IgnoreReason {
+pub(crate) enum IgnoreReason {
     /// Our own datagram, looped back.
     Own,
     /// Source address that no real peer can have (multicast, unspecified, port 0).
@@ -210,7 +210,7 @@ pub enum IgnoreReason {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerEvent {
+pub(crate) enum PeerEvent {
     /// A peer not in the table before. `dropped`: an entry removed to make room — an earlier
     /// incarnation at the same address (the daemon restarted), or the stalest peer.
     New {
@@ -225,13 +225,13 @@ pub enum PeerEvent {
 }
 
 /// Serial-number comparison (RFC 1982) so a long-lived sender's wrap to 0 is still "newer".
-pub fn seq_newer(a: u32, b: u32) -> bool {
+pub(crate) fn seq_newer(a: u32, b: u32) -> bool {
     let d = a.wrapping_sub(b);
     d != 0 && d < 0x8000_0000
 }
 
 /// The form addresses are stored and compared in (see `Peer::addr`).
-pub fn normalize_addr(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn normalize_addr(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V4(_) => addr,
         SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
@@ -243,7 +243,7 @@ pub fn normalize_addr(addr: SocketAddr) -> SocketAddr {
 
 /// Whether a datagram source could be a peer at all. The on-link check (source within a
 /// subnet of the receiving interface) needs interface data and belongs to the socket layer.
-pub fn plausible_source(addr: &SocketAddr) -> bool {
+pub(crate) fn plausible_source(addr: &SocketAddr) -> bool {
     let ip = normalize_addr(*addr).ip();
     addr.port() != 0
         && !ip.is_unspecified()
@@ -253,14 +253,14 @@ pub fn plausible_source(addr: &SocketAddr) -> bool {
 
 /// The peers we currently believe alive, at most MAX_PEERS, in order of arrival.
 #[derive(Debug)]
-pub struct PeerTable {
+pub(crate) struct PeerTable {
     own: u64,
     peers: Vec<Peer>,
     expiry: Duration,
 }
 
 impl PeerTable {
-    pub fn new(own_instance: u64) -> Self {
+    pub(crate) fn new(own_instance: u64) -> Self {
         PeerTable {
             own: own_instance,
             peers: Vec::new(),
@@ -269,7 +269,7 @@ impl PeerTable {
     }
 
     /// Peers expire after `expiry` of silence instead of PEER_EXPIRY.
-    pub fn set_expiry(&mut self, expiry: Duration) {
+    pub(crate) fn set_expiry(&mut self, expiry: Duration) {
         self.expiry = expiry;
     }
 
@@ -279,7 +279,7 @@ impl PeerTable {
     /// calls `admit`. A known peer is kept alive by any announcement of its instance from its
     /// recorded address, even a stale one, so a forged announcement with a far-ahead seq
     /// cannot make its real announcements look old and let it expire.
-    pub fn on_announce(
+    pub(crate) fn on_announce(
         &mut self,
         src: SocketAddr,
         h: &Header,
@@ -323,7 +323,7 @@ impl PeerTable {
     /// ANNOUNCE_INTERVAL_MAX goes first (the stalest); else a random one among those that
     /// never had a file for us; when every peer has, the newcomer is refused. `random` is
     /// any random u64 from the caller.
-    pub fn admit(
+    pub(crate) fn admit(
         &mut self,
         src: SocketAddr,
         h: &Header,
@@ -388,7 +388,7 @@ impl PeerTable {
     /// Whether a GOODBYE may concern a peer: from its recorded address, not older than its
     /// last announcement. Returns the instance to check; it is removed (`remove`) only if
     /// it then fails to answer from there, so a forged goodbye cannot hide a live peer.
-    pub fn on_goodbye(&self, src: SocketAddr, h: &Header) -> Option<u64> {
+    pub(crate) fn on_goodbye(&self, src: SocketAddr, h: &Header) -> Option<u64> {
         let src = normalize_addr(src);
         self.peers
             .iter()
@@ -396,13 +396,13 @@ impl PeerTable {
             .map(|p| p.instance)
     }
 
-    pub fn remove(&mut self, instance: u64) -> Option<Peer> {
+    pub(crate) fn remove(&mut self, instance: u64) -> Option<Peer> {
         let i = self.peers.iter().position(|p| p.instance == instance)?;
         Some(self.peers.remove(i))
     }
 
     /// An answer to one of our lookups arrived from the peer.
-    pub fn credit_answer(&mut self, instance: u64, have: bool) {
+    pub(crate) fn credit_answer(&mut self, instance: u64, have: bool) {
         if let Some(p) = self.peers.iter_mut().find(|p| p.instance == instance) {
             p.credit.answers = p.credit.answers.saturating_add(1);
             p.credit.haves = p.credit.haves.saturating_add(have as u32);
@@ -412,7 +412,7 @@ impl PeerTable {
     }
 
     /// A lookup ended without the peer's answer.
-    pub fn note_unanswered(&mut self, instance: u64, now: Instant) {
+    pub(crate) fn note_unanswered(&mut self, instance: u64, now: Instant) {
         if let Some(p) = self.peers.iter_mut().find(|p| p.instance == instance) {
             if p.credit.unanswered == 0 {
                 p.credit.silent_since = Some(now);
@@ -422,7 +422,7 @@ impl PeerTable {
     }
 
     /// The peer served a copy that matched our sync db.
-    pub fn credit_served(&mut self, instance: u64) {
+    pub(crate) fn credit_served(&mut self, instance: u64) {
         if let Some(p) = self.peers.iter_mut().find(|p| p.instance == instance) {
             p.credit.served = p.credit.served.saturating_add(1);
         }
@@ -432,7 +432,12 @@ impl PeerTable {
     /// a silent peer (`Credit::is_silent`) is asked only one lookup in SILENT_RETRY
     /// (`round` is the lookup's number), so a dead or flooded address costs nothing while
     /// its expiry runs. At most `max` peers.
-    pub fn lookup_targets(&self, round: u32, max: usize, now: Instant) -> Vec<(u64, SocketAddr)> {
+    pub(crate) fn lookup_targets(
+        &self,
+        round: u32,
+        max: usize,
+        now: Instant,
+    ) -> Vec<(u64, SocketAddr)> {
         let mut v: Vec<&Peer> = self
             .peers
             .iter()
@@ -447,7 +452,7 @@ impl PeerTable {
     }
 
     /// Removes and returns the peers silent for PEER_EXPIRY or longer.
-    pub fn expire(&mut self, now: Instant) -> Vec<Peer> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<Peer> {
         let mut gone = Vec::new();
         let mut i = 0;
         while i < self.peers.len() {
@@ -461,65 +466,65 @@ impl PeerTable {
     }
 
     /// When `expire` next has work: the loop's timer for it.
-    pub fn next_expiry(&self) -> Option<Instant> {
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
         self.peers.iter().map(|p| p.last_seen + self.expiry).min()
     }
 
-    pub fn get(&self, instance: u64) -> Option<&Peer> {
+    pub(crate) fn get(&self, instance: u64) -> Option<&Peer> {
         self.peers.iter().find(|p| p.instance == instance)
     }
 
-    pub fn by_addr(&self, addr: &SocketAddr) -> Option<&Peer> {
+    pub(crate) fn by_addr(&self, addr: &SocketAddr) -> Option<&Peer> {
         let addr = normalize_addr(*addr);
         self.peers.iter().find(|p| p.addr == addr)
     }
 
     /// A peer recorded at this IP address (any port).
-    pub fn by_ip(&self, ip: IpAddr) -> Option<&Peer> {
+    pub(crate) fn by_ip(&self, ip: IpAddr) -> Option<&Peer> {
         let ip = normalize_addr(SocketAddr::new(ip, 1)).ip();
         self.peers.iter().find(|p| p.addr.ip() == ip)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Peer> {
         self.peers.iter()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.peers.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }
 
-    pub fn own_instance(&self) -> u64 {
+    pub(crate) fn own_instance(&self) -> u64 {
         self.own
     }
 }
 
 /// Checks in flight at once; each is one small record and one datagram. Forged newcomers
 /// beyond it are dropped (real ones announce again).
-pub const MAX_CHECKS: usize = 64;
+pub(crate) const MAX_CHECKS: usize = 64;
 /// Checks started per second (burst the same): with the answers to strangers, everything
 /// flocon sends to addresses it has not verified (docs/PROTOCOL.md §6).
-pub const CHECK_RATE: u32 = 20;
+pub(crate) const CHECK_RATE: u32 = 20;
 /// A check waits this long for its answer, then asks once more (a lost datagram, a peer
 /// busy for a moment), then gives up.
-pub const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
-pub const CHECK_TRIES: u8 = 3;
+pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
+pub(crate) const CHECK_TRIES: u8 = 3;
 /// The file name a check asks for: a valid QUERY name that is never a package, so the
 /// answer is a DON'T HAVE (its instance and source address are what count).
-pub const CHECK_NAME: &str = "flocon-check";
+pub(crate) const CHECK_NAME: &str = "flocon-check";
 /// An address whose admission check stayed unanswered is not checked again for this long:
 /// forged newcomers from addresses nobody receives at each cost one check per minute, and
 /// cannot keep the CHECK_RATE budget spent for real ones (docs/PROTOCOL.md §8.3).
-pub const CHECK_BACKOFF: Duration = Duration::from_secs(60);
+pub(crate) const CHECK_BACKOFF: Duration = Duration::from_secs(60);
 /// Addresses remembered for CHECK_BACKOFF; beyond, the oldest is forgotten.
-pub const MAX_FAILED_CHECKS: usize = 4096;
+pub(crate) const MAX_FAILED_CHECKS: usize = 4096;
 
 /// Why an address is being asked "are you there, and who are you?".
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckReason {
+pub(crate) enum CheckReason {
     /// An unknown instance announced from the address: it is admitted with this
     /// announcement once it answers from there.
     Admit(Box<(Header, Announce)>),
@@ -530,7 +535,7 @@ pub enum CheckReason {
 /// One check: a QUERY with an unpredictable id (the cookie) sent to `addr`; only a host that
 /// receives at `addr` can answer it with that id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
+pub(crate) struct Check {
     pub cookie: u32,
     pub addr: SocketAddr,
     /// The instance the datagram that started the check claimed.
@@ -542,7 +547,7 @@ pub struct Check {
 
 /// What became of a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckOutcome {
+pub(crate) enum CheckOutcome {
     /// The claimed instance answered from the address.
     Confirmed(Check),
     /// Another instance answered from the address: the claim was false (or the claimed
@@ -554,7 +559,7 @@ pub enum CheckOutcome {
 
 /// The checks in flight, bounded, at most one per address.
 #[derive(Debug)]
-pub struct Checks {
+pub(crate) struct Checks {
     checks: Vec<Check>,
     /// Admission checks; goodbye checks (of known peers only) have their own budget, so a
     /// flood of forged newcomers cannot delay a real departure.
@@ -571,7 +576,7 @@ impl Default for Checks {
 }
 
 impl Checks {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Checks {
             checks: Vec::new(),
             budget: Bucket::new(CHECK_RATE, CHECK_RATE),
@@ -582,7 +587,7 @@ impl Checks {
 
     /// Starts a check of `addr` unless one is in flight for it, the table is full or the
     /// rate is spent. Returns the check to send (its `cookie` is the QUERY id).
-    pub fn start(
+    pub(crate) fn start(
         &mut self,
         addr: SocketAddr,
         instance: u64,
@@ -628,13 +633,13 @@ impl Checks {
     }
 
     /// Whether a check of this instance is in flight.
-    pub fn pending_for(&self, instance: u64) -> bool {
+    pub(crate) fn pending_for(&self, instance: u64) -> bool {
         self.checks.iter().any(|c| c.instance == instance)
     }
 
     /// An ANSWER with id `cookie` from `src`, sent by `instance`: the outcome of the check it
     /// belongs to, or None when it belongs to none (then it is an ordinary answer).
-    pub fn on_answer(
+    pub(crate) fn on_answer(
         &mut self,
         src: SocketAddr,
         cookie: u32,
@@ -655,7 +660,7 @@ impl Checks {
 
     /// Checks due at `now`: those to ask again (returned first, still in flight) and those
     /// that stayed silent (removed).
-    pub fn due(&mut self, now: Instant) -> (Vec<Check>, Vec<CheckOutcome>) {
+    pub(crate) fn due(&mut self, now: Instant) -> (Vec<Check>, Vec<CheckOutcome>) {
         let mut again = Vec::new();
         let mut silent = Vec::new();
         let mut i = 0;
@@ -679,7 +684,7 @@ impl Checks {
         (again, silent)
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.checks.iter().map(|c| c.next_at).min()
     }
 
@@ -697,11 +702,11 @@ impl Checks {
         self.failed.insert(ip, now);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.checks.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.checks.is_empty()
     }
 }
@@ -709,14 +714,14 @@ impl Checks {
 /// One token bucket (GCRA) for a whole class of datagrams, e.g. everything sent to
 /// unverified addresses: a flood of forged sources cannot make us send more than this.
 #[derive(Debug, Clone)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     interval: Duration,
     tolerance: Duration,
     tat: Option<Instant>,
 }
 
 impl Bucket {
-    pub fn new(per_sec: u32, burst: u32) -> Self {
+    pub(crate) fn new(per_sec: u32, burst: u32) -> Self {
         let interval = Duration::from_secs(1) / per_sec.max(1);
         Bucket {
             interval,
@@ -725,7 +730,7 @@ impl Bucket {
         }
     }
 
-    pub fn allow(&mut self, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant) -> bool {
         let tat = self.tat.map_or(now, |t| t.max(now));
         if tat.saturating_duration_since(now) > self.tolerance {
             return false;
@@ -737,19 +742,19 @@ impl Bucket {
 
 /// Sources tracked at once; beyond that, the least-limited entry is forgotten (which only
 /// resets that source to a full bucket).
-pub const RATE_SOURCES: usize = 1024;
+pub(crate) const RATE_SOURCES: usize = 1024;
 /// Sustained datagrams per second per source IP: a pacman -Syu from one peer asks one query
 /// per package, in parallel downloads; 100/s is far above that and bounds our reply traffic
 /// to one source at ~7 KB/s.
-pub const RATE_PER_SEC: u32 = 100;
+pub(crate) const RATE_PER_SEC: u32 = 100;
 /// Burst allowed on top of the rate (a quick run of lookups after a db refresh).
-pub const RATE_BURST: u32 = 200;
+pub(crate) const RATE_BURST: u32 = 200;
 
 /// Per-source-IP token bucket, in its GCRA form: one "theoretical arrival time" per source.
 /// Charge it for unsolicited datagrams (ANNOUNCE, GOODBYE, QUERY), not for ANSWERs: those
 /// are matched against our own lookups, and a busy asker must not drop its own answers.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     interval: Duration,
     tolerance: Duration,
     sources: HashMap<IpAddr, Instant>,
@@ -762,11 +767,11 @@ impl Default for RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_limits(RATE_PER_SEC, RATE_BURST)
     }
 
-    pub fn with_limits(per_sec: u32, burst: u32) -> Self {
+    pub(crate) fn with_limits(per_sec: u32, burst: u32) -> Self {
         let interval = Duration::from_secs(1) / per_sec.max(1);
         RateLimiter {
             interval,
@@ -776,7 +781,7 @@ impl RateLimiter {
     }
 
     /// Whether a datagram from `ip` may be handled now (and charges it if so).
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         let tat = self.sources.get(&ip).map_or(now, |&t| t.max(now));
         if tat.saturating_duration_since(now) > self.tolerance {
             return false;
@@ -800,31 +805,31 @@ impl RateLimiter {
         true
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sources.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.sources.is_empty()
     }
 }
 
 /// First ban: long enough to finish the current pacman transaction without that peer.
-pub const BAN_FIRST: Duration = Duration::from_secs(10 * 60);
+pub(crate) const BAN_FIRST: Duration = Duration::from_secs(10 * 60);
 /// Longest ban: a fixed or reinstalled host gets another chance at least daily.
-pub const BAN_MAX: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const BAN_MAX: Duration = Duration::from_secs(24 * 3600);
 /// A record is forgotten (strikes reset) this long after its ban ended.
-pub const BAN_MEMORY: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const BAN_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// Records kept; bans come from our own failed verifications (a whole transfer each), so
 /// this is never reached in practice, but the table must still be bounded.
-pub const MAX_BANS: usize = 1024;
+pub(crate) const MAX_BANS: usize = 1024;
 /// Reasons are shown in logs and `flocon status`; one line is enough.
-pub const MAX_REASON_LEN: usize = 200;
+pub(crate) const MAX_REASON_LEN: usize = 200;
 
 /// What a ban is attached to: a daemon incarnation, or a host address (a peer that restarts
 /// gets a new instance id but usually keeps its address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BanKey {
+pub(crate) enum BanKey {
     Instance(u64),
     Ip(IpAddr),
 }
@@ -851,7 +856,7 @@ impl std::fmt::Display for BanKey {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ban {
+pub(crate) struct Ban {
     /// Offences counted into the current length (1 for a first ban).
     pub strikes: u32,
     pub since: Instant,
@@ -860,26 +865,26 @@ pub struct Ban {
 }
 
 impl Ban {
-    pub fn is_active(&self, now: Instant) -> bool {
+    pub(crate) fn is_active(&self, now: Instant) -> bool {
         now < self.until
     }
 }
 
 /// Bans with growing length: BAN_FIRST, doubled for each repeat, capped at BAN_MAX.
 #[derive(Debug, Default)]
-pub struct Bans {
+pub(crate) struct Bans {
     records: Vec<(BanKey, Ban)>,
 }
 
 impl Bans {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Bans `key` from `now` and returns the ban's length. An offence while already banned
     /// (other transfers from the same peer failing) does not lengthen the ban: it was one
     /// bad state of that peer, not a repeat.
-    pub fn ban(&mut self, key: impl Into<BanKey>, now: Instant, reason: &str) -> Duration {
+    pub(crate) fn ban(&mut self, key: impl Into<BanKey>, now: Instant, reason: &str) -> Duration {
         let key = key.into();
         let reason = truncate(reason, MAX_REASON_LEN);
         if let Some((_, b)) = self.records.iter_mut().find(|(k, _)| *k == key) {
@@ -927,17 +932,17 @@ impl Bans {
     }
 
     /// `key`: a `BanKey`, an instance id (u64) or an `IpAddr`.
-    pub fn is_banned(&self, key: impl Into<BanKey>, now: Instant) -> bool {
+    pub(crate) fn is_banned(&self, key: impl Into<BanKey>, now: Instant) -> bool {
         self.get(key).is_some_and(|b| b.is_active(now))
     }
 
-    pub fn get(&self, key: impl Into<BanKey>) -> Option<&Ban> {
+    pub(crate) fn get(&self, key: impl Into<BanKey>) -> Option<&Ban> {
         let key = key.into();
         self.records.iter().find(|(k, _)| *k == key).map(|(_, b)| b)
     }
 
     /// The bans in force at `now`, for status output: key, time left, reason.
-    pub fn iter(&self, now: Instant) -> impl Iterator<Item = (BanKey, Duration, &str)> + '_ {
+    pub(crate) fn iter(&self, now: Instant) -> impl Iterator<Item = (BanKey, Duration, &str)> + '_ {
         self.records
             .iter()
             .filter(move |(_, b)| b.is_active(now))
@@ -951,21 +956,21 @@ impl Bans {
     }
 
     /// Every record, including ended bans still remembered for escalation.
-    pub fn records(&self) -> impl Iterator<Item = (&BanKey, &Ban)> {
+    pub(crate) fn records(&self) -> impl Iterator<Item = (&BanKey, &Ban)> {
         self.records.iter().map(|(k, b)| (k, b))
     }
 
     /// Forgets records whose memory has run out.
-    pub fn prune(&mut self, now: Instant) {
+    pub(crate) fn prune(&mut self, now: Instant) {
         self.records
             .retain(|(_, b)| now.saturating_duration_since(b.until) < BAN_MEMORY);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.records.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
 }
@@ -986,7 +991,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// A peer able to serve the file, as returned by `Lookup::candidates`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub instance: u64,
     pub size: u64,
     pub sha256: Option<[u8; 32]>,
@@ -996,7 +1001,7 @@ pub struct Candidate {
 /// One "who has this file?" round: the peers asked, their answers in arrival order, and the
 /// deadline. Ends when every asked peer has answered or the deadline passes.
 #[derive(Debug, Clone)]
-pub struct Lookup {
+pub(crate) struct Lookup {
     id: u32,
     name: String,
     expected: Option<(u64, Option<[u8; 32]>)>,
@@ -1007,7 +1012,7 @@ pub struct Lookup {
 }
 
 impl Lookup {
-    pub fn new(
+    pub(crate) fn new(
         id: u32,
         name: String,
         expected: Option<(u64, Option<[u8; 32]>)>,
@@ -1031,7 +1036,7 @@ impl Lookup {
     }
 
     /// The QUERY to send to every asked peer.
-    pub fn query(&self) -> Query {
+    pub(crate) fn query(&self) -> Query {
         Query {
             id: self.id,
             name: self.name.clone(),
@@ -1040,22 +1045,22 @@ impl Lookup {
         }
     }
 
-    pub fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.id
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         self.deadline
     }
 
     /// Records an answer if it is for this lookup and from a peer that was asked and has not
     /// answered yet (the caller has checked that its source is that peer's address). Returns
     /// whether every asked peer has now answered.
-    pub fn on_answer(&mut self, from_instance: u64, a: &Answer) -> bool {
+    pub(crate) fn on_answer(&mut self, from_instance: u64, a: &Answer) -> bool {
         if a.id != self.id {
             return self.all_answered();
         }
@@ -1071,7 +1076,7 @@ impl Lookup {
     }
 
     /// Whether `instance` was asked and has not answered yet.
-    pub fn is_pending(&self, instance: u64) -> bool {
+    pub(crate) fn is_pending(&self, instance: u64) -> bool {
         self.asked
             .iter()
             .any(|(i, answered)| *i == instance && !answered)
@@ -1079,33 +1084,33 @@ impl Lookup {
 
     /// The peer left (goodbye, expiry, eviction): stop waiting for it. Returns whether it
     /// was still awaited.
-    pub fn forget(&mut self, instance: u64) -> bool {
+    pub(crate) fn forget(&mut self, instance: u64) -> bool {
         let before = self.asked.len();
         self.asked
             .retain(|(i, answered)| *i != instance || *answered);
         self.asked.len() != before
     }
 
-    pub fn asked_count(&self) -> usize {
+    pub(crate) fn asked_count(&self) -> usize {
         self.asked.len()
     }
 
-    pub fn answered_count(&self) -> usize {
+    pub(crate) fn answered_count(&self) -> usize {
         self.answers.len()
     }
 
-    pub fn all_answered(&self) -> bool {
+    pub(crate) fn all_answered(&self) -> bool {
         self.asked.iter().all(|(_, answered)| *answered)
     }
 
     /// Every asked peer answered, or the deadline passed.
-    pub fn is_done(&self, now: Instant) -> bool {
+    pub(crate) fn is_done(&self, now: Instant) -> bool {
         self.all_answered() || now >= self.deadline
     }
 
     /// `is_done`, or the best possible candidate is already known: an idle peer (0 uploads)
     /// that answered first among idle ones cannot be beaten by a later answer.
-    pub fn can_decide(&self, now: Instant) -> bool {
+    pub(crate) fn can_decide(&self, now: Instant) -> bool {
         self.is_done(now)
             || self
                 .answers
@@ -1114,7 +1119,7 @@ impl Lookup {
     }
 
     /// Instances asked that have not answered (for logging unresponsive peers).
-    pub fn pending(&self) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn pending(&self) -> impl Iterator<Item = u64> + '_ {
         self.asked
             .iter()
             .filter(|(_, answered)| !answered)
@@ -1137,7 +1142,7 @@ impl Lookup {
 
     /// "Have" answers that fit the expected size (and SHA-256 when both sides know it), least
     /// busy first, then in answer order (a faster answer suggests a closer or idler peer).
-    pub fn candidates(&self) -> Vec<Candidate> {
+    pub(crate) fn candidates(&self) -> Vec<Candidate> {
         let mut out: Vec<Candidate> = self
             .answers
             .iter()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// What a source did to one request (a package copy or a `.sig`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Conduct {
+pub(crate) enum Conduct {
     /// The copy's size or SHA-256 did not match the sync db, or the source sent more bytes
     /// than the db's size. `sources`: how many sources wrote into that copy.
     WrongBytes { sources: usize },
@@ -36,8 +36,6 @@ pub enum Conduct {
     BadHead,
     /// A `.sig` that is not one OpenPGP signature packet within `sig::MAX_SIG_BYTES`.
     BadSig,
-    /// Our side failed (staging disk full, no socket): not the source's doing.
-    Local,
 }
 
 /// In words, for the log, the status page and ban reasons.
@@ -54,14 +52,13 @@ impl std::fmt::Display for Conduct {
             Conduct::Cut => "cut the connection early",
             Conduct::BadHead => "answered with a wrong status or length",
             Conduct::BadSig => "sent a .sig that is not an OpenPGP signature",
-            Conduct::Local => "failed on our side",
         })
     }
 }
 
 /// What happens to the source; the request itself always moves on to the next source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Proven wrong: a long ban (peers.rs `Bans`, by instance and address).
     Ban,
     /// Not proven, but it cost pacman time: a bench (`Strikes`).
@@ -71,7 +68,7 @@ pub enum Action {
 }
 
 /// The one ban policy.
-pub const fn judge(c: Conduct) -> Action {
+pub(crate) const fn judge(c: Conduct) -> Action {
     match c {
         // a copy mixed from several sources proves nothing about any one of them: it starts
         // again from one source, and only a source proven wrong on its own is banned
@@ -80,18 +77,16 @@ pub const fn judge(c: Conduct) -> Action {
         Conduct::Stall | Conduct::Drip | Conduct::Cut | Conduct::BadHead | Conduct::BadSig => {
             Action::Strike
         }
-        Conduct::Busy
-        | Conduct::Unreachable
-        | Conduct::Gone
-        | Conduct::TooSlow
-        | Conduct::Local => Action::NextSource,
+        Conduct::Busy | Conduct::Unreachable | Conduct::Gone | Conduct::TooSlow => {
+            Action::NextSource
+        }
     }
 }
 
 /// What a failed fetch (fetch.rs: `Event::Failed`, or the loop's `timed_out` reason) says the
 /// source did: refused outright, silent past a deadline, a head that is no HTTP, or a
 /// connection cut before the end.
-pub fn conduct_of_failure(why: &str) -> Conduct {
+pub(crate) fn conduct_of_failure(why: &str) -> Conduct {
     match why {
         // the loop's time bounds (fetch::timed_out)
         "connect" | "response head" | "stall" => Conduct::Stall,
@@ -101,35 +96,28 @@ pub fn conduct_of_failure(why: &str) -> Conduct {
     }
 }
 
-/// Whether the bytes staged so far stay (the next source resumes after them with Range).
-/// Bytes that failed verification are thrown away; every other failure keeps them: each was
-/// hashed as it arrived and the final SHA-256 still judges the whole copy.
-pub const fn keeps_staged_bytes(c: Conduct) -> bool {
-    !matches!(c, Conduct::WrongBytes { .. })
-}
-
 /// Below this a body is a drip, not a slow link: 64 KiB/s is ~0.5 Mbit/s, under the worst
 /// Wi-Fi a LAN peer sits on, and far above the 1 byte/s that keeps a naive client waiting.
-pub const DRIP_RATE: u64 = 64 * 1024;
+pub(crate) const DRIP_RATE: u64 = 64 * 1024;
 
 /// First bench: long enough to keep a stalling peer out of the rest of a pacman transaction
 /// (so it costs pacman one wait, not one per file), short enough that an honest peer that
 /// stalled once (suspended, roaming) is back for the next one.
-pub const BENCH_FIRST: Duration = Duration::from_secs(5 * 60);
+pub(crate) const BENCH_FIRST: Duration = Duration::from_secs(5 * 60);
 /// A strike less than this after the previous bench ended counts with it (and doubles the
 /// bench); later, the peer starts again from BENCH_FIRST.
-pub const STRIKE_WINDOW: Duration = Duration::from_secs(60 * 60);
+pub(crate) const STRIKE_WINDOW: Duration = Duration::from_secs(60 * 60);
 /// Longest bench: a peer that keeps striking is broken or hostile, but nothing is proven.
-pub const BENCH_MAX: Duration = Duration::from_secs(60 * 60);
+pub(crate) const BENCH_MAX: Duration = Duration::from_secs(60 * 60);
 /// Records kept. Strikes come from our own requests (one per failed fetch at most), so a
 /// LAN never reaches this; the table must still be bounded.
-pub const MAX_STRIKE_RECORDS: usize = 1024;
+pub(crate) const MAX_STRIKE_RECORDS: usize = 1024;
 /// Reasons are shown in logs and status; one line is enough.
 const MAX_REASON_LEN: usize = 200;
 
 /// One source's strikes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StrikeRecord {
+pub(crate) struct StrikeRecord {
     /// Strikes in the current run (each less than STRIKE_WINDOW after the previous bench).
     pub count: u32,
     pub last: Instant,
@@ -141,7 +129,7 @@ pub struct StrikeRecord {
 /// Strikes and benches per source key (the daemon uses the peer's address: a restarted
 /// daemon gets a new instance id on the same host).
 #[derive(Debug)]
-pub struct Strikes<K> {
+pub(crate) struct Strikes<K> {
     records: Vec<(K, StrikeRecord)>,
 }
 
@@ -154,14 +142,14 @@ impl<K> Default for Strikes<K> {
 }
 
 impl<K: Copy + Eq> Strikes<K> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Records a strike and returns how long `key` is benched from `now`. A strike while
     /// benched (the other fetches from the same stalled peer failing) adds nothing: it is
     /// one bad state of that peer, not a repeat.
-    pub fn strike(&mut self, key: K, now: Instant, reason: &str) -> Duration {
+    pub(crate) fn strike(&mut self, key: K, now: Instant, reason: &str) -> Duration {
         let reason = one_line(reason);
         if let Some((_, r)) = self.records.iter_mut().find(|(k, _)| *k == key) {
             if now < r.until {
@@ -200,16 +188,16 @@ impl<K: Copy + Eq> Strikes<K> {
         length
     }
 
-    pub fn is_benched(&self, key: K, now: Instant) -> bool {
+    pub(crate) fn is_benched(&self, key: K, now: Instant) -> bool {
         self.get(key).is_some_and(|r| now < r.until)
     }
 
-    pub fn get(&self, key: K) -> Option<&StrikeRecord> {
+    pub(crate) fn get(&self, key: K) -> Option<&StrikeRecord> {
         self.records.iter().find(|(k, _)| *k == key).map(|(_, r)| r)
     }
 
     /// The benches in force: key, time left, reason (for status output).
-    pub fn iter(&self, now: Instant) -> impl Iterator<Item = (K, Duration, &str)> + '_ {
+    pub(crate) fn iter(&self, now: Instant) -> impl Iterator<Item = (K, Duration, &str)> + '_ {
         self.records
             .iter()
             .filter(move |(_, r)| now < r.until)
@@ -217,16 +205,18 @@ impl<K: Copy + Eq> Strikes<K> {
     }
 
     /// Forgets records whose bench is over and whose window has passed.
-    pub fn prune(&mut self, now: Instant) {
+    pub(crate) fn prune(&mut self, now: Instant) {
         self.records
             .retain(|(_, r)| now.saturating_duration_since(r.until) < STRIKE_WINDOW);
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.records.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
 }
@@ -247,7 +237,7 @@ fn one_line(s: &str) -> String {
 
 /// What a copy in progress should do, from its measured rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pace {
+pub(crate) enum Pace {
     /// Keep going from this source.
     Keep,
     /// Too little to judge yet (the first bytes of a connection are not its rate).
@@ -262,14 +252,14 @@ pub enum Pace {
 /// not yet a stall: TCP's slow start is over in milliseconds on a LAN, but a loaded peer (a
 /// Raspberry Pi writing to its SD card) can pause for a second or two without being broken.
 /// Well inside pacman's 10 s, and the mirror still has time to send something.
-pub const PACE_MEASURE: Duration = Duration::from_secs(3);
+pub(crate) const PACE_MEASURE: Duration = Duration::from_secs(3);
 /// The rate must finish the copy with this much of the remaining time to spare: rates
 /// wobble, and the client still has to be handed the file.
 const PACE_MARGIN: f64 = 1.25;
 
 /// Decides from `got` bytes in `over` (the current source's recent window), with `left`
 /// bytes to go and `time_left` before pacman's redirect budget runs out.
-pub fn pace(got: u64, over: Duration, left: u64, time_left: Duration) -> Pace {
+pub(crate) fn pace(got: u64, over: Duration, left: u64, time_left: Duration) -> Pace {
     if over < PACE_MEASURE {
         return Pace::Measuring;
     }
@@ -307,7 +297,6 @@ mod tests {
             (Unreachable, NextSource),
             (Gone, NextSource),
             (TooSlow, NextSource),
-            (Local, NextSource),
             // it cost pacman time, nothing proven
             (Stall, Strike),
             (Drip, Strike),
@@ -341,23 +330,6 @@ mod tests {
         ];
         for (why, want) in table {
             assert_eq!(conduct_of_failure(why), want, "{why}");
-        }
-    }
-
-    #[test]
-    fn only_refused_bytes_are_thrown_away() {
-        assert!(!keeps_staged_bytes(Conduct::WrongBytes { sources: 1 }));
-        assert!(!keeps_staged_bytes(Conduct::WrongBytes { sources: 3 }));
-        for c in [
-            Conduct::Busy,
-            Conduct::Stall,
-            Conduct::Drip,
-            Conduct::TooSlow,
-            Conduct::Cut,
-            Conduct::Gone,
-            Conduct::BadHead,
-        ] {
-            assert!(keeps_staged_bytes(c), "{c:?}");
         }
     }
 

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 /// Requests queued and not yet drained by `results()`. Upstream mirrors are a handful of
 /// names per repo; 64 covers every repo of a large pacman.conf at once, and anything beyond
 /// means lookups are stuck (no DNS), so refusing more is better than a growing queue.
-pub const MAX_PENDING: usize = 64;
+pub(crate) const MAX_PENDING: usize = 64;
 /// How long an answer is reused. Mirrors' records live minutes to hours; a minute saves a
 /// lookup per package of a transaction while still following a mirror that moves.
-pub const CACHE_TTL: Duration = Duration::from_secs(60);
+pub(crate) const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Cached names; more distinct mirror names than this do not exist in one pacman.conf.
 const MAX_CACHE: usize = 256;
 /// Longest DNS name (RFC 1035, without the trailing dot).
@@ -41,7 +41,7 @@ struct Finished {
     answer: Answer,
 }
 
-pub struct Resolver {
+pub(crate) struct Resolver {
     jobs: Sender<Job>,
     finished: Receiver<Finished>,
     /// Answers made without the thread (literals, cache hits, refused names).
@@ -55,7 +55,7 @@ impl Resolver {
     /// Starts the helper thread. It ends on its own once the `Resolver` is dropped and its
     /// current lookup returns; it is never joined, so a lookup hanging in the system resolver
     /// cannot hold up the daemon's exit.
-    pub fn new(waker: Arc<Waker>) -> io::Result<Self> {
+    pub(crate) fn new(waker: Arc<Waker>) -> io::Result<Self> {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (done_tx, finished) = mpsc::channel();
         let thread_waker = Arc::clone(&waker);
@@ -91,19 +91,19 @@ impl Resolver {
     /// Queues a lookup of `host` (a name, an IP literal, or an IPv6 literal in brackets)
     /// answered under `id` by a later `results()`. False when `MAX_PENDING` answers are
     /// outstanding: the caller treats the source as unavailable for now.
-    pub fn resolve(&mut self, id: u64, host: String, port: u16) -> bool {
+    pub(crate) fn resolve(&mut self, id: u64, host: String, port: u16) -> bool {
         self.resolve_at(id, host, port, Instant::now())
     }
 
     /// Drains the answers that are ready (call when the waker fires; spurious calls are
     /// fine). Every accepted `resolve` is answered exactly once.
-    pub fn results(&mut self) -> Vec<(u64, Answer)> {
+    pub(crate) fn results(&mut self) -> Vec<(u64, Answer)> {
         self.results_at(Instant::now())
     }
 
     /// The addresses of `host` when they are known without asking the thread: a literal, or
     /// a fresh cache entry. None means "call `resolve`".
-    pub fn cached(&self, host: &str, port: u16, now: Instant) -> Option<Vec<SocketAddr>> {
+    pub(crate) fn cached(&self, host: &str, port: u16, now: Instant) -> Option<Vec<SocketAddr>> {
         let bare = bare_host(host);
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return Some(vec![SocketAddr::new(ip, port)]);
@@ -117,7 +117,8 @@ impl Resolver {
     }
 
     /// Requests accepted and not yet returned by `results()`.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
         self.pending
     }
 

@@ -16,19 +16,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Concurrent peer connections. Each costs a few KiB plus an open file; a LAN has far fewer
 /// peers than this, so hitting it means a flood — answer 503 and keep serving the others.
-pub const MAX_CONNECTIONS: usize = 256;
+pub(crate) const MAX_CONNECTIONS: usize = 256;
 /// An idle keep-alive connection is closed after this long.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The directories whose package files are shared, with their canonical paths for the
 /// symlink check.
 #[derive(Debug, Clone)]
-pub struct CacheDirs {
+pub(crate) struct CacheDirs {
     dirs: Vec<(PathBuf, Option<PathBuf>)>,
 }
 
 impl CacheDirs {
-    pub fn new(dirs: &[PathBuf]) -> Self {
+    pub(crate) fn new(dirs: &[PathBuf]) -> Self {
         CacheDirs {
             dirs: dirs
                 .iter()
@@ -38,7 +38,7 @@ impl CacheDirs {
     }
 
     /// Directories that do not exist (yet): served as empty, with a warning from the caller.
-    pub fn missing(&self) -> Vec<&Path> {
+    pub(crate) fn missing(&self) -> Vec<&Path> {
         self.dirs
             .iter()
             .filter(|(_, c)| c.is_none())
@@ -48,7 +48,7 @@ impl CacheDirs {
 
     /// Opens a shared file by (already validated) name: a regular file whose real path is
     /// inside its cache dir. O_NONBLOCK so that a FIFO cannot block the loop at open.
-    pub fn open(&self, name: &str) -> Option<(File, std::fs::Metadata)> {
+    pub(crate) fn open(&self, name: &str) -> Option<(File, std::fs::Metadata)> {
         if !names::is_file_name(name.as_bytes())
             || !matches!(
                 http::classify(name),
@@ -88,7 +88,7 @@ impl CacheDirs {
     }
 
     /// Size of a shared file, for answering "who has it?" without opening it for long.
-    pub fn size_of(&self, name: &str) -> Option<u64> {
+    pub(crate) fn size_of(&self, name: &str) -> Option<u64> {
         self.open(name).map(|(_, m)| m.len())
     }
 }
@@ -100,7 +100,7 @@ fn last_modified(meta: &std::fs::Metadata) -> String {
 
 /// Answers one request on a peer connection: the named file from the cache dirs (whole, a
 /// single range, or 416), or a refusal.
-pub fn answer<S: Read + Write + AsRawFd>(
+pub(crate) fn answer<S: Read + Write + AsRawFd>(
     c: &mut Conn<S>,
     req: &Request,
     dirs: &CacheDirs,
@@ -149,7 +149,7 @@ pub fn answer<S: Read + Write + AsRawFd>(
 }
 
 /// Seconds since the epoch, for logs that compare with other hosts.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 /// in libalpm's dload.c), so nothing bigger can ever be useful to it; real ones are 119 bytes
 /// (ed25519) to ~570 (RSA 4096), and even an RSA 16384 signature with generous subpackets
 /// stays under 3 KiB.
-pub const MAX_SIG_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_SIG_BYTES: usize = 16 * 1024;
 
 /// The whole `.sig` from a peer within this, else upstream: a LAN peer sends a few hundred
 /// bytes in milliseconds, and pacman's 10 s no-progress clock must keep room for the mirror.
-pub const SIG_DEADLINE: Duration = Duration::from_secs(2);
+pub(crate) const SIG_DEADLINE: Duration = Duration::from_secs(2);
 
 /// OpenPGP packet tag of a signature (RFC 9580, 5.2).
 const TAG_SIGNATURE: u8 = 2;
@@ -24,7 +24,7 @@ const SIG_BINARY: u8 = 0x00;
 
 /// Why bytes are not a `.sig` pacman could use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SigError {
+pub(crate) enum SigError {
     Empty,
     TooLong(usize),
     /// The first octet is not a packet header (bit 7 clear), e.g. ASCII armor or text.
@@ -64,7 +64,7 @@ impl std::fmt::Display for SigError {
 /// Accepts exactly one OpenPGP signature packet (old or new header format) over a binary
 /// document, whose header length, subpacket areas and version-specific fields are
 /// consistent with its size, and nothing else.
-pub fn check(bytes: &[u8]) -> Result<(), SigError> {
+pub(crate) fn check(bytes: &[u8]) -> Result<(), SigError> {
     if bytes.is_empty() {
         return Err(SigError::Empty);
     }
@@ -204,26 +204,26 @@ fn subpackets(mut area: &[u8]) -> Result<(), SigError> {
 /// `MAX_SIG_BYTES`, checked before anything reaches pacman. Each step returns the peer's
 /// `Conduct` when it fails (policy.rs judges it); the caller then asks the mirror.
 #[derive(Debug)]
-pub struct SigFetch {
+pub(crate) struct SigFetch {
     deadline: Instant,
     bytes: Vec<u8>,
 }
 
 impl SigFetch {
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         SigFetch {
             deadline: now + SIG_DEADLINE,
             bytes: Vec::new(),
         }
     }
 
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         self.deadline
     }
 
     /// The answer's head. A flocon peer answers 200 with a Content-Length for a file it has,
     /// 404 for one it has not, 503 when full; nothing else (no redirect is ever followed).
-    pub fn on_head(&mut self, status: u16, length: Option<u64>) -> Result<(), Conduct> {
+    pub(crate) fn on_head(&mut self, status: u16, length: Option<u64>) -> Result<(), Conduct> {
         match status {
             200 => {}
             404 | 416 => return Err(Conduct::Gone),
@@ -237,7 +237,7 @@ impl SigFetch {
         }
     }
 
-    pub fn on_body(&mut self, data: &[u8], now: Instant) -> Result<(), Conduct> {
+    pub(crate) fn on_body(&mut self, data: &[u8], now: Instant) -> Result<(), Conduct> {
         if now >= self.deadline {
             return Err(self.late());
         }
@@ -249,7 +249,7 @@ impl SigFetch {
     }
 
     /// The body ended cleanly: the bytes if they are one signature.
-    pub fn finish(&mut self, now: Instant) -> Result<Vec<u8>, Conduct> {
+    pub(crate) fn finish(&mut self, now: Instant) -> Result<Vec<u8>, Conduct> {
         if now >= self.deadline {
             return Err(self.late());
         }
@@ -258,7 +258,7 @@ impl SigFetch {
     }
 
     /// The deadline passed with the `.sig` incomplete: nothing (a stall) or some (a drip).
-    pub fn late(&self) -> Conduct {
+    pub(crate) fn late(&self) -> Conduct {
         if self.bytes.is_empty() {
             Conduct::Stall
         } else {
@@ -266,7 +266,8 @@ impl SigFetch {
         }
     }
 
-    pub fn timed_out(&self, now: Instant) -> bool {
+    #[cfg(test)]
+    pub(crate) fn timed_out(&self, now: Instant) -> bool {
         now >= self.deadline
     }
 }

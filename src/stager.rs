@@ -26,7 +26,7 @@ use std::time::Duration;
 
 /// Body bytes queued for the thread and not yet written, over all copies: 2 MiB keeps a
 /// disk busy through a hiccup of the network and bounds memory on a Pi.
-pub const QUEUE_BYTES: usize = 2 << 20;
+pub(crate) const QUEUE_BYTES: usize = 2 << 20;
 /// How often the thread looks for discarded copies that no connection sends from any more.
 const LINGER_CHECK: Duration = Duration::from_secs(1);
 
@@ -59,7 +59,7 @@ enum Job {
 
 /// The final word on one staged copy.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Every byte written and the SHA-256 matches: the file, open for reading.
     Verified(File),
     WrongHash,
@@ -68,7 +68,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug)]
-pub struct Report {
+pub(crate) struct Report {
     /// `StageHandle::new_id` of the copy.
     pub id: u64,
     pub outcome: Outcome,
@@ -85,20 +85,20 @@ struct Shared {
 
 /// What a transfer holds to send jobs (cheap to clone; loop thread only).
 #[derive(Clone)]
-pub struct StageHandle {
+pub(crate) struct StageHandle {
     jobs: Sender<Job>,
     shared: Arc<Shared>,
 }
 
 /// The loop's end: reports and the thread.
-pub struct Stager {
+pub(crate) struct Stager {
     handle: StageHandle,
     reports: Receiver<Report>,
 }
 
 impl Stager {
     /// Starts the thread. `dir` is the staging directory (already prepared).
-    pub fn new(dir: &Path, waker: Arc<mio::Waker>) -> io::Result<Self> {
+    pub(crate) fn new(dir: &Path, waker: Arc<mio::Waker>) -> io::Result<Self> {
         Stager::with_wake(
             dir,
             Box::new(move || {
@@ -108,7 +108,7 @@ impl Stager {
     }
 
     /// As `new`, with any wake-up function (tests).
-    pub fn with_wake(dir: &Path, wake: Box<dyn Fn() + Send + Sync>) -> io::Result<Self> {
+    pub(crate) fn with_wake(dir: &Path, wake: Box<dyn Fn() + Send + Sync>) -> io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (done, reports) = mpsc::channel::<Report>();
         let shared = Arc::new(Shared {
@@ -129,37 +129,37 @@ impl Stager {
         })
     }
 
-    pub fn handle(&self) -> StageHandle {
+    pub(crate) fn handle(&self) -> StageHandle {
         self.handle.clone()
     }
 
     /// Final reports that arrived since the last call.
-    pub fn reports(&mut self) -> Vec<Report> {
+    pub(crate) fn reports(&mut self) -> Vec<Report> {
         self.reports.try_iter().collect()
     }
 
     /// True once after the queue drained while the loop waited for room: copies paused for
     /// the disk may read again.
-    pub fn take_room_freed(&self) -> bool {
+    pub(crate) fn take_room_freed(&self) -> bool {
         self.handle.shared.room_freed.swap(false, Ordering::AcqRel)
     }
 }
 
 impl StageHandle {
     /// The staging directory.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.shared.dir
     }
 
     /// A fresh id for a staged copy (a copy that is reset gets a new one, so a late report
     /// about the old bytes cannot be taken for the new ones).
-    pub fn new_id(&self) -> u64 {
+    pub(crate) fn new_id(&self) -> u64 {
         self.shared.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Body bytes that may be queued now. When there are none, the thread wakes the loop
     /// (`Stager::take_room_freed`) once the queue has drained to half.
-    pub fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         let room = QUEUE_BYTES.saturating_sub(self.shared.queued.load(Ordering::Acquire));
         if room == 0 {
             self.shared.want_room.store(true, Ordering::Release);
@@ -173,22 +173,22 @@ impl StageHandle {
         room
     }
 
-    pub fn open(&self, id: u64, path: PathBuf) {
+    pub(crate) fn open(&self, id: u64, path: PathBuf) {
         let _ = self.jobs.send(Job::Open { id, path });
     }
 
     /// Queues a chunk (the caller stays within `room`; a bigger total only delays the
     /// backpressure, it loses nothing).
-    pub fn write(&self, id: u64, chunk: Chunk) {
+    pub(crate) fn write(&self, id: u64, chunk: Chunk) {
         self.shared.queued.fetch_add(chunk.len(), Ordering::AcqRel);
         let _ = self.jobs.send(Job::Write { id, chunk });
     }
 
-    pub fn verify(&self, id: u64, sha256: Option<[u8; 32]>) {
+    pub(crate) fn verify(&self, id: u64, sha256: Option<[u8; 32]>) {
         let _ = self.jobs.send(Job::Verify { id, sha256 });
     }
 
-    pub fn discard(&self, id: u64, path: PathBuf, file: Option<Arc<File>>) {
+    pub(crate) fn discard(&self, id: u64, path: PathBuf, file: Option<Arc<File>>) {
         let _ = self.jobs.send(Job::Discard { id, path, file });
     }
 

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::discovery::Discovery;
+use crate::env::Loop;
 use crate::front::Front;
 use crate::metrics::{date, human_bytes};
 use crate::peers::BanKey;
@@ -13,14 +14,14 @@ use std::fmt::Write;
 use std::time::Instant;
 
 /// What only the loop knows, for the snapshot.
-pub struct Counters {
+pub(crate) struct Counters {
     pub started: Instant,
     pub peer_bytes_sent: u64,
     pub refused_busy: u64,
     pub connections: usize,
 }
 
-pub struct PeerRow {
+pub(crate) struct PeerRow {
     pub instance: u64,
     pub name: String,
     pub addr: String,
@@ -31,7 +32,7 @@ pub struct PeerRow {
     pub last_seen_ms: u128,
 }
 
-pub struct CopyRow {
+pub(crate) struct CopyRow {
     pub file: String,
     pub source: String,
     pub bytes: u64,
@@ -41,7 +42,7 @@ pub struct CopyRow {
     pub phase: String,
 }
 
-pub struct BanRow {
+pub(crate) struct BanRow {
     /// The banned peer's announced name, when it is (or was just) in the peer table.
     pub name: String,
     pub peer: String,
@@ -50,7 +51,7 @@ pub struct BanRow {
 }
 
 /// Everything the status page shows, gathered in one place by the daemon.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub version: &'static str,
     pub name: String,
     pub distro: String,
@@ -82,7 +83,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Gathers the snapshot from the daemon's parts.
-    pub fn gather(
+    pub(crate) fn gather(
         cfg: &Config,
         discovery: &Discovery,
         front: &Front,
@@ -152,7 +153,7 @@ impl Snapshot {
         }
     }
 
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -238,7 +239,7 @@ impl Snapshot {
         s
     }
 
-    pub fn json(&self) -> String {
+    pub(crate) fn json(&self) -> String {
         let list = |v: &[String]| v.iter().map(|x| json_str(x)).collect::<Vec<_>>().join(",");
         let peers: Vec<String> = self
             .peers
@@ -317,7 +318,7 @@ impl Snapshot {
 }
 
 /// A JSON string literal (the only escaping the status document needs).
-pub fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -330,6 +331,47 @@ pub fn json_str(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+impl Snapshot {
+    /// The running loop's snapshot: `gather`, with the addresses strikes bench (policy.rs)
+    /// shown with the bans.
+    pub(crate) fn of_loop(env: &Loop, front: &Front, counters: &Counters) -> Snapshot {
+        let (cfg, index) = (env.cfg, &*env.index);
+        let mut s = Snapshot::gather(cfg, env.discovery, front, index, counters, env.now);
+        s.bans
+            .extend(env.strikes.iter(env.now).map(|(ip, left, why)| {
+                BanRow {
+                    name: (env.discovery.peers.iter())
+                        .find(|p| p.addr.ip() == ip)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_default(),
+                    peer: format!("address {ip}"),
+                    seconds_left: left.as_secs(),
+                    reason: format!("benched: {why}"),
+                }
+            }));
+        s
+    }
+}
+
+/// The pages the front answers itself, by path: the body and its Content-Type.
+pub(crate) fn page(
+    path: &str,
+    env: &Loop,
+    front: &Front,
+    counters: &Counters,
+) -> Option<(String, &'static str)> {
+    let snapshot = || Snapshot::of_loop(env, front, counters);
+    match path {
+        "/.flocon/status" => Some((snapshot().text(), "text/plain; charset=utf-8")),
+        "/.flocon/status.json" => Some((snapshot().json(), "application/json")),
+        "/metrics" | "/.flocon/metrics" => Some((
+            front.metrics.render(env.discovery.peers.len()),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -25,14 +25,14 @@ use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
 
 /// Arch's largest db (extra.db) is ~9 MiB compressed; 7x headroom for big third-party repos,
 /// while a stray huge file in the sync dir cannot keep the parser busy without limit.
-pub const MAX_DB_FILE: u64 = 64 << 20;
+pub(crate) const MAX_DB_FILE: u64 = 64 << 20;
 /// Arch's extra.db inflates to ~35 MiB; anything past this is a decompression bomb (deflate
 /// reaches ~1000:1, so 64 MiB of input could otherwise become 64 GiB). Streaming keeps the
 /// memory fixed; this bounds the time.
-pub const MAX_DECOMPRESSED: u64 = 512 << 20;
+pub(crate) const MAX_DECOMPRESSED: u64 = 512 << 20;
 /// A desc file is well under 16 KiB even with long dependency lists; bigger members (a
 /// `files` list, junk) are skipped without being held in memory.
-pub const MAX_DESC: u64 = 64 << 10;
+pub(crate) const MAX_DESC: u64 = 64 << 10;
 /// pax extended headers and GNU long names carry one path and a few attributes; unlike data
 /// members they cannot be skipped (they change how the next header is read), so a bigger one
 /// refuses the db.
@@ -40,17 +40,17 @@ const MAX_META: u64 = 64 << 10;
 /// Arch's largest repo (extra) lists ~14,500 packages; 7x that for big third-party repos.
 /// With MAX_NAME_BYTES this bounds one repo's index to ~13 MiB whatever a crafted db claims
 /// (records are RECORD_BYTES each).
-pub const MAX_ENTRIES: usize = 100_000;
+pub(crate) const MAX_ENTRIES: usize = 100_000;
 /// All file names of one repo together: Arch's extra needs ~0.7 MiB.
-pub const MAX_NAME_BYTES: usize = 8 << 20;
+pub(crate) const MAX_NAME_BYTES: usize = 8 << 20;
 /// A detached OpenPGP signature: ~570 bytes with Arch's RSA-4096 keys, ~120 with ed25519;
 /// a longer `%PGPSIG%` is not kept (the `.sig` then comes from elsewhere).
-pub const MAX_SIG_LEN: usize = 8 << 10;
+pub(crate) const MAX_SIG_LEN: usize = 8 << 10;
 /// All signatures of one repo, on disk: Arch's extra needs ~8.5 MiB. Signatures past this
 /// are not kept.
-pub const MAX_SIG_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_SIG_BYTES: u64 = 64 << 20;
 /// Linux PATH_MAX; real member names (`<pkgname>-<pkgver>/desc`) are far shorter.
-pub const MAX_NAME_LEN: usize = 4096;
+pub(crate) const MAX_NAME_LEN: usize = 4096;
 /// Compressed input per read(2).
 const INPUT_CHUNK: usize = 32 << 10;
 /// Inflate output per step: big enough to keep per-call overhead small, small enough that
@@ -81,7 +81,7 @@ const LIMITS: Limits = Limits {
 
 /// What the local sync db says a package file must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PkgInfo {
+pub(crate) struct PkgInfo {
     /// `%CSIZE%`: the package file's size in bytes.
     pub size: u64,
     /// `%SHA256SUM%`, `None` when the db has none (or an unreadable one).
@@ -89,7 +89,7 @@ pub struct PkgInfo {
 }
 
 #[derive(Debug)]
-pub enum DbError {
+pub(crate) enum DbError {
     Io(std::io::Error),
     /// Which bound was hit.
     TooLarge(&'static str),
@@ -130,7 +130,7 @@ impl From<std::io::Error> for DbError {
 /// into place, so the inode (and usually size/mtime) changes; an in-place rewrite still
 /// changes mtime or size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
+pub(crate) struct FileStamp {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
@@ -152,7 +152,7 @@ impl FileStamp {
 }
 
 /// The stamp of `path` (following symlinks, as `load_db` does); `None` when it is missing.
-pub fn stamp(path: &Path) -> Option<FileStamp> {
+pub(crate) fn stamp(path: &Path) -> Option<FileStamp> {
     std::fs::metadata(path).ok().map(|m| FileStamp::of(&m))
 }
 
@@ -178,7 +178,8 @@ struct Record {
 
 const HAS_SHA: u8 = 1;
 /// What one package costs in memory, besides its name.
-pub const RECORD_BYTES: usize = std::mem::size_of::<Record>();
+#[cfg(test)]
+pub(crate) const RECORD_BYTES: usize = std::mem::size_of::<Record>();
 
 impl Record {
     fn info(&self) -> PkgInfo {
@@ -203,6 +204,7 @@ enum Sigs {
     #[default]
     None,
     /// In memory (`parse_db`: tests and small tools).
+    #[cfg(test)]
     Memory(Box<[u8]>),
     /// An unlinked file (O_TMPFILE) in flocon's staging dir: Arch's signatures are ~8.5 MiB,
     /// three times the memory budget of the whole index. The kernel frees it with the
@@ -213,19 +215,15 @@ enum Sigs {
 /// One repo's packages: records sorted by file name (binary search), names in one arena.
 /// Each is one allocation, freed whole when a re-read replaces the index.
 #[derive(Debug, Default)]
-pub struct DbIndex {
+pub(crate) struct DbIndex {
     records: Box<[Record]>,
     names: Box<[u8]>,
     sigs: Sigs,
 }
 
 impl DbIndex {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
     }
 
     fn find(&self, file: &str) -> Option<&Record> {
@@ -236,13 +234,13 @@ impl DbIndex {
         self.records.get(i)
     }
 
-    pub fn get(&self, file: &str) -> Option<PkgInfo> {
+    pub(crate) fn get(&self, file: &str) -> Option<PkgInfo> {
         self.find(file).map(Record::info)
     }
 
     /// The detached signature the db's `%PGPSIG%` gives for `file` (binary OpenPGP, what a
     /// `<file>.sig` holds). `None` when the db has none or it was not kept.
-    pub fn signature(&self, file: &str) -> Option<Vec<u8>> {
+    pub(crate) fn signature(&self, file: &str) -> Option<Vec<u8>> {
         let r = self.find(file)?;
         if r.sig_len == 0 {
             return None;
@@ -250,6 +248,7 @@ impl DbIndex {
         let (off, len) = (r.sig_off as usize, usize::from(r.sig_len));
         match &self.sigs {
             Sigs::None => None,
+            #[cfg(test)]
             Sigs::Memory(m) => m.get(off..off + len).map(<[u8]>::to_vec),
             Sigs::File(f) => {
                 let mut out = vec![0; len];
@@ -260,7 +259,8 @@ impl DbIndex {
     }
 
     /// Every entry, in file name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, PkgInfo)> {
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, PkgInfo)> {
         self.records.iter().filter_map(|r| {
             let name = std::str::from_utf8(r.name(&self.names)).ok()?;
             Some((name, r.info()))
@@ -268,7 +268,8 @@ impl DbIndex {
     }
 
     /// Heap bytes held in memory (signatures on disk not counted).
-    pub fn heap_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
         let sigs = match &self.sigs {
             Sigs::Memory(m) => m.len(),
             _ => 0,
@@ -280,6 +281,7 @@ impl DbIndex {
 /// Where the parser puts signatures while it builds an index.
 enum SigSink {
     Drop,
+    #[cfg(test)]
     Memory(Vec<u8>),
     File(BufWriter<File>),
     /// A write failed: nothing already written is trusted.
@@ -344,6 +346,7 @@ impl Builder {
         }
         let off = self.sig_bytes as u32;
         let ok = match &mut self.sigs {
+            #[cfg(test)]
             SigSink::Memory(v) => {
                 v.extend_from_slice(&self.sig_buf);
                 true
@@ -367,6 +370,7 @@ impl Builder {
             ..
         } = self;
         let sigs = match sigs {
+            #[cfg(test)]
             SigSink::Memory(v) => Sigs::Memory(v.into_boxed_slice()),
             SigSink::File(w) => match w.into_inner() {
                 Ok(f) => Sigs::File(f),
@@ -441,7 +445,8 @@ fn base64_decode(s: &[u8], out: &mut Vec<u8>) -> bool {
 // Reading a db
 
 /// Reads and parses one db file, signatures kept in memory (tests and small tools).
-pub fn load_db(path: &Path) -> Result<DbIndex, DbError> {
+#[cfg(test)]
+pub(crate) fn load_db(path: &Path) -> Result<DbIndex, DbError> {
     let file = open_db(path)?;
     parse_stream(file, LIMITS, SigSink::Memory(Vec::new()))
 }
@@ -450,7 +455,10 @@ pub fn load_db(path: &Path) -> Result<DbIndex, DbError> {
 /// so a rename racing with the read is seen as a change on the next `changed()`. Signatures
 /// go to an unlinked file in `sig_dir` (the daemon's staging dir); when that cannot be
 /// created they are not kept.
-pub fn load_db_stamped(path: &Path, sig_dir: &Path) -> Result<(DbIndex, FileStamp), DbError> {
+pub(crate) fn load_db_stamped(
+    path: &Path,
+    sig_dir: &Path,
+) -> Result<(DbIndex, FileStamp), DbError> {
     let file = open_db(path)?;
     let meta = file.metadata()?;
     let sigs = match scratch_file(sig_dir) {
@@ -494,7 +502,8 @@ fn open_db(path: &Path) -> Result<File, DbError> {
 }
 
 /// Parses a db held in memory (gzip'd or plain tar), signatures kept in memory.
-pub fn parse_db(bytes: &[u8]) -> Result<DbIndex, DbError> {
+#[cfg(test)]
+pub(crate) fn parse_db(bytes: &[u8]) -> Result<DbIndex, DbError> {
     parse_stream(bytes, LIMITS, SigSink::Memory(Vec::new()))
 }
 
@@ -1162,7 +1171,8 @@ fn parse_desc(data: &[u8]) -> Option<Desc<'_>> {
     })
 }
 
-pub fn sha256_hex(d: &[u8; 32]) -> String {
+#[cfg(test)]
+pub(crate) fn sha256_hex(d: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
     for &b in d {
@@ -1173,7 +1183,7 @@ pub fn sha256_hex(d: &[u8; 32]) -> String {
 }
 
 /// Exactly 64 hex digits (either case), else `None`.
-pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
     let s = s.as_bytes();
     if s.len() != 64 {
         return None;
@@ -1200,13 +1210,13 @@ struct Repo {
 /// All repos' indexes. Re-reading is done by the caller (possibly on a helper thread):
 /// `changed()` is a cheap stat of each `<repo>.db`.
 #[derive(Default)]
-pub struct SyncIndex {
+pub(crate) struct SyncIndex {
     /// In pacman.conf order once `retain_repos` has been called: `lookup_any` takes the first.
     repos: Vec<Repo>,
 }
 
 impl SyncIndex {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         SyncIndex::default()
     }
 
@@ -1232,7 +1242,7 @@ impl SyncIndex {
     /// Repos whose `<repo>.db` stamp differs from what was installed (never-seen repos, new
     /// files, and newly missing ones with stamp `None`). A name that is not a plain file name
     /// is never looked up.
-    pub fn changed(
+    pub(crate) fn changed(
         &self,
         sync_dir: &Path,
         repos: &[String],
@@ -1253,7 +1263,7 @@ impl SyncIndex {
 
     /// Replaces that repo's index. The old one's allocations are freed whole, and the
     /// allocator is asked to give free pages back (glibc keeps them otherwise).
-    pub fn install(&mut self, repo: &str, stamp: Option<FileStamp>, map: DbIndex) {
+    pub(crate) fn install(&mut self, repo: &str, stamp: Option<FileStamp>, map: DbIndex) {
         let r = self.get_or_add(repo);
         r.stamp = stamp;
         r.map = map;
@@ -1262,55 +1272,47 @@ impl SyncIndex {
 
     /// Records the stamp after a failed parse so it is not retried every scan; the old map
     /// (if any) stays.
-    pub fn keep_old(&mut self, repo: &str, stamp: Option<FileStamp>) {
+    pub(crate) fn keep_old(&mut self, repo: &str, stamp: Option<FileStamp>) {
         self.get_or_add(repo).stamp = stamp;
     }
 
     /// Drops repos no longer configured and puts the rest in `repos` order (pacman's order,
     /// which decides `lookup_any` when two repos list the same file name).
-    pub fn retain_repos(&mut self, repos: &[String]) {
+    pub(crate) fn retain_repos(&mut self, repos: &[String]) {
         self.repos.retain(|r| repos.contains(&r.name));
         self.repos
             .sort_by_key(|r| repos.iter().position(|n| *n == r.name));
     }
 
-    pub fn lookup(&self, repo: &str, file: &str) -> Option<PkgInfo> {
+    pub(crate) fn lookup(&self, repo: &str, file: &str) -> Option<PkgInfo> {
         self.get(repo)?.map.get(file)
     }
 
-    pub fn lookup_any(&self, file: &str) -> Option<(String, PkgInfo)> {
+    pub(crate) fn lookup_any(&self, file: &str) -> Option<(String, PkgInfo)> {
         self.repos
             .iter()
             .find_map(|r| r.map.get(file).map(|i| (r.name.clone(), i)))
     }
 
     /// The detached signature (`<file>.sig`'s bytes) that repo's db gives for `file`.
-    pub fn signature(&self, repo: &str, file: &str) -> Option<Vec<u8>> {
+    pub(crate) fn signature(&self, repo: &str, file: &str) -> Option<Vec<u8>> {
         self.get(repo)?.map.signature(file)
     }
 
-    /// The signature from the repo `lookup_any` would pick for `file`.
-    pub fn signature_any(&self, file: &str) -> Option<Vec<u8>> {
-        let r = self.repos.iter().find(|r| r.map.get(file).is_some())?;
-        r.map.signature(file)
-    }
-
     /// Heap bytes of all repos' indexes (signatures, on disk, not counted).
-    pub fn heap_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
         self.repos.iter().map(|r| r.map.heap_bytes()).sum()
     }
 
     /// Total entries over all repos.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.repos.iter().map(|r| r.map.len()).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// `(repo, entries)` for `flocon status`.
-    pub fn repos(&self) -> impl Iterator<Item = (&str, usize)> {
+    #[cfg(test)]
+    pub(crate) fn repos(&self) -> impl Iterator<Item = (&str, usize)> {
         self.repos.iter().map(|r| (r.name.as_str(), r.map.len()))
     }
 }

@@ -10,7 +10,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// Copies up to `count` bytes of `file` starting at `*offset` to the socket `out`, advancing
 /// `*offset`. 64-bit offsets on every target (sendfile64 on 32-bit glibc, plain sendfile on
 /// musl, whose off_t is always 64 bits), so files past 2 GiB work on a Raspberry Pi.
-pub fn sendfile(out: RawFd, file: RawFd, offset: &mut u64, count: usize) -> io::Result<usize> {
+pub(crate) fn sendfile(
+    out: RawFd,
+    file: RawFd,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
     let mut off = *offset as i64;
     #[cfg(target_env = "musl")]
     // SAFETY: both fds are open for the duration of the call and `off` is a valid local.
@@ -26,7 +31,7 @@ pub fn sendfile(out: RawFd, file: RawFd, offset: &mut u64, count: usize) -> io::
 }
 
 /// The signals the daemon handles in its loop rather than by default action.
-pub const HANDLED_SIGNALS: [libc::c_int; 5] = [
+pub(crate) const HANDLED_SIGNALS: [libc::c_int; 5] = [
     libc::SIGTERM,
     libc::SIGINT,
     libc::SIGHUP,
@@ -48,7 +53,7 @@ fn handled_sigset() -> libc::sigset_t {
 
 /// Blocks the handled signals in the calling thread (and in threads it spawns later) and
 /// returns a non-blocking signalfd that reports them. Call before spawning any thread.
-pub fn signalfd() -> io::Result<OwnedFd> {
+pub(crate) fn signalfd() -> io::Result<OwnedFd> {
     let set = handled_sigset();
     // SAFETY: `set` is a valid, initialised sigset_t; the old mask is not requested.
     if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
@@ -64,7 +69,7 @@ pub fn signalfd() -> io::Result<OwnedFd> {
 }
 
 /// Reads one pending signal number from a signalfd, or None when none is pending.
-pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
+pub(crate) fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
     // SAFETY: signalfd_siginfo is plain old data; all-zero is a valid value.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
@@ -92,7 +97,7 @@ pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
 
 /// One address of one interface, as getifaddrs reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IfAddr {
+pub(crate) struct IfAddr {
     pub name: String,
     pub index: u32,
     pub up: bool,
@@ -103,7 +108,7 @@ pub struct IfAddr {
 }
 
 /// Every IPv4/IPv6 address of every interface, with the interface's flags.
-pub fn interface_addresses() -> io::Result<Vec<IfAddr>> {
+pub(crate) fn interface_addresses() -> io::Result<Vec<IfAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -174,7 +179,7 @@ pub fn interface_addresses() -> io::Result<Vec<IfAddr>> {
 }
 
 /// The kernel index of an interface, or None when no interface has that name.
-pub fn if_nametoindex(name: &str) -> Option<u32> {
+pub(crate) fn if_nametoindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -183,7 +188,7 @@ pub fn if_nametoindex(name: &str) -> Option<u32> {
 
 /// Raises the soft open-files limit to the hard one: every connection and open file is an fd,
 /// and running out mid-accept would stall the listener. Returns the new soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
     // SAFETY: getrlimit/setrlimit read and write a local rlimit struct.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
@@ -201,7 +206,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 }
 
 /// Resident set size of this process in KiB (from /proc/self/status), for status and logs.
-pub fn rss_kib() -> Option<u64> {
+pub(crate) fn rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -210,7 +215,7 @@ pub fn rss_kib() -> Option<u64> {
 /// Asks the allocator to give free memory back to the kernel. glibc keeps freed heap pages
 /// (and raises its mmap threshold after each large free), so after a sync db's index is
 /// replaced the daemon would stay at its parsing peak; musl returns large blocks by itself.
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks the allocator's own free lists; any thread may call it.
     unsafe {

@@ -19,18 +19,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Total bytes staged at once. A full staging area means "go upstream", never an error.
-pub const MAX_STAGED_BYTES: u64 = 4 << 30;
+pub(crate) const MAX_STAGED_BYTES: u64 = 4 << 30;
 /// pacman aborts a download that delivers no body byte for 10 s. A request still waiting for
 /// its verified copy after this long is answered with a redirect to the same URL, which makes
 /// pacman start a new request (and a new 10 s clock) — see docs/DESIGN.md.
-pub const REDIRECT_AFTER: Duration = Duration::from_secs(7);
+pub(crate) const REDIRECT_AFTER: Duration = Duration::from_secs(7);
 /// pacman (curl) follows at most 10 redirects; we stop well before and go upstream.
-pub const MAX_REDIRECT_ROUNDS: u32 = 6;
+pub(crate) const MAX_REDIRECT_ROUNDS: u32 = 6;
 /// Peers tried for one file before giving up on the LAN.
-pub const MAX_PEER_ATTEMPTS: usize = 4;
+pub(crate) const MAX_PEER_ATTEMPTS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Asking the peers who has it.
     Looking,
     /// Fetching from `candidates.front()`.
@@ -41,7 +41,7 @@ pub enum Phase {
     Ready,
 }
 
-pub struct Transfer {
+pub(crate) struct Transfer {
     pub file: String,
     pub repo: String,
     pub arch: String,
@@ -69,14 +69,14 @@ pub struct Transfer {
 
 /// Why bytes could not be appended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum AppendError {
+pub(crate) enum AppendError {
     /// The source sent more than the sync db's size.
     TooLong,
 }
 
 /// What verification concluded.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Verified,
     WrongSize {
         got: u64,
@@ -100,7 +100,7 @@ impl std::fmt::Display for Verdict {
 }
 
 impl Transfer {
-    pub fn new(
+    pub(crate) fn new(
         file: &str,
         repo: &str,
         arch: &str,
@@ -134,7 +134,7 @@ impl Transfer {
 
     /// Starts a source: the first one has the staging file created (on the stager; a
     /// failure arrives as `Verdict::Local`), a later one resumes it.
-    pub fn begin_source(&mut self, instance: u64, addr: SocketAddr, now: Instant) {
+    pub(crate) fn begin_source(&mut self, instance: u64, addr: SocketAddr, now: Instant) {
         if !self.opened {
             self.stage.open(self.stage_id, self.staged_path.clone());
             self.opened = true;
@@ -148,15 +148,9 @@ impl Transfer {
         self.attempts += 1;
     }
 
-    /// Body bytes the source may deliver now (`Fetch::set_room`): the stager's free queue.
-    /// 0 means wait for `Stager::take_room_freed`.
-    pub fn room(&self) -> usize {
-        self.stage.room()
-    }
-
     /// Queues body bytes for writing and hashing. More bytes than the db's size is the
     /// peer's lie, found here at once.
-    pub fn append(&mut self, chunk: Chunk) -> Result<(), AppendError> {
+    pub(crate) fn append(&mut self, chunk: Chunk) -> Result<(), AppendError> {
         if self.received + chunk.len() as u64 > self.expected.size {
             return Err(AppendError::TooLong);
         }
@@ -167,7 +161,7 @@ impl Transfer {
 
     /// The source ended cleanly. A wrong size is known at once; otherwise the stager checks
     /// the hash and its report goes to `settle` (`Phase::Verifying` until then).
-    pub fn finish(&mut self) -> Result<(), Verdict> {
+    pub(crate) fn finish(&mut self) -> Result<(), Verdict> {
         if self.received != self.expected.size {
             return Err(Verdict::WrongSize { got: self.received });
         }
@@ -177,12 +171,12 @@ impl Transfer {
     }
 
     /// The stager id of the bytes staged now: a `Report` with another id is stale.
-    pub fn stage_id(&self) -> u64 {
+    pub(crate) fn stage_id(&self) -> u64 {
         self.stage_id
     }
 
     /// Takes the stager's final report for `stage_id()`.
-    pub fn settle(&mut self, outcome: Outcome) -> Verdict {
+    pub(crate) fn settle(&mut self, outcome: Outcome) -> Verdict {
         match outcome {
             Outcome::Verified(f) => {
                 self.copy = Some(Arc::new(f));
@@ -197,12 +191,12 @@ impl Transfer {
     /// The verified copy for one client: no path lookup, valid after the name is gone.
     /// Shared: read it at explicit offsets (`sendfile` with an offset, as
     /// `Conn::answer_file` does). None before `Phase::Ready`.
-    pub fn open_copy(&self) -> Option<Arc<File>> {
+    pub(crate) fn open_copy(&self) -> Option<Arc<File>> {
         self.copy.clone()
     }
 
     /// Throws away what was staged (after a failed hash) so the next source starts at 0.
-    pub fn reset_staging(&mut self) {
+    pub(crate) fn reset_staging(&mut self) {
         self.remove_staged();
         self.stage_id = self.stage.new_id();
         self.received = 0;
@@ -211,26 +205,16 @@ impl Transfer {
     }
 
     /// Bytes per second from the current source so far.
-    pub fn rate(&self, now: Instant) -> f64 {
+    pub(crate) fn rate(&self, now: Instant) -> f64 {
         match self.fetch_started {
             Some(t) => self.received as f64 / now.duration_since(t).as_secs_f64().max(0.001),
             None => 0.0,
         }
     }
 
-    /// Whether, at the current rate, the copy will be complete within `within`.
-    pub fn likely_done_within(&self, now: Instant, within: Duration) -> bool {
-        let rate = self.rate(now);
-        if rate <= 0.0 {
-            return false;
-        }
-        let left = self.expected.size.saturating_sub(self.received) as f64;
-        left / rate <= within.as_secs_f64()
-    }
-
     /// Closes and unlinks the staged copy, on the stager thread. Requests already handed
     /// the copy keep their own handles.
-    pub fn remove_staged(&mut self) {
+    pub(crate) fn remove_staged(&mut self) {
         if self.opened || self.copy.is_some() {
             self.stage
                 .discard(self.stage_id, self.staged_path.clone(), self.copy.take());
@@ -246,7 +230,7 @@ impl Drop for Transfer {
 }
 
 /// Empties the staging dir (left-overs of a crash) and makes sure it exists.
-pub fn prepare_staging(dir: &Path) -> io::Result<()> {
+pub(crate) fn prepare_staging(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for e in std::fs::read_dir(dir)?.flatten() {
         let _ = std::fs::remove_file(e.path());

@@ -1,0 +1,153 @@
+//! What the loop hands the front: a front connection's turn (pacman's request routed: the
+//! status pages, 421 for a Host that is not the loopback, 503 while stopping, else the front;
+//! room freed in a streaming answer lets its fetch read again), an outbound fetch's turn (it
+//! reads what its consumer has room for; its events go to the front), and discovery's events
+//! (lookups decided). The daemon calls these from its dispatch with the front and the loop's
+//! narrow view (env.rs).
+
+use crate::conn;
+use crate::discovery::{self, DiscoveryEvent};
+use crate::env::{Loop, Slot, Timer};
+use crate::front::{Env, Front, Reply};
+use crate::guard;
+use crate::http::Request;
+use crate::rescan;
+use crate::status::{self, Counters};
+use mio::Token;
+
+/// One turn of front connection `t` (None: the slot holds none), then the lookups it decided.
+pub(crate) fn drive_client(
+    front: &mut Front,
+    env: &mut Loop,
+    t: Token,
+    stopping: bool,
+    counters: &Counters,
+) -> Option<conn::Progress> {
+    let Some(Slot::Front(c)) = env.slots.get_mut(t) else {
+        return None;
+    };
+    let p = c.drive(env.now);
+    match p {
+        conn::Progress::Request => {
+            if let Some(req) = c.take_request() {
+                let number = c.request_number();
+                on_request(front, env, t, number, req, stopping, counters);
+            }
+        }
+        conn::Progress::Blocked => {
+            // room freed in a streaming answer: let its fetch read again
+            if let Some(f) = front.client_fetch(t) {
+                env.ready.schedule(f);
+            }
+        }
+        _ => {}
+    }
+    on_discovery_events(front, env, Vec::new());
+    Some(p)
+}
+
+fn on_request(
+    front: &mut Front,
+    env: &mut Loop,
+    t: Token,
+    number: u64,
+    req: Request,
+    stopping: bool,
+    counters: &Counters,
+) {
+    // only the loopback by name: a web page that rebinds its own name to 127.0.0.1 still
+    // sends that name, and gets nothing (status, lookups, packages) from the front
+    if !guard::is_loopback_host(req.host.as_deref()) {
+        debug!("Host {:?} is not the loopback: 421", req.host);
+        env.reply(t, Reply::Error(421));
+        return;
+    }
+    let path = req.target.split('?').next().unwrap_or("");
+    match status::page(path, env, front, counters) {
+        Some((body, ct)) => {
+            let h = [("Content-Type", ct)];
+            env.reply(t, Reply::Bytes(200, &h, body.as_bytes()));
+        }
+        None if stopping => _ = env.reply(t, Reply::Error(503)),
+        None => front.on_request(env, t, number, req),
+    }
+}
+
+/// The helper threads' reports: names resolved (a static peer's go to discovery), copies
+/// staged, room freed in the stager's queue, sync dbs loaded.
+pub(crate) fn on_wake(front: &mut Front, env: &mut Loop) {
+    for (id, r) in env.resolver.results() {
+        if let Some(i) = discovery::static_peer_of(id) {
+            env.discovery.static_resolved(i, r);
+            continue;
+        }
+        front.on_resolved(env, id, r);
+    }
+    for r in env.stager.reports() {
+        front.on_staged(env, r);
+    }
+    // the stager's queue has room again: peer copies paused for it read on
+    if env.stager.take_room_freed() {
+        for t in front.copy_fetches("") {
+            env.ready.schedule(t);
+        }
+    }
+    if rescan::install_loaded(env.cfg, env.index, env.dbload) {
+        front.on_dbs_loaded(env);
+    }
+    on_discovery_events(front, env, Vec::new());
+}
+
+/// Discovery's events, and the lookups decided outside them (nobody to ask), until none is
+/// left: a decided lookup's request may start another.
+pub(crate) fn on_discovery_events(
+    front: &mut Front,
+    env: &mut Loop,
+    mut events: Vec<DiscoveryEvent>,
+) {
+    loop {
+        events.append(env.decided);
+        if events.is_empty() {
+            return;
+        }
+        for ev in events.drain(..) {
+            match ev {
+                DiscoveryEvent::PeerUp => {
+                    let at = env.discovery.announce_deadline();
+                    env.timers.always(at, Timer::Announce);
+                }
+                DiscoveryEvent::Decided(d) => {
+                    front.on_decided(env, d.id, d.candidates, d.asked, d.answered);
+                }
+            }
+        }
+    }
+}
+
+/// One turn of fetch `tok`; whether it finished (the caller closes it).
+pub(crate) fn drive_fetch(front: &mut Front, env: &mut Loop, tok: Token) -> bool {
+    // backpressure: a proxied stream reads what its client's buffer has room for, a
+    // peer copy what the stager's queue has
+    let room = match front.fetch_client(tok).map(|c| env.slots.get(c)) {
+        Some(Some(Slot::Front(c))) => c.stream_room(),
+        Some(_) => usize::MAX,
+        // a peer's .sig waits for nobody's room (a full stager must not stall it)
+        None if front.is_sig_fetch(tok) => usize::MAX,
+        None => env.stager.handle().room(),
+    };
+    let Some(Slot::Fetch(f)) = env.slots.get_mut(tok) else {
+        return false;
+    };
+    f.set_room(room);
+    let mut events = Vec::new();
+    f.drive(env.now, &mut events);
+    let finished = f.is_finished();
+    // it stopped at its per-turn bound with bytes left in the socket: no event will come
+    if !finished && f.wants_drive() {
+        env.ready.schedule(tok);
+    }
+    for ev in events {
+        front.on_fetch_event(env, tok, ev);
+    }
+    finished
+}
