@@ -147,6 +147,14 @@ pub struct DiscoveryStats {
     pub send_errors: u64,
     pub checks_sent: u64,
     pub checks_failed: u64,
+    /// Datagrams over a source's rate limit.
+    pub rate_limited: u64,
+    /// Queries from strangers (neither a peer's host nor a static peer) left unanswered
+    /// because their shared budget was spent.
+    pub strangers_refused: u64,
+    /// Claims a check proved false: a GOODBYE in the name of a peer that still answers, a
+    /// new instance at an address where the known peer still answers.
+    pub claims_refuted: u64,
 }
 
 fn random_u64() -> u64 {
@@ -268,6 +276,11 @@ impl Discovery {
 
     pub fn instance(&self) -> u64 {
         self.instance
+    }
+
+    /// Unicast checks in flight (admissions and goodbyes), for the status page.
+    pub fn checks_pending(&self) -> usize {
+        self.checks.len()
     }
 
     /// The sockets queries and answers travel on, bound to the peer port. Their multicast
@@ -854,6 +867,7 @@ impl Discovery {
         // answers are matched to our own queries; everything else costs tokens per source
         if !matches!(msg, Message::Answer(_)) && !self.limiter.allow(src.ip(), now) {
             self.stats.rejected += 1;
+            self.stats.rate_limited += 1;
             return;
         }
         match msg {
@@ -971,6 +985,7 @@ impl Discovery {
                     }
                 }
                 CheckReason::Goodbye => {
+                    self.stats.claims_refuted += 1;
                     info!(
                         "goodbye in the name of {} at {}, which still answers: ignored",
                         short_id(c.instance),
@@ -979,12 +994,15 @@ impl Discovery {
                 }
             },
             CheckOutcome::Refuted(c, other) => match c.reason {
-                CheckReason::Admit(_) => info!(
-                    "{} claimed {}, but {} answers there: ignored",
-                    short_id(c.instance),
-                    c.addr,
-                    short_id(other)
-                ),
+                CheckReason::Admit(_) => {
+                    self.stats.claims_refuted += 1;
+                    info!(
+                        "{} claimed {}, but {} answers there: ignored",
+                        short_id(c.instance),
+                        c.addr,
+                        short_id(other)
+                    )
+                }
                 CheckReason::Goodbye => self.remove_peer(c.instance, "said goodbye", events, now),
             },
             CheckOutcome::Silent(c) => {
@@ -1046,6 +1064,7 @@ impl Discovery {
         let known = self.peers.by_ip(src.ip()).is_some() || self.is_static(src.ip());
         if !known && !self.strangers.allow(now) {
             self.stats.rejected += 1;
+            self.stats.strangers_refused += 1;
             return;
         }
         let found = if q.name == crate::peers::CHECK_NAME {
