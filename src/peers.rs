@@ -1558,7 +1558,7 @@ mod tests {
         let b = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 8)), 19432);
         assert!(c.start(b, 6, admit.clone(), 600, t9).is_some());
         c.cancel(600);
-        assert!(!c.pending_for(6) && c.len() == 0);
+        assert!(!c.pending_for(6) && c.is_empty());
         assert!(c.due(t9 + secs(5)).1.is_empty());
         assert!(c.start(b, 6, admit.clone(), 601, t9 + secs(1)).is_some());
     }
