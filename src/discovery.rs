@@ -26,6 +26,13 @@ pub(crate) const UNICAST_V4: Token = Token(32);
 pub(crate) const UNICAST_V6: Token = Token(33);
 pub(crate) const QUERY_V4: Token = Token(34);
 pub(crate) const QUERY_V6: Token = Token(35);
+/// Checks (peers.rs `Checks`) leave from these and their ANSWERs arrive here.
+pub(crate) const CHECK_V4: Token = Token(36);
+pub(crate) const CHECK_V6: Token = Token(37);
+/// Send buffer asked for the check sockets (the kernel caps it at twice net.core.wmem_max):
+/// a check to an address nobody holds waits in the kernel for address resolution (~3 s)
+/// and is charged to its socket meanwhile.
+const CHECK_SNDBUF: usize = 4 << 20;
 const MEMBERSHIP_TOKEN_BASE: usize = 64;
 /// Interfaces × families we keep memberships for; a host with more is unusual, and past it
 /// the rest are ignored with a warning rather than growing without bound.
@@ -48,6 +55,17 @@ pub(crate) const MAX_FANOUT: usize = crate::peers::MAX_PEERS;
 pub(crate) const MAX_STATIC_PEERS: usize = 64;
 /// Static peer names are resolved again this often (their address may change).
 pub(crate) const STATIC_RESOLVE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Which of our sockets a unicast datagram leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The well-known port: answers, to peers and strangers.
+    Unicast,
+    /// The lookups' own sockets: QUERYs.
+    Query,
+    /// The checks' own sockets.
+    Check,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Family {
@@ -90,6 +108,11 @@ pub(crate) struct Discovery {
     /// send buffer of their own, which answers to strangers and checks cannot fill.
     q4: Option<UdpSocket>,
     q6: Option<UdpSocket>,
+    /// Checks leave from these: their datagrams to forged addresses wait for address
+    /// resolution that never comes, and fill this send buffer, not the one that answers
+    /// peers (u4/u6) nor the lookups' (q4/q6).
+    c4: Option<UdpSocket>,
+    c6: Option<UdpSocket>,
     memberships: Vec<Membership>,
     free_tokens: Vec<Token>,
     next_token: usize,
@@ -147,6 +170,14 @@ pub(crate) struct DiscoveryStats {
     pub send_errors: u64,
     pub checks_sent: u64,
     pub checks_failed: u64,
+    /// Datagrams over a source's rate limit.
+    pub rate_limited: u64,
+    /// Queries from strangers (neither a peer's host nor a static peer) left unanswered
+    /// because their shared budget was spent.
+    pub strangers_refused: u64,
+    /// Claims a check proved false: a GOODBYE in the name of a peer that still answers, a
+    /// new instance at an address where the known peer still answers.
+    pub claims_refuted: u64,
 }
 
 fn random_u64() -> u64 {
@@ -196,6 +227,10 @@ impl Discovery {
         let instance = random_u64();
         let (u4, u6) = Self::unicast_sockets(id.port, id.peer_addr)?;
         let (q4, q6) = Self::unicast_sockets(0, id.peer_addr)?;
+        let (c4, c6) = Self::unicast_sockets(0, id.peer_addr)?;
+        for s in [&c4, &c6].into_iter().flatten() {
+            let _ = socket2::SockRef::from(s).set_send_buffer_size(CHECK_SNDBUF);
+        }
         let mut statics = Vec::new();
         for s in id.static_peers.iter().take(MAX_STATIC_PEERS) {
             let (host, port) = split_host_port(s, id.port)
@@ -222,6 +257,8 @@ impl Discovery {
             u6: u6.map(UdpSocket::from_std),
             q4: q4.map(UdpSocket::from_std),
             q6: q6.map(UdpSocket::from_std),
+            c4: c4.map(UdpSocket::from_std),
+            c6: c6.map(UdpSocket::from_std),
             memberships: Vec::new(),
             free_tokens: Vec::new(),
             next_token: MEMBERSHIP_TOKEN_BASE,
@@ -263,11 +300,22 @@ impl Discovery {
         if let Some(s) = &mut d.q6 {
             registry.register(s, QUERY_V6, Interest::READABLE)?;
         }
+        if let Some(s) = &mut d.c4 {
+            registry.register(s, CHECK_V4, Interest::READABLE)?;
+        }
+        if let Some(s) = &mut d.c6 {
+            registry.register(s, CHECK_V6, Interest::READABLE)?;
+        }
         Ok(d)
     }
 
     pub(crate) fn instance(&self) -> u64 {
         self.instance
+    }
+
+    /// Unicast checks in flight (admissions and goodbyes), for the status page.
+    pub(crate) fn checks_pending(&self) -> usize {
+        self.checks.len()
     }
 
     /// The sockets queries and answers travel on, bound to the peer port. Their multicast
@@ -662,21 +710,26 @@ impl Discovery {
     /// Sends one datagram from the well-known socket (`query_socket` false) or from the
     /// query socket. A datagram that cannot leave now is dropped: nothing ever waits on one
     /// destination.
-    fn send_unicast(&mut self, to: SocketAddr, msg: &Message, query_socket: bool) {
+    /// Sends `msg` to `to` from the socket `via` names; false when it could not be sent now
+    /// (dropped, never waited on).
+    fn send_unicast(&mut self, to: SocketAddr, msg: &Message, via: Via) -> bool {
         let h = self.next_seq();
         self.encode(&h, msg);
-        let sock = match (to.is_ipv4(), query_socket) {
-            (true, false) => &self.u4,
-            (false, false) => &self.u6,
-            (true, true) => &self.q4,
-            (false, true) => &self.q6,
+        let sock = match (to.is_ipv4(), via) {
+            (true, Via::Unicast) => &self.u4,
+            (false, Via::Unicast) => &self.u6,
+            (true, Via::Query) => &self.q4,
+            (false, Via::Query) => &self.q6,
+            (true, Via::Check) => &self.c4,
+            (false, Via::Check) => &self.c6,
         };
-        if let Some(s) = sock
-            && let Err(e) = s.send_to(&self.buf, to)
-        {
+        let Some(s) = sock else { return false };
+        if let Err(e) = s.send_to(&self.buf, to) {
             self.stats.send_errors += 1;
             debug!("send to {to}: {e}");
+            return false;
         }
+        true
     }
 
     /// Whether `ip` is one of the static peers' current addresses.
@@ -786,6 +839,8 @@ impl Discovery {
                     UNICAST_V6 => self.u6.as_ref(),
                     QUERY_V4 => self.q4.as_ref(),
                     QUERY_V6 => self.q6.as_ref(),
+                    CHECK_V4 => self.c4.as_ref(),
+                    CHECK_V6 => self.c6.as_ref(),
                     t => self
                         .memberships
                         .iter()
@@ -854,6 +909,7 @@ impl Discovery {
         // answers are matched to our own queries; everything else costs tokens per source
         if !matches!(msg, Message::Answer(_)) && !self.limiter.allow(src.ip(), now) {
             self.stats.rejected += 1;
+            self.stats.rate_limited += 1;
             return;
         }
         match msg {
@@ -929,20 +985,27 @@ impl Discovery {
             return;
         };
         let to = c.addr;
-        self.send_check(to, cookie);
+        if !self.send_check(to, cookie) {
+            // it never left (the check socket's buffer is full of checks waiting for
+            // addresses that do not resolve): forgotten, with no backoff, so a newcomer
+            // caught here is checked at its next announcement
+            self.checks.cancel(cookie);
+            return;
+        }
         // wake the loop for the check's deadline (announce_deadline includes it)
         events.push(DiscoveryEvent::PeerUp);
     }
 
-    fn send_check(&mut self, to: SocketAddr, cookie: u32) {
-        self.stats.checks_sent += 1;
+    fn send_check(&mut self, to: SocketAddr, cookie: u32) -> bool {
         let q = Message::Query(Query {
             id: cookie,
             name: crate::peers::CHECK_NAME.to_string(),
             size: None,
             sha256: None,
         });
-        self.send_unicast(to, &q, false);
+        let sent = self.send_unicast(to, &q, Via::Check);
+        self.stats.checks_sent += sent as u64;
+        sent
     }
 
     fn on_check(&mut self, outcome: CheckOutcome, now: Instant, events: &mut Vec<DiscoveryEvent>) {
@@ -971,6 +1034,7 @@ impl Discovery {
                     }
                 }
                 CheckReason::Goodbye => {
+                    self.stats.claims_refuted += 1;
                     info!(
                         "goodbye in the name of {} at {}, which still answers: ignored",
                         short_id(c.instance),
@@ -979,12 +1043,15 @@ impl Discovery {
                 }
             },
             CheckOutcome::Refuted(c, other) => match c.reason {
-                CheckReason::Admit(_) => info!(
-                    "{} claimed {}, but {} answers there: ignored",
-                    short_id(c.instance),
-                    c.addr,
-                    short_id(other)
-                ),
+                CheckReason::Admit(_) => {
+                    self.stats.claims_refuted += 1;
+                    info!(
+                        "{} claimed {}, but {} answers there: ignored",
+                        short_id(c.instance),
+                        c.addr,
+                        short_id(other)
+                    )
+                }
                 CheckReason::Goodbye => self.remove_peer(c.instance, "said goodbye", events, now),
             },
             CheckOutcome::Silent(c) => {
@@ -1046,6 +1113,7 @@ impl Discovery {
         let known = self.peers.by_ip(src.ip()).is_some() || self.is_static(src.ip());
         if !known && !self.strangers.allow(now) {
             self.stats.rejected += 1;
+            self.stats.strangers_refused += 1;
             return;
         }
         let found = if q.name == crate::peers::CHECK_NAME {
@@ -1073,7 +1141,7 @@ impl Discovery {
             return;
         }
         self.stats.queries_answered += 1;
-        self.send_unicast(src, &answer, false);
+        self.send_unicast(src, &answer, Via::Unicast);
     }
 
     /// Starts "who has `name`?" among the live, unbanned peers. Returns its id, or None when
@@ -1111,7 +1179,7 @@ impl Discovery {
             sha256: expected.and_then(|e| e.1),
         });
         for (_, addr) in &targets {
-            self.send_unicast(*addr, &q, true);
+            self.send_unicast(*addr, &q, Via::Query);
         }
         if targets.is_empty() {
             self.finish_lookup(id, events, now);

@@ -503,11 +503,16 @@ impl PeerTable {
 }
 
 /// Checks in flight at once; each is one small record and one datagram. Forged newcomers
-/// beyond it are dropped (real ones announce again).
-pub(crate) const MAX_CHECKS: usize = 64;
-/// Checks started per second (burst the same): with the answers to strangers, everything
-/// flocon sends to addresses it has not verified (docs/PROTOCOL.md §6).
-pub(crate) const CHECK_RATE: u32 = 20;
+/// beyond it are dropped (real ones announce again). Above what both budgets keep in
+/// flight (2 x CHECK_RATE x CHECK_TRIES x CHECK_TIMEOUT = 90), so that forged newcomers
+/// cannot fill it and hold up a goodbye check.
+pub(crate) const MAX_CHECKS: usize = 128;
+/// Admission checks started per second (burst the same), and goodbye checks as many: with
+/// the answers to strangers, everything flocon sends to addresses it has not verified
+/// (docs/PROTOCOL.md §6). It is also how fast forged newcomers are worked through before
+/// CHECK_BACKOFF silences them: a real newcomer announcing among K forged addresses waits
+/// up to about K / CHECK_RATE seconds (480 forged: 8 s).
+pub(crate) const CHECK_RATE: u32 = 60;
 /// A check waits this long for its answer, then asks once more (a lost datagram, a peer
 /// busy for a moment), then gives up.
 pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
@@ -630,6 +635,12 @@ impl Checks {
             next_at: now + CHECK_TIMEOUT,
         });
         self.checks.last()
+    }
+
+    /// Forgets the check with this cookie, as if it had never started (its datagram could
+    /// not be sent): no outcome, no backoff.
+    pub(crate) fn cancel(&mut self, cookie: u32) {
+        self.checks.retain(|c| c.cookie != cookie);
     }
 
     /// Whether a check of this instance is in flight.
@@ -1547,6 +1558,14 @@ mod tests {
         // ... and goodbye checks still have their own budget
         let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), 19432);
         assert!(c.start(a, 5, CheckReason::Goodbye, 5_000_000, t9).is_some());
+        // a check whose QUERY never left is forgotten: no outcome, no backoff
+        let mut c = Checks::new();
+        let b = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 8)), 19432);
+        assert!(c.start(b, 6, admit.clone(), 600, t9).is_some());
+        c.cancel(600);
+        assert!(!c.pending_for(6) && c.is_empty());
+        assert!(c.due(t9 + secs(5)).1.is_empty());
+        assert!(c.start(b, 6, admit.clone(), 601, t9 + secs(1)).is_some());
     }
 
     #[test]

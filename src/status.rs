@@ -42,6 +42,19 @@ pub(crate) struct CopyRow {
     pub phase: String,
 }
 
+/// Discovery's defences at work (docs/PROTOCOL.md §8, §10): what it dropped, checked, refused.
+pub(crate) struct Defence {
+    /// Keyed mode: dropped for a bad MAC, a stale stamp or a replay.
+    pub auth_rejected: u64,
+    pub rate_limited: u64,
+    pub strangers_refused: u64,
+    pub checks_sent: u64,
+    pub checks_pending: usize,
+    pub checks_failed: u64,
+    pub claims_refuted: u64,
+    pub send_errors: u64,
+}
+
 pub(crate) struct BanRow {
     /// The banned peer's announced name, when it is (or was just) in the peer table.
     pub name: String,
@@ -72,6 +85,7 @@ pub(crate) struct Snapshot {
     pub refused_busy: u64,
     pub datagrams_in: u64,
     pub datagrams_rejected: u64,
+    pub defence: Defence,
     pub connections: usize,
     /// The lifetime counters (they survive restarts): bytes and packages from the LAN,
     /// bytes served to peers, since the Unix time `saved_since`.
@@ -145,6 +159,16 @@ impl Snapshot {
             refused_busy: counters.refused_busy,
             datagrams_in: discovery.stats.datagrams_in,
             datagrams_rejected: discovery.stats.rejected,
+            defence: Defence {
+                auth_rejected: discovery.stats.auth_rejected,
+                rate_limited: discovery.stats.rate_limited,
+                strangers_refused: discovery.stats.strangers_refused,
+                checks_sent: discovery.stats.checks_sent,
+                checks_pending: discovery.checks_pending(),
+                checks_failed: discovery.stats.checks_failed,
+                claims_refuted: discovery.stats.claims_refuted,
+                send_errors: discovery.stats.send_errors,
+            },
             connections: counters.connections,
             saved_lan_bytes: saved.lan_bytes,
             saved_lan_hits: saved.lan_hits,
@@ -236,6 +260,21 @@ impl Snapshot {
             "datagrams: {} in, {} rejected; {} connections",
             self.datagrams_in, self.datagrams_rejected, self.connections
         );
+        let d = &self.defence;
+        let _ = writeln!(
+            s,
+            "discovery defence: {} failed the MAC check, {} over a rate limit, {} strangers \
+             unanswered; checks {} sent, {} pending, {} silent, {} claims refuted; {} sends \
+             dropped",
+            d.auth_rejected,
+            d.rate_limited,
+            d.strangers_refused,
+            d.checks_sent,
+            d.checks_pending,
+            d.checks_failed,
+            d.claims_refuted,
+            d.send_errors
+        );
         s
     }
 
@@ -287,7 +326,7 @@ impl Snapshot {
             })
             .collect();
         format!(
-            "{{\"version\":{},\"name\":{},\"distro\":{},\"archs\":[{}],\"instance\":\"{:016x}\",\"uptime_s\":{},\"rss_kib\":{},\"multicast\":[{}],\"indexed_packages\":{},\"peers\":[{}],\"transfers\":[{}],\"bans\":[{}],\"lan_hits\":{},\"lan_bytes\":{},\"upstream_bytes\":{},\"rejected_copies\":{},\"peer_bytes_sent\":{},\"refused_busy\":{},\"datagrams_in\":{},\"datagrams_rejected\":{},\"connections\":{},\"saved_lan_bytes\":{},\"saved_lan_hits\":{},\"saved_served_bytes\":{},\"saved_since\":{}}}\n",
+            "{{\"version\":{},\"name\":{},\"distro\":{},\"archs\":[{}],\"instance\":\"{:016x}\",\"uptime_s\":{},\"rss_kib\":{},\"multicast\":[{}],\"indexed_packages\":{},\"peers\":[{}],\"transfers\":[{}],\"bans\":[{}],\"lan_hits\":{},\"lan_bytes\":{},\"upstream_bytes\":{},\"rejected_copies\":{},\"peer_bytes_sent\":{},\"refused_busy\":{},\"datagrams_in\":{},\"datagrams_rejected\":{},\"auth_rejected\":{},\"rate_limited\":{},\"strangers_refused\":{},\"checks_sent\":{},\"checks_pending\":{},\"checks_failed\":{},\"claims_refuted\":{},\"send_errors\":{},\"connections\":{},\"saved_lan_bytes\":{},\"saved_lan_hits\":{},\"saved_served_bytes\":{},\"saved_since\":{}}}\n",
             json_str(self.version),
             json_str(&self.name),
             json_str(&self.distro),
@@ -308,6 +347,14 @@ impl Snapshot {
             self.refused_busy,
             self.datagrams_in,
             self.datagrams_rejected,
+            self.defence.auth_rejected,
+            self.defence.rate_limited,
+            self.defence.strangers_refused,
+            self.defence.checks_sent,
+            self.defence.checks_pending,
+            self.defence.checks_failed,
+            self.defence.claims_refuted,
+            self.defence.send_errors,
             self.connections,
             self.saved_lan_bytes,
             self.saved_lan_hits,
@@ -421,6 +468,16 @@ mod tests {
             refused_busy: 106,
             datagrams_in: 107,
             datagrams_rejected: 108,
+            defence: Defence {
+                auth_rejected: 112,
+                rate_limited: 113,
+                strangers_refused: 114,
+                checks_sent: 115,
+                checks_pending: 116,
+                checks_failed: 117,
+                claims_refuted: 118,
+                send_errors: 119,
+            },
             connections: 109,
             saved_lan_bytes: 3 << 30,
             saved_lan_hits: 110,
@@ -433,7 +490,7 @@ mod tests {
     fn both_renderings_carry_every_counter() {
         let s = snapshot();
         let (text, json) = (s.text(), s.json());
-        for n in 101..=111 {
+        for n in 101..=119 {
             assert!(text.contains(&n.to_string()), "text lacks {n}:\n{text}");
             assert!(json.contains(&format!(":{n}")), "json lacks {n}: {json}");
         }
@@ -460,6 +517,11 @@ mod tests {
             "{json}"
         );
         assert!(json.contains("\"saved_since\":1764547200"), "{json}");
+        assert!(
+            text.contains("checks 115 sent, 116 pending, 117 silent, 118 claims refuted"),
+            "{text}"
+        );
+        assert!(json.contains("\"checks_pending\":116"), "{json}");
         assert!(
             json.contains("{\"name\":\"c\",\"peer\":\"127.0.0.9\""),
             "{json}"

@@ -63,15 +63,28 @@ print(found, errors, micros[len(micros) // 2] if micros else -1)
 PY
 # measure: B's lookups of A's package; prints "found errors median_us"
 measure() { "$LAN" exec 2 python3 "$W/lookups.py" "$LOOKUPS" 0.1 "$PKG" 4096; }
+# B's defence counters (flocon status --json), as "key value" lines
+DEFENCE="auth_rejected rate_limited strangers_refused checks_sent checks_failed claims_refuted send_errors"
+defence() {
+  local j k; j=$("$LAN" exec 2 "$BIN" status --json 2>/dev/null)
+  for k in $DEFENCE; do echo "$k $(grep -o "\"$k\":[0-9]*" <<<"$j" | cut -d: -f2)"; done
+}
+# defence_delta BEFORE AFTER: the counters that moved, "+N key" each
+defence_delta() {
+  awk 'NR == FNR { a[$1] = $2; next } $2 - a[$1] > 0 { printf "%s+%d %s", sep, $2 - a[$1], $1; sep = ", " }' <(echo "$1") <(echo "$2")
+}
 # attack MODES LABEL MIN: runs the attacker during a measurement; checks found >= MIN
 attack() {
-  local modes=$1 label=$2 min=$3 res found errors med
+  local modes=$1 label=$2 min=$3 res found errors med d0 d1
+  d0=$(defence)
   "$LAN" exec 3 python3 "$here/attacker.py" run eth0 10.77.0.1 10.77.0.2 "$ATTACK_SECS" "$modes" > "$W/att.out" 2>&1 &
   local ap=$!
   sleep 2
   res=$(measure); read -r found errors med <<<"$res"
   wait "$ap"
-  local line="$label: A found in $found of $LOOKUPS lookups (median ${med} us, $errors errors; $(tail -1 "$W/att.out"))"
+  d1=$(defence)
+  DELTA=$(defence_delta "$d0" "$d1")
+  local line="$label: A found in $found of $LOOKUPS lookups (median ${med} us, $errors errors; $(tail -1 "$W/att.out"); B's defence: ${DELTA:-nothing counted})"
   if grep -q "first error" "$W/att.out"; then ko "$line: the attacker could not send"
   elif (( found >= min )); then ok "$line"; else ko "$line (want >= $min)"; fi
 }
@@ -97,20 +110,27 @@ attack qflood "open LAN, 5000 spoofed QUERY/s to B from absent addresses" 95
 # the newcomer starts while 480 forged peers announce
 "$LAN" exec 3 python3 "$here/attacker.py" run eth0 10.77.0.1 10.77.0.2 "$ATTACK_SECS" stuff > "$W/att.out" 2>&1 &
 ap=$!
+d0=$(defence)
 sleep 3
 table=$("$LAN" exec 2 "$BIN" status --json | grep -o '"instance":"' | wc -l)
+# B's lookups meanwhile (10 s, within the attack's 14)
+measure > "$W/stuff.measure" &
+mp=$!
 start 4
 t0=$SECONDS
 if wait_peer 2 host4 10; then
   ok "open LAN, 480 forged peers: newcomer host4 listed by B after $((SECONDS - t0)) s (B's table held $((table - 1)) peers before it)"
 else ko "open LAN, 480 forged peers: newcomer not listed by B within 10 s ([$(peers 2)])"; fi
+wait "$mp"; read -r found errors med < "$W/stuff.measure"
 wait "$ap"
-echo "     ($(tail -1 "$W/att.out"))"
+DELTA=$(defence_delta "$d0" "$(defence)")
+line="open LAN, 480 forged peers: A found in $found of $LOOKUPS lookups (median ${med} us, $errors errors; $(tail -1 "$W/att.out"); B's defence: ${DELTA:-nothing counted})"
+(( found >= 95 )) && ok "$line" || ko "$line (want >= 95)"
 # a forged DON'T HAVE by a host that sees the queries: no defence without a key (reported)
 "$LAN" exec 3 python3 "$here/attacker.py" run eth0 10.77.0.1 10.77.0.2 "$ATTACK_SECS" answers > "$W/att.out" 2>&1 &
 ap=$!; sleep 2
 res=$(measure); read -r found errors med <<<"$res"; wait "$ap"
-echo "info - open LAN, forged DON'T HAVE by a host that sees the queries: A found in $found of $LOOKUPS ($(tail -1 "$W/att.out"))"
+echo "info - open LAN, forged DON'T HAVE by a host that sees the queries: A found in $found of $LOOKUPS (median ${med} us; $(tail -1 "$W/att.out"))"
 for i in 1 2 4; do stop "$i"; done
 
 # ------------------------------------------------------------------------ with a key
