@@ -3,7 +3,7 @@
 //! Every function takes `now`, so the event loop (discovery.rs) owns time and tests move it.
 
 use crate::protocol::{Announce, Answer, Header, Query, VERSION};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
@@ -526,6 +526,11 @@ pub(crate) const CHECK_NAME: &str = "flocon-check";
 pub(crate) const CHECK_BACKOFF: Duration = Duration::from_secs(60);
 /// Addresses remembered for CHECK_BACKOFF; beyond, the oldest is forgotten.
 pub(crate) const MAX_FAILED_CHECKS: usize = 4096;
+/// Admission checks that went silent whose answer is still taken when it comes late (the
+/// newest kept): a peer busy for a moment (a loaded machine, a Pi swapping) answers the
+/// queries waiting in its socket when it runs again, and that answer proves the address as
+/// well as a prompt one; without this it would wait out CHECK_BACKOFF, unseen for a minute.
+pub(crate) const MAX_LATE_CHECKS: usize = 64;
 
 /// Why an address is being asked "are you there, and who are you?".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -572,6 +577,8 @@ pub(crate) struct Checks {
     goodbye_budget: Bucket,
     /// Addresses whose admission check stayed silent, with when.
     failed: HashMap<IpAddr, Instant>,
+    /// Those silent admission checks, newest last, whose late answer still admits.
+    late: VecDeque<Check>,
 }
 
 impl Default for Checks {
@@ -587,6 +594,7 @@ impl Checks {
             budget: Bucket::new(CHECK_RATE, CHECK_RATE),
             goodbye_budget: Bucket::new(CHECK_RATE, CHECK_RATE),
             failed: HashMap::new(),
+            late: VecDeque::new(),
         }
     }
 
@@ -649,7 +657,9 @@ impl Checks {
     }
 
     /// An ANSWER with id `cookie` from `src`, sent by `instance`: the outcome of the check it
-    /// belongs to, or None when it belongs to none (then it is an ordinary answer).
+    /// belongs to (in flight, or an admission check that went silent and is answered late,
+    /// which lifts that address's backoff), or None when it belongs to none (then it is an
+    /// ordinary answer).
     pub(crate) fn on_answer(
         &mut self,
         src: SocketAddr,
@@ -657,11 +667,15 @@ impl Checks {
         instance: u64,
     ) -> Option<CheckOutcome> {
         let src = normalize_addr(src);
-        let i = self
-            .checks
-            .iter()
-            .position(|c| c.cookie == cookie && c.addr == src)?;
-        let c = self.checks.swap_remove(i);
+        let is_it = |c: &Check| c.cookie == cookie && c.addr == src;
+        let c = if let Some(i) = self.checks.iter().position(is_it) {
+            self.checks.swap_remove(i)
+        } else {
+            let i = self.late.iter().position(is_it)?;
+            let c = self.late.remove(i)?;
+            self.failed.remove(&src.ip());
+            c
+        };
         Some(if c.instance == instance {
             CheckOutcome::Confirmed(c)
         } else {
@@ -688,6 +702,10 @@ impl Checks {
                 let c = self.checks.swap_remove(i);
                 if matches!(c.reason, CheckReason::Admit(_)) {
                     self.remember_failed(c.addr.ip(), now);
+                    if self.late.len() >= MAX_LATE_CHECKS {
+                        self.late.pop_front();
+                    }
+                    self.late.push_back(c.clone());
                 }
                 silent.push(CheckOutcome::Silent(c));
             }
@@ -1536,6 +1554,57 @@ mod tests {
         c.due(t1 + secs(33));
         assert!(
             c.start(v4(7), 71, admit.clone(), 702, t1 + CHECK_BACKOFF + secs(1))
+                .is_some()
+        );
+        // a silent admission check answered late (the peer was busy): admitted after all,
+        // and its address is not held back
+        let mut c = Checks::new();
+        let t2 = t0 + secs(300);
+        c.start(v4(8), 80, admit.clone(), 800, t2);
+        for k in 1..=CHECK_TRIES as u32 {
+            c.due(t2 + CHECK_TIMEOUT * k);
+        }
+        assert!(c.is_empty());
+        assert_eq!(c.on_answer(v4(9), 800, 80), None, "from another address");
+        assert_eq!(c.on_answer(v4(8), 801, 80), None, "another cookie");
+        match c.on_answer(v4(8), 800, 80) {
+            Some(CheckOutcome::Confirmed(k)) => assert_eq!((k.instance, &k.reason), (80, &admit)),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(c.on_answer(v4(8), 800, 80), None, "only once");
+        assert!(
+            c.start(v4(8), 81, admit.clone(), 802, t2 + secs(2))
+                .is_some()
+        );
+        // ... kept for the newest MAX_LATE_CHECKS only
+        let mut c = Checks::new();
+        let t3 = t0 + secs(400);
+        let n = MAX_LATE_CHECKS as u32 + 1;
+        for i in 0..n {
+            let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a02_0000 + i)), 19432);
+            assert!(
+                c.start(
+                    a,
+                    1000 + u64::from(i),
+                    admit.clone(),
+                    9000 + i,
+                    t3 + secs(u64::from(i))
+                )
+                .is_some()
+            );
+            for k in 1..=CHECK_TRIES as u32 {
+                c.due(t3 + secs(u64::from(i)) + CHECK_TIMEOUT * k);
+            }
+        }
+        let first = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a02_0000)), 19432);
+        assert_eq!(
+            c.on_answer(first, 9000, 1000),
+            None,
+            "the oldest was dropped"
+        );
+        let last = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a02_0000 + n - 1)), 19432);
+        assert!(
+            c.on_answer(last, 9000 + n - 1, 1000 + u64::from(n - 1))
                 .is_some()
         );
         // another instance answering refutes the claim
