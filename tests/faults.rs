@@ -597,7 +597,11 @@ fn a_busy_peer_is_skipped_not_banned() {
     let i = lan.peer("127.0.0.5", &[("*", "busy")]);
     for p in &lan.pkgs[..3] {
         let g = lan.get(&p.file);
-        report("busy peer", &g, &p.file);
+        report(
+            "busy peer",
+            &g,
+            &format!("{}; sanctions {:?}", p.file, sanctions(&lan)),
+        );
         assert!(g.status == 200 && g.body == p.bytes);
     }
     // asked for every file: never benched, never banned
@@ -863,6 +867,7 @@ fn the_front_answers_only_loopback_hosts() {
     for path in &paths {
         for host in ["attacker.example", "attacker.example:19433", "192.168.1.1"] {
             let g = fetch(lan.b.front, path, host, "");
+            report("foreign Host", &g, &format!("Host: {host}, {path}"));
             assert!(matches!(g.status, 421 | 403), "{host} {path}: {}", g.head);
         }
         for host in [
@@ -903,6 +908,11 @@ fn names_reach_the_mirror_encoded_once() {
             .filter_map(|e| e.str("path"))
             .collect();
         let want = format!("{REPO}/{upstream}");
+        report(
+            "double-encoded name",
+            &g,
+            &format!("asked {asked}, the mirror saw {:?}", paths.last()),
+        );
         assert!(paths.contains(&want), "{asked}: the mirror saw {paths:?}");
     }
 }
