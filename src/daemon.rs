@@ -420,7 +420,8 @@ impl Daemon {
         self.on_discovery_events(Vec::new());
     }
 
-    /// Accepts every pending connection on one listener (edge-triggered: until WouldBlock).
+    /// Accepts the pending connections on one listener (edge-triggered: until WouldBlock, or
+    /// a batch, then the rest on the listener's turn in the ready queue).
     /// Past the listener's limit a connection gets a 503 and is closed; the others go on.
     fn accept(&mut self, which: Listener) {
         loop {
@@ -431,6 +432,8 @@ impl Daemon {
                     self.timers.always(self.now + ACCEPT_RETRY, Timer::Accept);
                     return;
                 }
+                // the rest after what is already queued (listen.rs, ACCEPT_BATCH)
+                Accepted::Later => return self.ready.schedule(which.token()),
             };
             let ip = peers::normalize_addr(addr).ip();
             match (self.conns).admit(which, &mut stream, addr, &self.discovery, &self.slots) {
@@ -467,6 +470,12 @@ impl Daemon {
     }
 
     fn drive(&mut self, t: Token) {
+        if let Some(which) = Listener::of(t) {
+            if self.stopping.is_none() {
+                self.accept(which);
+            }
+            return;
+        }
         let now = self.now;
         let p = match self.slots.get_mut(t) {
             Some(Slot::Peer(c)) => {

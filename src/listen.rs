@@ -1,7 +1,10 @@
 //! The daemon's listening sockets: the peer file server's and the front's loopback ones.
 //! They are bound once at start (a reload never moves them) and accept until the kernel's
-//! queue is empty; after EMFILE they pause, leaving connections queued in the kernel, until
-//! the daemon says descriptors were freed (darkhttpd does the same).
+//! queue is empty, at most `ACCEPT_BATCH` in a row: then the listener waits for its turn in
+//! the loop's ready queue, behind the connections already accepted, so a flood of connections
+//! arriving as fast as they are accepted cannot starve the clients already in (see
+//! docs/DESIGN.md, "Faults and bans"). After EMFILE they pause, leaving connections queued in
+//! the kernel, until the daemon says descriptors were freed (darkhttpd does the same).
 
 use crate::config::Config;
 use mio::net::{TcpListener, TcpStream};
@@ -13,6 +16,13 @@ const PEER_LISTENER: Token = Token(1);
 /// Front listeners take tokens FRONT_LISTENER_BASE..+MAX_FRONT_LISTENERS.
 const FRONT_LISTENER_BASE: usize = 8;
 const MAX_FRONT_LISTENERS: usize = 8;
+/// Connections one listener accepts before the loop's other work gets a turn. Under a flood
+/// each accept past the listener's limit closes another connection, whose client comes back
+/// at once: an accept loop that ran until the kernel's queue is empty could run as long as
+/// the flood does, and a client accepted meanwhile would get neither its answer nor its
+/// bytes. 32 accepts take well under a millisecond (a few in a debug build), about what
+/// one pass of the ready queue may take (5 ms).
+pub const ACCEPT_BATCH: usize = 32;
 
 /// A startup failure with a message for the operator.
 #[derive(Debug)]
@@ -38,6 +48,14 @@ impl Listener {
             _ => None,
         }
     }
+
+    /// Its poll token (also its place in the loop's ready queue, see `Accepted::Later`).
+    pub fn token(self) -> Token {
+        match self {
+            Listener::Peers => PEER_LISTENER,
+            Listener::Front(i) => Token(FRONT_LISTENER_BASE + i),
+        }
+    }
 }
 
 /// What `Listeners::accept` found.
@@ -47,6 +65,9 @@ pub(crate) enum Accepted {
     Nothing,
     /// Out of descriptors (or kernel memory): paused until `resume`; retry soon.
     Paused,
+    /// `ACCEPT_BATCH` accepted in a row: more may wait; accept again after the work already
+    /// queued (no new readiness event comes for connections already queued).
+    Later,
 }
 
 pub(crate) struct Listeners {
@@ -55,6 +76,8 @@ pub(crate) struct Listeners {
     paused: bool,
     /// The last accept failed: its warning is given once until one succeeds.
     failing: bool,
+    /// Accepted in a row since the last `Later` or `Nothing`, per listener (peer port first).
+    streak: [usize; 1 + MAX_FRONT_LISTENERS],
 }
 
 fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
@@ -109,6 +132,7 @@ impl Listeners {
             front,
             paused: false,
             failing: false,
+            streak: [0; 1 + MAX_FRONT_LISTENERS],
         })
     }
 
@@ -157,22 +181,30 @@ impl Listeners {
         if self.paused {
             return Accepted::Nothing;
         }
-        let listener = match which {
-            Listener::Peers => &self.peer,
-            Listener::Front(i) => match self.front.get(i) {
-                Some(l) => l,
-                None => return Accepted::Nothing,
+        let (listener, streak) = match which {
+            Listener::Peers => (&self.peer, &mut self.streak[0]),
+            Listener::Front(i) => match (self.front.get(i), self.streak.get_mut(1 + i)) {
+                (Some(l), Some(s)) => (l, s),
+                _ => return Accepted::Nothing,
             },
         };
+        if *streak >= ACCEPT_BATCH {
+            *streak = 0;
+            return Accepted::Later;
+        }
         loop {
             match listener.accept() {
                 Ok((stream, addr)) => {
+                    *streak += 1;
                     if std::mem::take(&mut self.failing) {
                         info!("accepting connections again");
                     }
                     return Accepted::Conn(stream, addr);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Nothing,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    *streak = 0;
+                    return Accepted::Nothing;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE and friends: the connection stays queued in the kernel
@@ -181,6 +213,7 @@ impl Listeners {
                     }
                     self.failing = true;
                     self.paused = true;
+                    *streak = 0;
                     return Accepted::Paused;
                 }
             }
@@ -191,5 +224,56 @@ impl Listeners {
     /// and may now go on.
     pub(crate) fn resume(&mut self) -> bool {
         std::mem::take(&mut self.paused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood is accepted `ACCEPT_BATCH` at a time: `Later` between batches, then `Nothing`
+    /// once the kernel's queue is empty; the front's streak is its own.
+    #[test]
+    fn accepts_in_batches_then_says_later() {
+        let poll = mio::Poll::new().unwrap();
+        let cfg = Config {
+            port: 0,
+            peer_addr: Some("127.0.0.1".parse().unwrap()),
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Config::default()
+        };
+        let mut l = Listeners::bind(&cfg, poll.registry()).unwrap();
+        let peer = l.peer.local_addr().unwrap();
+        let front = l.front_addrs()[0];
+        let n = ACCEPT_BATCH + ACCEPT_BATCH / 2;
+        let clients: Vec<_> = (0..n)
+            .map(|_| std::net::TcpStream::connect(peer).unwrap())
+            .collect();
+        let _front_client = std::net::TcpStream::connect(front).unwrap();
+        let mut take = |which| {
+            let mut got = 0;
+            loop {
+                match l.accept(which) {
+                    Accepted::Conn(..) => got += 1,
+                    Accepted::Later => return (got, "later"),
+                    Accepted::Nothing => return (got, "nothing"),
+                    Accepted::Paused => return (got, "paused"),
+                }
+            }
+        };
+        assert_eq!(take(Listener::Peers), (ACCEPT_BATCH, "later"));
+        // another listener is not held back by the peer port's streak
+        assert_eq!(take(Listener::Front(0)), (1, "nothing"));
+        assert_eq!(take(Listener::Peers), (n - ACCEPT_BATCH, "nothing"));
+        assert_eq!(take(Listener::Peers), (0, "nothing"));
+        drop(clients);
+    }
+
+    #[test]
+    fn tokens_map_back_to_their_listener() {
+        for which in [Listener::Peers, Listener::Front(0), Listener::Front(7)] {
+            let back = Listener::of(which.token()).map(|l| format!("{l:?}"));
+            assert_eq!(back, Some(format!("{which:?}")));
+        }
     }
 }

@@ -14,9 +14,14 @@ use std::time::{Duration, Instant};
 /// A raw client: sends `GET path` and reads for at most `limit`; returns every byte read and
 /// whether the server closed the connection (EOF) within the limit.
 fn raw_get(addr: SocketAddr, path: &str, extra: &str, limit: Duration) -> (Vec<u8>, bool) {
-    let Ok(mut s) = TcpStream::connect(addr) else {
+    let Ok(s) = TcpStream::connect(addr) else {
         return (Vec::new(), true);
     };
+    raw_get_on(s, path, extra, limit)
+}
+
+/// `raw_get` on a connected stream.
+fn raw_get_on(mut s: TcpStream, path: &str, extra: &str, limit: Duration) -> (Vec<u8>, bool) {
     let host = if extra.contains("Host:") {
         ""
     } else {
@@ -592,7 +597,11 @@ fn a_busy_peer_is_skipped_not_banned() {
     let i = lan.peer("127.0.0.5", &[("*", "busy")]);
     for p in &lan.pkgs[..3] {
         let g = lan.get(&p.file);
-        report("busy peer", &g, &p.file);
+        report(
+            "busy peer",
+            &g,
+            &format!("{}; sanctions {:?}", p.file, sanctions(&lan)),
+        );
         assert!(g.status == 200 && g.body == p.bytes);
     }
     // asked for every file: never benched, never banned
@@ -733,13 +742,24 @@ fn legit_downloads(addr: SocketAddr, path: &str, want: &[u8], n: usize) -> (usiz
     let mut failed = Vec::new();
     for _ in 0..n {
         let t0 = Instant::now();
-        let (all, closed) = raw_get(addr, path, "Connection: close\r\n", Duration::from_secs(10));
+        let Ok(s) = TcpStream::connect(addr) else {
+            failed.push(format!(
+                "connect refused after {:.1} s",
+                t0.elapsed().as_secs_f64()
+            ));
+            continue;
+        };
+        let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
+        let connected = t0.elapsed().as_secs_f64();
+        let limit = Duration::from_secs(10);
+        let (all, closed) = raw_get_on(s, path, "Connection: close\r\n", limit);
         if body_of(&all) == want {
             ok += 1;
         } else {
             let first = head_of(&all).lines().next().unwrap_or("").to_string();
             failed.push(format!(
-                "{first:?} {} bytes closed={closed} after {:.1} s",
+                "{first:?} {} bytes closed={closed} after {:.1} s (port {port}, connected after \
+                 {connected:.1} s)",
                 all.len(),
                 t0.elapsed().as_secs_f64()
             ));
@@ -747,6 +767,27 @@ fn legit_downloads(addr: SocketAddr, path: &str, want: &[u8], n: usize) -> (usiz
         std::thread::sleep(Duration::from_millis(100));
     }
     (ok, failed)
+}
+
+/// This namespace's TCP counters of connections the kernel dropped before any accept:
+/// (ListenOverflows, ListenDrops, TCPReqQFullDrop) from /proc/net/netstat.
+fn listen_drops() -> [u64; 3] {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return [0; 3];
+    };
+    let pairs: Vec<(&str, u64)> = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .map(|(n, v)| (n, v.parse().unwrap_or(0)))
+        .collect();
+    let get = |k: &str| pairs.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v);
+    [
+        get("ListenOverflows"),
+        get("ListenDrops"),
+        get("TCPReqQFullDrop"),
+    ]
 }
 
 #[test]
@@ -777,13 +818,17 @@ fn hogs_and_slow_headers_leave_room_for_a_legitimate_client() {
         ] {
             let mut a = args.clone();
             a.extend(["--sources", &sources, "--path", hog_path]);
+            let drops0 = listen_drops();
             let crowd = Crowd::start(*addr, 25, &a);
             std::thread::sleep(Duration::from_secs(3));
             let n = 40;
             let (ok, failed) = legit_downloads(*addr, path, &p.bytes, n);
             let stats = crowd.finish();
+            let drops = listen_drops();
+            let drops: Vec<u64> = drops.iter().zip(drops0).map(|(a, b)| a - b).collect();
             eprintln!(
-                "FAULT {what} on the {name}: {ok} of {n} downloads succeeded; crowd {}; failures {failed:?}",
+                "FAULT {what} on the {name}: {ok} of {n} downloads succeeded; crowd {}; \
+                 kernel listen overflows/drops/reqq-full {drops:?}; failures {failed:?}",
                 stats.trim()
             );
             assert!(ok * 100 >= n * 95, "{what} on the {name}: {ok} of {n}");
@@ -822,6 +867,7 @@ fn the_front_answers_only_loopback_hosts() {
     for path in &paths {
         for host in ["attacker.example", "attacker.example:19433", "192.168.1.1"] {
             let g = fetch(lan.b.front, path, host, "");
+            report("foreign Host", &g, &format!("Host: {host}, {path}"));
             assert!(matches!(g.status, 421 | 403), "{host} {path}: {}", g.head);
         }
         for host in [
@@ -862,6 +908,11 @@ fn names_reach_the_mirror_encoded_once() {
             .filter_map(|e| e.str("path"))
             .collect();
         let want = format!("{REPO}/{upstream}");
+        report(
+            "double-encoded name",
+            &g,
+            &format!("asked {asked}, the mirror saw {:?}", paths.last()),
+        );
         assert!(paths.contains(&want), "{asked}: the mirror saw {paths:?}");
     }
 }
