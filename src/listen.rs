@@ -22,7 +22,7 @@ const MAX_FRONT_LISTENERS: usize = 8;
 /// the flood does, and a client accepted meanwhile would get neither its answer nor its
 /// bytes. 32 accepts take well under a millisecond (a few in a debug build), about what
 /// one pass of the ready queue may take (5 ms).
-pub const ACCEPT_BATCH: usize = 32;
+pub(crate) const ACCEPT_BATCH: usize = 32;
 
 /// A startup failure with a message for the operator.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ impl Listener {
     }
 
     /// Its poll token (also its place in the loop's ready queue, see `Accepted::Later`).
-    pub fn token(self) -> Token {
+    pub(crate) fn token(self) -> Token {
         match self {
             Listener::Peers => PEER_LISTENER,
             Listener::Front(i) => Token(FRONT_LISTENER_BASE + i),
