@@ -7,8 +7,8 @@
 
 use crate::auth::{Keys, ReplayGuard, Stamper};
 use crate::peers::{
-    AnnounceTimer, Bans, Bucket, Candidate, CheckOutcome, CheckReason, Checks, IgnoreReason,
-    Lookup, PeerEvent, PeerTable, RateLimiter,
+    AnnounceTimer, AnswerDelay, Bans, Bucket, Candidate, CheckOutcome, CheckReason, Checks,
+    IgnoreReason, Lookup, PeerEvent, PeerTable, RateLimiter,
 };
 use crate::protocol::{self, Announce, Answer, Header, Message, Query};
 use crate::sys::{self, IfAddr};
@@ -122,6 +122,8 @@ pub(crate) struct Discovery {
     /// Addresses of our own interfaces with their prefix, for the on-link check.
     local_nets: Vec<IfAddr>,
     lookups: HashMap<u32, Lookup>,
+    /// How late answers come: stretches the lookup budget on a loaded LAN.
+    answer_delay: AnswerDelay,
     next_lookup: u32,
     buf: Vec<u8>,
     /// Uploads in flight, reported in announcements and answers.
@@ -267,6 +269,7 @@ impl Discovery {
             limiter: RateLimiter::new(),
             local_nets: Vec::new(),
             lookups: HashMap::new(),
+            answer_delay: AnswerDelay::default(),
             // unpredictable ids: a host that does not see our QUERYs cannot answer them
             next_lookup: (random_u64() as u32).max(1),
             buf: Vec::with_capacity(protocol::MAX_DATAGRAM),
@@ -947,6 +950,7 @@ impl Discovery {
                 if peer != h.instance {
                     return;
                 }
+                self.answer_delay.answered(a.id, now);
                 if let Some(l) = self.lookups.get_mut(&a.id) {
                     let counted = l.is_pending(peer);
                     let done = l.on_answer(peer, &a);
@@ -1158,6 +1162,7 @@ impl Discovery {
             return None;
         }
         let id = self.next_lookup;
+        self.answer_delay.started(id, now);
         self.next_lookup = self.next_lookup.wrapping_add(1).max(1);
         self.lookup_round = self.lookup_round.wrapping_add(1);
         let targets: Vec<(u64, SocketAddr)> = self
@@ -1199,6 +1204,12 @@ impl Discovery {
                 answered: l.answered_count(),
             }));
         }
+    }
+
+    /// The budget for a lookup starting now: `configured`, stretched while peers' answers
+    /// come late (peers.rs `AnswerDelay`).
+    pub(crate) fn lookup_budget(&self, configured: Duration) -> Duration {
+        self.answer_delay.budget(configured)
     }
 
     /// A lookup's deadline passed: decide with what arrived.

@@ -148,7 +148,7 @@ impl Env for Loop<'_> {
         name: &str,
         expected: Option<(u64, Option<[u8; 32]>)>,
     ) -> Option<u32> {
-        let budget = self.cfg.lookup_budget;
+        let budget = self.discovery.lookup_budget(self.cfg.lookup_budget);
         let id =
             self.discovery
                 .start_lookup(name, expected, budget, self.now, &mut *self.decided)?;

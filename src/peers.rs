@@ -37,6 +37,54 @@ pub(crate) const ADDR_FAILOVER: Duration = ANNOUNCE_INTERVAL_MAX;
 /// every asked peer has answered.
 pub(crate) const LOOKUP_BUDGET: Duration = Duration::from_millis(50);
 
+/// The most a lookup's budget is stretched for late answers (see `AnswerDelay`).
+pub(crate) const MAX_LOOKUP_STRETCH: Duration = Duration::from_millis(500);
+/// Lookups whose start is remembered, so that an answer after the deadline is measured too.
+const RECENT_LOOKUPS: usize = 64;
+
+/// How late peers' answers come. On an idle LAN every asked peer answers within a few
+/// milliseconds and a lookup ends when the last one has; on a loaded one (a busy CPU, a
+/// Raspberry Pi compiling, a host swapping) answers can take longer than the configured
+/// budget, and a lookup that gives up first sends pacman to the mirror for a file the LAN
+/// holds. This keeps a decaying high-water mark of the answer delays it sees, answers that
+/// came after their lookup's deadline included, and stretches the budget to twice that mark,
+/// at most MAX_LOOKUP_STRETCH. Stretching costs nothing while peers answer (the lookup ends
+/// at the last answer); it costs a wait only for a peer that never does. Time passed in.
+#[derive(Debug, Default)]
+pub(crate) struct AnswerDelay {
+    recent: VecDeque<(u32, Instant)>,
+    mark: Duration,
+}
+
+impl AnswerDelay {
+    /// Lookup `id` started at `now`.
+    pub(crate) fn started(&mut self, id: u32, now: Instant) {
+        if self.recent.len() >= RECENT_LOOKUPS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((id, now));
+    }
+
+    /// A known peer answered lookup `id` at `now`, in time or not. The mark rises at once to
+    /// a longer delay and falls by an eighth of the gap with each shorter one.
+    pub(crate) fn answered(&mut self, id: u32, now: Instant) {
+        let Some(&(_, at)) = self.recent.iter().rev().find(|(i, _)| *i == id) else {
+            return;
+        };
+        let d = now.saturating_duration_since(at);
+        self.mark = if d >= self.mark {
+            d
+        } else {
+            self.mark - (self.mark - d) / 8
+        };
+    }
+
+    /// The budget for the next lookup: the configured one, or more while answers come late.
+    pub(crate) fn budget(&self, configured: Duration) -> Duration {
+        configured.max((self.mark * 2).min(MAX_LOOKUP_STRETCH))
+    }
+}
+
 /// Delay until the next periodic announcement, uniform in interval ± jitter; `random` is any
 /// random u64 from the caller (no RNG in here, so tests are deterministic).
 pub(crate) fn next_announce_delay(random: u64) -> Duration {
@@ -1498,6 +1546,53 @@ mod tests {
         assert_eq!(t.get(1).unwrap().addr, v4(1));
         assert!(t.expire(t0 + secs(100) + PEER_EXPIRY).is_empty());
         assert_eq!(t.expire(t0 + secs(110) + PEER_EXPIRY).len(), 1);
+    }
+
+    #[test]
+    fn lookup_budget_stretches_for_late_answers_and_recovers() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = AnswerDelay::default();
+        assert_eq!(
+            d.budget(LOOKUP_BUDGET),
+            LOOKUP_BUDGET,
+            "idle: the configured budget"
+        );
+        d.started(1, t0);
+        d.answered(1, t0 + ms(2));
+        assert_eq!(
+            d.budget(LOOKUP_BUDGET),
+            LOOKUP_BUDGET,
+            "fast answers change nothing"
+        );
+        // an answer after its lookup's deadline (a loaded peer) stretches the next budget
+        d.started(2, t0 + ms(10));
+        d.answered(2, t0 + ms(130));
+        assert_eq!(d.budget(LOOKUP_BUDGET), ms(240));
+        assert_eq!(
+            d.budget(ms(1000)),
+            ms(1000),
+            "a larger configured budget stays"
+        );
+        // ... never past MAX_LOOKUP_STRETCH
+        d.started(3, t0 + ms(200));
+        d.answered(3, t0 + ms(3200));
+        assert_eq!(d.budget(LOOKUP_BUDGET), MAX_LOOKUP_STRETCH);
+        // prompt answers bring it back down
+        for i in 10..80u32 {
+            let at = t0 + ms(4000 + u64::from(i) * 10);
+            d.started(i, at);
+            d.answered(i, at + ms(1));
+        }
+        assert_eq!(d.budget(LOOKUP_BUDGET), LOOKUP_BUDGET);
+        // answers to lookups it does not remember (never started, or pushed out by the
+        // RECENT_LOOKUPS since: id 1 is) count for nothing
+        d.answered(999, t0 + ms(9000));
+        d.answered(1, t0 + ms(9000));
+        assert_eq!(d.budget(LOOKUP_BUDGET), LOOKUP_BUDGET);
+        // a remembered one does, however late
+        d.answered(79, t0 + ms(9000));
+        assert_eq!(d.budget(LOOKUP_BUDGET), MAX_LOOKUP_STRETCH);
     }
 
     #[test]
