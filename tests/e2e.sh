@@ -590,7 +590,9 @@ for i in 3 4; do
   # shellcheck disable=SC2086
   uncache "$i" $ALL
 done
-wait_for "$EXPIRE_WAIT" sees 4 1 && wait_for "$EXPIRE_WAIT" sees 4 2
+for i in 3 4; do for j in 1 2; do
+  wait_for "$EXPIRE_WAIT" sees "$i" "$j" || ko "host $i does not see host $j"
+done; done
 m=$(mark)
 # shellcheck disable=SC2086
 { pm_bg 3 -S $ALL; pm_bg 4 -S $ALL; pm_wait 3; pm_wait 4; }
