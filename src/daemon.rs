@@ -233,7 +233,9 @@ impl Daemon {
     }
 
     /// Due timers, in order. A lookup is decided only after the datagrams waiting in the
-    /// sockets are read: its answers may have arrived while the loop was busy.
+    /// sockets are read: its answers may have arrived while the loop was busy. (Answers to
+    /// lookups come to the query sockets their QUERYs left from, or to the unicast ones
+    /// when a family has no query socket.)
     fn run_timers(&mut self) {
         let mut read = false;
         for _ in 0..TIMERS_PER_PASS {
@@ -242,8 +244,14 @@ impl Daemon {
             };
             if matches!(t, Timer::Lookup(_)) && !read {
                 read = true;
-                self.on_datagrams(discovery::UNICAST_V4);
-                self.on_datagrams(discovery::UNICAST_V6);
+                for t in [
+                    discovery::QUERY_V4,
+                    discovery::QUERY_V6,
+                    discovery::UNICAST_V4,
+                    discovery::UNICAST_V6,
+                ] {
+                    self.on_datagrams(t);
+                }
             }
             self.on_timer(t);
         }
