@@ -244,12 +244,7 @@ impl Daemon {
             };
             if matches!(t, Timer::Lookup(_)) && !read {
                 read = true;
-                for t in [
-                    discovery::QUERY_V4,
-                    discovery::QUERY_V6,
-                    discovery::UNICAST_V4,
-                    discovery::UNICAST_V6,
-                ] {
+                for t in discovery::ANSWER_SOCKETS {
                     self.on_datagrams(t);
                 }
             }

@@ -26,6 +26,9 @@ pub(crate) const UNICAST_V4: Token = Token(32);
 pub(crate) const UNICAST_V6: Token = Token(33);
 pub(crate) const QUERY_V4: Token = Token(34);
 pub(crate) const QUERY_V6: Token = Token(35);
+/// Where answers to lookups arrive (the query sockets; the unicast ones when a family has
+/// none): read before a lookup's deadline decides it.
+pub(crate) const ANSWER_SOCKETS: [Token; 4] = [QUERY_V4, QUERY_V6, UNICAST_V4, UNICAST_V6];
 /// Checks (peers.rs `Checks`) leave from these and their ANSWERs arrive here.
 pub(crate) const CHECK_V4: Token = Token(36);
 pub(crate) const CHECK_V6: Token = Token(37);
