@@ -303,18 +303,21 @@ impl Daemon {
 
     fn on_datagrams(&mut self, token: Token) {
         let mut events = Vec::new();
-        let (cache, index) = (&self.cache, &self.index);
+        let (cache, index, front, now) = (&self.cache, &self.index, &self.front, self.now);
         // The size is the file's; the SHA-256 is what this host's own sync db says of a
         // file of that name and size: pacman checked its cached copy against that db, and a
         // host of another architecture (Arch ARM) names another build, so an asker whose db
         // differs skips us without a transfer and without a ban (docs/DESIGN.md).
+        // Not in the cache: a copy here, verified or on its way (front.rs).
         let mut has_file = |name: &str| {
-            let size = cache.size_of(name)?;
+            let Some(size) = cache.size_of(name) else {
+                return front.in_flight(name, now);
+            };
             let sha = index
                 .lookup_any(name)
                 .filter(|(_, i)| i.size == size)
                 .and_then(|(_, i)| i.sha256);
-            Some((size, sha))
+            Some((size, sha, None))
         };
         self.discovery.uploads = self.uploads_in_flight();
         self.discovery
@@ -369,6 +372,17 @@ impl Daemon {
         // the stager's queue has room again: peer copies paused for it read on
         if self.stager.take_room_freed() {
             for t in self.front.copy_fetches("") {
+                self.ready.schedule(t);
+            }
+            for t in self.front.tee_fetches() {
+                self.ready.schedule(t);
+            }
+        }
+        // a copy that peers are sent while it grows got bytes (or failed)
+        if self.stager.take_grown() {
+            let starved =
+                |t: &Token| matches!(self.slots.get(*t), Some(Slot::Peer(c)) if c.starved());
+            for t in self.slots.tokens().into_iter().filter(starved) {
                 self.ready.schedule(t);
             }
         }
@@ -750,7 +764,9 @@ impl Daemon {
                 if p == conn::Progress::Request
                     && let Some(req) = c.take_request()
                 {
-                    server::answer(c, &req, &self.cache, self.discovery.keys());
+                    let front = &self.front;
+                    let arriving = |name: &str| front.growing(name);
+                    server::answer_with(c, &req, &self.cache, self.discovery.keys(), &arriving);
                 }
                 self.after_drive(t, p)
             }
@@ -838,6 +854,10 @@ impl Daemon {
         // backpressure: a proxied stream reads what its client's buffer has room for, a
         // peer copy what the stager's queue has
         let room = match self.front.fetch_client(tok).map(|c| self.slots.get(c)) {
+            // a proxy that also feeds a copy: the stager's room too
+            Some(Some(Slot::Front(c))) if self.front.is_tee(tok) => {
+                c.stream_room().min(self.stager.handle().room())
+            }
             Some(Some(Slot::Front(c))) => c.stream_room(),
             Some(_) => usize::MAX,
             // a peer's .sig waits for nobody's room (a full stager must not stall it)

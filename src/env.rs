@@ -161,6 +161,10 @@ impl Env for Loop<'_> {
         !self.discovery.peers.is_empty()
     }
 
+    fn instance(&self) -> u64 {
+        self.discovery.instance()
+    }
+
     fn peer_addr(&self, instance: u64) -> Option<SocketAddr> {
         self.discovery.peers.get(instance).map(|p| p.tcp_addr())
     }

@@ -2,7 +2,7 @@
 //! schedule, per-source rate limiting, peer bans and one "who has this file?" lookup round.
 //! Every function takes `now`, so the event loop (discovery.rs) owns time and tests move it.
 
-use crate::protocol::{Announce, Answer, Header, Query, VERSION};
+use crate::protocol::{Announce, Answer, Arriving, Header, InFlight, Query, VERSION};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
@@ -991,6 +991,8 @@ pub struct Candidate {
     pub size: u64,
     pub sha256: Option<[u8; 32]>,
     pub uploads: u16,
+    /// Not whole there yet: it is arriving (an ARRIVING answer, docs/PROTOCOL.md §4.6).
+    pub arriving: Option<InFlight>,
 }
 
 /// One "who has this file?" round: the peers asked, their answers in arrival order, and the
@@ -1003,6 +1005,8 @@ pub struct Lookup {
     /// (instance, answered), duplicates removed, at most MAX_PEERS.
     asked: Vec<(u64, bool)>,
     answers: Vec<(u64, Answer)>,
+    /// ARRIVING answers, in arrival order.
+    arriving: Vec<(u64, Arriving)>,
     deadline: Instant,
 }
 
@@ -1026,6 +1030,7 @@ impl Lookup {
             expected,
             asked: list,
             answers: Vec::new(),
+            arriving: Vec::new(),
             deadline,
         }
     }
@@ -1070,6 +1075,23 @@ impl Lookup {
         self.all_answered()
     }
 
+    /// An ARRIVING answer (the file is on its way there), recorded as `on_answer` records a
+    /// HAVE. Returns whether every asked peer has now answered.
+    pub fn on_arriving(&mut self, from_instance: u64, a: &Arriving) -> bool {
+        if a.id != self.id {
+            return self.all_answered();
+        }
+        let slot = self
+            .asked
+            .iter_mut()
+            .find(|(inst, answered)| *inst == from_instance && !answered);
+        if let Some(slot) = slot {
+            slot.1 = true;
+            self.arriving.push((from_instance, a.clone()));
+        }
+        self.all_answered()
+    }
+
     /// Whether `instance` was asked and has not answered yet.
     pub fn is_pending(&self, instance: u64) -> bool {
         self.asked
@@ -1091,7 +1113,7 @@ impl Lookup {
     }
 
     pub fn answered_count(&self) -> usize {
-        self.answers.len()
+        self.answers.len() + self.arriving.len()
     }
 
     pub fn all_answered(&self) -> bool {
@@ -1147,10 +1169,40 @@ impl Lookup {
                 size: a.size,
                 sha256: a.sha256,
                 uploads: a.uploads,
+                arriving: None,
             })
             .collect();
         // Stable, so equal upload counts keep answer order.
         out.sort_by_key(|c| c.uploads);
+        // then the copies in flight that fit the same way: fetching before looking, the
+        // furthest along first (whether to join one is the asker's decision: front.rs)
+        let mut flying: Vec<Candidate> = self
+            .arriving
+            .iter()
+            .filter(|(_, a)| {
+                let as_have = Answer {
+                    id: a.id,
+                    have: true,
+                    size: a.size,
+                    sha256: a.sha256,
+                    uploads: a.uploads,
+                };
+                self.matches(&as_have)
+            })
+            .map(|(inst, a)| Candidate {
+                instance: *inst,
+                size: a.size,
+                sha256: a.sha256,
+                uploads: a.uploads,
+                arriving: Some(InFlight {
+                    received: a.received,
+                    rate: a.rate,
+                    looking: a.looking,
+                }),
+            })
+            .collect();
+        flying.sort_by_key(|c| c.arriving.map(|f| (f.looking, u64::MAX - f.received)));
+        out.extend(flying);
         out
     }
 }
