@@ -318,11 +318,17 @@ pub struct Front {
     pub stats: FrontStats,
     /// `/metrics` and the lifetime counters (the daemon loads and saves them).
     pub metrics: Metrics,
+    /// `FLOCON_NO_JOIN=1` (benchmarks): no copy kept from upstream, none offered in flight,
+    /// as before "One download per LAN".
+    no_join: bool,
 }
 
 impl Front {
     pub fn new() -> Self {
-        Self::default()
+        Front {
+            no_join: std::env::var_os("FLOCON_NO_JOIN").is_some_and(|v| v == "1"),
+            ..Self::default()
+        }
     }
 
     /// Front requests waiting for something.
@@ -913,7 +919,7 @@ impl Front {
         let Some(c) = self.copies.get_mut(file) else {
             return false;
         };
-        if c.tee_tried || c.transfer.received > 0 {
+        if self.no_join || c.tee_tried || c.transfer.received > 0 {
             return false;
         }
         c.tee_tried = true;
@@ -992,6 +998,9 @@ impl Front {
         name: &str,
         now: Instant,
     ) -> Option<(u64, Option<[u8; 32]>, Option<InFlight>)> {
+        if self.no_join {
+            return None;
+        }
         let c = self.copies.get(name)?;
         let t = &c.transfer;
         let (size, sha) = (t.expected.size, t.expected.sha256);

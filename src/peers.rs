@@ -1175,7 +1175,8 @@ impl Lookup {
         // Stable, so equal upload counts keep answer order.
         out.sort_by_key(|c| c.uploads);
         // then the copies in flight that fit the same way: fetching before looking, the
-        // furthest along first (whether to join one is the asker's decision: front.rs)
+        // furthest along first, the lowest instance first (the one that fetches when all are
+        // still looking); whether to join one is the asker's decision (front.rs)
         let mut flying: Vec<Candidate> = self
             .arriving
             .iter()
@@ -1201,7 +1202,14 @@ impl Lookup {
                 }),
             })
             .collect();
-        flying.sort_by_key(|c| c.arriving.map(|f| (f.looking, u64::MAX - f.received)));
+        flying.sort_by_key(|c| {
+            let f = c.arriving.unwrap_or(InFlight {
+                received: 0,
+                rate: 0,
+                looking: true,
+            });
+            (f.looking, u64::MAX - f.received, c.instance)
+        });
         out.extend(flying);
         out
     }
