@@ -1810,6 +1810,49 @@ mod tests {
     }
 
     #[test]
+    fn copies_in_flight_rank_after_every_have_and_the_lowest_looking_first() {
+        let t0 = Instant::now();
+        let sha = Some([7; 32]);
+        let mut l = Lookup::new(
+            9,
+            "f".into(),
+            Some((1000, sha)),
+            vec![1, 2, 3, 4, 5, 6],
+            t0 + LOOKUP_BUDGET,
+        );
+        let arr = |received, looking, sha| Arriving {
+            id: 9,
+            size: 1000,
+            sha256: sha,
+            uploads: 0,
+            received,
+            rate: if looking { 0 } else { 500 },
+            looking,
+        };
+        assert!(!l.on_arriving(6, &arr(0, true, sha)));
+        assert!(!l.on_arriving(5, &arr(0, true, sha)));
+        assert!(!l.on_arriving(4, &arr(100, false, sha)));
+        assert!(
+            !l.on_arriving(3, &arr(600, false, Some([8; 32]))),
+            "another build"
+        );
+        assert!(!l.on_arriving(2, &arr(300, false, sha)));
+        assert!(!l.can_decide(t0), "a copy in flight never decides early");
+        assert!(l.on_answer(1, &have(9, 1000, sha, 3)));
+        let order: Vec<(u64, bool)> = l
+            .candidates()
+            .iter()
+            .map(|c| (c.instance, c.arriving.is_some()))
+            .collect();
+        assert_eq!(
+            order,
+            [(1, false), (2, true), (4, true), (5, true), (6, true)],
+            "HAVE, then fetching (furthest first), then looking (lowest first); no other build"
+        );
+        assert_eq!(l.answered_count(), 6);
+    }
+
+    #[test]
     fn lookup_completes_when_all_answered() {
         let t0 = Instant::now();
         let dl = t0 + LOOKUP_BUDGET;

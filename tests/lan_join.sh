@@ -10,8 +10,10 @@
 #   2  the host whose flocon fetches a package is killed half-way: the host that joined its
 #      copy finishes, and asks the mirror only for the missing range
 #   3  a host whose sync db names another build of a package does not join a copy of it
-# LANJOIN_OFF=1 runs scenario 1 with joining turned off (FLOCON_NO_JOIN=1 in every flocon)
-# and only prints its numbers (bench/lanjoin.sh uses it for the side-by-side).
+# For bench/lanjoin.sh: LANJOIN_MODE=nojoin runs scenario 1 with joining turned off
+# (FLOCON_NO_JOIN=1: flocon as before this feature), LANJOIN_MODE=direct with pacman straight
+# to the mirror (no flocon); LANJOIN_HOSTS=1 has only host 1 install; LANJOIN_ONLY1=1 stops
+# after scenario 1. Each prints a "# RESULT" line.
 # Prints one line per check and "N passed, N failed".
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -188,13 +190,14 @@ echo "# scenario 1: 4 hosts, pacman -S $SET at the same moment"
 m=$(mark)
 rm -f "$W/go"
 jobs=()
-for i in $(seq $N); do pm "$i" -S $SET & jobs+=($!); done
+RUN=${LANJOIN_HOSTS:-$N}
+for i in $(seq "$RUN"); do pm "$i" -S $SET & jobs+=($!); done
 sleep 0.3
 t0=$(date +%s.%N)
 touch "$W/go"
 wait "${jobs[@]}"
 wall=$(echo "$(date +%s.%N) - $t0" | bc)
-for i in $(seq $N); do
+for i in $(seq "$RUN"); do
   pm_result "$i"
   if pm_clean "$i" && installed "$i" $SET; then ok "host $i: pacman -S rc 0, no error, installed (${EL[$i]} s)"
   else ko "host $i: pacman -S"; show_pm "$i"; fi
@@ -202,8 +205,8 @@ done
 bytes=$(pkg_lines "$m" | awk '{ split($6, s, "="); n += s[2] } END { print n + 0 }')
 reqs=$(pkg_lines "$m" | wc -l)
 ratio=$(echo "scale=2; $bytes / $SET_BYTES" | bc)
-echo "# RESULT mode=$MODE wall_s=$wall mirror_bytes=$bytes set_bytes=$SET_BYTES ratio=$ratio package_requests=$reqs"
-if [[ $MODE == join ]]; then
+echo "# RESULT mode=$MODE hosts=$RUN wall_s=$wall mirror_bytes=$bytes set_bytes=$SET_BYTES ratio=$ratio package_requests=$reqs"
+if [[ $MODE == join && $RUN == "$N" ]]; then
   for n in $SET; do
     c=$(pkg_lines "$m" "${FILE[$n]}" | wc -l)
     if (( c == 1 )); then ok "$n: the mirror was asked once in all"
@@ -214,7 +217,7 @@ if [[ $MODE == join ]]; then
   kept=$(cat "$W"/h*/flocon.log | grep -c "verified and kept for the LAN")
   check "copies in flight were joined ($joined) and kept copies verified ($kept)" [ "$joined" -gt 0 -a "$kept" -gt 0 ]
 fi
-if [[ $MODE != join ]]; then echo "$pass passed, $fail failed"; (( fail == 0 )); exit; fi
+if [[ $MODE != join || ${LANJOIN_ONLY1:-0} == 1 || $RUN != "$N" ]]; then echo "$pass passed, $fail failed"; (( fail == 0 )); exit; fi
 
 # ------------------------------------------------------------------------------ 2
 echo "# scenario 2: the fetching host is killed half-way; the joiner finishes from the mirror's range"
