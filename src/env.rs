@@ -165,6 +165,10 @@ impl Env for Loop<'_> {
         self.discovery.instance()
     }
 
+    fn keep_max(&self) -> u64 {
+        self.cfg.keep_max_bytes
+    }
+
     fn peer_addr(&self, instance: u64) -> Option<SocketAddr> {
         self.discovery.peers.get(instance).map(|p| p.tcp_addr())
     }

@@ -215,6 +215,11 @@ struct Copy {
     teed: bool,
     /// A tee was considered once: a copy whose tee failed goes upstream as before.
     tee_tried: bool,
+    /// Kept from an upstream answer (counts against `keep-max-mb` until it is gone).
+    kept: bool,
+    /// The current source is a peer's copy in flight (joined): it comes at the pace of that
+    /// peer's own source.
+    joined: bool,
 }
 
 /// A `.sig` is asked first from the peer that served its package.
@@ -305,6 +310,8 @@ pub trait Env {
     fn peer_served(&mut self, _instance: u64) {}
     /// This daemon's instance (the race tie-break: the lower one fetches).
     fn instance(&self) -> u64;
+    /// Bytes of upstream answers kept for the LAN at once (`keep-max-mb`).
+    fn keep_max(&self) -> u64;
 }
 
 #[derive(Default)]
@@ -582,6 +589,8 @@ impl Front {
             pace_timer: None,
             teed: false,
             tee_tried: false,
+            kept: false,
+            joined: false,
         };
         self.copies.insert(file.to_string(), copy);
         let until = now + transfer::REDIRECT_AFTER;
@@ -813,6 +822,7 @@ impl Front {
             let resume = tr.received;
             tr.begin_source(cand.instance, addr, now);
             c.tried.push((cand.clone(), addr));
+            c.joined = cand.arriving.is_some();
             c.pace_mark = (now, resume);
             if let Some(id) = c.pace_timer.take() {
                 env.cancel(id);
@@ -924,6 +934,15 @@ impl Front {
         }
         c.tee_tried = true;
         let (repo, arch, serial) = (c.transfer.repo.clone(), c.transfer.arch.clone(), c.serial);
+        let size = c.transfer.expected.size;
+        let kept: u64 = (self.copies.values())
+            .filter(|c| c.kept)
+            .map(|c| c.transfer.expected.size)
+            .fold(0, u64::saturating_add);
+        if kept.saturating_add(size) > env.keep_max() {
+            debug!("{file}: {kept} bytes kept for the LAN already; this one is not kept");
+            return false;
+        }
         let first = env.upstreams(&repo, &arch).into_iter().next();
         if !first.is_some_and(|u| u.starts_with("http://")) {
             return false;
@@ -948,6 +967,7 @@ impl Front {
             c.transfer.begin_source(MIRROR, nowhere, now);
             c.transfer.candidates.clear();
             c.teed = true;
+            c.kept = true;
         }
         debug!("{file}: nobody on the LAN has it; fetching it upstream for the LAN too");
         let tee = Some((file.to_string(), serial));
@@ -1648,7 +1668,13 @@ impl Front {
         let got = tr.received.saturating_sub(mark);
         let left = tr.expected.size - tr.received;
         let time_left = COPY_BUDGET.saturating_sub(now.saturating_duration_since(tr.started));
-        let pace = policy::pace(got, over, left, time_left);
+        let pace = match policy::pace(got, over, left, time_left) {
+            // a copy in flight at the peer arrives at the pace of that peer's own source,
+            // whatever that is now (a shared link, the other files of its transaction): only
+            // a stall counts; pacman's redirect rounds still bound the wait
+            Pace::Drip | Pace::TooSlow if c.joined && got > 0 => Pace::Keep,
+            p => p,
+        };
         if over >= policy::PACE_MEASURE {
             c.pace_mark = (now, tr.received);
         }
@@ -2110,6 +2136,7 @@ mod tests {
         dns_cache: HashMap<String, Vec<SocketAddr>>,
         resolving: Vec<(u64, String)>,
         instance: u64,
+        keep_max: u64,
     }
 
     impl Fake {
@@ -2143,6 +2170,7 @@ mod tests {
                 dns_cache: HashMap::new(),
                 resolving: Vec::new(),
                 instance: 0x5000,
+                keep_max: 512 << 20,
             }
         }
 
@@ -2231,6 +2259,9 @@ mod tests {
         }
         fn instance(&self) -> u64 {
             self.instance
+        }
+        fn keep_max(&self) -> u64 {
+            self.keep_max
         }
         fn peer_addr(&self, instance: u64) -> Option<SocketAddr> {
             self.peers.get(&instance).copied()
@@ -2557,20 +2588,53 @@ mod tests {
     }
 
     #[test]
+    fn keep_max_bounds_what_is_kept_for_the_lan() {
+        let (mut f, mut env) = (Front::new(), Fake::new("keepmax"));
+        package(&mut env, 5000);
+        env.keep_max = 4999;
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![]);
+        let tok = env.fetch_to("10.0.0.100:80").expect("upstream as before");
+        assert!(!f.is_tee(tok), "not kept: over the bound");
+        assert!(f.growing(PKG).is_none());
+        env.keep_max = 5000;
+        ask(&mut f, &mut env, Token(2), PKG);
+        decide(&mut f, &mut env, 2, vec![]);
+        assert!(f.growing(PKG).is_some(), "kept: within the bound");
+    }
+
+    #[test]
     fn a_copy_in_flight_is_joined_when_it_can_finish_in_time() {
         let (mut f, mut env) = (Front::new(), Fake::new("join"));
-        let data = package(&mut env, 100_000_000);
-        let _ = data;
+        let data = package(&mut env, 10_000_000);
         ask(&mut f, &mut env, Token(1), PKG);
-        // PEER1 fetches it at 2.5 MB/s: 60 MB left take 24 s, within the budget
+        // PEER1 fetches it at 500 kB/s: 6 MB left take 12 s, within the budget
         decide(
             &mut f,
             &mut env,
             1,
-            vec![arriving(PEER1, 100_000_000, 40_000_000, 2_500_000, false)],
+            vec![arriving(PEER1, 10_000_000, 4_000_000, 500_000, false)],
         );
-        assert!(env.fetch_to("10.0.0.1:19432").is_some(), "joined");
+        let t = env.fetch_to("10.0.0.1:19432").expect("joined");
         assert!(env.fetch_to("10.0.0.100:80").is_none(), "no upstream");
+        // it slows down for a while (its link is shared): a drip from an ordinary peer, but
+        // a copy in flight is kept while bytes come
+        event(&mut f, &mut env, t, head(200, 10_000_000));
+        for i in 0..8 {
+            event(&mut f, &mut env, t, body(&data[i * 1000..(i + 1) * 1000]));
+            advance(&mut f, &mut env, Duration::from_millis(500));
+        }
+        assert!(env.strikes.is_empty(), "{:?}", env.strikes);
+        assert!(env.fetches.contains_key(&t), "still joined");
+        // then nothing at all for a whole window (3 s): a stall, as from any peer
+        for _ in 0..12 {
+            advance(&mut f, &mut env, Duration::from_millis(500));
+        }
+        assert_eq!(env.strikes.len(), 1);
+        assert!(
+            env.fetch_to("10.0.0.100:80").is_some(),
+            "the rest from the mirror"
+        );
     }
 
     #[test]
