@@ -119,6 +119,8 @@ enum Job {
         id: u64,
         path: PathBuf,
         file: Option<Arc<File>>,
+        /// The handle peers were sent the growing copy through: closed here too.
+        growing: Option<Arc<File>>,
     },
     /// Tests: the thread waits here until told, as behind a slow disk.
     #[cfg(test)]
@@ -265,8 +267,19 @@ impl StageHandle {
         let _ = self.jobs.send(Job::Verify { id, sha256 });
     }
 
-    pub fn discard(&self, id: u64, path: PathBuf, file: Option<Arc<File>>) {
-        let _ = self.jobs.send(Job::Discard { id, path, file });
+    pub fn discard(
+        &self,
+        id: u64,
+        path: PathBuf,
+        file: Option<Arc<File>>,
+        growing: Option<Arc<File>>,
+    ) {
+        let _ = self.jobs.send(Job::Discard {
+            id,
+            path,
+            file,
+            growing,
+        });
     }
 
     /// Tests: the thread stops at this point of the queue until the sender says go.
@@ -395,13 +408,19 @@ fn run(jobs: Receiver<Job>, done: Sender<Report>, shared: &Shared) {
                     }
                 }
             }
-            Job::Discard { id, path, file } => {
+            Job::Discard {
+                id,
+                path,
+                file,
+                growing,
+            } => {
                 if let Some(o) = open.remove(&id) {
                     o.growth.fail();
                     grew(&o.growth);
                 }
                 let _ = std::fs::remove_file(&path);
                 lingering.extend(file);
+                lingering.extend(growing);
             }
             #[cfg(test)]
             Job::Hold(wait) => {
@@ -430,6 +449,48 @@ pub(crate) fn counting_wake() -> (Box<dyn Fn() + Send + Sync>, Arc<Mutex<u64>>) 
 mod tests {
     use super::*;
     use crate::chunk::CHUNK_SIZE;
+
+    #[test]
+    fn growth_follows_the_writes_and_fails_with_a_discard_or_a_wrong_hash() {
+        let dir = std::env::temp_dir().join(format!("flocon-growth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (wake, wakes) = counting_wake();
+        let mut s = Stager::with_wake(&dir, wake).unwrap();
+        let h = s.handle();
+        for (name, hash_ok) in [("a", true), ("b", false)] {
+            let (id, g, path) = (h.new_id(), Growth::new(), dir.join(name));
+            h.open(id, path.clone(), g.clone());
+            g.want_wake();
+            h.write(id, Chunk::copy_of(b"hello "));
+            wait_for("bytes written", || g.written() == 6 && g.file().is_some());
+            wait_for("a wake-up for the waiting connection", || s.take_grown());
+            assert!(!s.take_grown(), "once per want_wake");
+            h.write(id, Chunk::copy_of(b"world"));
+            wait_for("more", || g.written() == 11);
+            assert!(!s.take_grown(), "nobody waited");
+            let sha: [u8; 32] = Sha256::digest(b"hello world").into();
+            h.verify(id, Some(if hash_ok { sha } else { [0; 32] }));
+            let mut r = Vec::new();
+            wait_for("a verdict", || {
+                r.extend(s.reports());
+                !r.is_empty()
+            });
+            assert_eq!(g.failed(), !hash_ok, "{name}");
+            g.fail();
+            assert_eq!(g.failed(), !hash_ok, "a whole copy stays whole");
+        }
+        // thrown away while growing: failed, its waiting connection woken
+        let (id, g, path) = (h.new_id(), Growth::new(), dir.join("c"));
+        h.open(id, path.clone(), g.clone());
+        h.write(id, Chunk::copy_of(b"x"));
+        wait_for("written", || g.written() == 1);
+        g.want_wake();
+        h.discard(id, path.clone(), None, g.file());
+        wait_for("failed and woken", || g.failed() && s.take_grown());
+        wait_for("unlinked", || !path.exists());
+        assert!(*wakes.lock().unwrap() > 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
     use std::time::{Duration, Instant};
 
     fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
@@ -489,7 +550,7 @@ mod tests {
         let serving = copy.clone();
         let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&*copy));
         let target = std::fs::read_link(&fd).unwrap();
-        h.discard(id, path.clone(), Some(copy));
+        h.discard(id, path.clone(), Some(copy), None);
         wait_for("the unlink", || !path.exists());
         std::thread::sleep(LINGER_CHECK + Duration::from_millis(100));
         assert_eq!(Arc::strong_count(&serving), 2, "kept while served");

@@ -244,8 +244,12 @@ impl Transfer {
         // peers being sent it are cut (a verified copy stays whole)
         self.growth.fail();
         if self.opened || self.copy.is_some() {
-            self.stage
-                .discard(self.stage_id, self.staged_path.clone(), self.copy.take());
+            self.stage.discard(
+                self.stage_id,
+                self.staged_path.clone(),
+                self.copy.take(),
+                self.growth.file(),
+            );
             self.opened = false;
         }
     }
