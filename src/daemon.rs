@@ -303,15 +303,17 @@ impl Daemon {
 
     fn on_datagrams(&mut self, token: Token) {
         let mut events = Vec::new();
-        let (cache, index, front, now) = (&self.cache, &self.index, &self.front, self.now);
+        self.discovery.uploads = self.uploads_in_flight();
+        let me = self.discovery.instance();
+        let (cache, index, front, now) = (&self.cache, &self.index, &mut self.front, self.now);
         // The size is the file's; the SHA-256 is what this host's own sync db says of a
         // file of that name and size: pacman checked its cached copy against that db, and a
         // host of another architecture (Arch ARM) names another build, so an asker whose db
         // differs skips us without a transfer and without a ban (docs/DESIGN.md).
         // Not in the cache: a copy here, verified or on its way (front.rs).
-        let mut has_file = |name: &str| {
+        let mut has_file = |name: &str, asker: u64| {
             let Some(size) = cache.size_of(name) else {
-                return front.in_flight(name, now);
+                return front.in_flight(name, now, (asker < me).then_some(asker));
             };
             let sha = index
                 .lookup_any(name)
@@ -319,7 +321,6 @@ impl Daemon {
                 .and_then(|(_, i)| i.sha256);
             Some((size, sha, None))
         };
-        self.discovery.uploads = self.uploads_in_flight();
         self.discovery
             .on_readable(token, self.now, &mut has_file, &mut events);
         self.on_discovery_events(events);

@@ -881,7 +881,7 @@ impl Discovery {
                     self.start_check(src, inst, CheckReason::Goodbye, now, events);
                 }
             }
-            Message::Query(q) => self.answer_query(src, &q, body.len(), has_file, now),
+            Message::Query(q) => self.answer_query(src, h.instance, &q, body.len(), has_file, now),
             Message::Answer(a) => {
                 if let Some(outcome) = self.checks.on_answer(src, a.id, h.instance) {
                     return self.on_check(outcome, now, events);
@@ -1045,6 +1045,7 @@ impl Discovery {
     fn answer_query(
         &mut self,
         src: SocketAddr,
+        asker: u64,
         q: &Query,
         query_len: usize,
         has_file: &mut HasFile,
@@ -1064,7 +1065,7 @@ impl Discovery {
         let found = if q.name == crate::peers::CHECK_NAME {
             None
         } else {
-            has_file(&q.name)
+            has_file(&q.name, asker)
         };
         let h = Header {
             instance: self.instance,
@@ -1251,8 +1252,10 @@ pub fn static_peer_of(id: u64) -> Option<usize> {
 }
 
 /// What the daemon knows of a file asked for: None, or its size and (maybe) SHA-256.
+/// What this host can say of a file (name, asking instance): its size, its SHA-256 when
+/// known, and whether it is still on its way here (docs/PROTOCOL.md §4.6).
 pub type HasFile<'a> =
-    dyn FnMut(&str) -> Option<(u64, Option<[u8; 32]>, Option<protocol::InFlight>)> + 'a;
+    dyn FnMut(&str, u64) -> Option<(u64, Option<[u8; 32]>, Option<protocol::InFlight>)> + 'a;
 
 pub enum DiscoveryEvent {
     PeerUp,

@@ -57,6 +57,11 @@ const PACE_CHECK: Duration = Duration::from_millis(500);
 const COPY_BUDGET: Duration = Duration::from_secs(
     transfer::REDIRECT_AFTER.as_secs() * (transfer::MAX_REDIRECT_ROUNDS as u64 + 1),
 );
+/// A copy in flight that has less than 1/JOIN_EARLY of the file is joined whatever its rate.
+const JOIN_EARLY: u64 = 8;
+/// A joined copy's rate is judged only after this long (before, a shared link and the other
+/// files of the source's transaction make it look slower than it is).
+const JOIN_GRACE: Duration = Duration::from_secs(10);
 /// A copy in flight elsewhere is joined only if, at its announced rate, the rest arrives
 /// within this share of COPY_BUDGET (the joiner's pacman is sent round meanwhile).
 const JOIN_SHARE: f64 = 0.75;
@@ -220,6 +225,9 @@ struct Copy {
     /// The current source is a peer's copy in flight (joined): it comes at the pace of that
     /// peer's own source.
     joined: bool,
+    /// A lower instance asked for the file while this copy was looking: it fetches (it
+    /// ignores our LOOKING), so this copy joins it if the lookup finds nothing better.
+    defer_to: Option<u64>,
 }
 
 /// A `.sig` is asked first from the peer that served its package.
@@ -591,6 +599,7 @@ impl Front {
             tee_tried: false,
             kept: false,
             joined: false,
+            defer_to: None,
         };
         self.copies.insert(file.to_string(), copy);
         let until = now + transfer::REDIRECT_AFTER;
@@ -657,6 +666,28 @@ impl Front {
                     if let Some(addr) = env.peer_addr(cand.instance) {
                         tr.candidates.push_back((cand, addr));
                     }
+                }
+                // a lower instance asked while we looked: it fetches, we join it
+                if tr.candidates.is_empty()
+                    && let Some(q) = c.defer_to
+                    && let Some(addr) = env.peer_addr(q)
+                {
+                    debug!(
+                        "{file}: {} asked for it too and fetches it; joining",
+                        env.peer_name(q)
+                    );
+                    let cand = Candidate {
+                        instance: q,
+                        size: tr.expected.size,
+                        sha256: tr.expected.sha256,
+                        uploads: 0,
+                        arriving: Some(InFlight {
+                            received: 0,
+                            rate: 0,
+                            looking: true,
+                        }),
+                    };
+                    tr.candidates.push_back((cand, addr));
                 }
                 debug!(
                     "lookup for {file}: {asked} asked, {answered} answered, {} have it",
@@ -1013,15 +1044,23 @@ impl Front {
 
     /// What a lookup is told of `name` when it is not in the cache: a verified copy held
     /// here (size, SHA-256), or one on its way (how far, how fast, or still looking).
+    /// `lower`: the asker's instance is lower than ours — if our own lookup is in flight too,
+    /// the asker will fetch and we join it (the tie-break, seen from the higher side).
     pub fn in_flight(
-        &self,
+        &mut self,
         name: &str,
         now: Instant,
+        lower: Option<u64>,
     ) -> Option<(u64, Option<[u8; 32]>, Option<InFlight>)> {
         if self.no_join {
             return None;
         }
-        let c = self.copies.get(name)?;
+        let c = self.copies.get_mut(name)?;
+        if let Some(asker) = lower
+            && c.transfer.phase == Phase::Looking
+        {
+            c.defer_to = Some(c.defer_to.map_or(asker, |d| d.min(asker)));
+        }
         let t = &c.transfer;
         let (size, sha) = (t.expected.size, t.expected.sha256);
         let f = match t.phase {
@@ -1074,8 +1113,11 @@ impl Front {
         if f.looking {
             return instance < env.instance();
         }
-        if f.rate == 0 {
-            return true; // just started: the pace check judges it from the first bytes
+        // just started: its rate says little yet (the connection's first round trips, the
+        // other files of its transaction sharing the link); the pace check judges the copy
+        // once it has run for a while
+        if f.rate == 0 || f.received < size / JOIN_EARLY {
+            return true;
         }
         let left = size.saturating_sub(f.received) as f64;
         left / f.rate as f64 <= COPY_BUDGET.as_secs_f64() * JOIN_SHARE
@@ -1672,7 +1714,13 @@ impl Front {
             // a copy in flight at the peer arrives at the pace of that peer's own source,
             // whatever that is now (a shared link, the other files of its transaction): only
             // a stall counts; pacman's redirect rounds still bound the wait
-            Pace::Drip | Pace::TooSlow if c.joined && got > 0 => Pace::Keep,
+            Pace::Drip | Pace::TooSlow
+                if c.joined
+                    && got > 0
+                    && now.saturating_duration_since(tr.started) < JOIN_GRACE =>
+            {
+                Pace::Keep
+            }
             p => p,
         };
         if over >= policy::PACE_MEASURE {
@@ -2493,7 +2541,7 @@ mod tests {
         let c = Token(1);
         ask(&mut f, &mut env, c, PKG);
         // while its own lookup is in flight, peers are told "looking"
-        let (_, _, fl) = f.in_flight(PKG, env.now).unwrap();
+        let (_, _, fl) = f.in_flight(PKG, env.now, None).unwrap();
         assert!(fl.unwrap().looking);
         decide(&mut f, &mut env, 1, vec![]);
         let tok = env.fetch_to("10.0.0.100:80").expect("the mirror");
@@ -2501,7 +2549,7 @@ mod tests {
         event(&mut f, &mut env, tok, head(200, 200_000));
         event(&mut f, &mut env, tok, body(&data[..60_000]));
         env.now += Duration::from_secs(1);
-        let (size, sha, fl) = f.in_flight(PKG, env.now).unwrap();
+        let (size, sha, fl) = f.in_flight(PKG, env.now, None).unwrap();
         let fl = fl.expect("arriving");
         assert_eq!((size, fl.received, fl.looking), (200_000, 60_000, false));
         assert!(fl.rate > 0);
@@ -2536,10 +2584,13 @@ mod tests {
         assert_eq!(growth.written(), 200_000);
         assert!(!growth.failed());
         // verified and lingering: a lookup is told HAVE
-        assert_eq!(f.in_flight(PKG, env.now).unwrap().2, None);
+        assert_eq!(f.in_flight(PKG, env.now, None).unwrap().2, None);
         assert_eq!(env.fetches_started, 1, "one upstream transfer");
         advance(&mut f, &mut env, READY_LINGER + Duration::from_secs(1));
-        assert!(f.in_flight(PKG, env.now).is_none(), "gone after its linger");
+        assert!(
+            f.in_flight(PKG, env.now, None).is_none(),
+            "gone after its linger"
+        );
     }
 
     #[test]
@@ -2556,7 +2607,10 @@ mod tests {
         event(&mut f, &mut env, tok, fetch::Event::Done);
         staged(&mut f, &mut env);
         assert!(growth.failed(), "peers sent it are cut");
-        assert!(f.in_flight(PKG, env.now).is_none(), "counts as nothing");
+        assert!(
+            f.in_flight(PKG, env.now, None).is_none(),
+            "counts as nothing"
+        );
         assert!(env.bans.is_empty() && env.strikes.is_empty());
         assert_eq!(
             env.last(Token(1)),
@@ -2585,6 +2639,33 @@ mod tests {
         decide(&mut f, &mut env, 2, vec![]);
         assert!(env.last(Token(3)).starts_with("bytes 307 https://"));
         assert!(f.growing(PKG).is_none());
+    }
+
+    #[test]
+    fn a_lower_instance_asking_while_we_look_is_joined() {
+        for (asker, joins) in [(PEER1, true), (0x9000, false)] {
+            let (mut f, mut env) = (Front::new(), Fake::new("defer"));
+            env.peers.insert(0x9000, "10.0.0.9:19432".parse().unwrap());
+            package(&mut env, 5000);
+            ask(&mut f, &mut env, Token(1), PKG);
+            // its query reached us while ours was in flight; it saw us LOOKING and, being
+            // lower, fetches; our own lookup then finds nothing (it had not started yet)
+            let lower = (asker < env.instance).then_some(asker);
+            let (_, _, fl) = f.in_flight(PKG, env.now, lower).unwrap();
+            assert!(fl.unwrap().looking);
+            decide(&mut f, &mut env, 1, vec![]);
+            let peer = if asker == PEER1 {
+                "10.0.0.1:19432"
+            } else {
+                "10.0.0.9:19432"
+            };
+            assert_eq!(env.fetch_to(peer).is_some(), joins, "{asker:#x}");
+            assert_eq!(
+                env.fetch_to("10.0.0.100:80").is_some(),
+                !joins,
+                "{asker:#x}"
+            );
+        }
     }
 
     #[test]
@@ -2640,7 +2721,10 @@ mod tests {
     #[test]
     fn a_copy_in_flight_too_slow_or_a_higher_instance_still_looking_is_not_joined() {
         for (c, why) in [
-            (arriving(PEER1, 100_000_000, 0, 1_000_000, false), "100 s"),
+            (
+                arriving(PEER1, 100_000_000, 50_000_000, 1_000_000, false),
+                "50 s left",
+            ),
             (
                 arriving(PEER1, 100_000_000, 0, 0, true),
                 "PEER1 < us: joined",
