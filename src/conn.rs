@@ -517,7 +517,10 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
                     return Ok(Some(Progress::Close));
                 }
                 g.want_wake();
-                // written meanwhile? then nobody would wake us
+                // created or written meanwhile? then nobody would wake us
+                if self.file.is_none() {
+                    self.file = g.file();
+                }
                 if g.written().min(self.end) <= self.offset || self.file.is_none() {
                     self.starved = true;
                     return Ok(Some(Progress::Blocked));
