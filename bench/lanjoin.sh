@@ -12,7 +12,7 @@
 # common start to the last pacman's end (as a multiple of one host's download).
 # Targets: join = 1.0x the set, wall <= 1.3x one host's download. About 4 minutes.
 # Environment: LANJOIN_RATE=20mbit, FLOCON_BIN=target/release/flocon. Needs what
-# tests/lan_join.sh needs (pacman, makepkg, repo-add, gpg, iproute2, util-linux, python3, bc).
+# tests/lan_join.sh needs (pacman, makepkg, repo-add, gpg, iproute2, util-linux, python3).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${FLOCON_BIN:-$ROOT/target/release/flocon}
@@ -41,5 +41,6 @@ for k in one direct nojoin join; do
   case $k in one) name="one host, straight to the mirror";; direct) name="4 hosts, straight to the mirror";;
     nojoin) name="4 hosts, flocon without joining";; join) name="4 hosts, flocon (joining)";; esac
   printf '%-34s %14s %8.2f %9.2f %8.2f\n' "$name" "${BYTES[$k]}" \
-    "$(echo "${BYTES[$k]} / ${SET[$k]}" | bc -l)" "${WALL[$k]}" "$(echo "${WALL[$k]} / ${WALL[one]}" | bc -l)"
+    "$(awk -v a="${BYTES[$k]}" -v b="${SET[$k]}" 'BEGIN { print a / b }')" "${WALL[$k]}" \
+    "$(awk -v a="${WALL[$k]}" -v b="${WALL[one]}" 'BEGIN { print a / b }')"
 done

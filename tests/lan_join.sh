@@ -148,7 +148,7 @@ pm() {
   echo "\$ pacman $*" > "$o"
   "$LAN" exec "$i" bash -c 'while [[ ! -e $0 ]]; do sleep 0.005; done; t0=$(date +%s.%N)
       LC_ALL=C pacman --config "$1" --noconfirm "${@:2}"; rc=$?
-      echo "# rc=$rc s=$(echo "$(date +%s.%N) - $t0" | bc)"; exit $rc' \
+      echo "# rc=$rc s=$(awk -v a="$t0" -v b="$(date +%s.%N)" "BEGIN { printf \"%.2f\", b - a }")"; exit $rc' \
     "$W/go" "$W/h$i/pacman.conf" "$@" >> "$o" 2>&1
   echo "$o" > "$W/h$i/pm.last"
 }
@@ -196,7 +196,7 @@ sleep 0.3
 t0=$(date +%s.%N)
 touch "$W/go"
 wait "${jobs[@]}"
-wall=$(echo "$(date +%s.%N) - $t0" | bc)
+wall=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 for i in $(seq "$RUN"); do
   pm_result "$i"
   if pm_clean "$i" && installed "$i" $SET; then ok "host $i: pacman -S rc 0, no error, installed (${EL[$i]} s)"
@@ -204,7 +204,7 @@ for i in $(seq "$RUN"); do
 done
 bytes=$(pkg_lines "$m" | awk '{ split($6, s, "="); n += s[2] } END { print n + 0 }')
 reqs=$(pkg_lines "$m" | wc -l)
-ratio=$(echo "scale=2; $bytes / $SET_BYTES" | bc)
+ratio=$(awk -v a="$bytes" -v b="$SET_BYTES" 'BEGIN { printf "%.2f", a / b }')
 echo "# RESULT mode=$MODE hosts=$RUN wall_s=$wall mirror_bytes=$bytes set_bytes=$SET_BYTES ratio=$ratio package_requests=$reqs"
 if [[ $MODE == join && $RUN == "$N" ]]; then
   for n in $SET; do
