@@ -557,6 +557,16 @@ impl Front {
             return;
         }
         let now = env.now();
+        // A copy kept from upstream is for the LAN: the local pacman has the file in its
+        // cache already, so a request for it here means pacman threw it away and asks
+        // afresh — a lookup as for any file (the peers' copies, their .sig hints).
+        if self
+            .copies
+            .get(file)
+            .is_some_and(|c| c.kept && c.transfer.phase == Phase::Ready)
+        {
+            self.copies.remove(file);
+        }
         if let Some(c) = self.copies.get(file) {
             if c.transfer.phase == Phase::Ready {
                 let len = c.transfer.expected.size;
@@ -2586,6 +2596,12 @@ mod tests {
         // verified and lingering: a lookup is told HAVE
         assert_eq!(f.in_flight(PKG, env.now, None).unwrap().2, None);
         assert_eq!(env.fetches_started, 1, "one upstream transfer");
+        // kept for the LAN, not for a local request (pacman threw its own copy away): that
+        // one is looked up afresh
+        let lookups = env.lookups.len();
+        ask(&mut f, &mut env, Token(3), PKG);
+        assert_eq!(env.lookups.len(), lookups + 1);
+        assert!(f.in_flight(PKG, env.now, None).unwrap().2.unwrap().looking);
         advance(&mut f, &mut env, READY_LINGER + Duration::from_secs(1));
         assert!(
             f.in_flight(PKG, env.now, None).is_none(),
