@@ -917,11 +917,16 @@ impl Daemon {
         );
         // strikes (policy.rs) bench a peer's address for a while: shown with the bans
         s.bans
-            .extend(self.strikes.iter(self.now).map(|(ip, left, why)| BanRow {
-                name: String::new(),
-                peer: format!("address {ip}"),
-                seconds_left: left.as_secs(),
-                reason: format!("benched: {why}"),
+            .extend(self.strikes.iter(self.now).map(|(ip, left, why)| {
+                BanRow {
+                    name: (self.discovery.peers.iter())
+                        .find(|p| p.addr.ip() == ip)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_default(),
+                    peer: format!("address {ip}"),
+                    seconds_left: left.as_secs(),
+                    reason: format!("benched: {why}"),
+                }
             }));
         s
     }

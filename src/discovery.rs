@@ -387,7 +387,7 @@ impl Discovery {
                 // IPv6 multicast on ff02:: needs a link-local address on the interface (the
                 // source the kernel picks); loopback has none, and Linux drops IPv6 multicast
                 // sent on it anyway, so `lo` gets IPv4 only
-                IpAddr::V6(v6) if self.u6.is_some() && is_link_local(&v6) => Family::V6,
+                IpAddr::V6(v6) if self.u6.is_some() && v6.is_unicast_link_local() => Family::V6,
                 _ => continue,
             };
             let local_v4 = match a.addr {
@@ -760,7 +760,7 @@ impl Discovery {
             return true;
         }
         if let IpAddr::V6(v6) = ip
-            && is_link_local(&v6)
+            && v6.is_unicast_link_local()
         {
             return true;
         }
@@ -1304,10 +1304,6 @@ pub fn split_host_port(s: &str, port: u16) -> Option<(String, u16)> {
     ok.then(|| (host.to_string(), p))
 }
 
-fn is_link_local(v6: &Ipv6Addr) -> bool {
-    (v6.segments()[0] & 0xffc0) == 0xfe80
-}
-
 fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
@@ -1374,8 +1370,6 @@ mod tests {
         assert!(same_prefix(&n6, &"fd77::ab".parse().unwrap(), 64));
         assert!(!same_prefix(&n6, &"fd78::1".parse().unwrap(), 64));
         assert!(!same_prefix(&n, &n6, 0));
-        assert!(is_link_local(&"fe80::1".parse().unwrap()));
-        assert!(!is_link_local(&"fd77::1".parse().unwrap()));
         assert_eq!(
             canonical_ip("::ffff:10.0.0.1".parse().unwrap()),
             "10.0.0.1".parse::<IpAddr>().unwrap()

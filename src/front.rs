@@ -16,6 +16,7 @@ use crate::fetch;
 use crate::guard;
 use crate::http::{self, FileKind, Method, RangeOutcome, Request};
 use crate::metrics::{Metrics, human_bytes};
+use crate::names;
 use crate::peers::Candidate;
 use crate::policy::{self, Action, Conduct, Pace};
 use crate::protocol::InFlight;
@@ -519,7 +520,7 @@ impl Front {
     /// `/.flocon/lookup/<name>[?size=N]`: one lookup, answered with what it decided. For
     /// tests and the benchmark; loopback only like everything on the front.
     fn debug_lookup(&mut self, env: &mut impl Env, t: Token, r: Asked, name: &str) {
-        if !http::is_safe_name(name) {
+        if !names::is_file_name(name.as_bytes()) {
             return answer(env, t, Reply::Error(400));
         }
         let size = r
@@ -830,7 +831,7 @@ impl Front {
             }
             Err(c) => {
                 self.end_fetch(env, tok);
-                self.judge(env, instance, c, &format!("its .sig: {c:?}"));
+                self.judge(env, instance, c, &format!("its .sig: {c}"));
                 self.upstream_again(env, client, r);
             }
         }
@@ -1194,7 +1195,7 @@ impl Front {
                             env,
                             instance,
                             c,
-                            &format!("its .sig: {c:?} past the deadline"),
+                            &format!("its .sig: {c}, past the deadline"),
                         );
                         self.upstream_again(env, t, r);
                     }
@@ -1841,7 +1842,7 @@ impl Front {
             v => {
                 self.stats.rejected_copies += 1;
                 self.metrics.rejected_copy();
-                self.copy_refused(env, file, &contributors, &format!("{v:?}"));
+                self.copy_refused(env, file, &contributors, &v.to_string());
             }
         }
     }

@@ -4,6 +4,7 @@
 //! response-head formatting and HTTP dates. Everything here is a pure function of its input,
 //! never panics on network bytes, and returns a typed `HttpError` that maps to a status code.
 
+use crate::names;
 use std::fmt::Display;
 use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,8 +21,6 @@ pub const MAX_HEADERS: usize = 32;
 pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Response header array size: CDN-fronted mirrors send 20-40 header lines.
 pub const MAX_RESPONSE_HEADERS: usize = 64;
-/// Longest file name component (the Linux NAME_MAX); longer cannot exist in a cache dir.
-pub const MAX_NAME: usize = 255;
 /// Longest chunk-size line including extensions. Real servers send "1f40\r\n"; the bound
 /// stops a peer from trickling an endless line at us.
 pub const MAX_CHUNK_LINE: usize = 1024;
@@ -405,7 +404,7 @@ pub fn peer_file_name(target: &str) -> Result<String, HttpError> {
 }
 
 /// The loopback front's path `/<repo>/os/<arch>/<file>` (docs/DESIGN.md, "The front"), each part decoded once and
-/// checked with `is_safe_name`. Returns (repo, arch, file); the file may be of any kind, the
+/// checked with `names::is_file_name`. Returns (repo, arch, file); the file may be of any kind, the
 /// front decides what to do with it by `classify`.
 pub fn front_path(target: &str) -> Result<(String, String, String), HttpError> {
     let rest = origin_path(target)?
@@ -435,7 +434,7 @@ pub fn front_path(target: &str) -> Result<(String, String, String), HttpError> {
 /// would see, so `%2e%2e` is refused as `..`.
 fn decode_component(raw: &str) -> Result<String, HttpError> {
     let name = percent_decode(raw)?;
-    if is_safe_name(&name) {
+    if names::is_file_name(name.as_bytes()) {
         Ok(name)
     } else {
         Err(HttpError::NotFound)
@@ -474,25 +473,6 @@ fn hex_value(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
-}
-
-/// A safe single path component: 1..=MAX_NAME bytes of printable ASCII without space, no
-/// '/', no '\\', no leading '.' (so neither "." nor ".." nor dot files), not ending in
-/// ".part" (pacman's and flocon's half-written files). Package file names are ASCII, so
-/// refusing the rest kills unicode look-alikes (fullwidth dots, RTL overrides) outright.
-pub fn is_safe_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_NAME
-        && b[0] != b'.'
-        && b.iter()
-            .all(|&c| c.is_ascii_graphic() && c != b'/' && c != b'\\')
-        && !ends_with_ignore_case(name, ".part")
-}
-
-fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
-    s.len() >= suffix.len()
-        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1218,6 +1198,7 @@ impl ChunkedDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::is_file_name;
 
     fn req(
         method: Method,
@@ -1623,7 +1604,7 @@ mod tests {
             peer_file_name("http://10.0.0.2:19432/a-1-1-any.pkg.tar.zst"),
             Ok(s("a-1-1-any.pkg.tar.zst"))
         );
-        let name255 = format!("{}.pkg.tar", "a".repeat(MAX_NAME - 8));
+        let name255 = format!("{}.pkg.tar", "a".repeat(crate::names::MAX_FILE_NAME - 8));
         assert_eq!(peer_file_name(&format!("/{name255}")), Ok(name255.clone()));
         assert!(peer_file_name(&format!("/a{name255}")).is_err());
         assert_eq!(
@@ -1652,21 +1633,6 @@ mod tests {
         ] {
             assert_eq!(percent_decode(bad), Err(HttpError::BadRequest), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn safe_names() {
-        assert!(is_safe_name("a"));
-        assert!(is_safe_name("a.b-c_d+e:f@g~h%i"));
-        assert!(is_safe_name(&"a".repeat(MAX_NAME)));
-        assert!(is_safe_name("a.partial"));
-        for bad in [
-            "", ".", "..", ".a", "a/b", "a\\b", "a b", "a\tb", "a\0", "a\x7f", "a\x1b", "é",
-            "a.part", "x.PaRt",
-        ] {
-            assert!(!is_safe_name(bad), "{bad:?}");
-        }
-        assert!(!is_safe_name(&"a".repeat(MAX_NAME + 1)));
     }
 
     #[test]
@@ -2163,7 +2129,11 @@ mod tests {
                 assert!(r.head_len <= input.len().min(MAX_HEAD));
                 let _ = peer_file_name(&r.target);
                 if let Ok((a, b, c)) = front_path(&r.target) {
-                    assert!(is_safe_name(&a) && is_safe_name(&b) && is_safe_name(&c));
+                    assert!(
+                        is_file_name(a.as_bytes())
+                            && is_file_name(b.as_bytes())
+                            && is_file_name(c.as_bytes())
+                    );
                 }
                 if let RangeOutcome::Partial { start, end } =
                     resolve_range(r.range.as_deref(), 1000)
@@ -2195,7 +2165,7 @@ mod tests {
                 assert!(start <= end && end < 77);
             }
             if let Ok(name) = peer_file_name(&text) {
-                assert!(is_safe_name(&name));
+                assert!(is_file_name(name.as_bytes()));
             }
             let _ = percent_decode(&text);
             let _ = parse_http_date(&text);

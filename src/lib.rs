@@ -23,6 +23,7 @@ pub mod guard;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod names;
 pub mod notify;
 pub mod outbuf;
 pub mod peers;

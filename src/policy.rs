@@ -40,6 +40,25 @@ pub enum Conduct {
     Local,
 }
 
+/// In words, for the log, the status page and ban reasons.
+impl std::fmt::Display for Conduct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conduct::WrongBytes { .. } => "sent bytes that are not the sync db's",
+            Conduct::Busy => "was busy (503)",
+            Conduct::Unreachable => "could not be reached",
+            Conduct::Gone => "no longer had the file",
+            Conduct::Stall => "stopped sending",
+            Conduct::Drip => "sent too slowly to be useful",
+            Conduct::TooSlow => "could not finish in time",
+            Conduct::Cut => "cut the connection early",
+            Conduct::BadHead => "answered with a wrong status or length",
+            Conduct::BadSig => "sent a .sig that is not an OpenPGP signature",
+            Conduct::Local => "failed on our side",
+        })
+    }
+}
+
 /// What happens to the source; the request itself always moves on to the next source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

@@ -2,6 +2,7 @@
 //! (ANNOUNCE, GOODBYE, QUERY, ANSWER), plus the well-known groups and port. No sockets here.
 //! docs/PROTOCOL.md is the normative description; this file and that one change together.
 
+use crate::names;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// First bytes of every datagram, so stray traffic on the port is dropped cheaply.
@@ -28,8 +29,8 @@ pub const MAX_DISTRO_LEN: usize = 32;
 pub const MAX_ARCHS: usize = 4;
 /// Longest real pacman arch names are ~9 bytes ("x86_64_v3", "pentium4").
 pub const MAX_ARCH_LEN: usize = 16;
-/// NAME_MAX of Linux file systems: a cache file name cannot be longer.
-pub const MAX_FILE_NAME_LEN: usize = 255;
+/// A QUERY's file name: the one rule's bound (names.rs).
+pub const MAX_FILE_NAME_LEN: usize = names::MAX_FILE_NAME;
 /// Every ANSWER has exactly this size: header + id 4 + status 1 + flags 1 + size 8 +
 /// sha256 32 + uploads 2.
 pub const ANSWER_LEN: usize = HEADER_LEN + 4 + 1 + 1 + 8 + 32 + 2;
@@ -232,17 +233,6 @@ impl Announce {
             archs: clean_archs,
         }
     }
-}
-
-/// The file-name rule of QUERY (and of the peer server): printable ASCII without space,
-/// no '/', no leading '.', 1..=255 bytes. Keeps names usable as a single path component.
-pub fn valid_file_name(name: &[u8]) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_FILE_NAME_LEN
-        && name[0] != b'.'
-        && name
-            .iter()
-            .all(|&b| (0x21..=0x7e).contains(&b) && b != b'/')
 }
 
 fn valid_distro_byte(b: u8) -> bool {
@@ -525,7 +515,7 @@ fn decode_query(r: &mut Reader<'_>) -> Result<Query, DecodeError> {
         return Err(DecodeError::BadField("sha256"));
     }
     let name = r.short_bytes(MAX_FILE_NAME_LEN, "file name")?;
-    if !valid_file_name(name) {
+    if !names::is_file_name(name) {
         return Err(DecodeError::BadField("file name"));
     }
     // Exactly the zero padding that brings the datagram to MIN_QUERY_LEN: a shorter query
@@ -536,7 +526,7 @@ fn decode_query(r: &mut Reader<'_>) -> Result<Query, DecodeError> {
     }
     Ok(Query {
         id,
-        // valid_file_name admits ASCII only.
+        // names::is_file_name admits ASCII only.
         name: String::from_utf8_lossy(name).into_owned(),
         size: (flags & QUERY_HAS_SIZE != 0).then_some(size),
         sha256: (flags & QUERY_HAS_SHA != 0).then_some(sha),
@@ -1040,14 +1030,32 @@ mod tests {
         assert_eq!((a.distro.as_str(), a.archs.len()), ("archlinux", 1));
     }
 
+    /// QUERY names follow the one file-name rule (names.rs): what it refuses is a bad field.
     #[test]
-    fn file_names() {
-        assert!(valid_file_name(b"zstd-1.5.6-1-x86_64.pkg.tar.zst.sig"));
-        assert!(valid_file_name(b"a"));
-        assert!(!valid_file_name(b".."));
-        assert!(!valid_file_name(b"x/y"));
-        assert!(!valid_file_name(b"x\x7f"));
-        assert!(!valid_file_name(&[b'a'; 256]));
+    fn query_names_follow_the_one_rule() {
+        let query = |name: &str| {
+            let m = Message::Query(Query {
+                id: 7,
+                name: name.into(),
+                size: None,
+                sha256: None,
+            });
+            let mut out = Vec::new();
+            encode(&hdr(), &m, &mut out);
+            decode(&out)
+        };
+        for good in ["zstd-1.5.6-1-x86_64.pkg.tar.zst.sig", "a", "core.db"] {
+            assert!(query(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "..", ".a", "x/y", "x\\y", "x\x7f", "a b", "a.part", "x.PART",
+        ] {
+            assert_eq!(
+                query(bad).unwrap_err(),
+                DecodeError::BadField("file name"),
+                "{bad:?}"
+            );
+        }
     }
 
     use crate::xorshift::XorShift;

@@ -6,6 +6,7 @@
 use crate::auth::Keys;
 use crate::conn::Conn;
 use crate::http::{self, FileKind, HttpError, RangeOutcome, Request};
+use crate::names;
 use crate::stager::Growth;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -50,7 +51,7 @@ impl CacheDirs {
     /// Opens a shared file by (already validated) name: a regular file whose real path is
     /// inside its cache dir. O_NONBLOCK so that a FIFO cannot block the loop at open.
     pub fn open(&self, name: &str) -> Option<(File, std::fs::Metadata)> {
-        if !http::is_safe_name(name)
+        if !names::is_file_name(name.as_bytes())
             || !matches!(
                 http::classify(name),
                 FileKind::Package | FileKind::PackageSig

@@ -13,6 +13,7 @@
 //! cheap `stat` stamp, since pacman renames a new db into place) and on which thread is left
 //! to the caller.
 
+use crate::names;
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{BufWriter, Read, Write};
@@ -50,8 +51,6 @@ pub const MAX_SIG_LEN: usize = 8 << 10;
 pub const MAX_SIG_BYTES: u64 = 64 << 20;
 /// Linux PATH_MAX; real member names (`<pkgname>-<pkgver>/desc`) are far shorter.
 pub const MAX_NAME_LEN: usize = 4096;
-/// NAME_MAX: a %FILENAME% longer than this cannot be a file in anyone's pacman cache.
-const MAX_FILENAME_LEN: usize = 255;
 /// Compressed input per read(2).
 const INPUT_CHUNK: usize = 32 << 10;
 /// Inflate output per step: big enough to keep per-call overhead small, small enough that
@@ -1148,7 +1147,7 @@ fn parse_desc(data: &[u8]) -> Option<Desc<'_>> {
         key = Some(b"");
     }
     let file = std::str::from_utf8(filename?).ok()?;
-    if !valid_filename(file) {
+    if !names::is_file_name(file.as_bytes()) {
         return None;
     }
     let size = parse_decimal(csize?)?;
@@ -1161,15 +1160,6 @@ fn parse_desc(data: &[u8]) -> Option<Desc<'_>> {
         sha256,
         sig,
     })
-}
-
-/// A name the front could ever be asked for: one path component, not hidden, printable.
-fn valid_filename(f: &str) -> bool {
-    !f.is_empty()
-        && f.len() <= MAX_FILENAME_LEN
-        && !f.starts_with('.')
-        && !f.contains('/')
-        && !f.chars().any(char::is_control)
 }
 
 pub fn sha256_hex(d: &[u8; 32]) -> String {

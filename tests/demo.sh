@@ -17,7 +17,7 @@ if [[ ! -x $BIN ]]; then
   BIN=$here/../target/release/flocon
 fi
 BIN=$(readlink -f "$BIN")
-for t in python3:python3 curl:curl ip:iproute2 tc:iproute2 unshare:util-linux; do
+for t in python3:python3 curl:curl ip:iproute2 tc:iproute2 unshare:util-linux gpg:gnupg; do
   command -v "${t%%:*}" >/dev/null || die "needs ${t%%:*} (Debian: apt-get install ${t#*:})"
 done
 
@@ -58,7 +58,14 @@ BIG=demo-big-1.0-1-x86_64.pkg.tar.zst
 TOOL=demo-tool-1.0-1-any.pkg.tar.zst
 head -c $((BIG_MB << 20)) /dev/urandom > "$R/$BIG"
 head -c $((1 << 20)) /dev/urandom > "$R/$TOOL"
-for f in "$BIG" "$TOOL"; do head -c 119 /dev/urandom > "$R/$f.sig"; done
+# real detached signatures (a throw-away key): flocon checks that a peer's .sig is one
+# OpenPGP signature packet before handing it to pacman, and benches a peer that sends junk
+G=(gpg --homedir "$W/gnupg" --batch --quiet --no-tty --passphrase '' --pinentry-mode loopback)
+mkdir -m 700 "$W/gnupg"
+"${G[@]}" --quick-gen-key "flocon demo <demo@flocon.invalid>" ed25519 sign never 2>/dev/null ||
+  die "gpg could not make a signing key"
+for f in "$BIG" "$TOOL"; do "${G[@]}" --detach-sign -o "$R/$f.sig" "$R/$f"; done
+gpgconf --homedir "$W/gnupg" --kill all 2>/dev/null || true
 # the sync db, in pacman's format: a gzip'd tar of <name>-<version>/desc
 python3 - "$R" "$BIG" "$TOOL" <<'PY'
 import hashlib, io, os, sys, tarfile
@@ -153,4 +160,9 @@ for i in $(seq $N); do
     "$(q "$i" 's["lan_hits"]')" "$(q "$i" 'round(s["lan_bytes"] / 1e6, 1)')" \
     "$(q "$i" 'round(s["upstream_bytes"] / 1e6, 1)')" "$(q "$i" 'round(s["peer_bytes_sent"] / 1e6, 1)')"
 done
+echo
+echo "what host2's operator sees: flocon status"
+"$LAN" exec 2 "$BIN" status 2>&1 | sed 's/^/  | /'
+echo "and a few lines of its Prometheus endpoint (curl http://localhost:19433/metrics):"
+"$LAN" exec 2 curl -sf http://localhost:19433/metrics | grep -E '^flocon_(lan_hits_total|lan_bytes_total|upstream_bytes_total|rejected_copies_total|bans_total|peers|lifetime_lan_bytes)[ {]' | sed 's/^/  | /'
 echo "demo done in $(el "$T0") s; removing the LAN, the daemons and $W"

@@ -218,8 +218,8 @@ cmd_isolated() {
 write_probe() {
   mkdir -p "$STATE"
   cat > "$STATE/probe.py" <<'PY'
-# recv GROUP IFACE SECS [EXPECT] | send GROUP IFACE TEXT | serve PORT NBYTES | fetch ADDR PORT
-import socket, struct, sys, time
+# recv GROUP IFACE SECS EXPECT STOPFILE | send GROUP IFACE TEXT | serve PORT NBYTES | fetch ADDR PORT
+import os, socket, struct, sys, time
 cmd, args = sys.argv[1], sys.argv[2:]
 PORT = 19432
 def family(addr): return socket.AF_INET6 if ':' in addr else socket.AF_INET
@@ -237,13 +237,17 @@ if cmd in ('recv', 'send'):
             s.bind(('::', PORT))
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, socket.inet_pton(fam, group) + struct.pack('@I', ifindex))
         print('joined', flush=True)
-        # until the expected text arrives (if given) or SECS pass: a busy machine may be slow
-        s.settimeout(0.1); end = time.monotonic() + float(args[2])
+        # until the expected text arrives, or 1 s after the sender is done (STOPFILE exists:
+        # its datagram is queued by then), or SECS pass: on a loaded machine the sender's own
+        # start-up can take seconds, so no fixed listening window
+        s.settimeout(0.1); end = time.monotonic() + float(args[2]); stop_seen = None
         while time.monotonic() < end:
+            if stop_seen is None and os.path.exists(args[4]): stop_seen = time.monotonic()
+            if stop_seen is not None and time.monotonic() - stop_seen > 1.0: break
             try: d = s.recv(512).decode()
             except socket.timeout: continue
             print(d, flush=True)
-            if len(args) > 3 and d == args[3]: break
+            if d == args[3]: break
     else:
         if fam == socket.AF_INET:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('0.0.0.0') * 2 + struct.pack('@i', ifindex))
@@ -282,12 +286,14 @@ cmd_selftest() {
   # mcast GROUP SENDER RECEIVER...: print the receivers that got the message
   mcast() {
     local g=$1 s=$2 r pids=() msg=m$RANDOM; shift 2
+    rm -f "$STATE/mc.sent"
     for r in "$@"; do
-      "$T" exec "$r" python3 "$STATE/probe.py" recv "$g" eth0 3 "$msg" > "$STATE/mc$r" 2>&1 & pids+=($!)
+      "$T" exec "$r" python3 "$STATE/probe.py" recv "$g" eth0 60 "$msg" "$STATE/mc.sent" > "$STATE/mc$r" 2>&1 & pids+=($!)
     done
-    # every receiver has joined before the send (bounded: 10 s on a loaded machine)
-    for r in "$@"; do for _ in $(seq 500); do grep -q joined "$STATE/mc$r" && break; sleep 0.02; done; done
+    # every receiver has joined before the send (bounded: 30 s on a loaded machine)
+    for r in "$@"; do for _ in $(seq 1500); do grep -q joined "$STATE/mc$r" && break; sleep 0.02; done; done
     "$T" exec "$s" python3 "$STATE/probe.py" send "$g" eth0 "$msg"
+    touch "$STATE/mc.sent"
     wait "${pids[@]}"
     for r in "$@"; do grep -qx "$msg" "$STATE/mc$r" && printf '%s ' "$r"; done; echo
   }
