@@ -14,6 +14,7 @@
 #   make bench           bench/bench.sh (peer server vs nginx, RSS, binary size),
 #                        bench/lookup.sh (lookup latency), bench/front.sh (front vs direct),
 #                        bench/io.sh (RSS with 256 slow clients, CPU per GiB of a relayed hit),
+#                        bench/lanjoin.sh (4 hosts installing at once: mirror bytes, wall),
 #                        bench/index.sh (sync-db index memory vs pacman -Sl, the three
 #                        static binaries' sizes)
 #
@@ -206,6 +207,7 @@ bench:
 	FLOCON_BIN_PREBUILT=1 bench/front.sh
 	FLOCON_BIN_PREBUILT=1 bench/io.sh
 	bench/index.sh
+	FLOCON_BIN_PREBUILT=1 bench/lanjoin.sh
 
 clean:
 	$(CARGO) clean

@@ -40,6 +40,12 @@ pub const DEFAULT_ANNOUNCE_SECS: u64 = 30;
 /// Upper bound of `--lookup-ms`: the lookup happens before pacman sees its first body byte,
 /// and pacman aborts after 10 s without one, so the wait must stay far below that.
 pub const MAX_LOOKUP_MS: u64 = 5000;
+/// Default `--keep-max-mb`: copies fetched from upstream and kept for the LAN (in flight and
+/// for READY_LINGER after), at most this many MiB at once (docs/DESIGN.md, "One download per
+/// LAN"): a few large packages of one upgrade, small enough for a Raspberry Pi's SD card.
+pub const DEFAULT_KEEP_MAX_MB: u64 = 512;
+/// Upper bound of `--keep-max-mb` (the staging area as a whole holds at most 4 GiB).
+pub const MAX_KEEP_MAX_MB: u64 = 4096;
 /// Longest `--name`: Linux's HOST_NAME_MAX, so every hostname fits.
 pub const MAX_NAME_BYTES: usize = 64;
 /// Longest interface name: the kernel's IFNAMSIZ (16) minus its NUL terminator.
@@ -110,6 +116,8 @@ pub struct Config {
     pub key_files: Vec<PathBuf>,
     pub debug: bool,
     pub lookup_budget: Duration,
+    /// Bytes of upstream answers kept for the LAN at once (`keep-max-mb`; 0: none).
+    pub keep_max_bytes: u64,
     /// `--announce-interval`: mean time between announcements (peers expire after 4×).
     pub announce_interval: Duration,
     pub name: String,
@@ -143,6 +151,7 @@ impl Default for Config {
             key_files: Vec::new(),
             debug: false,
             lookup_budget: Duration::from_millis(DEFAULT_LOOKUP_MS),
+            keep_max_bytes: DEFAULT_KEEP_MAX_MB << 20,
             announce_interval: Duration::from_secs(DEFAULT_ANNOUNCE_SECS),
             name: DEFAULT_NAME.to_string(),
             distro: DEFAULT_DISTRO.to_string(),
@@ -231,9 +240,10 @@ enum Opt {
     LookupMs,
     AnnounceInterval,
     Name,
+    KeepMaxMb,
 }
 
-const KEYS: [(&str, Opt); 16] = [
+const KEYS: [(&str, Opt); 17] = [
     ("config", Opt::Config),
     ("pacman-conf", Opt::PacmanConf),
     ("cache-dir", Opt::CacheDir),
@@ -250,6 +260,7 @@ const KEYS: [(&str, Opt); 16] = [
     ("lookup-ms", Opt::LookupMs),
     ("announce-interval", Opt::AnnounceInterval),
     ("name", Opt::Name),
+    ("keep-max-mb", Opt::KeepMaxMb),
 ];
 
 fn key_named(name: &str) -> Option<Opt> {
@@ -275,6 +286,7 @@ struct Overrides {
     lookup_ms: Option<u64>,
     announce_secs: Option<u64>,
     name: Option<String>,
+    keep_max_mb: Option<u64>,
 }
 
 impl Overrides {
@@ -299,6 +311,7 @@ impl Overrides {
             Opt::LookupMs => self.lookup_ms = Some(parse_lookup_ms(utf8(value)?)?),
             Opt::AnnounceInterval => self.announce_secs = Some(parse_announce_secs(utf8(value)?)?),
             Opt::Name => self.name = Some(parse_name(utf8(value)?)?),
+            Opt::KeepMaxMb => self.keep_max_mb = Some(parse_keep_max_mb(utf8(value)?)?),
         }
         Ok(())
     }
@@ -322,6 +335,7 @@ impl Overrides {
             lookup_ms: self.lookup_ms.or(lower.lookup_ms),
             announce_secs: self.announce_secs.or(lower.announce_secs),
             name: self.name.or(lower.name),
+            keep_max_mb: self.keep_max_mb.or(lower.keep_max_mb),
         }
     }
 }
@@ -457,6 +471,16 @@ fn parse_lookup_ms(s: &str) -> Result<u64, String> {
         Ok(ms) if (1..=MAX_LOOKUP_MS).contains(&ms) => Ok(ms),
         _ => Err(format!(
             "invalid value '{}' (expected milliseconds, 1-{MAX_LOOKUP_MS})",
+            shown(s)
+        )),
+    }
+}
+
+fn parse_keep_max_mb(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(mb) if mb <= MAX_KEEP_MAX_MB => Ok(mb),
+        _ => Err(format!(
+            "invalid value '{}' (expected MiB, 0-{MAX_KEEP_MAX_MB})",
             shown(s)
         )),
     }
@@ -728,6 +752,9 @@ fn build(cli: &CliArgs) -> Result<Config, ConfigError> {
     }
     if let Some(secs) = o.announce_secs {
         config.announce_interval = Duration::from_secs(secs);
+    }
+    if let Some(mb) = o.keep_max_mb {
+        config.keep_max_bytes = mb << 20;
     }
     config.name = match o.name {
         Some(name) => name,
@@ -1646,6 +1673,7 @@ Options (each is also a `key = value` line in the config file; the command line 
       --lookup-ms N        how long a request waits for peers, in ms (1-5000, default 50)
       --announce-interval S  seconds between announcements, peers expire after 4x (1-3600, default 30)
       --name NAME          name announced to peers (default: the hostname)
+      --keep-max-mb N      MiB of upstream answers kept for the LAN at once (0-4096, default 512; 0: none)
       --debug              log more
       --json               (status only) print JSON
   -h, --help               print this help
@@ -2039,6 +2067,7 @@ mod tests {
             &format!("[::1]:{DEFAULT_FRONT_PORT}"),
             &format!("default {DEFAULT_PEER_PORT}"),
             &format!("1-{MAX_LOOKUP_MS}, default {DEFAULT_LOOKUP_MS}"),
+            &format!("0-{MAX_KEEP_MAX_MB}, default {DEFAULT_KEEP_MAX_MB}"),
         ] {
             assert!(text.contains(needle), "{needle} missing");
         }

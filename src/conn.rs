@@ -8,6 +8,7 @@
 
 use crate::http::{self, Method, Request, Version};
 use crate::outbuf::OutBuf;
+use crate::stager::Growth;
 use crate::sys;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -28,6 +29,9 @@ pub(crate) const MAX_STREAM_BUFFER: usize = 32 * 1024;
 pub(crate) const SENDFILE_CHUNK: usize = 1 << 20;
 /// sendfile calls per readiness turn before the connection goes to the back of the queue.
 pub(crate) const SENDFILE_CALLS_PER_TURN: usize = 4;
+/// Longest a copy sent while it grows may bring nothing new before the connection is cut
+/// (the requester's own pace check gives up after 3 s; this only frees the slot).
+pub(crate) const GROWTH_STALL: Duration = Duration::from_secs(15);
 /// Room a chunked stream keeps for its framing: one chunk's size line and CRLF, and the last
 /// chunk (a streamed answer of unknown length is chunked to an HTTP/1.1 client, so that a
 /// source cut short never reaches it as a clean end).
@@ -65,6 +69,11 @@ pub(crate) struct Conn<S> {
     out: OutBuf,
     /// Shared with whoever else serves the same staged copy (see `answer_file`).
     file: Option<Arc<File>>,
+    /// The file is still being written (a copy in flight): send what is written, wait for
+    /// more, cut when it fails.
+    growth: Option<Arc<Growth>>,
+    /// Everything written so far is sent: waiting for `growth` to grow.
+    starved: bool,
     offset: u64,
     end: u64,
     /// Body bytes still promised by a streaming answer (None: until the source ends).
@@ -95,6 +104,8 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             inbuf: Vec::new(),
             out: OutBuf::new(MAX_STREAM_BUFFER),
             file: None,
+            growth: None,
+            starved: false,
             offset: 0,
             end: 0,
             stream_left: None,
@@ -125,6 +136,10 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
             State::WaitingForHead => now.duration_since(self.last_active) > self.idle_timeout,
             // the daemon owns the deadline while it looks for the bytes
             State::WaitingForSource => false,
+            State::SendingFile if self.starved => {
+                self.growth.as_ref().is_some_and(|g| g.failed())
+                    || now.duration_since(self.last_active) > GROWTH_STALL
+            }
             State::SendingHead | State::SendingFile => {
                 now.duration_since(self.last_active) > SEND_STALL_TIMEOUT
             }
@@ -156,6 +171,11 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     /// The request the last `Progress::Request` announced.
     pub(crate) fn take_request(&mut self) -> Option<Request> {
         self.pending.take()
+    }
+
+    /// It sent every byte its growing file has so far and waits for more.
+    pub(crate) fn starved(&self) -> bool {
+        self.state == State::SendingFile && self.starved
     }
 
     /// Room for more streamed bytes (backpressure on the upstream read).
@@ -254,6 +274,8 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     fn begin(&mut self) {
         self.out.clear();
         self.file = None;
+        self.growth = None;
+        self.starved = false;
         self.stream_left = None;
         self.stream_done = false;
         self.chunked = false;
@@ -307,6 +329,34 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         );
         if self.method == Method::Get && end > start {
             self.file = Some(file.into());
+            self.offset = start;
+            self.end = end;
+        }
+        self.state = State::SendingHead;
+    }
+
+    /// As `answer_file`, for a file still being written (a copy in flight, shared by
+    /// `growth`): the head promises `end - start` bytes; they are sent as they are written,
+    /// and the connection is cut if the copy fails or stops growing (`GROWTH_STALL`).
+    pub(crate) fn answer_growing(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        growth: Arc<Growth>,
+        start: u64,
+        end: u64,
+    ) {
+        self.begin();
+        http::write_head(
+            self.out.whole(),
+            self.version,
+            status,
+            headers,
+            self.keep_alive,
+        );
+        if self.method == Method::Get && end > start {
+            self.file = growth.file();
+            self.growth = Some(growth);
             self.offset = start;
             self.end = end;
         }
@@ -414,7 +464,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         if let Some(p) = self.write_out(now)? {
             return Ok(Some(p));
         }
-        self.state = if self.file.is_some() {
+        self.state = if self.file.is_some() || self.growth.is_some() {
             State::SendingFile
         } else {
             self.finish(now)
@@ -438,17 +488,52 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
     }
 
     fn send_file(&mut self, now: Instant) -> io::Result<Option<Progress>> {
-        let Some(file) = &self.file else {
+        if let Some(g) = &self.growth
+            && self.file.is_none()
+        {
+            self.file = g.file();
+        }
+        if self.file.is_none() && self.growth.is_none() {
             self.state = self.finish(now);
             return Ok(None);
-        };
+        }
         for _ in 0..SENDFILE_CALLS_PER_TURN {
             if self.offset >= self.end {
                 self.file = None;
+                self.growth = None;
                 self.state = self.finish(now);
                 return Ok(None);
             }
-            let want = (self.end - self.offset).min(SENDFILE_CHUNK as u64) as usize;
+            // what is written of a growing file; at its end, wait (or cut, if it failed)
+            let limit = match &self.growth {
+                Some(g) if self.file.is_some() => g.written().min(self.end),
+                Some(_) => 0,
+                None => self.end,
+            };
+            if self.offset >= limit {
+                let g = self
+                    .growth
+                    .as_ref()
+                    .expect("only a growing file runs short");
+                if g.failed() {
+                    return Ok(Some(Progress::Close));
+                }
+                g.want_wake();
+                // created or written meanwhile? then nobody would wake us
+                if self.file.is_none() {
+                    self.file = g.file();
+                }
+                if g.written().min(self.end) <= self.offset || self.file.is_none() {
+                    self.starved = true;
+                    return Ok(Some(Progress::Blocked));
+                }
+                continue;
+            }
+            self.starved = false;
+            let want = (limit - self.offset).min(SENDFILE_CHUNK as u64) as usize;
+            let Some(file) = &self.file else {
+                return Ok(Some(Progress::Close));
+            };
             match sys::sendfile(
                 self.stream.as_raw_fd(),
                 file.as_raw_fd(),

@@ -14,7 +14,6 @@ use crate::eventloop::{Ready, Slots};
 use crate::front;
 use crate::guard::{self, PerAddress};
 use crate::listen::Listener;
-use crate::metrics::Metrics;
 use crate::peers;
 use crate::server::{self, CacheDirs};
 use crate::status::Counters;
@@ -191,25 +190,26 @@ impl Conns {
         }
     }
 
-    /// One turn of a peer connection: a request read is answered from the cache.
+    /// One turn of a peer connection: a request read is answered from the cache, or from a
+    /// copy still arriving here (`arriving`). Returns the progress and the body bytes sent.
     pub(crate) fn drive_peer(
         &mut self,
         c: &mut Conn<TcpStream>,
         now: Instant,
         cache: &CacheDirs,
         keys: &Keys,
-        metrics: &mut Metrics,
-    ) -> conn::Progress {
+        arriving: &server::Arriving<'_>,
+    ) -> (conn::Progress, u64) {
         let before = c.body_bytes;
         let p = c.drive(now);
-        self.peer_bytes_sent += c.body_bytes - before;
-        metrics.served(c.body_bytes - before);
+        let sent = c.body_bytes - before;
+        self.peer_bytes_sent += sent;
         if p == conn::Progress::Request
             && let Some(req) = c.take_request()
         {
-            server::answer(c, &req, cache, keys);
+            server::answer_with(c, &req, cache, keys, arriving);
         }
-        p
+        (p, sent)
     }
 
     /// What only the loop knows, for the status snapshot.

@@ -267,9 +267,14 @@ impl Daemon {
 
     fn on_datagrams(&mut self, token: Token) {
         let mut events = Vec::new();
-        let (cache, index) = (&self.cache, &self.index);
-        let mut has_file = |name: &str| conns::offer(cache, index, name);
         self.discovery.uploads = conns::uploads_in_flight(&self.slots);
+        let me = self.discovery.instance();
+        let (cache, index, front, now) = (&self.cache, &self.index, &mut self.front, self.now);
+        // not in the cache: a copy here, verified or on its way (front.rs)
+        let mut has_file = |name: &str, asker: u64| match conns::offer(cache, index, name) {
+            Some((size, sha)) => Some((size, sha, None)),
+            None => front.in_flight(name, now, (asker < me).then_some(asker)),
+        };
         self.discovery
             .on_readable(token, self.now, &mut has_file, &mut events);
         self.on_discovery_events(events);
@@ -482,9 +487,11 @@ impl Daemon {
         let now = self.now;
         let p = match self.slots.get_mut(t) {
             Some(Slot::Peer(c)) => {
-                let keys = self.discovery.keys();
-                let metrics = &mut self.front.metrics;
-                (self.conns).drive_peer(c, now, &self.cache, keys, metrics)
+                let (keys, front) = (self.discovery.keys(), &self.front);
+                let arriving = |name: &str| front.growing(name);
+                let (p, sent) = (self.conns).drive_peer(c, now, &self.cache, keys, &arriving);
+                self.front.metrics.served(sent);
+                p
             }
             Some(Slot::Front(_)) => {
                 let counters = self.conns.counters(self.started, &self.slots);

@@ -10,7 +10,7 @@ use crate::peers::{
     AnnounceTimer, AnswerDelay, Bans, Bucket, Candidate, CheckOutcome, CheckReason, Checks,
     IgnoreReason, Lookup, PeerEvent, PeerTable, RateLimiter,
 };
-use crate::protocol::{self, Announce, Answer, Header, Message, Query};
+use crate::protocol::{self, Announce, Answer, Arriving, Header, Message, Query};
 use crate::sys::{self, IfAddr};
 use crate::xorshift::XorShift;
 use mio::net::UdpSocket;
@@ -913,7 +913,9 @@ impl Discovery {
             return;
         }
         // answers are matched to our own queries; everything else costs tokens per source
-        if !matches!(msg, Message::Answer(_)) && !self.limiter.allow(src.ip(), now) {
+        if !matches!(msg, Message::Answer(_) | Message::Arriving(_))
+            && !self.limiter.allow(src.ip(), now)
+        {
             self.stats.rejected += 1;
             self.stats.rate_limited += 1;
             return;
@@ -941,7 +943,7 @@ impl Discovery {
                     self.start_check(src, inst, CheckReason::Goodbye, now, events);
                 }
             }
-            Message::Query(q) => self.answer_query(src, &q, body.len(), has_file, now),
+            Message::Query(q) => self.answer_query(src, h.instance, &q, body.len(), has_file, now),
             Message::Answer(a) => {
                 if let Some(outcome) = self.checks.on_answer(src, a.id, h.instance) {
                     return self.on_check(outcome, now, events);
@@ -963,6 +965,17 @@ impl Discovery {
                     if done {
                         self.finish_lookup(a.id, events, now);
                     }
+                }
+            }
+            // a copy in flight there (docs/PROTOCOL.md §4.6): never a check's outcome
+            Message::Arriving(a) => {
+                if self.peers.by_addr(&src).map(|p| p.instance) != Some(h.instance) {
+                    return;
+                }
+                if let Some(l) = self.lookups.get_mut(&a.id)
+                    && l.on_arriving(h.instance, &a)
+                {
+                    self.finish_lookup(a.id, events, now);
                 }
             }
         }
@@ -1106,6 +1119,7 @@ impl Discovery {
     fn answer_query(
         &mut self,
         src: SocketAddr,
+        asker: u64,
         q: &Query,
         query_len: usize,
         has_file: &mut HasFile,
@@ -1126,20 +1140,41 @@ impl Discovery {
         let found = if q.name == crate::peers::CHECK_NAME {
             None
         } else {
-            has_file(&q.name)
+            has_file(&q.name, asker)
         };
-        let answer = Message::Answer(Answer {
-            id: q.id,
-            have: found.is_some(),
-            size: found.map(|f| f.0).unwrap_or(0),
-            sha256: found.and_then(|f| f.1),
-            uploads: self.uploads,
-        });
         let h = Header {
             instance: self.instance,
             seq: self.seq.wrapping_add(1),
         };
         let mut probe = Vec::new();
+        let answer = match found {
+            // on its way here: ARRIVING when the query is long enough to carry it (never
+            // larger than the query), else DON'T HAVE (docs/PROTOCOL.md §4.6)
+            Some((size, sha256, Some(f))) => {
+                let a = Message::Arriving(Arriving {
+                    id: q.id,
+                    size,
+                    sha256,
+                    uploads: self.uploads,
+                    received: f.received,
+                    rate: f.rate,
+                    looking: f.looking,
+                });
+                protocol::encode(&h, &a, &mut probe);
+                if probe.len() <= query_len && protocol::check(&h, &a).is_ok() {
+                    a
+                } else {
+                    Message::Answer(Answer::dont_have(q.id, self.uploads))
+                }
+            }
+            _ => Message::Answer(Answer {
+                id: q.id,
+                have: found.is_some(),
+                size: found.map(|f| f.0).unwrap_or(0),
+                sha256: found.and_then(|f| f.1),
+                uploads: self.uploads,
+            }),
+        };
         protocol::encode(&h, &answer, &mut probe);
         // never amplify: an answer larger than its query is not sent (the codec makes this
         // impossible for valid queries; this is the belt to its braces; a keyed answer and
@@ -1304,7 +1339,10 @@ pub(crate) fn static_peer_of(id: u64) -> Option<usize> {
 }
 
 /// What the daemon knows of a file asked for: None, or its size and (maybe) SHA-256.
-pub(crate) type HasFile<'a> = dyn FnMut(&str) -> Option<(u64, Option<[u8; 32]>)> + 'a;
+/// What this host can say of a file (name, asking instance): its size, its SHA-256 when
+/// known, and whether it is still on its way here (docs/PROTOCOL.md §4.6).
+pub(crate) type HasFile<'a> =
+    dyn FnMut(&str, u64) -> Option<(u64, Option<[u8; 32]>, Option<protocol::InFlight>)> + 'a;
 
 pub(crate) enum DiscoveryEvent {
     PeerUp,

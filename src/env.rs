@@ -161,6 +161,14 @@ impl Env for Loop<'_> {
         !self.discovery.peers.is_empty()
     }
 
+    fn instance(&self) -> u64 {
+        self.discovery.instance()
+    }
+
+    fn keep_max(&self) -> u64 {
+        self.cfg.keep_max_bytes
+    }
+
     fn peer_addr(&self, instance: u64) -> Option<SocketAddr> {
         self.discovery.peers.get(instance).map(|p| p.tcp_addr())
     }

@@ -19,8 +19,9 @@ use crate::metrics::{Metrics, human_bytes};
 use crate::names;
 use crate::peers::Candidate;
 use crate::policy::{self, Action, Conduct, Pace};
+use crate::protocol::InFlight;
 use crate::sig::SigFetch;
-use crate::stager::{Report, StageHandle};
+use crate::stager::{Growth, Report, StageHandle};
 use crate::status::json_str;
 use crate::syncdb::PkgInfo;
 use crate::transfer::{self, Phase, Transfer, Verdict};
@@ -57,6 +58,14 @@ const PACE_CHECK: Duration = Duration::from_millis(500);
 const COPY_BUDGET: Duration = Duration::from_secs(
     transfer::REDIRECT_AFTER.as_secs() * (transfer::MAX_REDIRECT_ROUNDS as u64 + 1),
 );
+/// A copy in flight that has less than 1/JOIN_EARLY of the file is joined whatever its rate.
+const JOIN_EARLY: u64 = 8;
+/// A joined copy's rate is judged only after this long (before, a shared link and the other
+/// files of the source's transaction make it look slower than it is).
+const JOIN_GRACE: Duration = Duration::from_secs(10);
+/// A copy in flight elsewhere is joined only if, at its announced rate, the rest arrives
+/// within this share of COPY_BUDGET (the joiner's pacman is sent round meanwhile).
+const JOIN_SHARE: f64 = 0.75;
 /// The "instance" recorded for bytes a copy took from the mirror (no peer is ever 0: ids are
 /// random, and a contributor 0 is never judged).
 const MIRROR: u64 = 0;
@@ -88,6 +97,9 @@ pub struct Proxy {
     path: String,
     /// Addresses of `current` not tried yet: each is tried before the next source.
     addrs: VecDeque<SocketAddr>,
+    /// The copy (file, serial) this answer also feeds, for the LAN (docs/DESIGN.md, "One
+    /// download per LAN"): kept while the body is the whole file.
+    tee: Option<(String, u64)>,
     /// For the log line and the counters: the repo, when the request began, the status
     /// relayed and the body bytes so far.
     repo: String,
@@ -205,6 +217,18 @@ struct Copy {
     /// Where the current source's rate is measured from: (when, bytes staged then).
     pace_mark: (Instant, u64),
     pace_timer: Option<TimerId>,
+    /// Fed by a request's own upstream answer (a tee), not by a fetch of its own.
+    teed: bool,
+    /// A tee was considered once: a copy whose tee failed goes upstream as before.
+    tee_tried: bool,
+    /// Kept from an upstream answer (counts against `keep-max-mb` until it is gone).
+    kept: bool,
+    /// The current source is a peer's copy in flight (joined): it comes at the pace of that
+    /// peer's own source.
+    joined: bool,
+    /// A lower instance asked for the file while this copy was looking: it fetches (it
+    /// ignores our LOOKING), so this copy joins it if the lookup finds nothing better.
+    defer_to: Option<u64>,
 }
 
 /// A `.sig` is asked first from the peer that served its package.
@@ -293,6 +317,10 @@ pub trait Env {
     fn resolve(&mut self, id: u64, host: &str, port: u16) -> bool;
     /// A peer served a copy that matched the sync db (it ranks first from now on).
     fn peer_served(&mut self, _instance: u64) {}
+    /// This daemon's instance (the race tie-break: the lower one fetches).
+    fn instance(&self) -> u64;
+    /// Bytes of upstream answers kept for the LAN at once (`keep-max-mb`).
+    fn keep_max(&self) -> u64;
 }
 
 #[derive(Default)]
@@ -306,11 +334,17 @@ pub struct Front {
     pub stats: FrontStats,
     /// `/metrics` and the lifetime counters (the daemon loads and saves them).
     pub metrics: Metrics,
+    /// `FLOCON_NO_JOIN=1` (benchmarks): no copy kept from upstream, none offered in flight,
+    /// as before "One download per LAN".
+    no_join: bool,
 }
 
 impl Front {
     pub fn new() -> Self {
-        Self::default()
+        Front {
+            no_join: std::env::var_os("FLOCON_NO_JOIN").is_some_and(|v| v == "1"),
+            ..Self::default()
+        }
     }
 
     /// Front requests waiting for something.
@@ -397,10 +431,12 @@ impl Front {
             return;
         };
         match wait {
-            Wait::Upstream { fetch, .. } => {
+            Wait::Upstream { fetch, proxy } => {
                 self.fetches.remove(&fetch);
                 env.stop_fetch(fetch);
+                self.tee_check(env, &proxy.tee);
             }
+            Wait::Dns { proxy, .. } => self.tee_check(env, &proxy.tee),
             Wait::Lookup { id, .. } | Wait::SigLookup { id, .. } => {
                 self.lookups.remove(&id);
             }
@@ -408,7 +444,7 @@ impl Front {
                 self.fetches.remove(&fetch);
                 env.stop_fetch(fetch);
             }
-            Wait::Db { .. } | Wait::Copy { .. } | Wait::Dns { .. } => {}
+            Wait::Db { .. } | Wait::Copy { .. } => {}
         }
     }
 
@@ -522,6 +558,16 @@ impl Front {
             return;
         }
         let now = env.now();
+        // A copy kept from upstream is for the LAN: the local pacman has the file in its
+        // cache already, so a request for it here means pacman threw it away and asks
+        // afresh — a lookup as for any file (the peers' copies, their .sig hints).
+        if self
+            .copies
+            .get(file)
+            .is_some_and(|c| c.kept && c.transfer.phase == Phase::Ready)
+        {
+            self.copies.remove(file);
+        }
         if let Some(c) = self.copies.get(file) {
             if c.transfer.phase == Phase::Ready {
                 let len = c.transfer.expected.size;
@@ -560,6 +606,11 @@ impl Front {
             restarted: false,
             pace_mark: (now, 0),
             pace_timer: None,
+            teed: false,
+            tee_tried: false,
+            kept: false,
+            joined: false,
+            defer_to: None,
         };
         self.copies.insert(file.to_string(), copy);
         let until = now + transfer::REDIRECT_AFTER;
@@ -610,9 +661,44 @@ impl Front {
                 tr.lookup = None;
                 self.metrics.lookup(env.now().duration_since(tr.started));
                 for cand in candidates {
+                    if let Some(f) = cand.arriving
+                        && !Self::may_join(env, cand.instance, tr.expected.size, f)
+                    {
+                        debug!(
+                            "{file}: not joining the copy at {} ({} of {} bytes at {} B/s{})",
+                            env.peer_name(cand.instance),
+                            f.received,
+                            cand.size,
+                            f.rate,
+                            if f.looking { ", looking" } else { "" }
+                        );
+                        continue;
+                    }
                     if let Some(addr) = env.peer_addr(cand.instance) {
                         tr.candidates.push_back((cand, addr));
                     }
+                }
+                // a lower instance asked while we looked: it fetches, we join it
+                if tr.candidates.is_empty()
+                    && let Some(q) = c.defer_to
+                    && let Some(addr) = env.peer_addr(q)
+                {
+                    debug!(
+                        "{file}: {} asked for it too and fetches it; joining",
+                        env.peer_name(q)
+                    );
+                    let cand = Candidate {
+                        instance: q,
+                        size: tr.expected.size,
+                        sha256: tr.expected.sha256,
+                        uploads: 0,
+                        arriving: Some(InFlight {
+                            received: 0,
+                            rate: 0,
+                            looking: true,
+                        }),
+                    };
+                    tr.candidates.push_back((cand, addr));
                 }
                 debug!(
                     "lookup for {file}: {asked} asked, {answered} answered, {} have it",
@@ -778,6 +864,7 @@ impl Front {
             let resume = tr.received;
             tr.begin_source(cand.instance, addr, now);
             c.tried.push((cand.clone(), addr));
+            c.joined = cand.arriving.is_some();
             c.pace_mark = (now, resume);
             if let Some(id) = c.pace_timer.take() {
                 env.cancel(id);
@@ -801,11 +888,16 @@ impl Front {
                     c.pace_timer = pace;
                 }
                 info!(
-                    "fetching {file} from peer {addr}{}",
+                    "fetching {file} from peer {addr}{}{}",
                     if resume > 0 {
                         format!(" (from byte {resume})")
                     } else {
                         String::new()
+                    },
+                    if cand.arriving.is_some() {
+                        " (joining its copy in flight)"
+                    } else {
+                        ""
                     }
                 );
                 let purpose = Purpose::PeerCopy {
@@ -851,8 +943,13 @@ impl Front {
         info!("{file}: copy stopped (nobody waits for it)");
     }
 
-    /// The LAN cannot deliver this file: the copy ends and every waiter goes upstream.
+    /// The LAN cannot deliver this file: the copy ends and every waiter goes upstream —
+    /// except that, the first time, one waiter's upstream answer feeds the copy (a tee) so
+    /// that the LAN can join it, and the others keep waiting for it.
     fn copy_failed(&mut self, env: &mut impl Env, file: &str) {
+        if self.start_tee(env, file) {
+            return;
+        }
         let Some(c) = self.copies.remove(file) else {
             return;
         };
@@ -864,6 +961,177 @@ impl Front {
                 self.serve_upstream(env, t, r, &repo, &arch, file, Vec::new());
             }
         }
+    }
+
+    /// One waiter's upstream answer (http://, the whole file) feeds the copy from now on.
+    /// False when that cannot be (tried before, bytes staged, an https mirror first, no
+    /// waiter asking for the whole file).
+    fn start_tee(&mut self, env: &mut impl Env, file: &str) -> bool {
+        let waiters = self.copy_waiters(file);
+        let Some(c) = self.copies.get_mut(file) else {
+            return false;
+        };
+        if self.no_join || c.tee_tried || c.transfer.received > 0 {
+            return false;
+        }
+        c.tee_tried = true;
+        let (repo, arch, serial) = (c.transfer.repo.clone(), c.transfer.arch.clone(), c.serial);
+        let size = c.transfer.expected.size;
+        let kept: u64 = (self.copies.values())
+            .filter(|c| c.kept)
+            .map(|c| c.transfer.expected.size)
+            .fold(0, u64::saturating_add);
+        if kept.saturating_add(size) > env.keep_max() {
+            debug!("{file}: {kept} bytes kept for the LAN already; this one is not kept");
+            return false;
+        }
+        let first = env.upstreams(&repo, &arch).into_iter().next();
+        if !first.is_some_and(|u| u.starts_with("http://")) {
+            return false;
+        }
+        let whole = |r: &FrontRequest| {
+            r.request.method == Method::Get
+                && r.request.range.is_none()
+                && r.request.if_modified_since.is_none()
+        };
+        let Some(t) = waiters
+            .into_iter()
+            .find(|t| self.requests.get(t).is_some_and(whole))
+        else {
+            return false;
+        };
+        let Some((r, _)) = self.take(env, t) else {
+            return false;
+        };
+        let now = env.now();
+        if let Some(c) = self.copies.get_mut(file) {
+            let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+            c.transfer.begin_source(MIRROR, nowhere, now);
+            c.transfer.candidates.clear();
+            c.teed = true;
+            c.kept = true;
+        }
+        debug!("{file}: nobody on the LAN has it; fetching it upstream for the LAN too");
+        let tee = Some((file.to_string(), serial));
+        self.serve_upstream_tee(env, t, r, &repo, &arch, file, Vec::new(), tee.clone());
+        self.tee_check(env, &tee);
+        true
+    }
+
+    /// The copy a proxy's tee feeds, if it is still that copy.
+    fn tee_copy(&mut self, tee: &Option<(String, u64)>) -> Option<&mut Copy> {
+        let (file, serial) = tee.as_ref()?;
+        self.copies
+            .get_mut(file)
+            .filter(|c| c.serial == *serial && c.teed)
+    }
+
+    /// After a proxy with a tee ended or moved on: if no request's answer feeds the copy
+    /// any more, the copy fails (peers sent it are cut; its waiters go upstream).
+    fn tee_check(&mut self, env: &mut impl Env, tee: &Option<(String, u64)>) {
+        let Some((file, serial)) = tee else { return };
+        let alive = self.requests.values().any(|r| match &r.wait {
+            Wait::Upstream { proxy, .. } | Wait::Dns { proxy, .. } => proxy.tee == *tee,
+            _ => false,
+        });
+        if alive {
+            return;
+        }
+        let Some(c) = self
+            .copies
+            .get_mut(file)
+            .filter(|c| c.serial == *serial && c.teed)
+        else {
+            return;
+        };
+        c.teed = false;
+        info!(
+            "{file}: the upstream answer it was kept from ended after {} bytes; not kept",
+            c.transfer.received
+        );
+        c.transfer.reset_staging();
+        self.copy_failed(env, file);
+    }
+
+    /// What a lookup is told of `name` when it is not in the cache: a verified copy held
+    /// here (size, SHA-256), or one on its way (how far, how fast, or still looking).
+    /// `lower`: the asker's instance is lower than ours — if our own lookup is in flight too,
+    /// the asker will fetch and we join it (the tie-break, seen from the higher side).
+    pub fn in_flight(
+        &mut self,
+        name: &str,
+        now: Instant,
+        lower: Option<u64>,
+    ) -> Option<(u64, Option<[u8; 32]>, Option<InFlight>)> {
+        if self.no_join {
+            return None;
+        }
+        let c = self.copies.get_mut(name)?;
+        if let Some(asker) = lower
+            && c.transfer.phase == Phase::Looking
+        {
+            c.defer_to = Some(c.defer_to.map_or(asker, |d| d.min(asker)));
+        }
+        let t = &c.transfer;
+        let (size, sha) = (t.expected.size, t.expected.sha256);
+        let f = match t.phase {
+            Phase::Ready => return Some((size, sha, None)),
+            Phase::Looking => InFlight {
+                received: 0,
+                rate: 0,
+                looking: true,
+            },
+            Phase::Fetching | Phase::Verifying => InFlight {
+                received: t.received.min(size.saturating_sub(1)),
+                rate: t.rate(now).min(u32::MAX as f64) as u32,
+                looking: false,
+            },
+        };
+        Some((size, sha, Some(f)))
+    }
+
+    /// A copy here that the peer server may send while it grows (or whole, verified).
+    pub fn growing(&self, name: &str) -> Option<(u64, Arc<Growth>)> {
+        let c = self.copies.get(name)?;
+        Some((c.transfer.expected.size, c.transfer.growth()))
+    }
+
+    /// Whether a proxy fetch also feeds a copy (it reads only what the stager has room for).
+    pub fn is_tee(&self, fetch: Token) -> bool {
+        let Some(Purpose::Proxy(client)) = self.fetches.get(&fetch) else {
+            return false;
+        };
+        matches!(self.requests.get(client).map(|r| &r.wait),
+            Some(Wait::Upstream { proxy, .. }) if proxy.tee.is_some())
+    }
+
+    /// The proxy fetches that feed copies (woken when the stager has room again).
+    pub fn tee_fetches(&self) -> Vec<Token> {
+        let mut v: Vec<Token> = self
+            .fetches
+            .keys()
+            .copied()
+            .filter(|t| self.is_tee(*t))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Whether to join a copy in flight at a peer: one still looking only if that peer is
+    /// the lower instance (the tie-break: the lower fetches, the higher joins); one being
+    /// fetched only if, at its rate, the rest arrives within pacman's patience.
+    fn may_join(env: &impl Env, instance: u64, size: u64, f: InFlight) -> bool {
+        if f.looking {
+            return instance < env.instance();
+        }
+        // just started: its rate says little yet (the connection's first round trips, the
+        // other files of its transaction sharing the link); the pace check judges the copy
+        // once it has run for a while
+        if f.rate == 0 || f.received < size / JOIN_EARLY {
+            return true;
+        }
+        let left = size.saturating_sub(f.received) as f64;
+        left / f.rate as f64 <= COPY_BUDGET.as_secs_f64() * JOIN_SHARE
     }
 
     /// A verified copy is ready: every waiter gets it (with its own Range). The copy stays
@@ -970,8 +1238,9 @@ impl Front {
         // no progress from the LAN (or no redirect left): this request goes upstream
         let (repo, arch) = (tr.repo.clone(), tr.arch.clone());
         self.serve_upstream(env, t, r, &repo, &arch, &file, Vec::new());
-        // the mirror won: a copy nobody waits for any more is stopped
-        if self.copy_waiters(&file).is_empty() {
+        // the mirror won: a copy nobody waits for any more is stopped (unless an upstream
+        // answer feeds it: it goes on for the LAN)
+        if self.copy_waiters(&file).is_empty() && !self.copies.get(&file).is_some_and(|c| c.teed) {
             self.stop_copy(env, &file);
         }
     }
@@ -1007,6 +1276,22 @@ impl Front {
         file: &str,
         first: Vec<Source>,
     ) {
+        self.serve_upstream_tee(env, t, r, repo, arch, file, first, None)
+    }
+
+    /// As `serve_upstream`; with `tee`, the whole body also feeds that copy.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_upstream_tee(
+        &mut self,
+        env: &mut impl Env,
+        t: Token,
+        r: Asked,
+        repo: &str,
+        arch: &str,
+        file: &str,
+        first: Vec<Source>,
+        tee: Option<(String, u64)>,
+    ) {
         let mut sources: VecDeque<Source> = first.into();
         for url in env.upstreams(repo, arch) {
             // the name as validated: decoded once by the front, encoded once here
@@ -1032,6 +1317,7 @@ impl Front {
             host_header: String::new(),
             path: String::new(),
             addrs: VecDeque::new(),
+            tee,
             repo: repo.to_string(),
             started: env.now(),
             status: 0,
@@ -1082,7 +1368,8 @@ impl Front {
             let Some(src) = p.sources.pop_front() else {
                 let status = p.last_status.unwrap_or(502);
                 debug!("{}: no source left, answering {status}", p.label);
-                return answer(env, t, Reply::Error(status));
+                answer(env, t, Reply::Error(status));
+                return self.tee_check(env, &p.tee);
             };
             match src {
                 Source::Url(url) if url.starts_with("https://") => {
@@ -1092,7 +1379,7 @@ impl Front {
                     debug!("{}: redirecting pacman to {url}", p.label);
                     let h = [("Location", url.as_str())];
                     env.reply(t, Reply::Bytes(307, &h, b""));
-                    return;
+                    return self.tee_check(env, &p.tee);
                 }
                 Source::Url(url) => {
                     let Some((host, port, path)) = fetch::parse_http_url(&url) else {
@@ -1434,7 +1721,19 @@ impl Front {
         let got = tr.received.saturating_sub(mark);
         let left = tr.expected.size - tr.received;
         let time_left = COPY_BUDGET.saturating_sub(now.saturating_duration_since(tr.started));
-        let pace = policy::pace(got, over, left, time_left);
+        let pace = match policy::pace(got, over, left, time_left) {
+            // a copy in flight at the peer arrives at the pace of that peer's own source,
+            // whatever that is now (a shared link, the other files of its transaction): only
+            // a stall counts; pacman's redirect rounds still bound the wait
+            Pace::Drip | Pace::TooSlow
+                if c.joined
+                    && got > 0
+                    && now.saturating_duration_since(tr.started) < JOIN_GRACE =>
+            {
+                Pace::Keep
+            }
+            p => p,
+        };
         if over >= policy::PACE_MEASURE {
             c.pace_mark = (now, tr.received);
         }
@@ -1494,6 +1793,13 @@ impl Front {
         let elapsed = now.duration_since(tr.started);
         let (size, contributors, source) = (tr.expected.size, tr.contributors.clone(), tr.source);
         match verdict {
+            Verdict::Verified if contributors == [MIRROR] => {
+                info!(
+                    "{file}: {size} bytes from the mirror verified and kept for the LAN ({:.2} s)",
+                    elapsed.as_secs_f64()
+                );
+                self.hand_out(env, file);
+            }
             Verdict::Verified => {
                 // "<file>: <bytes> bytes from peer <addr>" is what tests/demo.sh looks for
                 info!(
@@ -1591,6 +1897,14 @@ impl Front {
                     proxy.last_status = Some(h.status);
                     return self.next_source(env, client, r, proxy);
                 }
+                if let Some((f, _)) = &proxy.tee {
+                    let whole = self.copies.get(f).map(|c| c.transfer.expected.size);
+                    if h.status != 200 || h.content_length.is_none() || h.content_length != whole {
+                        debug!("{f}: the mirror's answer is not the whole file: not kept");
+                        let tee = proxy.tee.take();
+                        self.tee_check(env, &tee);
+                    }
+                }
                 let (headers, length) = relayed_head(&h);
                 let refs: Vec<(&str, &str)> = headers
                     .iter()
@@ -1610,12 +1924,27 @@ impl Front {
                 self.stats.upstream_bytes += data.len() as u64;
                 proxy.bytes += data.len() as u64;
                 env.reply(client, Reply::Body(&data));
+                // the same bytes, staged for the LAN (hashed on the stager thread)
+                if let Some(c) = self.tee_copy(&proxy.tee)
+                    && c.transfer.append(data).is_err()
+                {
+                    let tee = proxy.tee.take();
+                    self.tee_check(env, &tee);
+                }
                 self.wait(env, client, r, Wait::Upstream { fetch, proxy });
             }
             fetch::Event::Done => {
                 env.reply(client, Reply::End(true));
                 self.upstream_done(env, &proxy, "done");
                 self.end_fetch(env, tok);
+                if let Some(c) = self.tee_copy(&proxy.tee) {
+                    c.teed = false;
+                    // the hash is checked on the stager thread: its verdict comes to on_staged
+                    if let Err(v) = c.transfer.finish() {
+                        let file = c.transfer.file.clone();
+                        self.settled(env, &file, v);
+                    }
+                }
             }
             fetch::Event::Failed(why) => {
                 debug!("{}: source failed: {why}", proxy.label);
@@ -1624,7 +1953,7 @@ impl Front {
                     // bytes already went out: cut, so pacman resumes on its next server
                     env.reply(client, Reply::End(false));
                     self.upstream_done(env, &proxy, &format!("cut: {why}"));
-                    return;
+                    return self.tee_check(env, &proxy.tee);
                 }
                 proxy.last_status = Some(502);
                 self.next_source(env, client, r, proxy);
@@ -1693,7 +2022,15 @@ impl Front {
                     _ => false,
                 })
                 .count();
+            let fed = self.requests.values().any(|r| match &r.wait {
+                Wait::Upstream { proxy, .. } | Wait::Dns { proxy, .. } => {
+                    proxy.tee == Some((file.clone(), c.serial))
+                }
+                _ => false,
+            });
+            assert_eq!(c.teed, fed, "{file}: teed {} but fed {fed}", c.teed);
             match c.transfer.phase {
+                Phase::Fetching if c.teed => assert_eq!(fetching, 0, "{file}: teed"),
                 Phase::Fetching => assert_eq!(fetching, 1, "{file}: {fetching} fetches"),
                 Phase::Looking | Phase::Verifying | Phase::Ready => {
                     assert_eq!(fetching, 0, "{file}")
@@ -1857,6 +2194,8 @@ mod tests {
         stager: Stager,
         dns_cache: HashMap<String, Vec<SocketAddr>>,
         resolving: Vec<(u64, String)>,
+        instance: u64,
+        keep_max: u64,
     }
 
     impl Fake {
@@ -1889,6 +2228,8 @@ mod tests {
                 stager,
                 dns_cache: HashMap::new(),
                 resolving: Vec::new(),
+                instance: 0x5000,
+                keep_max: 512 << 20,
             }
         }
 
@@ -1974,6 +2315,12 @@ mod tests {
         }
         fn has_peers(&self) -> bool {
             !self.peers.is_empty()
+        }
+        fn instance(&self) -> u64 {
+            self.instance
+        }
+        fn keep_max(&self) -> u64 {
+            self.keep_max
         }
         fn peer_addr(&self, instance: u64) -> Option<SocketAddr> {
             self.peers.get(&instance).copied()
@@ -2072,6 +2419,7 @@ mod tests {
             size,
             sha256: None,
             uploads: 0,
+            arriving: None,
         }
     }
 
@@ -2186,6 +2534,234 @@ mod tests {
         assert_eq!(f.waiting(), 0);
     }
 
+    fn arriving(instance: u64, size: u64, received: u64, rate: u32, looking: bool) -> Candidate {
+        Candidate {
+            arriving: Some(InFlight {
+                received,
+                rate,
+                looking,
+            }),
+            ..cand(instance, size)
+        }
+    }
+
+    #[test]
+    fn a_miss_is_kept_as_it_streams_verified_then_offered_to_the_lan() {
+        let (mut f, mut env) = (Front::new(), Fake::new("tee"));
+        let data = package(&mut env, 200_000);
+        let c = Token(1);
+        ask(&mut f, &mut env, c, PKG);
+        // while its own lookup is in flight, peers are told "looking"
+        let (_, _, fl) = f.in_flight(PKG, env.now, None).unwrap();
+        assert!(fl.unwrap().looking);
+        decide(&mut f, &mut env, 1, vec![]);
+        let tok = env.fetch_to("10.0.0.100:80").expect("the mirror");
+        assert!(f.is_tee(tok));
+        event(&mut f, &mut env, tok, head(200, 200_000));
+        event(&mut f, &mut env, tok, body(&data[..60_000]));
+        env.now += Duration::from_secs(1);
+        let (size, sha, fl) = f.in_flight(PKG, env.now, None).unwrap();
+        let fl = fl.expect("arriving");
+        assert_eq!((size, fl.received, fl.looking), (200_000, 60_000, false));
+        assert!(fl.rate > 0);
+        assert_eq!(sha, env.index[PKG].sha256);
+        let (len, growth) = f.growing(PKG).expect("the peer server may send it");
+        assert_eq!(len, 200_000);
+        // a second local request shares the copy instead of a second download
+        ask(&mut f, &mut env, Token(2), PKG);
+        for piece in data[60_000..].chunks(60_000) {
+            event(&mut f, &mut env, tok, body(piece));
+        }
+        event(&mut f, &mut env, tok, fetch::Event::Done);
+        let got: Vec<&str> = env
+            .replies
+            .iter()
+            .filter(|r| r.0 == c)
+            .map(|r| r.1.as_str())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "stream 200",
+                "body 60000",
+                "body 60000",
+                "body 60000",
+                "body 20000",
+                "end true"
+            ]
+        );
+        staged(&mut f, &mut env);
+        assert_eq!(env.files[&Token(2)], data, "the verified copy");
+        assert_eq!(growth.written(), 200_000);
+        assert!(!growth.failed());
+        // verified and lingering: a lookup is told HAVE
+        assert_eq!(f.in_flight(PKG, env.now, None).unwrap().2, None);
+        assert_eq!(env.fetches_started, 1, "one upstream transfer");
+        // kept for the LAN, not for a local request (pacman threw its own copy away): that
+        // one is looked up afresh
+        let lookups = env.lookups.len();
+        ask(&mut f, &mut env, Token(3), PKG);
+        assert_eq!(env.lookups.len(), lookups + 1);
+        assert!(f.in_flight(PKG, env.now, None).unwrap().2.unwrap().looking);
+        advance(&mut f, &mut env, READY_LINGER + Duration::from_secs(1));
+        assert!(
+            f.in_flight(PKG, env.now, None).is_none(),
+            "gone after its linger"
+        );
+    }
+
+    #[test]
+    fn a_kept_copy_that_fails_its_hash_is_dropped_and_its_peers_cut() {
+        let (mut f, mut env) = (Front::new(), Fake::new("teebad"));
+        let mut data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![]);
+        let tok = env.fetch_to("10.0.0.100:80").unwrap();
+        let (_, growth) = f.growing(PKG).unwrap();
+        data[100] ^= 1;
+        event(&mut f, &mut env, tok, head(200, 5000));
+        event(&mut f, &mut env, tok, body(&data));
+        event(&mut f, &mut env, tok, fetch::Event::Done);
+        staged(&mut f, &mut env);
+        assert!(growth.failed(), "peers sent it are cut");
+        assert!(
+            f.in_flight(PKG, env.now, None).is_none(),
+            "counts as nothing"
+        );
+        assert!(env.bans.is_empty() && env.strikes.is_empty());
+        assert_eq!(
+            env.last(Token(1)),
+            "end true",
+            "pacman got the mirror's bytes"
+        );
+    }
+
+    #[test]
+    fn a_kept_copy_whose_client_leaves_fails_and_an_https_mirror_is_not_kept() {
+        let (mut f, mut env) = (Front::new(), Fake::new("teegone"));
+        let data = package(&mut env, 5000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![]);
+        let tok = env.fetch_to("10.0.0.100:80").unwrap();
+        let (_, growth) = f.growing(PKG).unwrap();
+        event(&mut f, &mut env, tok, head(200, 5000));
+        event(&mut f, &mut env, tok, body(&data[..100]));
+        f.forget(&mut env, Token(1));
+        f.check(&env);
+        assert!(growth.failed());
+        assert!(f.growing(PKG).is_none());
+        // https first: pacman fetches it itself, nothing is kept
+        env.upstreams = vec!["https://mirror.example/core/os/x86_64".into()];
+        ask(&mut f, &mut env, Token(3), PKG);
+        decide(&mut f, &mut env, 2, vec![]);
+        assert!(env.last(Token(3)).starts_with("bytes 307 https://"));
+        assert!(f.growing(PKG).is_none());
+    }
+
+    #[test]
+    fn a_lower_instance_asking_while_we_look_is_joined() {
+        for (asker, joins) in [(PEER1, true), (0x9000, false)] {
+            let (mut f, mut env) = (Front::new(), Fake::new("defer"));
+            env.peers.insert(0x9000, "10.0.0.9:19432".parse().unwrap());
+            package(&mut env, 5000);
+            ask(&mut f, &mut env, Token(1), PKG);
+            // its query reached us while ours was in flight; it saw us LOOKING and, being
+            // lower, fetches; our own lookup then finds nothing (it had not started yet)
+            let lower = (asker < env.instance).then_some(asker);
+            let (_, _, fl) = f.in_flight(PKG, env.now, lower).unwrap();
+            assert!(fl.unwrap().looking);
+            decide(&mut f, &mut env, 1, vec![]);
+            let peer = if asker == PEER1 {
+                "10.0.0.1:19432"
+            } else {
+                "10.0.0.9:19432"
+            };
+            assert_eq!(env.fetch_to(peer).is_some(), joins, "{asker:#x}");
+            assert_eq!(
+                env.fetch_to("10.0.0.100:80").is_some(),
+                !joins,
+                "{asker:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn keep_max_bounds_what_is_kept_for_the_lan() {
+        let (mut f, mut env) = (Front::new(), Fake::new("keepmax"));
+        package(&mut env, 5000);
+        env.keep_max = 4999;
+        ask(&mut f, &mut env, Token(1), PKG);
+        decide(&mut f, &mut env, 1, vec![]);
+        let tok = env.fetch_to("10.0.0.100:80").expect("upstream as before");
+        assert!(!f.is_tee(tok), "not kept: over the bound");
+        assert!(f.growing(PKG).is_none());
+        env.keep_max = 5000;
+        ask(&mut f, &mut env, Token(2), PKG);
+        decide(&mut f, &mut env, 2, vec![]);
+        assert!(f.growing(PKG).is_some(), "kept: within the bound");
+    }
+
+    #[test]
+    fn a_copy_in_flight_is_joined_when_it_can_finish_in_time() {
+        let (mut f, mut env) = (Front::new(), Fake::new("join"));
+        let data = package(&mut env, 10_000_000);
+        ask(&mut f, &mut env, Token(1), PKG);
+        // PEER1 fetches it at 500 kB/s: 6 MB left take 12 s, within the budget
+        decide(
+            &mut f,
+            &mut env,
+            1,
+            vec![arriving(PEER1, 10_000_000, 4_000_000, 500_000, false)],
+        );
+        let t = env.fetch_to("10.0.0.1:19432").expect("joined");
+        assert!(env.fetch_to("10.0.0.100:80").is_none(), "no upstream");
+        // it slows down for a while (its link is shared): a drip from an ordinary peer, but
+        // a copy in flight is kept while bytes come
+        event(&mut f, &mut env, t, head(200, 10_000_000));
+        for i in 0..8 {
+            event(&mut f, &mut env, t, body(&data[i * 1000..(i + 1) * 1000]));
+            advance(&mut f, &mut env, Duration::from_millis(500));
+        }
+        assert!(env.strikes.is_empty(), "{:?}", env.strikes);
+        assert!(env.fetches.contains_key(&t), "still joined");
+        // then nothing at all for a whole window (3 s): a stall, as from any peer
+        for _ in 0..12 {
+            advance(&mut f, &mut env, Duration::from_millis(500));
+        }
+        assert_eq!(env.strikes.len(), 1);
+        assert!(
+            env.fetch_to("10.0.0.100:80").is_some(),
+            "the rest from the mirror"
+        );
+    }
+
+    #[test]
+    fn a_copy_in_flight_too_slow_or_a_higher_instance_still_looking_is_not_joined() {
+        for (c, why) in [
+            (
+                arriving(PEER1, 100_000_000, 50_000_000, 1_000_000, false),
+                "50 s left",
+            ),
+            (
+                arriving(PEER1, 100_000_000, 0, 0, true),
+                "PEER1 < us: joined",
+            ),
+            (
+                arriving(0x9000, 100_000_000, 0, 0, true),
+                "0x9000 > us: we fetch",
+            ),
+        ] {
+            let (mut f, mut env) = (Front::new(), Fake::new("nojoin"));
+            env.peers.insert(0x9000, "10.0.0.9:19432".parse().unwrap());
+            package(&mut env, 100_000_000);
+            ask(&mut f, &mut env, Token(1), PKG);
+            let lower = c.instance < env.instance && c.arriving.unwrap().looking;
+            decide(&mut f, &mut env, 1, vec![c]);
+            let upstream = env.fetch_to("10.0.0.100:80").is_some();
+            assert_eq!(upstream, !lower, "{why}");
+        }
+    }
+
     #[test]
     fn a_package_waits_for_a_db_being_parsed_then_for_no_longer_than_its_deadline() {
         let (mut f, mut env) = (Front::new(), Fake::new("db"));
@@ -2290,7 +2866,10 @@ mod tests {
         assert_eq!(env.strikes.len(), 1);
         assert!(env.fetch_to("10.0.0.100:80").is_some(), "upstream");
         assert!(!env.fetches.contains_key(&t), "the stalled copy stopped");
-        assert_eq!(f.copies(env.now).len(), 0);
+        // the upstream answer feeds the copy now, for the LAN (a tee)
+        let copies = f.copies(env.now);
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].received, 0);
         // benched: the next request for it does not ask PEER1 again
         ask(&mut f, &mut env, Token(2), PKG);
         decide(&mut f, &mut env, 2, vec![cand(PEER1, 5000)]);

@@ -88,7 +88,18 @@ pub(crate) fn on_wake(front: &mut Front, env: &mut Loop) {
     }
     // the stager's queue has room again: peer copies paused for it read on
     if env.stager.take_room_freed() {
-        for t in front.copy_fetches("") {
+        for t in front
+            .copy_fetches("")
+            .into_iter()
+            .chain(front.tee_fetches())
+        {
+            env.ready.schedule(t);
+        }
+    }
+    // a copy that peers are sent while it grows got bytes (or failed)
+    if env.stager.take_grown() {
+        let starved = |t: &Token| matches!(env.slots.get(*t), Some(Slot::Peer(c)) if c.starved());
+        for t in env.slots.tokens().into_iter().filter(starved) {
             env.ready.schedule(t);
         }
     }
@@ -129,6 +140,10 @@ pub(crate) fn drive_fetch(front: &mut Front, env: &mut Loop, tok: Token) -> bool
     // backpressure: a proxied stream reads what its client's buffer has room for, a
     // peer copy what the stager's queue has
     let room = match front.fetch_client(tok).map(|c| env.slots.get(c)) {
+        // a proxy that also feeds a copy: the stager's room too
+        Some(Some(Slot::Front(c))) if front.is_tee(tok) => {
+            c.stream_room().min(env.stager.handle().room())
+        }
         Some(Some(Slot::Front(c))) => c.stream_room(),
         Some(_) => usize::MAX,
         // a peer's .sig waits for nobody's room (a full stager must not stall it)

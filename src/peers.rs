@@ -2,7 +2,7 @@
 //! schedule, per-source rate limiting, peer bans and one "who has this file?" lookup round.
 //! Every function takes `now`, so the event loop (discovery.rs) owns time and tests move it.
 
-use crate::protocol::{Announce, Answer, Header, Query, VERSION};
+use crate::protocol::{Announce, Answer, Arriving, Header, InFlight, Query, VERSION};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
@@ -1073,6 +1073,8 @@ pub(crate) struct Candidate {
     pub size: u64,
     pub sha256: Option<[u8; 32]>,
     pub uploads: u16,
+    /// Not whole there yet: it is arriving (an ARRIVING answer, docs/PROTOCOL.md §4.6).
+    pub arriving: Option<InFlight>,
 }
 
 /// One "who has this file?" round: the peers asked, their answers in arrival order, and the
@@ -1085,6 +1087,8 @@ pub(crate) struct Lookup {
     /// (instance, answered), duplicates removed, at most MAX_PEERS.
     asked: Vec<(u64, bool)>,
     answers: Vec<(u64, Answer)>,
+    /// ARRIVING answers, in arrival order.
+    arriving: Vec<(u64, Arriving)>,
     deadline: Instant,
 }
 
@@ -1108,6 +1112,7 @@ impl Lookup {
             expected,
             asked: list,
             answers: Vec::new(),
+            arriving: Vec::new(),
             deadline,
         }
     }
@@ -1152,6 +1157,23 @@ impl Lookup {
         self.all_answered()
     }
 
+    /// An ARRIVING answer (the file is on its way there), recorded as `on_answer` records a
+    /// HAVE. Returns whether every asked peer has now answered.
+    pub(crate) fn on_arriving(&mut self, from_instance: u64, a: &Arriving) -> bool {
+        if a.id != self.id {
+            return self.all_answered();
+        }
+        let slot = self
+            .asked
+            .iter_mut()
+            .find(|(inst, answered)| *inst == from_instance && !answered);
+        if let Some(slot) = slot {
+            slot.1 = true;
+            self.arriving.push((from_instance, a.clone()));
+        }
+        self.all_answered()
+    }
+
     /// Whether `instance` was asked and has not answered yet.
     pub(crate) fn is_pending(&self, instance: u64) -> bool {
         self.asked
@@ -1173,7 +1195,7 @@ impl Lookup {
     }
 
     pub(crate) fn answered_count(&self) -> usize {
-        self.answers.len()
+        self.answers.len() + self.arriving.len()
     }
 
     pub(crate) fn all_answered(&self) -> bool {
@@ -1229,10 +1251,48 @@ impl Lookup {
                 size: a.size,
                 sha256: a.sha256,
                 uploads: a.uploads,
+                arriving: None,
             })
             .collect();
         // Stable, so equal upload counts keep answer order.
         out.sort_by_key(|c| c.uploads);
+        // then the copies in flight that fit the same way: fetching before looking, the
+        // furthest along first, the lowest instance first (the one that fetches when all are
+        // still looking); whether to join one is the asker's decision (front.rs)
+        let mut flying: Vec<Candidate> = self
+            .arriving
+            .iter()
+            .filter(|(_, a)| {
+                let as_have = Answer {
+                    id: a.id,
+                    have: true,
+                    size: a.size,
+                    sha256: a.sha256,
+                    uploads: a.uploads,
+                };
+                self.matches(&as_have)
+            })
+            .map(|(inst, a)| Candidate {
+                instance: *inst,
+                size: a.size,
+                sha256: a.sha256,
+                uploads: a.uploads,
+                arriving: Some(InFlight {
+                    received: a.received,
+                    rate: a.rate,
+                    looking: a.looking,
+                }),
+            })
+            .collect();
+        flying.sort_by_key(|c| {
+            let f = c.arriving.unwrap_or(InFlight {
+                received: 0,
+                rate: 0,
+                looking: true,
+            });
+            (f.looking, u64::MAX - f.received, c.instance)
+        });
+        out.extend(flying);
         out
     }
 }
@@ -1935,6 +1995,49 @@ mod tests {
             sha256: sha,
             uploads,
         }
+    }
+
+    #[test]
+    fn copies_in_flight_rank_after_every_have_and_the_lowest_looking_first() {
+        let t0 = Instant::now();
+        let sha = Some([7; 32]);
+        let mut l = Lookup::new(
+            9,
+            "f".into(),
+            Some((1000, sha)),
+            vec![1, 2, 3, 4, 5, 6],
+            t0 + LOOKUP_BUDGET,
+        );
+        let arr = |received, looking, sha| Arriving {
+            id: 9,
+            size: 1000,
+            sha256: sha,
+            uploads: 0,
+            received,
+            rate: if looking { 0 } else { 500 },
+            looking,
+        };
+        assert!(!l.on_arriving(6, &arr(0, true, sha)));
+        assert!(!l.on_arriving(5, &arr(0, true, sha)));
+        assert!(!l.on_arriving(4, &arr(100, false, sha)));
+        assert!(
+            !l.on_arriving(3, &arr(600, false, Some([8; 32]))),
+            "another build"
+        );
+        assert!(!l.on_arriving(2, &arr(300, false, sha)));
+        assert!(!l.can_decide(t0), "a copy in flight never decides early");
+        assert!(l.on_answer(1, &have(9, 1000, sha, 3)));
+        let order: Vec<(u64, bool)> = l
+            .candidates()
+            .iter()
+            .map(|c| (c.instance, c.arriving.is_some()))
+            .collect();
+        assert_eq!(
+            order,
+            [(1, false), (2, true), (4, true), (5, true), (6, true)],
+            "HAVE, then fetching (furthest first), then looking (lowest first); no other build"
+        );
+        assert_eq!(l.answered_count(), 6);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub const ANSWER_LEN: usize = HEADER_LEN + 4 + 1 + 1 + 8 + 32 + 2;
 /// A QUERY is padded to at least this, so the answer it causes is never larger (no
 /// amplification, by construction).
 pub const MIN_QUERY_LEN: usize = ANSWER_LEN;
+/// An ARRIVING answer: the ANSWER layout, then received 8 + rate 4. Sent only in reply to a
+/// QUERY at least this long (never larger than its query: PROTOCOL.md §4.6).
+pub const ARRIVING_LEN: usize = ANSWER_LEN + 8 + 4;
 /// Largest legal ANNOUNCE: port, uploads, name, distro, arch count and arches.
 pub const MAX_ANNOUNCE_LEN: usize =
     HEADER_LEN + 2 + 2 + 1 + MAX_NAME_LEN + 1 + MAX_DISTRO_LEN + 1 + MAX_ARCHS * (1 + MAX_ARCH_LEN);
@@ -64,6 +67,12 @@ const QUERY_HAS_SHA: u8 = 0x02;
 const ANSWER_HAS_SHA: u8 = 0x01;
 const STATUS_DONT_HAVE: u8 = 0;
 const STATUS_HAVE: u8 = 1;
+/// The file is on its way to the answerer (PROTOCOL.md §4.6); a version-1 decoder that does
+/// not know it drops the datagram (unknown status), so it is never read as HAVE.
+const STATUS_ARRIVING: u8 = 2;
+/// ARRIVING only: the answerer's own lookup for the file is still in flight (nothing fetched
+/// yet); the lower instance fetches, the higher one joins (the tie-break).
+const ANSWER_LOOKING: u8 = 0x02;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -79,6 +88,8 @@ pub enum Message {
     Goodbye,
     Query(Query),
     Answer(Answer),
+    /// An ANSWER with status ARRIVING.
+    Arriving(Arriving),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +118,31 @@ pub struct Answer {
     /// Always None when `have` is false.
     pub sha256: Option<[u8; 32]>,
     pub uploads: u16,
+}
+
+/// "It is arriving here": a copy of the file in flight at the answerer, which its peer
+/// server sends as it grows (docs/DESIGN.md, "One download per LAN").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arriving {
+    pub id: u32,
+    /// The whole file's size (the answerer's sync db).
+    pub size: u64,
+    pub sha256: Option<[u8; 32]>,
+    pub uploads: u16,
+    /// Bytes arrived so far.
+    pub received: u64,
+    /// Bytes per second arriving now (0: not measured yet).
+    pub rate: u32,
+    /// Its own lookup is still in flight: nothing is fetched yet.
+    pub looking: bool,
+}
+
+/// What an answerer says of a file it does not hold whole yet (the ARRIVING fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    pub received: u64,
+    pub rate: u32,
+    pub looking: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -223,7 +259,7 @@ pub fn encode(h: &Header, m: &Message, out: &mut Vec<u8>) {
         Message::Announce(_) => TYPE_ANNOUNCE,
         Message::Goodbye => TYPE_GOODBYE,
         Message::Query(_) => TYPE_QUERY,
-        Message::Answer(_) => TYPE_ANSWER,
+        Message::Answer(_) | Message::Arriving(_) => TYPE_ANSWER,
     };
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -276,6 +312,23 @@ pub fn encode(h: &Header, m: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&a.size.to_be_bytes());
             out.extend_from_slice(&a.sha256.unwrap_or([0; 32]));
             out.extend_from_slice(&a.uploads.to_be_bytes());
+        }
+        Message::Arriving(a) => {
+            out.extend_from_slice(&a.id.to_be_bytes());
+            out.push(STATUS_ARRIVING);
+            let mut flags = 0;
+            if a.sha256.is_some() {
+                flags |= ANSWER_HAS_SHA;
+            }
+            if a.looking {
+                flags |= ANSWER_LOOKING;
+            }
+            out.push(flags);
+            out.extend_from_slice(&a.size.to_be_bytes());
+            out.extend_from_slice(&a.sha256.unwrap_or([0; 32]));
+            out.extend_from_slice(&a.uploads.to_be_bytes());
+            out.extend_from_slice(&a.received.to_be_bytes());
+            out.extend_from_slice(&a.rate.to_be_bytes());
         }
     }
 }
@@ -399,7 +452,7 @@ pub fn decode_with_flags(buf: &[u8], flags: u16) -> Result<(Header, Message), De
         TYPE_ANNOUNCE => Message::Announce(decode_announce(&mut r)?),
         TYPE_GOODBYE => Message::Goodbye,
         TYPE_QUERY => Message::Query(decode_query(&mut r)?),
-        _ => Message::Answer(decode_answer(&mut r)?),
+        _ => decode_answer(&mut r)?,
     };
     if r.remaining() != 0 {
         return Err(DecodeError::Trailing);
@@ -480,19 +533,25 @@ fn decode_query(r: &mut Reader<'_>) -> Result<Query, DecodeError> {
     })
 }
 
-fn decode_answer(r: &mut Reader<'_>) -> Result<Answer, DecodeError> {
+fn decode_answer(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
     let id = r.u32()?;
     let status = r.u8()?;
     let flags = r.u8()?;
     let size = r.u64()?;
     let sha = r.array::<32>()?;
     let uploads = r.u16()?;
-    if flags & !ANSWER_HAS_SHA != 0 {
+    let known = if status == STATUS_ARRIVING {
+        ANSWER_HAS_SHA | ANSWER_LOOKING
+    } else {
+        ANSWER_HAS_SHA
+    };
+    if flags & !known != 0 {
         return Err(DecodeError::BadField("answer flags"));
     }
     if flags & ANSWER_HAS_SHA == 0 && sha != [0; 32] {
         return Err(DecodeError::BadField("sha256"));
     }
+    let sha256 = (flags & ANSWER_HAS_SHA != 0).then_some(sha);
     let have = match status {
         STATUS_HAVE => true,
         STATUS_DONT_HAVE => {
@@ -501,15 +560,36 @@ fn decode_answer(r: &mut Reader<'_>) -> Result<Answer, DecodeError> {
             }
             false
         }
+        STATUS_ARRIVING => {
+            let received = r.u64()?;
+            let rate = r.u32()?;
+            // something on its way has a size, and has not arrived whole
+            if size == 0 || received >= size {
+                return Err(DecodeError::BadField("arriving answer"));
+            }
+            let looking = flags & ANSWER_LOOKING != 0;
+            if looking && (received != 0 || rate != 0) {
+                return Err(DecodeError::BadField("arriving answer"));
+            }
+            return Ok(Message::Arriving(Arriving {
+                id,
+                size,
+                sha256,
+                uploads,
+                received,
+                rate,
+                looking,
+            }));
+        }
         _ => return Err(DecodeError::BadField("status")),
     };
-    Ok(Answer {
+    Ok(Message::Answer(Answer {
         id,
         have,
         size,
-        sha256: (flags & ANSWER_HAS_SHA != 0).then_some(sha),
+        sha256,
         uploads,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -591,6 +671,24 @@ mod tests {
                 uploads: 0,
             }),
             Message::Answer(Answer::dont_have(44, 9)),
+            Message::Arriving(Arriving {
+                id: 45,
+                size: 100_000_000,
+                sha256: Some([0x11; 32]),
+                uploads: 1,
+                received: 40_000_000,
+                rate: 2_500_000,
+                looking: false,
+            }),
+            Message::Arriving(Arriving {
+                id: 46,
+                size: 1,
+                sha256: None,
+                uploads: 0,
+                received: 0,
+                rate: 0,
+                looking: true,
+            }),
         ]
     }
 
@@ -641,6 +739,79 @@ mod tests {
         assert!(lens.contains(&MAX_QUERY_LEN));
         assert!(lens.contains(&MIN_QUERY_LEN));
         assert!(lens.contains(&HEADER_LEN));
+    }
+
+    #[test]
+    fn arriving_exact_bytes() {
+        // "arriving: 0x1000 of 0x2000 bytes at 0x300 bytes/s, hash 0x11.., 1 upload", to
+        // query 0x2a of instance 0x1122334455667788, seq 7 (docs/PROTOCOL.md §4.6)
+        let h = Header {
+            instance: 0x1122_3344_5566_7788,
+            seq: 7,
+        };
+        let m = Message::Arriving(Arriving {
+            id: 0x2a,
+            size: 0x2000,
+            sha256: Some([0x11; 32]),
+            uploads: 1,
+            received: 0x1000,
+            rate: 0x300,
+            looking: false,
+        });
+        let mut want = vec![
+            0x46, 0x4c, 0x43, 0x4e, 0x01, 0x04, 0x00, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66,
+            0x77, 0x88, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x2a, 0x02, 0x01, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x20, 0x00,
+        ];
+        want.extend_from_slice(&[0x11; 32]);
+        want.extend_from_slice(&[0x00, 0x01]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0x10, 0x00, 0, 0, 0x03, 0x00]);
+        let got = enc(&h, &m);
+        assert_eq!(got, want);
+        assert_eq!(got.len(), ARRIVING_LEN);
+        assert_eq!(decode(&got), Ok((h.clone(), m.clone())));
+        // a version-1 decoder reads the status at offset 24 and knows only 0 and 1, and
+        // takes exactly 68 bytes: it drops this (BadField), it never reads HAVE
+        assert!(got[24] > STATUS_HAVE);
+        assert_ne!(got.len(), ANSWER_LEN);
+        // the "looking" form: flags bit 1, nothing received, no rate
+        let l = Message::Arriving(Arriving {
+            id: 0x2a,
+            size: 0x2000,
+            sha256: None,
+            uploads: 0,
+            received: 0,
+            rate: 0,
+            looking: true,
+        });
+        let lb = enc(&h, &l);
+        assert_eq!(&lb[24..26], &[0x02, 0x02]);
+        assert_eq!(decode(&lb), Ok((h.clone(), l)));
+        // what no sender makes is refused: looking with bytes, all received, size 0,
+        // LOOKING on a HAVE, an ARRIVING cut to the v1 length
+        let mut bad = lb.clone();
+        bad[ANSWER_LEN + 7] = 1;
+        assert!(decode(&bad).is_err());
+        let mut bad = got.clone();
+        bad[ANSWER_LEN..ANSWER_LEN + 8].copy_from_slice(&0x2000u64.to_be_bytes());
+        assert!(decode(&bad).is_err());
+        let mut bad = got.clone();
+        bad[26..34].copy_from_slice(&[0; 8]);
+        assert!(decode(&bad).is_err());
+        let mut bad = enc(&hdr(), &Message::Answer(Answer::dont_have(1, 0)));
+        bad[24] = STATUS_HAVE;
+        bad[25] = ANSWER_LOOKING;
+        bad[33] = 1;
+        assert_eq!(decode(&bad), Err(DecodeError::BadField("answer flags")));
+        assert_eq!(decode(&got[..ANSWER_LEN]), Err(DecodeError::TooShort));
+        // under a group key it carries the same 24-byte trailer as any datagram (§10.2)
+        let keys = crate::auth::Keys::from_secrets(&[b"0123456789abcdef"]);
+        let mut keyed = got.clone();
+        set_flags(&mut keyed, FLAG_AUTH);
+        keys.seal(&mut keyed, 1_700_000_000_000_000);
+        assert_eq!(keyed.len(), ARRIVING_LEN + 24);
+        let (body, _) = keys.open(&keyed).unwrap();
+        assert_eq!(decode_with_flags(body, FLAG_AUTH), Ok((h, m)));
     }
 
     #[test]
@@ -803,8 +974,12 @@ mod tests {
 
         let a = enc(&hdr(), &Message::Answer(Answer::dont_have(1, 0)));
         let mut b = a.clone();
-        b[24] = 2;
+        b[24] = 3;
         assert_eq!(decode(&b), Err(DecodeError::BadField("status")));
+        // ARRIVING in the 68 bytes of a v1 answer: too short, never a HAVE
+        let mut b = a.clone();
+        b[24] = 2;
+        assert_eq!(decode(&b), Err(DecodeError::TooShort));
         let mut b = a.clone();
         b[25] = 2;
         assert_eq!(decode(&b), Err(DecodeError::BadField("answer flags")));

@@ -7,11 +7,13 @@ use crate::auth::Keys;
 use crate::conn::Conn;
 use crate::http::{self, FileKind, HttpError, RangeOutcome, Request};
 use crate::names;
+use crate::stager::Growth;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Concurrent peer connections. Each costs a few KiB plus an open file; a LAN has far fewer
@@ -106,6 +108,24 @@ pub(crate) fn answer<S: Read + Write + AsRawFd>(
     dirs: &CacheDirs,
     keys: &Keys,
 ) {
+    answer_with(c, req, dirs, keys, &|_| None)
+}
+
+/// A package this host is receiving (front.rs: a copy in flight or just verified): its
+/// whole size and how far it is written.
+pub(crate) type Arriving<'a> = dyn Fn(&str) -> Option<(u64, Arc<Growth>)> + 'a;
+
+/// As `answer`; a package not in the cache dirs but `arriving` here is sent as it grows:
+/// `Content-Length` of the whole (or of the range), the bytes written so far, then the rest
+/// as it comes; the connection is cut if the copy fails (docs/DESIGN.md, "One download per
+/// LAN"). The requester verifies the whole file against its own db, as always.
+pub(crate) fn answer_with<S: Read + Write + AsRawFd>(
+    c: &mut Conn<S>,
+    req: &Request,
+    dirs: &CacheDirs,
+    keys: &Keys,
+    arriving: &Arriving<'_>,
+) {
     // under a group key, nothing is served (not even a 404) without a valid Flocon-Auth
     if !keys.is_empty()
         && !keys.verify_request(
@@ -122,6 +142,11 @@ pub(crate) fn answer<S: Read + Write + AsRawFd>(
         Err(e) => return c.answer_error(e.status()),
     };
     let Some((file, meta)) = dirs.open(&name) else {
+        if http::classify(&name) == FileKind::Package
+            && let Some((len, growth)) = arriving(&name)
+        {
+            return answer_growing(c, req, len, growth);
+        }
         return c.answer_error(HttpError::NotFound.status());
     };
     let len = meta.len();
@@ -146,6 +171,35 @@ pub(crate) fn answer<S: Read + Write + AsRawFd>(
         headers.push(("Content-Range", &cr));
     }
     c.answer_file(status, &headers, file, start, end);
+}
+
+fn answer_growing<S: Read + Write + AsRawFd>(
+    c: &mut Conn<S>,
+    req: &Request,
+    len: u64,
+    growth: Arc<Growth>,
+) {
+    let lm = http::http_date(UNIX_EPOCH + Duration::from_secs(unix_now()));
+    let (status, start, end) = match http::resolve_range(req.range.as_deref(), len) {
+        RangeOutcome::Full => (200, 0, len),
+        RangeOutcome::Partial { start, end } => (206, start, end + 1),
+        RangeOutcome::Unsatisfiable => {
+            let cr = http::content_range_unsatisfied(len);
+            return c.answer_bytes(416, &[("Content-Range", &cr)], b"");
+        }
+    };
+    let clen = (end - start).to_string();
+    let cr = http::content_range(start, end.saturating_sub(1), len);
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("Content-Type", "application/octet-stream"),
+        ("Content-Length", &clen),
+        ("Last-Modified", &lm),
+        ("Accept-Ranges", "bytes"),
+    ];
+    if status == 206 {
+        headers.push(("Content-Range", &cr));
+    }
+    c.answer_growing(status, &headers, growth, start, end);
 }
 
 /// Seconds since the epoch, for logs that compare with other hosts.
@@ -203,6 +257,15 @@ mod tests {
     }
 
     fn exchange_keyed(dirs: &CacheDirs, keys: &Keys, req: &[u8]) -> Vec<u8> {
+        exchange_arriving(dirs, keys, req, &|_| None)
+    }
+
+    fn exchange_arriving(
+        dirs: &CacheDirs,
+        keys: &Keys,
+        req: &[u8],
+        arriving: &Arriving<'_>,
+    ) -> Vec<u8> {
         let (a, mut b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         b.write_all(req).unwrap();
@@ -218,7 +281,7 @@ mod tests {
                 Progress::Close => break,
                 Progress::Request => {
                     let req = conn.take_request().unwrap();
-                    answer(&mut conn, &req, dirs, keys);
+                    answer_with(&mut conn, &req, dirs, keys, arriving);
                 }
                 _ => std::thread::sleep(Duration::from_millis(1)),
             }
@@ -340,6 +403,91 @@ mod tests {
         let resp = exchange_keyed(&f.dirs, &keys, req(good).as_bytes());
         assert_eq!(status_of(&resp), 200);
         assert!(resp.len() > 100_000);
+    }
+
+    /// A copy in flight: `first` bytes written now, the rest (or a failure) 100 ms later,
+    /// as the stager thread would.
+    fn growing(f: &Fixture, data: &[u8], first: usize, fail: bool) -> Arc<Growth> {
+        let path = f.dir.join("staged");
+        std::fs::write(&path, &data[..first]).unwrap();
+        let g = Growth::new();
+        g.set_for_test(Some(File::open(&path).unwrap()), first as u64, false);
+        let (g2, rest) = (g.clone(), data[first..].to_vec());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            if fail {
+                g2.set_for_test(None, first as u64, true);
+                return;
+            }
+            let mut w = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            for (i, piece) in rest.chunks(7000).enumerate() {
+                w.write_all(piece).unwrap();
+                let written = first + (i * 7000 + piece.len());
+                g2.set_for_test(None, written as u64, false);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        g
+    }
+
+    #[test]
+    fn a_copy_in_flight_is_sent_as_it_grows() {
+        let f = fixture("grow");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let g = growing(&f, &data, 40_000, false);
+        let len = data.len() as u64;
+        let arriving = |n: &str| (n == "b-1-1-any.pkg.tar.zst").then(|| (len, g.clone()));
+        let req = b"GET /b-1-1-any.pkg.tar.zst HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let resp = exchange_arriving(&f.dirs, &Keys::default(), req, &arriving);
+        let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&resp[..head_end]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(
+            head.contains("content-length: 300000"),
+            "the whole size: {head}"
+        );
+        assert!(resp[head_end..] == data[..], "every byte, in order");
+        // a range of it, from the part not written yet when asked
+        let g = growing(&f, &data, 1000, false);
+        let arriving = |n: &str| (n == "b-1-1-any.pkg.tar.zst").then(|| (len, g.clone()));
+        let req = b"GET /b-1-1-any.pkg.tar.zst HTTP/1.1\r\nRange: bytes=200000-\r\nConnection: close\r\n\r\n";
+        let resp = exchange_arriving(&f.dirs, &Keys::default(), req, &arriving);
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 206"), "{text:.80}");
+        assert!(text.contains("Content-Range: bytes 200000-299999/300000"));
+        let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(resp[head_end..] == data[200_000..]);
+        // a file in the cache dirs is served from there, whatever is arriving
+        let resp = exchange_arriving(
+            &f.dirs,
+            &Keys::default(),
+            b"GET /a-1-1-any.pkg.tar.zst HTTP/1.1\r\nConnection: close\r\n\r\n",
+            &|_| Some((5, Growth::new())),
+        );
+        assert!(String::from_utf8_lossy(&resp).contains("Content-Length: 100000"));
+    }
+
+    #[test]
+    fn a_copy_that_fails_in_flight_is_cut() {
+        let f = fixture("growfail");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let g = growing(&f, &data, 40_000, true);
+        let len = data.len() as u64;
+        let arriving = |n: &str| (n == "b-1-1-any.pkg.tar.zst").then(|| (len, g.clone()));
+        let req = b"GET /b-1-1-any.pkg.tar.zst HTTP/1.1\r\n\r\n";
+        let t0 = Instant::now();
+        let resp = exchange_arriving(&f.dirs, &Keys::default(), req, &arriving);
+        let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&resp[..head_end]).to_lowercase();
+        assert!(head.contains("content-length: 300000"), "{head}");
+        assert_eq!(resp.len() - head_end, 40_000, "what arrived, then the cut");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "cut, not left to time out"
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 #[cfg(test)]
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
@@ -30,10 +31,77 @@ pub(crate) const QUEUE_BYTES: usize = 2 << 20;
 /// How often the thread looks for discarded copies that no connection sends from any more.
 const LINGER_CHECK: Duration = Duration::from_secs(1);
 
+/// How far a staged copy is written, shared by the stager thread (which writes it), the
+/// transfer (which owns it) and the peer connections that send it while it grows
+/// (docs/DESIGN.md, "One download per LAN").
+#[derive(Debug, Default)]
+pub(crate) struct Growth {
+    /// A handle on the staging file, set by the thread once it is created.
+    file: OnceLock<Arc<File>>,
+    /// Bytes written to it so far (the file is written in order, without holes).
+    written: AtomicU64,
+    /// GROWING, WHOLE (verified) or FAILED.
+    state: AtomicU8,
+    /// A connection ran out of bytes: the next write (or the failure) wakes the loop.
+    want_wake: AtomicBool,
+}
+
+const GROWING: u8 = 0;
+const WHOLE: u8 = 1;
+const FAILED: u8 = 2;
+
+impl Growth {
+    pub(crate) fn new() -> Arc<Growth> {
+        Arc::new(Growth::default())
+    }
+
+    pub(crate) fn file(&self) -> Option<Arc<File>> {
+        self.file.get().cloned()
+    }
+
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// The copy failed or was thrown away before it was whole: what it sent is worth
+    /// nothing more, a connection sending it is cut.
+    pub(crate) fn failed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == FAILED
+    }
+
+    pub(crate) fn fail(&self) {
+        let _ = self
+            .state
+            .compare_exchange(GROWING, FAILED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn whole(&self) {
+        self.state.store(WHOLE, Ordering::Release);
+    }
+
+    /// A connection waits for more: the thread wakes the loop at the next write.
+    pub(crate) fn want_wake(&self) {
+        self.want_wake.store(true, Ordering::Release);
+    }
+
+    /// Tests: as the stager thread does.
+    #[cfg(test)]
+    pub(crate) fn set_for_test(&self, file: Option<File>, written: u64, failed: bool) {
+        if let Some(f) = file {
+            let _ = self.file.set(Arc::new(f));
+        }
+        self.written.store(written, Ordering::Release);
+        if failed {
+            self.fail();
+        }
+    }
+}
+
 enum Job {
     Open {
         id: u64,
         path: PathBuf,
+        growth: Arc<Growth>,
     },
     Write {
         id: u64,
@@ -51,6 +119,8 @@ enum Job {
         id: u64,
         path: PathBuf,
         file: Option<Arc<File>>,
+        /// The handle peers were sent the growing copy through: closed here too.
+        growing: Option<Arc<File>>,
     },
     /// Tests: the thread waits here until told, as behind a slow disk.
     #[cfg(test)]
@@ -78,6 +148,8 @@ struct Shared {
     queued: AtomicUsize,
     want_room: AtomicBool,
     room_freed: AtomicBool,
+    /// A growing copy that a connection waited for got bytes (or failed).
+    grown: AtomicBool,
     next_id: AtomicU64,
     dir: PathBuf,
     waker: Box<dyn Fn() + Send + Sync>,
@@ -115,6 +187,7 @@ impl Stager {
             queued: AtomicUsize::new(0),
             want_room: AtomicBool::new(false),
             room_freed: AtomicBool::new(false),
+            grown: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             dir: dir.to_path_buf(),
             waker: wake,
@@ -142,6 +215,12 @@ impl Stager {
     /// the disk may read again.
     pub(crate) fn take_room_freed(&self) -> bool {
         self.handle.shared.room_freed.swap(false, Ordering::AcqRel)
+    }
+
+    /// True once after a growing copy that a connection waited for got bytes or failed:
+    /// the connections waiting (`Conn::starved`) may send again.
+    pub(crate) fn take_grown(&self) -> bool {
+        self.handle.shared.grown.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -173,8 +252,8 @@ impl StageHandle {
         room
     }
 
-    pub(crate) fn open(&self, id: u64, path: PathBuf) {
-        let _ = self.jobs.send(Job::Open { id, path });
+    pub(crate) fn open(&self, id: u64, path: PathBuf, growth: Arc<Growth>) {
+        let _ = self.jobs.send(Job::Open { id, path, growth });
     }
 
     /// Queues a chunk (the caller stays within `room`; a bigger total only delays the
@@ -188,8 +267,19 @@ impl StageHandle {
         let _ = self.jobs.send(Job::Verify { id, sha256 });
     }
 
-    pub(crate) fn discard(&self, id: u64, path: PathBuf, file: Option<Arc<File>>) {
-        let _ = self.jobs.send(Job::Discard { id, path, file });
+    pub(crate) fn discard(
+        &self,
+        id: u64,
+        path: PathBuf,
+        file: Option<Arc<File>>,
+        growing: Option<Arc<File>>,
+    ) {
+        let _ = self.jobs.send(Job::Discard {
+            id,
+            path,
+            file,
+            growing,
+        });
     }
 
     /// Tests: the thread stops at this point of the queue until the sender says go.
@@ -204,6 +294,7 @@ impl StageHandle {
 /// One staging file being written.
 struct Open {
     file: Option<File>,
+    growth: Arc<Growth>,
     hasher: Sha256,
     /// Set once a failure was reported: later jobs for this copy do nothing.
     failed: bool,
@@ -216,6 +307,13 @@ fn run(jobs: Receiver<Job>, done: Sender<Report>, shared: &Shared) {
     let report = |id: u64, outcome: Outcome| {
         let _ = done.send(Report { id, outcome });
         (shared.waker)();
+    };
+    // a connection that waits for this copy's bytes gets its turn
+    let grew = |g: &Growth| {
+        if g.want_wake.swap(false, Ordering::AcqRel) {
+            shared.grown.store(true, Ordering::Release);
+            (shared.waker)();
+        }
     };
     loop {
         let job = if lingering.is_empty() {
@@ -230,20 +328,30 @@ fn run(jobs: Receiver<Job>, done: Sender<Report>, shared: &Shared) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         match job {
-            Job::Open { id, path } => {
+            Job::Open { id, path, growth } => {
                 let r = OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create_new(true)
                     .open(&path);
                 let failed = r.is_err();
-                if let Err(e) = &r {
-                    report(id, Outcome::Local(io::Error::new(e.kind(), e.to_string())));
+                match &r {
+                    Err(e) => {
+                        growth.fail();
+                        grew(&growth);
+                        report(id, Outcome::Local(io::Error::new(e.kind(), e.to_string())));
+                    }
+                    Ok(f) => {
+                        if let Ok(dup) = f.try_clone() {
+                            let _ = growth.file.set(Arc::new(dup));
+                        }
+                    }
                 }
                 open.insert(
                     id,
                     Open {
                         file: r.ok(),
+                        growth,
                         hasher: Sha256::new(),
                         failed,
                     },
@@ -255,13 +363,20 @@ fn run(jobs: Receiver<Job>, done: Sender<Report>, shared: &Shared) {
                     && let Some(f) = &mut o.file
                 {
                     match f.write_all(&chunk) {
-                        Ok(()) => o.hasher.update(&*chunk),
+                        Ok(()) => {
+                            o.hasher.update(&*chunk);
+                            o.growth
+                                .written
+                                .fetch_add(chunk.len() as u64, Ordering::AcqRel);
+                        }
                         Err(e) => {
                             o.failed = true;
                             o.file = None;
+                            o.growth.fail();
                             report(id, Outcome::Local(e));
                         }
                     }
+                    grew(&o.growth);
                 }
                 let len = chunk.len();
                 drop(chunk);
@@ -282,14 +397,30 @@ fn run(jobs: Receiver<Job>, done: Sender<Report>, shared: &Shared) {
                 let Some(file) = o.file else { continue };
                 let digest: [u8; 32] = o.hasher.finalize().into();
                 match sha256 {
-                    Some(want) if want != digest => report(id, Outcome::WrongHash),
-                    _ => report(id, Outcome::Verified(file)),
+                    Some(want) if want != digest => {
+                        o.growth.fail();
+                        grew(&o.growth);
+                        report(id, Outcome::WrongHash)
+                    }
+                    _ => {
+                        o.growth.whole();
+                        report(id, Outcome::Verified(file))
+                    }
                 }
             }
-            Job::Discard { id, path, file } => {
-                drop(open.remove(&id));
+            Job::Discard {
+                id,
+                path,
+                file,
+                growing,
+            } => {
+                if let Some(o) = open.remove(&id) {
+                    o.growth.fail();
+                    grew(&o.growth);
+                }
                 let _ = std::fs::remove_file(&path);
                 lingering.extend(file);
+                lingering.extend(growing);
             }
             #[cfg(test)]
             Job::Hold(wait) => {
@@ -318,6 +449,48 @@ pub(crate) fn counting_wake() -> (Box<dyn Fn() + Send + Sync>, Arc<Mutex<u64>>) 
 mod tests {
     use super::*;
     use crate::chunk::CHUNK_SIZE;
+
+    #[test]
+    fn growth_follows_the_writes_and_fails_with_a_discard_or_a_wrong_hash() {
+        let dir = std::env::temp_dir().join(format!("flocon-growth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (wake, wakes) = counting_wake();
+        let mut s = Stager::with_wake(&dir, wake).unwrap();
+        let h = s.handle();
+        for (name, hash_ok) in [("a", true), ("b", false)] {
+            let (id, g, path) = (h.new_id(), Growth::new(), dir.join(name));
+            h.open(id, path.clone(), g.clone());
+            g.want_wake();
+            h.write(id, Chunk::copy_of(b"hello "));
+            wait_for("bytes written", || g.written() == 6 && g.file().is_some());
+            wait_for("a wake-up for the waiting connection", || s.take_grown());
+            assert!(!s.take_grown(), "once per want_wake");
+            h.write(id, Chunk::copy_of(b"world"));
+            wait_for("more", || g.written() == 11);
+            assert!(!s.take_grown(), "nobody waited");
+            let sha: [u8; 32] = Sha256::digest(b"hello world").into();
+            h.verify(id, Some(if hash_ok { sha } else { [0; 32] }));
+            let mut r = Vec::new();
+            wait_for("a verdict", || {
+                r.extend(s.reports());
+                !r.is_empty()
+            });
+            assert_eq!(g.failed(), !hash_ok, "{name}");
+            g.fail();
+            assert_eq!(g.failed(), !hash_ok, "a whole copy stays whole");
+        }
+        // thrown away while growing: failed, its waiting connection woken
+        let (id, g, path) = (h.new_id(), Growth::new(), dir.join("c"));
+        h.open(id, path.clone(), g.clone());
+        h.write(id, Chunk::copy_of(b"x"));
+        wait_for("written", || g.written() == 1);
+        g.want_wake();
+        h.discard(id, path.clone(), None, g.file());
+        wait_for("failed and woken", || g.failed() && s.take_grown());
+        wait_for("unlinked", || !path.exists());
+        assert!(*wakes.lock().unwrap() > 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
     use std::time::{Duration, Instant};
 
     fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
@@ -337,7 +510,7 @@ mod tests {
         let h = s.handle();
         let id = h.new_id();
         let path = dir.join("x.pkg.tar.zst");
-        h.open(id, path.clone());
+        h.open(id, path.clone(), Growth::new());
         let go = h.hold();
         let (mut queued, mut hasher) = (0, Sha256::new());
         while h.room() > 0 {
@@ -377,7 +550,7 @@ mod tests {
         let serving = copy.clone();
         let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&*copy));
         let target = std::fs::read_link(&fd).unwrap();
-        h.discard(id, path.clone(), Some(copy));
+        h.discard(id, path.clone(), Some(copy), None);
         wait_for("the unlink", || !path.exists());
         std::thread::sleep(LINGER_CHECK + Duration::from_millis(100));
         assert_eq!(Arc::strong_count(&serving), 2, "kept while served");

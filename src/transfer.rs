@@ -8,7 +8,7 @@
 
 use crate::chunk::Chunk;
 use crate::peers::Candidate;
-use crate::stager::{Outcome, StageHandle};
+use crate::stager::{Growth, Outcome, StageHandle};
 use crate::syncdb::PkgInfo;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -61,6 +61,8 @@ pub(crate) struct Transfer {
     opened: bool,
     /// The verified copy, open for reading, shared with the connections serving it.
     copy: Option<Arc<File>>,
+    /// How far the staging file is written, for peers sent it while it grows.
+    growth: Arc<Growth>,
     pub received: u64,
     pub started: Instant,
     pub fetch_started: Option<Instant>,
@@ -125,6 +127,7 @@ impl Transfer {
             stage_id: stage.new_id(),
             opened: false,
             copy: None,
+            growth: Growth::new(),
             received: 0,
             started: now,
             fetch_started: None,
@@ -136,7 +139,8 @@ impl Transfer {
     /// failure arrives as `Verdict::Local`), a later one resumes it.
     pub(crate) fn begin_source(&mut self, instance: u64, addr: SocketAddr, now: Instant) {
         if !self.opened {
-            self.stage.open(self.stage_id, self.staged_path.clone());
+            self.stage
+                .open(self.stage_id, self.staged_path.clone(), self.growth.clone());
             self.opened = true;
         }
         self.source = Some((instance, addr));
@@ -195,9 +199,15 @@ impl Transfer {
         self.copy.clone()
     }
 
+    /// The staging file's progress, for the peer server (a new one after each reset).
+    pub(crate) fn growth(&self) -> Arc<Growth> {
+        self.growth.clone()
+    }
+
     /// Throws away what was staged (after a failed hash) so the next source starts at 0.
     pub(crate) fn reset_staging(&mut self) {
         self.remove_staged();
+        self.growth = Growth::new();
         self.stage_id = self.stage.new_id();
         self.received = 0;
         self.contributors.clear();
@@ -215,9 +225,15 @@ impl Transfer {
     /// Closes and unlinks the staged copy, on the stager thread. Requests already handed
     /// the copy keep their own handles.
     pub(crate) fn remove_staged(&mut self) {
+        // peers being sent it are cut (a verified copy stays whole)
+        self.growth.fail();
         if self.opened || self.copy.is_some() {
-            self.stage
-                .discard(self.stage_id, self.staged_path.clone(), self.copy.take());
+            self.stage.discard(
+                self.stage_id,
+                self.staged_path.clone(),
+                self.copy.take(),
+                self.growth.file(),
+            );
             self.opened = false;
         }
     }

@@ -81,6 +81,16 @@ fn static_peers_across_a_router_and_excluded_interfaces() {
     run_isolated("lan_routed.sh", &[], "lan_routed");
 }
 
+/// One download per LAN: 4 hosts with the host's pacman install the same set at the same
+/// moment through a 20 Mbit/s mirror; the fetching host killed half-way; another build.
+/// Shares the end-to-end fixtures, so it takes the same lock.
+#[test]
+fn one_download_per_lan_four_hosts_install_at_once() {
+    require_pacman_tools();
+    let _one = E2E.lock().unwrap_or_else(|e| e.into_inner());
+    run_isolated("lan_join.sh", &[], "lan_join");
+}
+
 /// The end-to-end suite with the host's pacman (6.0.2 on bookworm), flocon as its first
 /// `Server`: the way for pacman < 6.1.
 #[test]
