@@ -606,7 +606,13 @@ done
 # ------------------------------------------------------------------------------ 8
 LARGE=flocon-large
 scenario 8 "host 1's link is cut and healed: it rejoins and its cache is used again"
-for i in 2 3 4; do uncache "$i" "$LARGE"; done   # only host 1 holds it now
+for i in 2 3 4; do uncache "$i" "$LARGE"; done   # only host 1 holds it now ...
+# ... once the verified copies hosts 3 and 4 made in scenario 7 stop lingering for the LAN
+# (10 s after they were handed out: docs/DESIGN.md, "One download per LAN")
+no_copy_of() { [[ $(stq "$1" "sum(t['file'] == '$2' for t in s['transfers'])") == 0 ]]; }
+for i in 2 3 4; do
+  wait_for 30 no_copy_of "$i" "${FILE[$LARGE]}" || ko "host $i still offers its copy of $LARGE"
+done
 "$LAN" cut 1
 check "host 4 lets host 1 go once cut" wait_for "$EXPIRE_WAIT" not_sees 4 1
 m=$(mark); l0=$(loglines 4)
