@@ -947,7 +947,13 @@ impl Front {
     /// except that, the first time, one waiter's upstream answer feeds the copy (a tee) so
     /// that the LAN can join it, and the others keep waiting for it.
     fn copy_failed(&mut self, env: &mut impl Env, file: &str) {
+        // one miss per file: counted when the tee starts, else when the copy ends here (a
+        // second call for a copy whose tee was tried is the tee failing: already counted)
+        let tried = (self.copies.get(file)).map(|c| (c.tee_tried, c.transfer.repo.clone()));
         if self.start_tee(env, file) {
+            if let Some((_, repo)) = tried {
+                self.metrics.lan_miss(&repo);
+            }
             return;
         }
         let Some(c) = self.copies.remove(file) else {
@@ -955,7 +961,9 @@ impl Front {
         };
         let (repo, arch) = (c.transfer.repo.clone(), c.transfer.arch.clone());
         drop(c);
-        self.metrics.lan_miss(&repo);
+        if !tried.is_some_and(|(t, _)| t) {
+            self.metrics.lan_miss(&repo);
+        }
         for t in self.copy_waiters(file) {
             if let Some((r, _)) = self.take(env, t) {
                 self.serve_upstream(env, t, r, &repo, &arch, file, Vec::new());
