@@ -319,20 +319,9 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         start: u64,
         end: u64,
     ) {
-        self.begin();
-        http::write_head(
-            self.out.whole(),
-            self.version,
-            status,
-            headers,
-            self.keep_alive,
-        );
-        if self.method == Method::Get && end > start {
+        if self.begin_file_head(status, headers, start, end) {
             self.file = Some(file.into());
-            self.offset = start;
-            self.end = end;
         }
-        self.state = State::SendingHead;
     }
 
     /// As `answer_file`, for a file still being written (a copy in flight, shared by
@@ -346,21 +335,31 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         start: u64,
         end: u64,
     ) {
-        self.begin();
-        http::write_head(
-            self.out.whole(),
-            self.version,
-            status,
-            headers,
-            self.keep_alive,
-        );
-        if self.method == Method::Get && end > start {
+        if self.begin_file_head(status, headers, start, end) {
             self.file = growth.file();
             self.growth = Some(growth);
+        }
+    }
+
+    /// A file answer's head, and the body's bounds when a body follows (a GET of a
+    /// non-empty range): then the caller sets where the bytes come from.
+    fn begin_file_head(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        start: u64,
+        end: u64,
+    ) -> bool {
+        self.begin();
+        let out = self.out.whole();
+        http::write_head(out, self.version, status, headers, self.keep_alive);
+        self.state = State::SendingHead;
+        let body = self.method == Method::Get && end > start;
+        if body {
             self.offset = start;
             self.end = end;
         }
-        self.state = State::SendingHead;
+        body
     }
 
     /// Starts a streamed answer: the head now, the body through `push_stream`.

@@ -1146,12 +1146,7 @@ impl Lookup {
         if a.id != self.id {
             return self.all_answered();
         }
-        let slot = self
-            .asked
-            .iter_mut()
-            .find(|(inst, answered)| *inst == from_instance && !answered);
-        if let Some(slot) = slot {
-            slot.1 = true;
+        if self.mark_answered(from_instance) {
             self.answers.push((from_instance, a.clone()));
         }
         self.all_answered()
@@ -1163,15 +1158,16 @@ impl Lookup {
         if a.id != self.id {
             return self.all_answered();
         }
-        let slot = self
-            .asked
-            .iter_mut()
-            .find(|(inst, answered)| *inst == from_instance && !answered);
-        if let Some(slot) = slot {
-            slot.1 = true;
+        if self.mark_answered(from_instance) {
             self.arriving.push((from_instance, a.clone()));
         }
         self.all_answered()
+    }
+
+    /// Marks `instance`'s answer in: whether it was asked and had not answered yet.
+    fn mark_answered(&mut self, instance: u64) -> bool {
+        let slot = (self.asked.iter_mut()).find(|(i, answered)| *i == instance && !answered);
+        slot.map(|s| s.1 = true).is_some()
     }
 
     /// Whether `instance` was asked and has not answered yet.

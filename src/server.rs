@@ -149,30 +149,14 @@ pub(crate) fn answer_with<S: Read + Write + AsRawFd>(
         }
         return c.answer_error(HttpError::NotFound.status());
     };
-    let len = meta.len();
     let lm = last_modified(&meta);
-    let (status, start, end) = match http::resolve_range(req.range.as_deref(), len) {
-        RangeOutcome::Full => (200, 0, len),
-        RangeOutcome::Partial { start, end } => (206, start, end + 1),
-        RangeOutcome::Unsatisfiable => {
-            let cr = http::content_range_unsatisfied(len);
-            return c.answer_bytes(416, &[("Content-Range", &cr), ("Last-Modified", &lm)], b"");
-        }
-    };
-    let clen = (end - start).to_string();
-    let cr = http::content_range(start, end.saturating_sub(1), len);
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("Content-Type", "application/octet-stream"),
-        ("Content-Length", &clen),
-        ("Last-Modified", &lm),
-        ("Accept-Ranges", "bytes"),
-    ];
-    if status == 206 {
-        headers.push(("Content-Range", &cr));
-    }
-    c.answer_file(status, &headers, file, start, end);
+    answer_range(c, req, meta.len(), &lm, |c, status, headers, start, end| {
+        c.answer_file(status, headers, file, start, end)
+    });
 }
 
+/// A package still arriving here: the head promises the whole (or the range), the body
+/// follows as the copy grows.
 fn answer_growing<S: Read + Write + AsRawFd>(
     c: &mut Conn<S>,
     req: &Request,
@@ -180,12 +164,26 @@ fn answer_growing<S: Read + Write + AsRawFd>(
     growth: Arc<Growth>,
 ) {
     let lm = http::http_date(UNIX_EPOCH + Duration::from_secs(unix_now()));
+    answer_range(c, req, len, &lm, |c, status, headers, start, end| {
+        c.answer_growing(status, headers, growth, start, end)
+    });
+}
+
+/// The head of a file of `len` bytes, whole (200) or the range asked for (206), handed to
+/// `send` with the body's bounds; an unsatisfiable range is answered 416 here.
+fn answer_range<S: Read + Write + AsRawFd>(
+    c: &mut Conn<S>,
+    req: &Request,
+    len: u64,
+    lm: &str,
+    send: impl FnOnce(&mut Conn<S>, u16, &[(&str, &str)], u64, u64),
+) {
     let (status, start, end) = match http::resolve_range(req.range.as_deref(), len) {
         RangeOutcome::Full => (200, 0, len),
         RangeOutcome::Partial { start, end } => (206, start, end + 1),
         RangeOutcome::Unsatisfiable => {
             let cr = http::content_range_unsatisfied(len);
-            return c.answer_bytes(416, &[("Content-Range", &cr)], b"");
+            return c.answer_bytes(416, &[("Content-Range", &cr), ("Last-Modified", lm)], b"");
         }
     };
     let clen = (end - start).to_string();
@@ -193,13 +191,13 @@ fn answer_growing<S: Read + Write + AsRawFd>(
     let mut headers: Vec<(&str, &str)> = vec![
         ("Content-Type", "application/octet-stream"),
         ("Content-Length", &clen),
-        ("Last-Modified", &lm),
+        ("Last-Modified", lm),
         ("Accept-Ranges", "bytes"),
     ];
     if status == 206 {
         headers.push(("Content-Range", &cr));
     }
-    c.answer_growing(status, &headers, growth, start, end);
+    send(c, status, &headers, start, end);
 }
 
 /// Seconds since the epoch, for logs that compare with other hosts.
