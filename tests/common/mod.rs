@@ -654,19 +654,24 @@ impl Drop for FakePeer {
     }
 }
 
+/// A fake peer's discovery socket: the well-known port on `ipv4` (shared with the daemon
+/// under test by SO_REUSEADDR), multicast out of that address, reads bounded by `timeout`.
+pub fn discovery_socket(ipv4: std::net::Ipv4Addr, timeout: Duration) -> std::net::UdpSocket {
+    use socket2::{Domain, Socket, Type};
+    let udp = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+    udp.set_reuse_address(true).unwrap();
+    udp.bind(&SocketAddr::new(ipv4.into(), flocon::protocol::PORT).into())
+        .unwrap();
+    udp.set_multicast_if_v4(&ipv4).unwrap();
+    udp.set_read_timeout(Some(timeout)).unwrap();
+    udp.into()
+}
+
 impl FakePeer {
     pub fn start(ip: &str, file: &str, body: Vec<u8>, mode: PeerMode) -> FakePeer {
         use flocon::protocol::{self, Announce, Answer, Header, Message};
-        use socket2::{Domain, Socket, Type};
         let ipv4: std::net::Ipv4Addr = ip.parse().unwrap();
-        let udp = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
-        udp.set_reuse_address(true).unwrap();
-        udp.bind(&SocketAddr::new(ipv4.into(), protocol::PORT).into())
-            .unwrap();
-        udp.set_multicast_if_v4(&ipv4).unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let udp: std::net::UdpSocket = udp.into();
+        let udp = discovery_socket(ipv4, Duration::from_millis(100));
         let size = body.len() as u64;
         let instance = 0x0fa4_e000_0000_0000 | ipv4.octets()[3] as u64;
         let file = file.to_string();

@@ -170,16 +170,8 @@ pub struct Announcer {
 impl Announcer {
     pub fn start(ip: &str, tcp_port: u16, name: &str, offers: Vec<Offer>) -> Announcer {
         use flocon::protocol::{self, Announce, Answer, Header, Message};
-        use socket2::{Domain, Socket, Type};
         let ipv4: std::net::Ipv4Addr = ip.parse().unwrap();
-        let udp = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
-        udp.set_reuse_address(true).unwrap();
-        udp.bind(&SocketAddr::new(ipv4.into(), protocol::PORT).into())
-            .unwrap();
-        udp.set_multicast_if_v4(&ipv4).unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let udp: std::net::UdpSocket = udp.into();
+        let udp = crate::common::discovery_socket(ipv4, Duration::from_millis(50));
         // "0fa4" and the address's last octet lead: short ids differ per fake
         let instance = 0x0fa4_0000_0000_005a | u64::from(ipv4.octets()[3]) << 40;
         let stop = Arc::new(AtomicBool::new(false));
