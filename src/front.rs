@@ -14,9 +14,9 @@
 use crate::eventloop::TimerId;
 use crate::fetch;
 use crate::guard;
-use crate::http::{self, FileKind, Method, RangeOutcome, Request};
+use crate::http::{self, Method, RangeOutcome, Request};
 use crate::metrics::{Metrics, human_bytes};
-use crate::names;
+use crate::names::{self, FileKind};
 use crate::peers::Candidate;
 use crate::policy::{self, Action, Conduct, Pace};
 use crate::protocol::InFlight;
@@ -469,7 +469,7 @@ impl Front {
             Ok(x) => x,
             Err(e) => return answer(env, t, Reply::Error(e.status())),
         };
-        let kind = http::classify(&file);
+        let kind = names::classify(&file);
         debug!(
             "{} /{repo}/os/{arch}/{file} ({kind:?})",
             r.request.method.as_str()

@@ -295,7 +295,7 @@ mod tests {
         for (name, want) in table {
             assert_eq!(encode_segment(name), want, "{name}");
             // and the mirror decodes exactly the name
-            assert_eq!(crate::http::percent_decode(want).unwrap(), name);
+            assert_eq!(crate::http::request::percent_decode(want).unwrap(), name);
         }
     }
 }
