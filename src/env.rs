@@ -100,7 +100,9 @@ impl Env for Loop<'_> {
         let addr = req.addr;
         // under a group key, a request to a peer's file server carries Flocon-Auth
         if self.discovery.peers.iter().any(|p| p.tcp_addr() == addr) {
-            let auth = self.discovery.auth_header(req.method.as_str(), &req.path);
+            let auth = self
+                .discovery
+                .auth_header(req.method.as_str(), req.url.path());
             req.headers.extend(auth);
         }
         let f = Fetch::connect(req, self.now)

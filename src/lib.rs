@@ -54,4 +54,5 @@ pub(crate) mod syncdb;
 #[allow(unsafe_code)]
 pub(crate) mod sys;
 pub(crate) mod transfer;
+pub(crate) mod url;
 pub mod xorshift;

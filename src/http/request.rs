@@ -5,9 +5,10 @@
 
 use super::{
     HttpError, Method, Version, connection_tokens, header_text, hex_value, parse_decimal,
-    strip_prefix_ignore_case, valid_header,
+    valid_header,
 };
 use crate::names::{self, FileKind, classify};
+use crate::url::HttpUrl;
 use std::io::Write as _;
 
 /// Request head bound. pacman (libcurl) sends heads of about 200-300 bytes; 8 KiB is the
@@ -147,30 +148,26 @@ fn names_other_version(buf: &[u8]) -> bool {
     last.len() > 5 && last.starts_with(b"HTTP/") && last[5].is_ascii_digit()
 }
 
-/// The path of a request target: query dropped (nobody here uses one), absolute-form
-/// (`http://host/path`, which RFC 9112 §3.2.2 says servers must accept) reduced to its path.
-fn origin_path(target: &str) -> Result<&str, HttpError> {
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let authority = strip_prefix_ignore_case(path, "http://")
-        .or_else(|| strip_prefix_ignore_case(path, "https://"));
-    let path = match authority {
-        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None => path,
-    };
-    if path.starts_with('/') {
-        Ok(path)
+/// The path of a request target, query dropped (nobody here uses one). An absolute-form
+/// target (`http://host/path`, which RFC 9112 §3.2.2 says servers must accept) is read by the
+/// one URL parser and reduced to its path.
+fn origin_path(target: &str) -> Result<String, HttpError> {
+    let url;
+    let path = if target.starts_with('/') {
+        target
     } else {
-        Err(HttpError::BadRequest)
-    }
+        url = HttpUrl::parse(target).map_err(|_| HttpError::BadRequest)?;
+        url.path()
+    };
+    Ok(path.split_once('?').map_or(path, |(p, _)| p).to_string())
 }
 
 /// Name rules for a file requested from the peer server (docs/DESIGN.md, "The peer server"): the target must be "/"
 /// plus one safe name of a package or a package signature. Bad encoding is 400; a name we
 /// refuse is 404, which tells a prober nothing more.
 pub(crate) fn peer_file_name(target: &str) -> Result<String, HttpError> {
-    let rest = origin_path(target)?
-        .strip_prefix('/')
-        .ok_or(HttpError::BadRequest)?;
+    let path = origin_path(target)?;
+    let rest = path.strip_prefix('/').ok_or(HttpError::BadRequest)?;
     if rest.contains('/') {
         return Err(HttpError::NotFound);
     }
@@ -185,9 +182,8 @@ pub(crate) fn peer_file_name(target: &str) -> Result<String, HttpError> {
 /// checked with `names::is_file_name`. Returns (repo, arch, file); the file may be of any kind, the
 /// front decides what to do with it by `classify`.
 pub(crate) fn front_path(target: &str) -> Result<(String, String, String), HttpError> {
-    let rest = origin_path(target)?
-        .strip_prefix('/')
-        .ok_or(HttpError::BadRequest)?;
+    let path = origin_path(target)?;
+    let rest = path.strip_prefix('/').ok_or(HttpError::BadRequest)?;
     let mut parts = rest.split('/');
     let (Some(repo), Some(os), Some(arch), Some(file), None) = (
         parts.next(),
@@ -244,31 +240,17 @@ pub(crate) fn percent_decode(s: &str) -> Result<String, HttpError> {
     String::from_utf8(out).map_err(|_| HttpError::BadRequest)
 }
 
-/// Writes an HTTP/1.1 request head. `path` should already be percent-encoded; bytes that
-/// may not appear in a request target (space, controls, non-ASCII and the delimiters
-/// RFC 3986 excludes) are encoded here so a stray one cannot split the request line. Headers that could split the head are
-/// dropped, and so are bytes of `host_header` that could.
+/// Writes an HTTP/1.1 request head for `url`. Its target and `Host` come from an `HttpUrl`,
+/// which holds no byte that could split the request line; extra headers that could split the
+/// head are dropped.
 pub(crate) fn build_request(
     out: &mut Vec<u8>,
     method: Method,
-    host_header: &str,
-    path: &str,
+    url: &HttpUrl,
     extra: &[(&str, &str)],
 ) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    if !path.starts_with('/') {
-        out.push(b'/');
-    }
-    for b in path.bytes() {
-        if b.is_ascii_graphic() && !b"\"<>\\^`{|}#".contains(&b) {
-            out.push(b);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend(host_header.bytes().filter(|b| b.is_ascii_graphic()));
+    let _ = write!(out, "{} {}", method.as_str(), url.path());
+    let _ = write!(out, " HTTP/1.1\r\nHost: {}", url.host_header());
     // Without Accept-Encoding any content coding is allowed (RFC 9110 §12.5.3); we hash
     // and forward the bytes as the file, so they must arrive unencoded.
     let _ = write!(
@@ -664,11 +646,13 @@ mod tests {
     #[test]
     fn requests_built() {
         let mut out = Vec::new();
+        let url =
+            HttpUrl::parse("http://Mirror.example:8080/core/os/x86_64/a%20b%0D%0A.pkg.tar.zst?t#f")
+                .unwrap();
         build_request(
             &mut out,
             Method::Get,
-            "mirror.example:8080",
-            "/core/os/x86_64/a b\r\n.pkg.tar.zst",
+            &url,
             &[
                 ("Range", "bytes=5-"),
                 ("X-Evil", "x\r\nHost: y"),
@@ -680,15 +664,23 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                "GET /core/os/x86_64/a%20b%0D%0A.pkg.tar.zst HTTP/1.1\r\nHost: mirror.example:8080\r\n{ua}Accept-Encoding: identity\r\nRange: bytes=5-\r\nIf-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
+                "GET /core/os/x86_64/a%20b%0D%0A.pkg.tar.zst?t HTTP/1.1\r\nHost: mirror.example:8080\r\n{ua}Accept-Encoding: identity\r\nRange: bytes=5-\r\nIf-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
             )
         );
         // Our request parser reads it back.
         let r = parse_request(&out).unwrap().unwrap();
         assert_eq!(r.range.as_deref(), Some("bytes=5-"));
         assert_eq!(r.head_len, out.len());
+        // A target or a Host that could split the head never becomes a URL to build from.
+        for bad in [
+            "http://m/core/os/x86_64/a b\r\n.pkg.tar.zst",
+            "http://h\r\nX: y/x",
+        ] {
+            assert!(HttpUrl::parse(bad).is_err(), "{bad:?}");
+        }
         out.clear();
-        build_request(&mut out, Method::Head, "h\r\nX: y", "x", &[]);
-        assert!(out.starts_with(b"HEAD /x HTTP/1.1\r\nHost: hX:y\r\n"));
+        let peer = HttpUrl::peer("[::1]:80".parse().unwrap());
+        build_request(&mut out, Method::Head, &peer, &[]);
+        assert!(out.starts_with(b"HEAD / HTTP/1.1\r\nHost: [::1]\r\n"));
     }
 }
