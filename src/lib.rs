@@ -12,6 +12,7 @@ pub mod log;
 
 pub mod auth;
 pub(crate) mod chunk;
+pub mod cli;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod conns;
@@ -39,6 +40,7 @@ pub(crate) mod metrics;
 pub(crate) mod names;
 pub(crate) mod notify;
 pub(crate) mod outbuf;
+pub mod pacman_conf;
 #[allow(dead_code)]
 pub(crate) mod peers;
 pub(crate) mod policy;
@@ -54,4 +56,5 @@ pub(crate) mod syncdb;
 #[allow(unsafe_code)]
 pub(crate) mod sys;
 pub(crate) mod transfer;
+pub(crate) mod upstream;
 pub mod xorshift;
