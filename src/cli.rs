@@ -10,17 +10,15 @@ use std::path::PathBuf;
 
 use lexopt::prelude::*;
 
-use crate::config::{
-    self, Config, ConfigError, DEFAULT_FRONT_PORT, DEFAULT_PEER_PORT, Sources, check_paths, shown,
-};
+use crate::protocol::{self, MAX_NAME_LEN};
+
+use crate::config::{self, Config, ConfigError, DEFAULT_FRONT_PORT, Sources, check_paths, shown};
 
 /// Upper bound of `--lookup-ms`: the lookup happens before pacman sees its first body byte,
 /// and pacman aborts after 10 s without one, so the wait must stay far below that.
 pub const MAX_LOOKUP_MS: u64 = 5000;
 /// Upper bound of `--keep-max-mb` (the staging area as a whole holds at most 4 GiB).
 pub const MAX_KEEP_MAX_MB: u64 = 4096;
-/// Longest `--name`: Linux's HOST_NAME_MAX, so every hostname fits.
-pub const MAX_NAME_BYTES: usize = 64;
 /// Longest interface name: the kernel's IFNAMSIZ (16) minus its NUL terminator.
 const MAX_IFACE_BYTES: usize = 15;
 /// Values of one repeatable option (cache dirs, listen addresses, interfaces): far beyond real
@@ -260,7 +258,7 @@ fn parse_interface(s: &str) -> Result<String, String> {
 
 /// `HOST[:PORT]`, `[IPV6]:PORT` or a bare IPv6 address (the port defaults to `--port`).
 fn parse_static_peer(s: &str) -> Result<String, String> {
-    match crate::discovery::split_host_port(s, DEFAULT_PEER_PORT) {
+    match crate::discovery::split_host_port(s, protocol::PORT) {
         Some(_) => Ok(s.trim().to_string()),
         None => Err(format!(
             "invalid peer '{}' (expected HOST[:PORT], e.g. pi4.lan, 10.1.2.3:19432 or [fd00::7]:19432)",
@@ -312,14 +310,15 @@ fn parse_keep_max_mb(s: &str) -> Result<u64, String> {
     }
 }
 
-/// The name is announced to peers and appears in their logs: bounded, one printable line.
+/// The name is announced to peers and appears in their logs: one printable line, within the
+/// wire's bound (Linux's HOST_NAME_MAX, so every hostname fits).
 pub(crate) fn parse_name(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("empty name".to_string());
     }
-    if s.len() > MAX_NAME_BYTES {
+    if s.len() > MAX_NAME_LEN {
         return Err(format!(
-            "name is {} bytes long (at most {MAX_NAME_BYTES})",
+            "name is {} bytes long (at most {MAX_NAME_LEN})",
             s.len()
         ));
     }
@@ -480,8 +479,8 @@ mod tests {
     use super::*;
     use crate::config::tests::{TempDir, p, sa};
     use crate::config::{
-        DEFAULT_CONFIG_FILE, DEFAULT_DB_PATH, DEFAULT_KEEP_MAX_MB, DEFAULT_LOOKUP_MS,
-        DEFAULT_PACMAN_CONF, DEFAULT_STATE_DIR, default_listen,
+        DEFAULT_CONFIG_FILE, DEFAULT_DB_PATH, DEFAULT_KEEP_MAX_MB, DEFAULT_PACMAN_CONF,
+        DEFAULT_STATE_DIR, default_listen,
     };
     use crate::xorshift::XorShift;
     use std::net::Ipv4Addr;
@@ -736,8 +735,15 @@ mod tests {
             DEFAULT_STATE_DIR,
             &format!("127.0.0.1:{DEFAULT_FRONT_PORT}"),
             &format!("[::1]:{DEFAULT_FRONT_PORT}"),
-            &format!("default {DEFAULT_PEER_PORT}"),
-            &format!("1-{MAX_LOOKUP_MS}, default {DEFAULT_LOOKUP_MS}"),
+            &format!("default {}", protocol::PORT),
+            &format!(
+                "1-{MAX_LOOKUP_MS}, default {}",
+                crate::peers::LOOKUP_BUDGET.as_millis()
+            ),
+            &format!(
+                "1-3600, default {}",
+                crate::peers::ANNOUNCE_INTERVAL.as_secs()
+            ),
             &format!("0-{MAX_KEEP_MAX_MB}, default {DEFAULT_KEEP_MAX_MB}"),
         ] {
             assert!(text.contains(needle), "{needle} missing");

@@ -18,11 +18,10 @@ use std::time::Duration;
 
 use crate::cli::{CliArgs, Opt, Overrides};
 use crate::pacman_conf::{FileStamp, PacmanConf, Repo};
+use crate::{peers, protocol};
 
 /// Loopback port pacman talks to (README, "Ports").
 pub const DEFAULT_FRONT_PORT: u16 = 19433;
-/// Peer TCP and UDP port (README, "Ports").
-pub const DEFAULT_PEER_PORT: u16 = 19432;
 /// Packagers move these at build time (build.rs: FLOCON_DEFAULT_CONFIG etc.).
 pub const DEFAULT_CONFIG_FILE: &str = env!("FLOCON_DEFAULT_CONFIG");
 pub const DEFAULT_PACMAN_CONF: &str = env!("FLOCON_DEFAULT_PACMAN_CONF");
@@ -34,18 +33,11 @@ pub const DEFAULT_STATE_DIR: &str = env!("FLOCON_DEFAULT_STATE_DIR");
 pub const DEFAULT_NAME: &str = "flocon";
 /// Used when /etc/os-release has no usable `ID=`.
 pub const DEFAULT_DISTRO: &str = "unknown";
-/// How long a request waits for peers to answer before going upstream: a LAN round trip is
-/// well under a millisecond, a busy Raspberry Pi on Wi-Fi a few tens.
-pub const DEFAULT_LOOKUP_MS: u64 = 50;
-/// Default mean seconds between announcements (docs/PROTOCOL.md).
-pub const DEFAULT_ANNOUNCE_SECS: u64 = 30;
 /// Default `--keep-max-mb`: copies fetched from upstream and kept for the LAN (in flight and
 /// for READY_LINGER after), at most this many MiB at once (docs/DESIGN.md, "One download per
 /// LAN"): a few large packages of one upgrade, small enough for a Raspberry Pi's SD card.
 pub const DEFAULT_KEEP_MAX_MB: u64 = 512;
 
-/// Longest distro id kept from os-release: real ids are a few bytes; it is announced to peers.
-const MAX_DISTRO_BYTES: usize = 64;
 /// Largest config file read (flocon.conf, pacman.conf, each include, os-release, hostname):
 /// real ones are a few KiB; the bound keeps a mistaken `Include = /dev/zero` from eating memory.
 pub(crate) const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -125,16 +117,16 @@ impl Default for Config {
             db_path: PathBuf::from(DEFAULT_DB_PATH),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             listen: default_listen(),
-            port: DEFAULT_PEER_PORT,
+            port: protocol::PORT,
             peer_addr: None,
             interfaces: Vec::new(),
             exclude_interfaces: Vec::new(),
             static_peers: Vec::new(),
             key_files: Vec::new(),
             debug: false,
-            lookup_budget: Duration::from_millis(DEFAULT_LOOKUP_MS),
+            lookup_budget: peers::LOOKUP_BUDGET,
             keep_max_bytes: DEFAULT_KEEP_MAX_MB << 20,
-            announce_interval: Duration::from_secs(DEFAULT_ANNOUNCE_SECS),
+            announce_interval: peers::ANNOUNCE_INTERVAL,
             name: DEFAULT_NAME.to_string(),
             distro: DEFAULT_DISTRO.to_string(),
             architectures: vec![machine_arch().to_string()],
@@ -335,7 +327,9 @@ pub(crate) fn build(cli: &CliArgs) -> Result<Config, ConfigError> {
         Some(name) => name,
         None => read_hostname(&sources.hostname_file),
     };
-    config.distro = read_distro(&sources.os_release);
+    let (distro, warning) = read_distro(&sources.os_release);
+    config.distro = distro;
+    config.warnings.extend(warning);
     config.architectures = resolve_architectures(&pacman.architectures);
     config.repos = pacman.repos;
     Ok(config)
@@ -427,28 +421,39 @@ fn read_hostname(path: &Path) -> String {
         .unwrap_or_else(|| DEFAULT_NAME.to_string())
 }
 
-fn read_distro(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .filter_map(|path| read_bounded(path).ok())
-        .find_map(|text| os_release_id(&text))
-        .unwrap_or_else(|| DEFAULT_DISTRO.to_string())
+/// The first valid os-release `ID`, else [`DEFAULT_DISTRO`] and, when an `ID=` line was
+/// there but is not one peers accept (too long for an announcement, a character outside
+/// os-release's own `[a-z0-9._-]`), a warning naming it: it is announced to peers, and
+/// truncated it would name another distro.
+fn read_distro(paths: &[PathBuf]) -> (String, Option<String>) {
+    let mut warning = None;
+    for path in paths {
+        let Ok(text) = read_bounded(path) else {
+            continue;
+        };
+        match os_release_id(&text) {
+            Some(Ok(id)) => return (id, None),
+            Some(Err(e)) => {
+                warning.get_or_insert_with(|| {
+                    format!("{}: {e}: announced as '{DEFAULT_DISTRO}'", path.display())
+                });
+            }
+            None => {}
+        }
+    }
+    (DEFAULT_DISTRO.to_string(), warning)
 }
 
-/// `ID=` of os-release(5): possibly quoted, and only `[a-z0-9._-]` by that spec.
-fn os_release_id(text: &str) -> Option<String> {
+/// `ID=` of os-release(5), possibly quoted: `None` without one, an error when peers would
+/// refuse it (the protocol's distro rule, os-release's charset within the wire bound).
+fn os_release_id(text: &str) -> Option<Result<String, protocol::AnnounceError>> {
     let value = text.lines().find_map(|l| l.trim().strip_prefix("ID="))?;
     let value = value.trim();
     let unquoted = ['"', '\'']
         .iter()
         .find_map(|&q| value.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
         .unwrap_or(value);
-    let valid = !unquoted.is_empty()
-        && unquoted.len() <= MAX_DISTRO_BYTES
-        && unquoted
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    valid.then(|| unquoted.to_string())
+    Some(protocol::check_distro(unquoted).map(|()| unquoted.to_string()))
 }
 
 pub(crate) fn resolve_architectures(listed: &[String]) -> Vec<String> {
@@ -592,19 +597,40 @@ pub(crate) mod tests {
         // A hostname that is not a valid name falls back.
         dir.write("hostname", &"x".repeat(65));
         assert_eq!(dir.daemon(&[]).name, "flocon");
+        // An ID no announcement can carry (longer than the wire's 32 bytes, or outside
+        // os-release's charset) is not cut into another distro: the default, and a warning
+        // naming the file, the value and the rule.
+        let max = "d".repeat(protocol::MAX_DISTRO_LEN);
+        dir.write("os-release", &format!("ID={max}\n"));
+        let config = dir.daemon(&[]);
+        assert_eq!((config.distro.as_str(), config.warnings.len()), (&*max, 1));
+        let long = "d".repeat(protocol::MAX_DISTRO_LEN + 1);
+        for id in [long.as_str(), "Arch", ""] {
+            dir.write("os-release", &format!("ID={id}\n"));
+            let config = dir.daemon(&[]);
+            assert_eq!(config.distro, "archarm", "{id}: the next file's ID");
+            dir.write("usr-os-release", "ID=\n");
+            let config = dir.daemon(&[]);
+            assert_eq!(config.distro, DEFAULT_DISTRO, "{id}");
+            let warning = format!(
+                "{}: distro '{id}': must be 1-32 bytes of a-z, 0-9, '.', '_' and '-': \
+                 announced as 'unknown'",
+                dir.path("os-release").display()
+            );
+            assert_eq!(config.warnings[1..], [warning], "{id}");
+            dir.write("usr-os-release", "ID=archarm\n");
+        }
     }
 
     #[test]
     fn os_release_id_forms() {
-        assert_eq!(os_release_id("ID=arch"), Some("arch".into()));
-        assert_eq!(os_release_id("ID='arch'\n"), Some("arch".into()));
-        assert_eq!(os_release_id("ID_LIKE=arch\n"), None);
-        assert_eq!(os_release_id("ID=\"Bad Id\""), None);
-        assert_eq!(os_release_id("ID="), None);
-        assert_eq!(
-            os_release_id("NAME=x\n  ID=debian \n"),
-            Some("debian".into())
-        );
+        let id = |text| os_release_id(text).map(|r| r.map_err(|e| e.to_string()));
+        assert_eq!(id("ID=arch"), Some(Ok("arch".into())));
+        assert_eq!(id("ID='arch'\n"), Some(Ok("arch".into())));
+        assert_eq!(id("ID_LIKE=arch\n"), None);
+        assert!(id("ID=\"Bad Id\"").is_some_and(|r| r.is_err()));
+        assert!(id("ID=").is_some_and(|r| r.is_err()));
+        assert_eq!(id("NAME=x\n  ID=debian \n"), Some(Ok("debian".into())));
     }
 
     #[test]

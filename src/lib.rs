@@ -20,7 +20,7 @@ pub mod daemon;
 pub(crate) mod dbload;
 // Files other branches are rewriting now keep their dead items until those land (then
 // delete them and these allows): discovery.rs `static_peers`; front.rs `Wait::Dns::port`,
-// `Front::waiting`; peers.rs (only their tests use `ANNOUNCE_JITTER`, `LOOKUP_BUDGET`,
+// `Front::waiting`; peers.rs (only their tests use
 // `next_announce_delay`, `next_expiry`, `len`s, `records`, `query`, `deadline`,
 // `can_decide`; nothing uses `own_instance`, two `is_empty`s, `id`, `name`); server.rs
 // `CacheDirs::missing`.
