@@ -360,7 +360,7 @@ impl Discovery {
                 )?;
                 s.set_reuse_address(true)?;
                 let _ = s.set_multicast_all_v4(false);
-                s.set_multicast_ttl_v4(1)?;
+                s.set_multicast_ttl_v4(protocol::MULTICAST_HOPS)?;
                 s.set_multicast_loop_v4(true)?;
                 let addr = SocketAddr::new(IpAddr::V4(a), port);
                 s.bind(&addr.into()).map_err(|e| bind_err(addr, e))?;
@@ -378,7 +378,7 @@ impl Discovery {
                 s.set_reuse_address(true)?;
                 s.set_only_v6(true)?;
                 let _ = s.set_multicast_all_v6(false);
-                s.set_multicast_hops_v6(1)?;
+                s.set_multicast_hops_v6(protocol::MULTICAST_HOPS)?;
                 s.set_multicast_loop_v6(true)?;
                 let addr = SocketAddr::new(IpAddr::V6(a), port);
                 match s.bind(&addr.into()) {
@@ -837,7 +837,7 @@ impl Discovery {
         events: &mut Vec<DiscoveryEvent>,
     ) {
         events.append(&mut self.deferred);
-        let mut buf = [0u8; protocol::MAX_DATAGRAM + 1];
+        let mut buf = [0u8; protocol::RECV_BUFFER];
         loop {
             let recv = {
                 let sock = match token {

@@ -221,7 +221,7 @@ impl Env for Loop<'_> {
 
     fn upstreams(&self, repo: &str, arch: &str) -> Vec<String> {
         let r = self.cfg.repos.iter().find(|r| r.name == repo);
-        r.map(|r| r.upstreams(arch, self.cfg.front_port()))
+        r.map(|r| crate::upstream::upstreams(r, arch, self.cfg.front_port()))
             .unwrap_or_default()
     }
 

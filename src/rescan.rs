@@ -84,7 +84,7 @@ pub(crate) fn install_loaded(cfg: &Config, index: &mut SyncIndex, dbload: &mut D
 /// an edit): re-read the configuration as SIGHUP does; the sync dbs follow their own
 /// stamps. One log line. Whether a new configuration was applied.
 pub(crate) fn follow_pacman_conf(cfg: &mut Config, cache: &mut CacheDirs) -> bool {
-    let Some(path) = crate::config::changed_file(&cfg.pacman_files) else {
+    let Some(path) = crate::pacman_conf::changed_file(&cfg.pacman_files) else {
         return false;
     };
     let why = format!("{} changed", path.display());
@@ -107,7 +107,7 @@ pub(crate) fn apply_config(running: &mut Config, cache: &mut CacheDirs, why: &st
         Ok(cfg) => cfg,
         Err(e) => {
             warn!("{why}: keeping the old configuration: {e}");
-            running.pacman_files = crate::config::pacman_conf_stamps(&running.pacman_conf);
+            running.pacman_files = crate::pacman_conf::pacman_conf_stamps(&running.pacman_conf);
             return false;
         }
     };
