@@ -4,9 +4,8 @@
 //! tried the servers before it already; CacheServer lines are never upstreams; `# flocon:
 //! Server` comment lines always are. Only http:// and https:// mirrors can be upstreams.
 
-use std::net::IpAddr;
-
 use crate::pacman_conf::{Repo, ServerKind, ServerLine};
+use crate::url::{HttpUrl, Scheme};
 
 /// Upstream URLs for `arch`: `Server` lines that come after flocon's own entry
 /// (a Server/CacheServer URL whose host is localhost, 127.0.0.1 or [::1] and whose port is
@@ -48,52 +47,17 @@ fn substitute(url: &str, repo: &str, arch: &str) -> String {
         .to_string()
 }
 
-/// Whether `url` is flocon's own front: an http(s) URL to a loopback host on `front_port`.
+/// Whether `url` is flocon's own front: an http(s) URL to a loopback host on `front_port`. A
+/// `user:password@` is dropped, not refused: curl sends it, and the URL still reaches the front.
 fn is_own_url(url: &str, front_port: u16) -> bool {
-    loopback_port(url) == Some(front_port)
-}
-
-/// The port of `url` when its host is loopback, else `None`. It splits out only the scheme,
-/// host and port it needs; anything it cannot read is not loopback.
-fn loopback_port(url: &str) -> Option<u16> {
-    let (scheme, rest) = url.trim().split_once("://")?;
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "http" => 80,
-        "https" => 443,
-        _ => return None,
-    };
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host_port)| host_port);
-    let (host, port) = match host_port.strip_prefix('[') {
-        Some(bracketed) => {
-            let (host, after) = bracketed.split_once(']')?;
-            match after {
-                "" => (host, None),
-                _ => (host, Some(after.strip_prefix(':')?)),
-            }
-        }
-        None => match host_port.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (host_port, None),
-        },
-    };
-    let port = match port {
-        None | Some("") => default_port,
-        Some(port) => port.parse().ok()?,
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.eq_ignore_ascii_case("localhost.")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    loopback.then_some(port)
+    HttpUrl::parse_dropping_userinfo(url.trim())
+        .is_ok_and(|u| u.is_loopback() && u.port() == front_port)
 }
 
 /// Whether flocon can use a mirror URL as an upstream: http:// is fetched, https:// redirected
 /// to; ftp:// and file:// are pacman's alone.
 pub(crate) fn scheme_ok(url: &str) -> bool {
-    let scheme = url.split_once("://").map_or("", |(s, _)| s);
-    scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+    Scheme::of(url).is_some()
 }
 
 #[cfg(test)]
@@ -245,9 +209,9 @@ mod tests {
     }
 
     #[test]
-    fn loopback_port_mini_fuzz_never_panics() {
+    fn own_url_mini_fuzz_never_panics() {
         for text in crate::config::tests::fuzz_texts() {
-            let _ = loopback_port(&text);
+            let _ = is_own_url(&text, 19433);
         }
     }
 }

@@ -24,6 +24,22 @@ pub(crate) enum Scheme {
 }
 
 impl Scheme {
+    /// The scheme `url` starts with (case-insensitive `http://` or `https://`), if flocon can
+    /// use it at all.
+    pub(crate) fn of(url: &str) -> Option<Scheme> {
+        let has = |prefix: &str| {
+            url.get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        };
+        if has("http://") {
+            Some(Scheme::Http)
+        } else if has("https://") {
+            Some(Scheme::Https)
+        } else {
+            None
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",
@@ -232,13 +248,8 @@ impl fmt::Display for HttpUrl {
 
 fn parse(s: &str, drop_userinfo: bool) -> Result<HttpUrl, UrlError> {
     check_bytes(s)?;
-    let (scheme, rest) = if let Some(rest) = strip_prefix_ignore_case(s, "http://") {
-        (Scheme::Http, rest)
-    } else if let Some(rest) = strip_prefix_ignore_case(s, "https://") {
-        (Scheme::Https, rest)
-    } else {
-        return Err(UrlError::Scheme);
-    };
+    let scheme = Scheme::of(s).ok_or(UrlError::Scheme)?;
+    let rest = &s[scheme.as_str().len() + "://".len()..];
     let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (mut authority, path) = rest.split_at(end);
@@ -295,12 +306,6 @@ fn is_scheme(s: &str) -> bool {
     s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
-}
-
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
 }
 
 /// (path, `?query` or "").
@@ -482,6 +487,16 @@ mod tests {
             url("HTTPS://M.example:443/x?y").to_string(),
             "https://m.example/x?y"
         );
+        for (s, want) in [
+            ("http://x", Some(Http)),
+            ("HtTpS://x", Some(Https)),
+            ("https:/x", None),
+            ("ftp://x", None),
+            ("http", None),
+            ("é://", None),
+        ] {
+            assert_eq!(Scheme::of(s), want, "{s}");
+        }
     }
 
     #[test]
