@@ -221,16 +221,22 @@ impl HttpUrl {
 
     /// The same origin with another path, checked like a parsed one.
     fn with_path(&self, path: String) -> Result<HttpUrl, UrlError> {
-        let url = HttpUrl {
+        HttpUrl {
             scheme: self.scheme,
             host: self.host.clone(),
             port: self.port,
             path: normalize_path(&path),
-        };
-        if url.to_string().len() > MAX_URL {
-            return Err(UrlError::TooLong);
         }
-        Ok(url)
+        .within_bound()
+    }
+
+    /// The length bound applies to the URL as written, after escaping: `é` takes six bytes.
+    fn within_bound(self) -> Result<HttpUrl, UrlError> {
+        if self.to_string().len() > MAX_URL {
+            Err(UrlError::TooLong)
+        } else {
+            Ok(self)
+        }
     }
 }
 
@@ -282,12 +288,13 @@ fn parse(s: &str, drop_userinfo: bool) -> Result<HttpUrl, UrlError> {
             .ok_or(UrlError::Port)?,
         Some(_) => return Err(UrlError::Port),
     };
-    Ok(HttpUrl {
+    HttpUrl {
         scheme,
         host,
         port,
         path: normalize_path(path),
-    })
+    }
+    .within_bound()
 }
 
 /// Length and control bytes, checked before anything else reads the string.
@@ -555,9 +562,12 @@ mod tests {
         for (input, want) in table {
             assert_eq!(HttpUrl::parse(input), Err(*want), "{input:?}");
         }
-        // the longest accepted
+        // the longest accepted, and the bound counts escapes as written
         let longest = format!("http://m/{}", "a".repeat(MAX_URL - 9));
         assert_eq!(url(&longest).path().len(), MAX_URL - 8);
+        let escaped = format!("http://m/{}é", "a".repeat(MAX_URL - 14));
+        assert_eq!(escaped.len(), MAX_URL - 3);
+        assert_eq!(HttpUrl::parse(&escaped), Err(TooLong));
     }
 
     #[test]
