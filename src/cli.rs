@@ -400,6 +400,9 @@ pub(crate) fn parse_args_from(
         sources,
     };
     let config = config::build(&cli)?;
+    if !status {
+        config::announcement(&config)?;
+    }
     Ok(if status {
         Command::Status { config, json }
     } else {

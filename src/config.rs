@@ -227,11 +227,42 @@ fn strip_comment(line: &str) -> &str {
     line.split('#').next().unwrap_or("")
 }
 
-/// SIGHUP: re-reads the config file and pacman.conf; command-line values still win.
-pub fn reload(config: &Config) -> Result<Config, ConfigError> {
-    let mut config = build(&config.cli)?;
+/// SIGHUP: re-reads the config file and pacman.conf; command-line values still win. What we
+/// announce is refused alone, with one warning, when the protocol cannot carry it: the
+/// running name, distro and architectures stay (the rest of the new configuration applies).
+pub fn reload(running: &Config) -> Result<Config, ConfigError> {
+    let mut config = build(&running.cli)?;
+    if let Err(e) = announcement(&config) {
+        config.warnings.push(format!(
+            "{e}; keeping the old value ({})",
+            running.architectures.join(" ")
+        ));
+        config.name.clone_from(&running.name);
+        config.distro.clone_from(&running.distro);
+        config.architectures.clone_from(&running.architectures);
+    }
     check_paths(&mut config);
     Ok(config)
+}
+
+/// Our announcement, built by the protocol's validating constructor. A value that every
+/// receiver drops (an uppercase or too long `Architecture`, more architectures than an
+/// announcement carries) is an error naming it and the rule, never announcements no peer
+/// hears (docs/PROTOCOL.md §5). `--name` and the os-release ID are checked where they are
+/// read, so in practice only pacman.conf's `Architecture` fails here.
+pub(crate) fn announcement(config: &Config) -> Result<protocol::Announce, ConfigError> {
+    let (name, distro, archs) = (&config.name, &config.distro, &config.architectures);
+    protocol::Announce::new(config.port, 0, name, distro, archs).map_err(|e| match e.field {
+        "architecture" | "architectures" => ConfigError::new(
+            config.pacman_conf.display().to_string(),
+            format!(
+                "Architecture '{}': {} (peers drop an announcement carrying anything else)",
+                shown(&e.value),
+                e.rule
+            ),
+        ),
+        _ => ConfigError::new("announcement", e.to_string()),
+    })
 }
 
 /// Layers the command line over flocon.conf over pacman.conf over the defaults.
@@ -842,6 +873,81 @@ pub(crate) mod tests {
         assert_eq!(new.cli, config.cli);
         dir.write("flocon.conf", "port = x\n");
         assert!(reload(&config).is_err());
+    }
+
+    /// An Architecture the protocol cannot carry would make every peer drop our
+    /// announcements: refused at start with one line naming the value and the rule; on a
+    /// reload the running value stays, with one warning, and the rest applies.
+    #[test]
+    fn architectures_the_protocol_cannot_carry() {
+        let dir = TempDir::new("arch");
+        let pacman = dir.path("pacman.conf").display().to_string();
+        let rule = "must be 1-16 bytes of a-z, 0-9, '_' and '-' \
+                    (peers drop an announcement carrying anything else)";
+        let cases = [
+            ("X86_64", format!("Architecture 'X86_64': {rule}")),
+            (
+                "auto x86_64 Aarch64",
+                format!("Architecture 'Aarch64': {rule}"),
+            ),
+            (
+                "x86_64_v3_and_then_some",
+                format!("Architecture 'x86_64_v3_and_then_some': {rule}"),
+            ),
+            (
+                "armv7\u{7}",
+                format!("Architecture 'armv7\\u{{7}}': {rule}"),
+            ),
+            (
+                "a b c d e",
+                "Architecture 'a b c d e': an announcement carries at most 4 architectures \
+                 (peers drop an announcement carrying anything else)"
+                    .to_string(),
+            ),
+        ];
+        for (archs, reason) in &cases {
+            dir.write(
+                "pacman.conf",
+                &format!("[options]\nArchitecture = {archs}\n"),
+            );
+            let e = dir.error(&[]);
+            assert_eq!(
+                (e.option.as_str(), &e.reason),
+                (pacman.as_str(), reason),
+                "{archs}"
+            );
+            // `flocon status` announces nothing: it still asks the daemon.
+            assert!(matches!(dir.parse(&["status"]), Ok(Command::Status { .. })));
+        }
+        dir.write(
+            "pacman.conf",
+            "[options]\nArchitecture = x86_64 armv7h\n[core]\n",
+        );
+        let running = dir.daemon(&["--name", "pi"]);
+        assert_eq!(running.architectures, ["x86_64", "armv7h"]);
+        dir.write(
+            "pacman.conf",
+            "[options]\nArchitecture = X86_64\n[core]\n[extra]\n",
+        );
+        let new = reload(&running).unwrap();
+        assert_eq!(new.architectures, running.architectures);
+        assert_eq!(
+            new.repos.len(),
+            2,
+            "the rest of the new configuration applies"
+        );
+        let refused: Vec<&String> = new
+            .warnings
+            .iter()
+            .filter(|w| w.contains("X86_64"))
+            .collect();
+        assert_eq!(
+            refused,
+            [&format!(
+                "{pacman}: Architecture 'X86_64': {rule}; keeping the old value (x86_64 armv7h)"
+            )]
+        );
+        assert_eq!(announcement(&new).unwrap().archs, ["x86_64", "armv7h"]);
     }
 
     #[test]

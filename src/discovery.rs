@@ -102,9 +102,8 @@ pub(crate) struct Discovery {
     seq: u32,
     port: u16,
     only_interfaces: Vec<String>,
-    name: String,
-    distro: String,
-    archs: Vec<String>,
+    /// Ours, checked when built (`Announce::new`); `uploads` is filled in at each send.
+    announce: Announce,
     u4: Option<UdpSocket>,
     u6: Option<UdpSocket>,
     /// Lookups' QUERYs leave from these (ephemeral port) and their ANSWERs arrive here: a
@@ -218,9 +217,8 @@ pub(crate) struct Identity {
     pub port: u16,
     pub peer_addr: Option<IpAddr>,
     pub interfaces: Vec<String>,
-    pub name: String,
-    pub distro: String,
-    pub archs: Vec<String>,
+    /// What we announce, built by the validating `Announce::new`.
+    pub announce: Announce,
     pub exclude_interfaces: Vec<String>,
     pub keys: Keys,
     /// `peer = HOST[:PORT]` values.
@@ -255,9 +253,7 @@ impl Discovery {
             seq: 0,
             port: id.port,
             only_interfaces: id.interfaces,
-            name: id.name,
-            distro: id.distro,
-            archs: id.archs,
+            announce: id.announce,
             u4: u4.map(UdpSocket::from_std),
             u6: u6.map(UdpSocket::from_std),
             q4: q4.map(UdpSocket::from_std),
@@ -612,11 +608,8 @@ impl Discovery {
 
     fn announce_message(&self) -> Message {
         Message::Announce(Announce {
-            tcp_port: self.port,
             uploads: self.uploads,
-            name: self.name.clone(),
-            distro: self.distro.clone(),
-            archs: self.archs.clone(),
+            ..self.announce.clone()
         })
     }
 

@@ -55,7 +55,7 @@ pub const READY_LINGER: Duration = Duration::from_secs(10);
 const PACE_CHECK: Duration = Duration::from_millis(500);
 /// The time a copy has before pacman runs out of self-redirects: its first wait plus every
 /// redirect round. A copy that cannot finish within it hands its remainder to the mirror.
-const COPY_BUDGET: Duration = Duration::from_secs(
+pub(crate) const COPY_BUDGET: Duration = Duration::from_secs(
     transfer::REDIRECT_AFTER.as_secs() * (transfer::MAX_REDIRECT_ROUNDS as u64 + 1),
 );
 /// A copy in flight that has less than 1/JOIN_EARLY of the file is joined whatever its rate.
@@ -65,7 +65,7 @@ const JOIN_EARLY: u64 = 8;
 const JOIN_GRACE: Duration = Duration::from_secs(10);
 /// A copy in flight elsewhere is joined only if, at its announced rate, the rest arrives
 /// within this share of COPY_BUDGET (the joiner's pacman is sent round meanwhile).
-const JOIN_SHARE: f64 = 0.75;
+pub(crate) const JOIN_SHARE: f64 = 0.75;
 /// The "instance" recorded for bytes a copy took from the mirror (no peer is ever 0: ids are
 /// random, and a contributor 0 is never judged).
 const MIRROR: u64 = 0;

@@ -1262,4 +1262,161 @@ mod tests {
         // never reached past their first check.
         assert!(accepted > 100, "{accepted}");
     }
+
+    /// A duration as docs/PROTOCOL.md §12 writes it, in `unit` (ms, s, min or h).
+    fn in_unit(d: std::time::Duration, unit: &str) -> String {
+        let per: u128 = match unit {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "min" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => panic!("unit {unit}"),
+        };
+        let n = d.as_nanos();
+        if n.is_multiple_of(per) {
+            format!("{} {unit}", n / per)
+        } else {
+            format!("{} {unit}", n as f64 / per as f64)
+        }
+    }
+
+    /// The code's value of a constant named in §12, written as the table writes it; `None`
+    /// for a name the code does not have.
+    fn code_value(name: &str) -> Option<String> {
+        use crate::{auth, discovery, front, peers};
+        use std::time::Duration;
+        let d = in_unit;
+        Some(match name {
+            "MAGIC" => format!("\"{}\"", std::str::from_utf8(&MAGIC).unwrap()),
+            "VERSION" => VERSION.to_string(),
+            "PORT" => PORT.to_string(),
+            "GROUP_V4" => GROUP_V4.to_string(),
+            "GROUP_V6" => GROUP_V6.to_string(),
+            "MULTICAST_HOPS" => MULTICAST_HOPS.to_string(),
+            "HEADER_LEN" => HEADER_LEN.to_string(),
+            "MAX_NAME_LEN" => MAX_NAME_LEN.to_string(),
+            "MAX_DISTRO_LEN" => MAX_DISTRO_LEN.to_string(),
+            "MAX_ARCHS" => MAX_ARCHS.to_string(),
+            "MAX_ARCH_LEN" => MAX_ARCH_LEN.to_string(),
+            "MAX_FILE_NAME_LEN" => MAX_FILE_NAME_LEN.to_string(),
+            "ANSWER_LEN" => ANSWER_LEN.to_string(),
+            "MIN_QUERY_LEN" => MIN_QUERY_LEN.to_string(),
+            "ARRIVING_LEN" => ARRIVING_LEN.to_string(),
+            "MAX_ANNOUNCE_LEN" => MAX_ANNOUNCE_LEN.to_string(),
+            "MAX_QUERY_LEN" => MAX_QUERY_LEN.to_string(),
+            "MAX_DATAGRAM" => MAX_DATAGRAM.to_string(),
+            "RECV_BUFFER" => RECV_BUFFER.to_string(),
+            "FLAG_AUTH" => format!("0x{FLAG_AUTH:04x}"),
+            "JOIN_SHARE" => format!(
+                "{} of the copy budget ({})",
+                front::JOIN_SHARE,
+                d(front::COPY_BUDGET, "s")
+            ),
+            "ANNOUNCE_INTERVAL" => d(peers::ANNOUNCE_INTERVAL, "s"),
+            "ANNOUNCE_JITTER" => d(peers::ANNOUNCE_JITTER, "s"),
+            "ANNOUNCE_INTERVAL_MAX" => d(peers::ANNOUNCE_INTERVAL_MAX, "s"),
+            "STARTUP_ANNOUNCES" => peers::STARTUP_ANNOUNCES.to_string(),
+            "STARTUP_GAP" => d(peers::STARTUP_GAP, "s"),
+            "HURRY_DELAY_MAX" => d(peers::HURRY_DELAY_MAX, "ms"),
+            "MIN_ANNOUNCE_GAP" => d(peers::MIN_ANNOUNCE_GAP, "s"),
+            "PEER_EXPIRY" => d(peers::PEER_EXPIRY, "s"),
+            "ADDR_FAILOVER" => d(peers::ADDR_FAILOVER, "s"),
+            "MAX_PEERS" => peers::MAX_PEERS.to_string(),
+            "LOOKUP_BUDGET" => d(peers::LOOKUP_BUDGET, "ms"),
+            "MAX_LOOKUP_STRETCH" => d(peers::MAX_LOOKUP_STRETCH, "ms"),
+            "RATE_PER_SEC" => format!("{}/s", peers::RATE_PER_SEC),
+            "RATE_BURST" => peers::RATE_BURST.to_string(),
+            "RATE_SOURCES" => peers::RATE_SOURCES.to_string(),
+            "BAN_FIRST" => d(peers::BAN_FIRST, "min"),
+            "BAN_MAX" => d(peers::BAN_MAX, "h"),
+            "BAN_MEMORY" => d(peers::BAN_MEMORY, "h"),
+            "MAX_BANS" => peers::MAX_BANS.to_string(),
+            "MAX_CHECKS" => peers::MAX_CHECKS.to_string(),
+            "CHECK_RATE" => format!("{}/s", peers::CHECK_RATE),
+            "CHECK_TIMEOUT" => d(peers::CHECK_TIMEOUT, "ms"),
+            "CHECK_TRIES" => peers::CHECK_TRIES.to_string(),
+            "CHECK_NAME" => format!("`{}`", peers::CHECK_NAME),
+            "SILENT_AFTER" => peers::SILENT_AFTER.to_string(),
+            "SILENT_FOR" => d(peers::SILENT_FOR, "s"),
+            "SILENT_RETRY" => peers::SILENT_RETRY.to_string(),
+            "CHECK_BACKOFF" => d(peers::CHECK_BACKOFF, "s"),
+            "MAX_FAILED_CHECKS" => peers::MAX_FAILED_CHECKS.to_string(),
+            "MAX_LATE_CHECKS" => peers::MAX_LATE_CHECKS.to_string(),
+            "STRANGER_ANSWERS" => format!("{}/s", discovery::STRANGER_ANSWERS),
+            "MAX_FANOUT" => discovery::MAX_FANOUT.to_string(),
+            "MAX_STATIC_PEERS" => discovery::MAX_STATIC_PEERS.to_string(),
+            "TRAILER_LEN" => auth::TRAILER_LEN.to_string(),
+            "MAC_LEN" => auth::MAC_LEN.to_string(),
+            "STAMP_WINDOW_US" => d(Duration::from_micros(auth::STAMP_WINDOW_US), "s"),
+            "REORDER_US" => d(Duration::from_micros(auth::REORDER_US), "ms"),
+            "HTTP_WINDOW_SECS" => d(Duration::from_secs(auth::HTTP_WINDOW_SECS), "s"),
+            _ => return None,
+        })
+    }
+
+    /// docs/PROTOCOL.md §12 cannot drift from the code: every name it lists is defined in the
+    /// file it names, with exactly the value it gives, and every public constant of this
+    /// file (the wire format) is listed.
+    #[test]
+    fn protocol_md_constants_match_the_code() {
+        let doc = include_str!("../docs/PROTOCOL.md");
+        let sources = [
+            ("protocol.rs", include_str!("protocol.rs")),
+            ("peers.rs", include_str!("peers.rs")),
+            ("front.rs", include_str!("front.rs")),
+            ("discovery.rs", include_str!("discovery.rs")),
+            ("auth.rs", include_str!("auth.rs")),
+        ];
+        let start = doc
+            .find("\n## 12. Constants (as in the code)\n")
+            .expect("PROTOCOL.md has §12");
+        let section = &doc[start + 1..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
+        let mut listed: Vec<String> = Vec::new();
+        for row in &rows {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            let [names, values, file] = cells[..] else {
+                panic!("§12 row {row:?}: expected | names | values | file |");
+            };
+            let names: Vec<&str> = names.split('`').skip(1).step_by(2).collect();
+            let mut values: Vec<&str> = values
+                .split(", ")
+                .flat_map(|v| v.split(" / "))
+                .flat_map(|v| v.split(" ± "))
+                .collect();
+            // `A` = `B` | v: both have the value.
+            if values.len() == 1 && row.contains("` = `") {
+                values = vec![values[0]; names.len()];
+            }
+            assert_eq!(
+                names.len(),
+                values.len(),
+                "§12 row {row:?}: names and values"
+            );
+            let (_, source) = sources
+                .iter()
+                .find(|(f, _)| *f == file)
+                .unwrap_or_else(|| panic!("§12 row {row:?}: unknown file {file}"));
+            for (name, value) in names.iter().zip(values) {
+                let code = code_value(name)
+                    .unwrap_or_else(|| panic!("§12 lists {name}, which the code does not have"));
+                assert_eq!(value, code, "§12: {name}");
+                assert!(
+                    source.contains(&format!("const {name}:")),
+                    "§12: {name} is not defined in {file}"
+                );
+                listed.push(name.to_string());
+            }
+        }
+        assert!(rows.len() > 20, "{} rows in §12", rows.len());
+        let public = sources[0]
+            .1
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split(':').next());
+        for name in public {
+            assert!(listed.iter().any(|l| l == name), "§12 does not list {name}");
+        }
+    }
 }

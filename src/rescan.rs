@@ -16,8 +16,9 @@ use crate::syncdb::SyncIndex;
 use crate::transfer;
 use std::time::Instant;
 
-/// At start, what peers know this daemon by: the configuration and its group keys (the
-/// warnings of both logged).
+/// At start, what peers know this daemon by: the configuration, its announcement (built by
+/// the validating constructor: config.rs refused what it cannot carry already) and its group
+/// keys (the warnings of both logged).
 pub(crate) fn identity(cfg: &Config) -> Result<Identity, String> {
     for w in &cfg.warnings {
         warn!("{w}");
@@ -31,9 +32,7 @@ pub(crate) fn identity(cfg: &Config) -> Result<Identity, String> {
         port: cfg.port,
         peer_addr: cfg.peer_addr,
         interfaces: cfg.interfaces.clone(),
-        name: cfg.name.clone(),
-        distro: cfg.distro.clone(),
-        archs: cfg.architectures.clone(),
+        announce: crate::config::announcement(cfg).map_err(|e| e.to_string())?,
         exclude_interfaces: cfg.exclude_interfaces.clone(),
         keys,
         static_peers: cfg.static_peers.clone(),
