@@ -3138,6 +3138,50 @@ mod tests {
     }
 
     #[test]
+    fn a_mirror_s_redirects_are_joined_to_the_url_that_answered() {
+        let (mut f, mut env) = (Front::new(), Fake::new("redir"));
+        env.upstreams = vec![MIRROR.into()];
+        let redirect = |f: &mut Front, env: &mut Fake, m: Token, loc: &str| {
+            let fetch::Event::Head(mut h) = head(302, 0) else {
+                unreachable!()
+            };
+            h.location = Some(loc.into());
+            event(f, env, m, fetch::Event::Head(h));
+        };
+        ask(&mut f, &mut env, Token(1), "core.db");
+        let m = env.fetch_to("10.0.0.100:80").unwrap();
+        assert_eq!(env.fetches[&m].url.path(), "/core/os/x86_64/core.db");
+        redirect(&mut f, &mut env, m, "../../pool/./core.db?sig=1#x");
+        let m2 = env.fetch_to("10.0.0.100:80").unwrap();
+        assert_ne!(m2, m);
+        assert_eq!(env.fetches[&m2].url.path(), "/core/pool/core.db?sig=1");
+        assert_eq!(env.fetches[&m2].url.host_header(), "10.0.0.100");
+        // to another host by a network-path reference: its port goes in Host
+        redirect(&mut f, &mut env, m2, "//10.0.0.101:8080/c/core.db");
+        let m3 = env.fetch_to("10.0.0.101:8080").unwrap();
+        assert_eq!(env.fetches[&m3].url.host_header(), "10.0.0.101:8080");
+        assert_eq!(env.fetches[&m3].url.path(), "/c/core.db");
+        // to https: pacman goes there itself
+        redirect(&mut f, &mut env, m3, "HTTPS://Cdn.example/c/core.db");
+        assert_eq!(
+            env.last(Token(1)),
+            "bytes 307 https://cdn.example/c/core.db"
+        );
+        assert!(env.fetches.is_empty());
+        // another scheme, or userinfo, is no source at all
+        for (t, loc) in [
+            (Token(2), "ftp://10.0.0.100/core.db"),
+            (Token(3), "http://u@h/x"),
+        ] {
+            ask(&mut f, &mut env, t, "core.db");
+            let m = env.fetch_to("10.0.0.100:80").unwrap();
+            redirect(&mut f, &mut env, m, loc);
+            assert!(env.fetches.is_empty(), "{loc}");
+            assert_eq!(env.last(t), "error 502", "{loc}");
+        }
+    }
+
+    #[test]
     fn two_requests_for_one_file_share_one_lookup_and_one_copy() {
         let (mut f, mut env) = (Front::new(), Fake::new("two"));
         let data = package(&mut env, 5000);
