@@ -1,6 +1,8 @@
 //! The discovery wire format: encoding and strict, bounded decoding of the four UDP datagrams
-//! (ANNOUNCE, GOODBYE, QUERY, ANSWER), plus the well-known groups and port. No sockets here.
-//! docs/PROTOCOL.md is the normative description; this file and that one change together.
+//! (ANNOUNCE, GOODBYE, QUERY, ANSWER), the checking constructor of our own ANNOUNCE, and the
+//! well-known groups and port. No sockets here. docs/PROTOCOL.md is the normative
+//! description; this file and that one change together (a unit test holds its §12 table to
+//! the constants here).
 
 use crate::names;
 use std::net::{Ipv4Addr, Ipv6Addr};
