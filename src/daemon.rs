@@ -318,8 +318,7 @@ impl Daemon {
             }
             Timer::Announce if self.stopping.is_none() => {
                 self.discovery.uploads = conns::uploads_in_flight(&self.slots);
-                if self.discovery.announce_if_due(self.now) {
-                    let at = self.discovery.announce_deadline();
+                if let Some(at) = self.discovery.on_wake(self.now) {
                     self.timers.always(at, Timer::Announce);
                 }
             }
@@ -341,8 +340,9 @@ impl Daemon {
     /// A new membership or a new peer: announce within a fraction of a second.
     fn announce_soon(&mut self) {
         self.discovery.hurry_announce(self.now);
-        let at = self.discovery.announce_deadline();
-        self.timers.always(at, Timer::Announce);
+        if let Some(at) = self.discovery.wake_at() {
+            self.timers.always(at, Timer::Announce);
+        }
     }
 
     fn on_signals(&mut self) {

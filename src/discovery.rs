@@ -8,7 +8,7 @@
 use crate::auth::{Keys, ReplayGuard, Stamper};
 use crate::peers::{
     AnnounceTimer, AnswerDelay, Bans, Bucket, Candidate, CheckOutcome, CheckReason, Checks,
-    IgnoreReason, Lookup, PeerEvent, PeerTable, RateLimiter,
+    IgnoreReason, Lookup, PeerEvent, PeerTable, RateLimiter, Wake,
 };
 use crate::protocol::{self, Announce, Answer, Arriving, Header, Message, Query};
 use crate::sys::{self, IfAddr};
@@ -132,6 +132,8 @@ pub(crate) struct Discovery {
     pub uploads: u16,
     pub stats: DiscoveryStats,
     announce_timer: AnnounceTimer,
+    /// The loop's timer for `announce_deadline`.
+    wake: Wake,
     /// Announcement jitter: only has to differ between hosts.
     rng: XorShift,
     /// Check cookies: seeded from /dev/urandom apart from the (public) instance id, so a host
@@ -149,7 +151,7 @@ pub(crate) struct Discovery {
     statics: Vec<StaticPeer>,
     lookup_round: u32,
     excluded: Vec<String>,
-    /// Events produced where the loop passed no list (`announce_if_due`).
+    /// Events produced where the loop passed no list (`on_wake`).
     deferred: Vec<DiscoveryEvent>,
 }
 
@@ -275,6 +277,7 @@ impl Discovery {
             uploads: 0,
             stats: DiscoveryStats::default(),
             announce_timer: AnnounceTimer::with_interval(Instant::now(), id.announce_interval),
+            wake: Wake::default(),
             rng: XorShift::new(instance),
             cookies: XorShift::new(random_u64()),
             checks: Checks::new(),
@@ -663,19 +666,33 @@ impl Discovery {
         }
     }
 
-    /// When the loop should next call `announce_if_due`.
-    pub(crate) fn announce_deadline(&self) -> Instant {
+    /// When discovery next has work: the next announcement or a check's retry or timeout.
+    fn announce_deadline(&self) -> Instant {
         let t = self.announce_timer.deadline();
         self.checks.next_deadline().map_or(t, |c| c.min(t))
     }
 
-    /// Announces on every joined interface if the timer says so (start-up burst, then
-    /// every 30 s ± 25 %, or sooner after `hurry`).
-    /// Also runs due checks (their removals end lookups at their own deadline) and returns
-    /// true then too, so the loop re-arms its timer at `announce_deadline`.
-    pub(crate) fn announce_if_due(&mut self, now: Instant) -> bool {
-        let checks_due = self.checks.next_deadline().is_some_and(|t| t <= now);
-        if checks_due {
+    /// The instant the loop must set a `Timer::Announce` for, or None when one it holds
+    /// already comes at or before the next deadline (peers.rs `Wake`). Called after anything
+    /// that may bring a deadline forward, and after every firing of that timer.
+    pub(crate) fn wake_at(&mut self) -> Option<Instant> {
+        let deadline = self.announce_deadline();
+        self.wake.arm(deadline)
+    }
+
+    /// The loop's `Timer::Announce` fired at `now`: announces on every joined interface if
+    /// the timer says so (start-up burst, then every 30 s ± 25 %, or sooner after `hurry`)
+    /// and runs due checks (their removals end lookups at their own deadline). Returns
+    /// `wake_at`: the loop arms again whatever was done, since the deadline this timer was
+    /// set for may have gone (a check answered early) and it may be the only one there was.
+    pub(crate) fn on_wake(&mut self, now: Instant) -> Option<Instant> {
+        self.wake.fired(now);
+        self.announce_if_due(now);
+        self.wake_at()
+    }
+
+    fn announce_if_due(&mut self, now: Instant) {
+        if self.checks.next_deadline().is_some_and(|t| t <= now) {
             // the loop's announce timer has no event list: decisions wait for the next call
             // that has one (every lookup has a deadline timer, which comes with one)
             let mut events = std::mem::take(&mut self.deferred);
@@ -683,13 +700,12 @@ impl Discovery {
             self.deferred = events;
         }
         if !self.announce_timer.is_due(now) {
-            return checks_due;
+            return;
         }
         let msg = self.announce_message();
         self.multicast(&msg);
         let r = self.rng.next();
         self.announce_timer.sent(now, r);
-        true
     }
 
     /// Someone new should hear from us soon (by multicast: never a unicast reply to an
@@ -1008,7 +1024,7 @@ impl Discovery {
             self.checks.cancel(cookie);
             return;
         }
-        // wake the loop for the check's deadline (announce_deadline includes it)
+        // wake the loop for the check's deadline (`wake_at` includes it)
         events.push(DiscoveryEvent::PeerUp);
     }
 

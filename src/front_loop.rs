@@ -124,8 +124,9 @@ pub(crate) fn on_discovery_events(
         for ev in events.drain(..) {
             match ev {
                 DiscoveryEvent::PeerUp => {
-                    let at = env.discovery.announce_deadline();
-                    env.timers.always(at, Timer::Announce);
+                    if let Some(at) = env.discovery.wake_at() {
+                        env.timers.always(at, Timer::Announce);
+                    }
                 }
                 DiscoveryEvent::Decided(d) => {
                     front.on_decided(env, d.id, d.candidates, d.asked, d.answered);

@@ -171,6 +171,38 @@ impl AnnounceTimer {
     }
 }
 
+/// The loop's timer for discovery's own deadlines (the next announcement, a check's retry
+/// or timeout). Those deadlines move both ways: a hurried announcement or a new check brings
+/// one forward, a check answered early takes its deadline away. A timer set for a deadline
+/// that went away still fires, finds nothing due, and is then the only one there was: the
+/// loop must arm again after every firing, whatever was done, or announcements and checks
+/// stop for good (a restarted peer never hears us again). This keeps one timer armed at or
+/// before the earliest deadline, and no more timers than that needs. Time passed in.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    /// The earliest timer of ours the loop holds that has not fired yet.
+    armed: Option<Instant>,
+}
+
+impl Wake {
+    /// A timer of ours fired at `now`: the armed one, if due, is gone.
+    pub(crate) fn fired(&mut self, now: Instant) {
+        if self.armed.is_some_and(|t| t <= now) {
+            self.armed = None;
+        }
+    }
+
+    /// Work is next due at `deadline`: the instant the loop must set a timer for, or None
+    /// when one at or before it is armed already.
+    pub(crate) fn arm(&mut self, deadline: Instant) -> Option<Instant> {
+        if self.armed.is_some_and(|t| t <= deadline) {
+            return None;
+        }
+        self.armed = Some(deadline);
+        Some(deadline)
+    }
+}
+
 /// One known daemon on the LAN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Peer {
@@ -1828,6 +1860,81 @@ mod tests {
         let mut b = Bucket::new(10, 2);
         assert!(b.allow(t0) && b.allow(t0) && !b.allow(t0));
         assert!(b.allow(t0 + Duration::from_millis(100)));
+    }
+
+    /// The loop around discovery's deadlines, as daemon.rs runs it: timers (a list here) fire
+    /// in order; each firing runs what is due and arms again. `wake` false is the rule before
+    /// `Wake` (arm again only when something was done). Returns the announcements sent in
+    /// 10 s after a restart sequence: an announcement goes out while a goodbye check of the
+    /// restarted peer's address is in flight (the only timer is then the check's timeout),
+    /// and the new daemon at that address answers the check before its timeout.
+    fn announcements_after_refuted_goodbye(wake: bool) -> usize {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut a = AnnounceTimer::with_interval(t0, secs(1));
+        let (mut c, mut w) = (Checks::new(), Wake::default());
+        let next = |a: &AnnounceTimer, c: &Checks| {
+            c.next_deadline()
+                .map_or(a.deadline(), |d| d.min(a.deadline()))
+        };
+        let mut timers = vec![];
+        // the goodbye: a check starts, and the loop arms for its timeout
+        c.start(v4(2), 20, CheckReason::Goodbye, 7, t0).unwrap();
+        timers.extend(w.arm(next(&a, &c)));
+        // the announcement goes out (the start-up ones done), while the check is in flight
+        for _ in 0..STARTUP_ANNOUNCES {
+            a.sent(t0 + ms(10), 0);
+        }
+        timers.extend(w.arm(next(&a, &c)));
+        // the new daemon at that address answers: the goodbye is refuted, no deadline left
+        assert!(matches!(
+            c.on_answer(v4(2), 7, 21),
+            Some(CheckOutcome::Refuted(..))
+        ));
+        let mut sent = 1;
+        while let Some(i) = (0..timers.len()).min_by_key(|&i| timers[i]) {
+            let now = timers.swap_remove(i);
+            if now > t0 + secs(10) {
+                break;
+            }
+            w.fired(now);
+            let (again, silent) = c.due(now);
+            let mut did = !again.is_empty() || !silent.is_empty();
+            if a.is_due(now) {
+                a.sent(now, 0);
+                sent += 1;
+                did = true;
+            }
+            if wake || did {
+                timers.extend(w.arm(next(&a, &c)));
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn wake_stays_armed_when_its_deadline_goes_away() {
+        // before Wake: the timer for the check's timeout fired with nothing due, was not
+        // armed again, and nothing was announced any more (a restarted peer, which admits
+        // us only after hearing an announcement, never saw us)
+        assert_eq!(announcements_after_refuted_goodbye(false), 1);
+        let n = announcements_after_refuted_goodbye(true);
+        assert!(
+            (9..=14).contains(&n),
+            "{n} announcements in 10 s at a 1 s interval"
+        );
+        // a deadline brought forward gets a timer; one later than the armed one does not
+        let t0 = Instant::now();
+        let mut w = Wake::default();
+        assert_eq!(w.arm(t0 + secs(5)), Some(t0 + secs(5)));
+        assert_eq!(w.arm(t0 + secs(1)), Some(t0 + secs(1)));
+        assert_eq!(w.arm(t0 + secs(3)), None);
+        // fired: armed again at the next deadline, even a later one; a stale timer (the
+        // one for 5 s) firing early does not forget the armed one
+        w.fired(t0 + secs(1));
+        assert_eq!(w.arm(t0 + secs(7)), Some(t0 + secs(7)));
+        w.fired(t0 + secs(5));
+        assert_eq!(w.arm(t0 + secs(7)), None);
     }
 
     #[test]
