@@ -318,7 +318,7 @@ impl Daemon {
             }
             Timer::Announce if self.stopping.is_none() => {
                 self.discovery.uploads = conns::uploads_in_flight(&self.slots);
-                if let Some(at) = self.discovery.on_wake(self.now) {
+                if let Some(at) = self.discovery.on_announce_timer(self.now) {
                     self.timers.always(at, Timer::Announce);
                 }
             }

@@ -151,7 +151,7 @@ pub(crate) struct Discovery {
     statics: Vec<StaticPeer>,
     lookup_round: u32,
     excluded: Vec<String>,
-    /// Events produced where the loop passed no list (`on_wake`).
+    /// Events produced where the loop passed no list (`on_announce_timer`).
     deferred: Vec<DiscoveryEvent>,
 }
 
@@ -685,7 +685,7 @@ impl Discovery {
     /// and runs due checks (their removals end lookups at their own deadline). Returns
     /// `wake_at`: the loop arms again whatever was done, since the deadline this timer was
     /// set for may have gone (a check answered early) and it may be the only one there was.
-    pub(crate) fn on_wake(&mut self, now: Instant) -> Option<Instant> {
+    pub(crate) fn on_announce_timer(&mut self, now: Instant) -> Option<Instant> {
         self.wake.fired(now);
         self.announce_if_due(now);
         self.wake_at()
