@@ -7,7 +7,12 @@
 //! that publishes none, one whose new digest is still being fetched). When that set is empty
 //! no peer holds the file as far as anyone published: a miss decided without a datagram.
 
+use crate::http::{self, FileKind};
+use crate::names;
 use sha2::{Digest as _, Sha256};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
 /// "FLDG": first bytes of a digest body.
 pub(crate) const DIGEST_MAGIC: [u8; 4] = *b"FLDG";
@@ -27,8 +32,24 @@ pub(crate) const BITS_PER_NAME: usize = 16;
 /// Bits set per name. With 16 bits per name the false-positive rate is 0.046 %, with 32
 /// 0.0001 %: among 250 peers, a miss finds a false "may hold" in one lookup of ten at worst.
 pub(crate) const HASHES: u8 = 11;
-/// The most peers with a digest that a lookup asks (best ranked first).
-pub(crate) const DIGEST_FANOUT: usize = 8;
+/// The most peers with a digest that a lookup asks (intenders, then best ranked first).
+/// With the INTENT it sends to both groups, a lookup sends at most 8 datagrams.
+pub(crate) const DIGEST_FANOUT: usize = 6;
+/// A lookup that found nobody decides no sooner than this after its INTENT left: longer
+/// than an INTENT takes to reach the other hosts of the segment, so that two hosts asking
+/// for one file at once each hear the other's before deciding (docs/DESIGN.md).
+pub(crate) const MISS_WAIT: Duration = Duration::from_micros(500);
+/// A new digest version at most this often: every peer fetches each new version, and
+/// during an upgrade every cache changes all the time. Files that came in meanwhile through
+/// flocon are found by the INTENTs (`Intents`).
+pub(crate) const DIGEST_GAP: Duration = Duration::from_secs(30);
+/// How long an INTENT is remembered: longer than a copy of a large package takes.
+pub(crate) const INTENT_TTL: Duration = Duration::from_secs(600);
+/// INTENTs remembered at once (the oldest go first).
+pub(crate) const MAX_INTENTS: usize = 4096;
+/// Hosts remembered per file: the first ones to ask for it (the one that fetches it, the
+/// first to join it).
+pub(crate) const INTENDERS_PER_NAME: usize = 4;
 /// Largest `hashes` accepted from a peer (bounds the work per lookup and peer).
 const MAX_HASHES: u8 = 16;
 
@@ -255,25 +276,196 @@ impl PeerDigest {
     }
 }
 
-/// Whom a lookup for `name` asks, from `peers` in rank order (best first): every peer whose
-/// digest we cannot use, and the first DIGEST_FANOUT whose digest may hold the name.
+/// Whom a lookup for `name` asks, from `peers` in rank order (best first), each with
+/// whether it sent an INTENT for the name: every peer whose digest we cannot use, then at
+/// most DIGEST_FANOUT of the others: those that sent an INTENT, then those whose digest may
+/// hold the name.
 pub(crate) fn select<'a, T: Copy>(
     name: &str,
-    peers: impl IntoIterator<Item = (T, &'a PeerDigest)>,
+    peers: impl IntoIterator<Item = (T, &'a PeerDigest, bool)>,
 ) -> Vec<T> {
     let mut out = Vec::new();
-    let mut maybes = 0;
-    for (id, d) in peers {
-        match d.may_hold(name) {
-            None => out.push(id),
-            Some(true) if maybes < DIGEST_FANOUT => {
-                maybes += 1;
-                out.push(id);
-            }
-            Some(_) => {}
+    let (mut intenders, mut maybes) = (Vec::new(), Vec::new());
+    for (id, d, intent) in peers {
+        match (d.may_hold(name), intent) {
+            (None, _) => out.push(id),
+            (Some(_), true) => intenders.push(id),
+            (Some(true), false) => maybes.push(id),
+            (Some(false), false) => {}
         }
     }
+    out.extend(intenders.into_iter().chain(maybes).take(DIGEST_FANOUT));
     out
+}
+
+/// The names this host can serve from its cache dirs: packages and their signatures, by the
+/// one file-name rule (what the peer server would serve; a directory entry that is not a
+/// regular file costs a false positive at worst).
+pub(crate) fn cache_names(dirs: &[PathBuf]) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            if names::is_file_name(name.as_bytes())
+                && matches!(
+                    http::classify(&name),
+                    FileKind::Package | FileKind::PackageSig
+                )
+                && e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink())
+            {
+                out.push(name);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The cache dirs' modification times: a name added or removed changes its dir's.
+pub(crate) fn cache_stamp(dirs: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    dirs.iter()
+        .map(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// This host's own digest: rebuilt when a cache dir changed, at most once per `gap`; a new
+/// version only when the filter changed. Time passed in.
+#[derive(Debug)]
+pub(crate) struct Published {
+    digest: Option<Digest>,
+    body: Vec<u8>,
+    stamp: Vec<Option<SystemTime>>,
+    built_at: Option<Instant>,
+    gap: Duration,
+}
+
+impl Published {
+    pub(crate) fn new(gap: Duration) -> Published {
+        Published {
+            digest: None,
+            body: Vec::new(),
+            stamp: Vec::new(),
+            built_at: None,
+            gap,
+        }
+    }
+
+    /// Whether to list the cache dirs again: their `stamp` changed (or nothing was built
+    /// yet) and the last build is `gap` old.
+    pub(crate) fn is_due(&self, stamp: &[Option<SystemTime>], now: Instant) -> bool {
+        match self.built_at {
+            None => true,
+            Some(t) => stamp != self.stamp && now.saturating_duration_since(t) >= self.gap,
+        }
+    }
+
+    /// Builds from `names`; returns the new version when it differs from the last one.
+    pub(crate) fn rebuild(
+        &mut self,
+        names: &[String],
+        stamp: Vec<Option<SystemTime>>,
+        now: Instant,
+    ) -> Option<u32> {
+        self.stamp = stamp;
+        self.built_at = Some(now);
+        let next = self.version().wrapping_add(1).max(1);
+        let d = Digest::build(next, names.iter().map(String::as_str));
+        if let Some(old) = &self.digest
+            && old.bits == d.bits
+            && old.names == d.names
+        {
+            return None;
+        }
+        self.body = d.encode();
+        self.digest = Some(d);
+        Some(next)
+    }
+
+    /// The version announced (0: none built yet, nothing announced).
+    pub(crate) fn version(&self) -> u32 {
+        self.digest.as_ref().map_or(0, Digest::version)
+    }
+
+    /// The body served at `/.flocon/digest` (empty before the first build).
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub(crate) fn digest(&self) -> Option<&Digest> {
+        self.digest.as_ref()
+    }
+}
+
+/// The INTENTs heard: which peers said, and when, that they were about to fetch a file.
+/// A later lookup for that file asks them first (their copy is on its way, or done), and a
+/// lookup in flight learns that another host looks for the same file. Bounded: MAX_INTENTS
+/// records, INTENDERS_PER_NAME per file, INTENT_TTL each. Time passed in.
+#[derive(Debug, Default)]
+pub(crate) struct Intents {
+    /// (hash of the name, instance, when), oldest first.
+    records: VecDeque<(u64, u64, Instant)>,
+}
+
+fn name_key(name: &str) -> u64 {
+    hash_pair(name.as_bytes()).0
+}
+
+impl Intents {
+    /// Peer `instance` sent an INTENT for `name`.
+    pub(crate) fn note(&mut self, name: &str, instance: u64, now: Instant) {
+        self.expire(now);
+        let key = name_key(name);
+        let mut same = 0;
+        for (k, i, _) in &self.records {
+            if *k == key {
+                if *i == instance {
+                    return;
+                }
+                same += 1;
+            }
+        }
+        if same >= INTENDERS_PER_NAME {
+            return;
+        }
+        if self.records.len() >= MAX_INTENTS {
+            self.records.pop_front();
+        }
+        self.records.push_back((key, instance, now));
+    }
+
+    /// The peers that sent an INTENT for `name` within INTENT_TTL, first first.
+    pub(crate) fn intenders(&self, name: &str, now: Instant) -> Vec<u64> {
+        let key = name_key(name);
+        self.records
+            .iter()
+            .filter(|(k, _, t)| *k == key && now.saturating_duration_since(*t) < INTENT_TTL)
+            .map(|(_, i, _)| *i)
+            .collect()
+    }
+
+    /// A peer left: its INTENTs go with it.
+    pub(crate) fn forget(&mut self, instance: u64) {
+        self.records.retain(|(_, i, _)| *i != instance);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((_, _, t)) = self.records.front() {
+            if now.saturating_duration_since(*t) < INTENT_TTL {
+                break;
+            }
+            self.records.pop_front();
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
 }
 
 #[cfg(test)]
@@ -428,12 +620,98 @@ mod tests {
         stale.announced(2);
         peers.push((21, stale));
         peers.push((22, has(1, &["b", "common"])));
-        let sel = |name: &str| select(name, peers.iter().map(|(i, d)| (*i, d)));
+        let sel = |name: &str, intent: &[u32]| {
+            let it = peers.iter().map(|(i, d)| (*i, d, intent.contains(i)));
+            select(name, it)
+        };
         // a miss: only those we cannot judge
-        assert_eq!(sel("nowhere"), vec![20, 21]);
+        assert_eq!(sel("nowhere", &[]), vec![20, 21]);
         // a name one peer holds
-        assert_eq!(sel("b"), vec![20, 21, 22]);
+        assert_eq!(sel("b", &[]), vec![20, 21, 22]);
         // a name everyone holds: the first DIGEST_FANOUT in rank order
-        assert_eq!(sel("common"), vec![0, 1, 2, 3, 4, 5, 6, 7, 20, 21]);
+        assert_eq!(sel("common", &[]), vec![20, 21, 0, 1, 2, 3, 4, 5]);
+        // peers that said they fetch it come first, whatever their digest says
+        assert_eq!(sel("common", &[22, 9]), vec![20, 21, 9, 22, 0, 1, 2, 3]);
+        assert_eq!(sel("nowhere", &[20, 3]), vec![20, 21, 3]);
+    }
+
+    #[test]
+    fn intents_are_bounded_and_expire() {
+        let t0 = Instant::now();
+        let mut it = Intents::default();
+        it.note("x", 1, t0);
+        it.note("x", 1, t0 + Duration::from_secs(1));
+        it.note("y", 2, t0);
+        for i in 2..10 {
+            it.note("x", i, t0 + Duration::from_secs(2));
+        }
+        assert_eq!(it.intenders("x", t0), vec![1, 2, 3, 4]);
+        assert_eq!(it.intenders("y", t0), vec![2]);
+        assert_eq!(it.intenders("z", t0), Vec::<u64>::new());
+        it.forget(2);
+        assert_eq!(it.intenders("x", t0), vec![1, 3, 4]);
+        assert_eq!(it.intenders("x", t0 + INTENT_TTL), vec![3, 4]);
+        it.note("w", 9, t0 + INTENT_TTL + Duration::from_secs(2));
+        assert_eq!(it.len(), 1, "expired records dropped");
+        for i in 0..(MAX_INTENTS as u64 + 10) {
+            it.note(&format!("n{i}"), 1, t0 + INTENT_TTL * 2);
+        }
+        assert_eq!(it.len(), MAX_INTENTS);
+        assert!(it.intenders("n0", t0 + INTENT_TTL * 2).is_empty());
+    }
+
+    #[test]
+    fn own_digest_is_rebuilt_when_the_cache_changes_at_most_once_per_gap() {
+        let t0 = Instant::now();
+        let gap = Duration::from_secs(30);
+        let mut p = Published::new(gap);
+        assert_eq!(p.version(), 0);
+        assert!(p.body().is_empty());
+        let s1 = vec![Some(SystemTime::UNIX_EPOCH)];
+        let s2 = vec![Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1))];
+        assert!(p.is_due(&s1, t0));
+        let names = vec!["a-1-1-any.pkg.tar.zst".to_string()];
+        assert_eq!(p.rebuild(&names, s1.clone(), t0), Some(1));
+        assert_eq!(Digest::decode(p.body()).unwrap().version(), 1);
+        assert!(!p.is_due(&s1, t0 + gap), "unchanged dirs");
+        assert!(!p.is_due(&s2, t0 + gap / 2), "changed, but within the gap");
+        assert!(p.is_due(&s2, t0 + gap));
+        // same names: rebuilt, no new version
+        assert_eq!(p.rebuild(&names, s2.clone(), t0 + gap), None);
+        assert_eq!(p.version(), 1);
+        let more = vec![names[0].clone(), "b-1-1-any.pkg.tar.zst".to_string()];
+        assert_eq!(p.rebuild(&more, s1, t0 + gap * 2), Some(2));
+        assert!(p.digest().unwrap().may_hold("b-1-1-any.pkg.tar.zst"));
+    }
+
+    #[test]
+    fn cache_names_lists_packages_and_signatures_only() {
+        let dir = std::env::temp_dir().join(format!("flocon-digest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub.pkg.tar.zst")).unwrap();
+        for n in [
+            "a-1-1-any.pkg.tar.zst",
+            "a-1-1-any.pkg.tar.zst.sig",
+            "b-2-1-x86_64.pkg.tar.xz",
+            "c-1-1-any.pkg.tar.zst.part",
+            ".hidden-1-1-any.pkg.tar.zst",
+            "notes.txt",
+            "core.db",
+        ] {
+            std::fs::write(dir.join(n), b"x").unwrap();
+        }
+        let before = cache_stamp(std::slice::from_ref(&dir));
+        let got = cache_names(&[dir.clone(), dir.join("missing")]);
+        assert_eq!(
+            got,
+            vec![
+                "a-1-1-any.pkg.tar.zst",
+                "a-1-1-any.pkg.tar.zst.sig",
+                "b-2-1-x86_64.pkg.tar.xz"
+            ]
+        );
+        assert_eq!(before.len(), 1);
+        assert!(before[0].is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

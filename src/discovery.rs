@@ -6,6 +6,7 @@
 //! interfaces and addresses come and go under a running daemon.
 
 use crate::auth::{Keys, ReplayGuard, Stamper};
+use crate::digest::{self, Digest, Intents, Published};
 use crate::peers::{
     AnnounceTimer, AnswerDelay, Bans, Bucket, Candidate, CheckOutcome, CheckReason, Checks,
     IgnoreReason, Lookup, PeerEvent, PeerTable, RateLimiter,
@@ -54,6 +55,8 @@ pub(crate) const MAX_LOOKUPS: usize = 1024;
 pub(crate) const STRANGER_ANSWERS: u32 = 50;
 /// Peers asked by one lookup at most, best ranked first (peers.rs `lookup_targets`).
 pub(crate) const MAX_FANOUT: usize = crate::peers::MAX_PEERS;
+/// A failed fetch of a peer's digest version is not tried again before this.
+const DIGEST_RETRY: Duration = Duration::from_secs(10);
 /// Static peers (`peer = HOST[:PORT]`) configured at most.
 pub(crate) const MAX_STATIC_PEERS: usize = 64;
 /// Static peer names are resolved again this often (their address may change).
@@ -152,6 +155,17 @@ pub(crate) struct Discovery {
     excluded: Vec<String>,
     /// Events produced where the loop passed no list (`announce_if_due`).
     deferred: Vec<DiscoveryEvent>,
+    /// Cache digests (docs/PROTOCOL.md §14): published, fetched and used to choose whom a
+    /// lookup asks; off with `FLOCON_NO_DIGEST=1` (the benchmarks' reference: every peer
+    /// asked, as before digests).
+    pub digests: bool,
+    /// Ours.
+    pub published: Published,
+    intents: Intents,
+    /// A peer announced a digest version we do not hold.
+    digest_wanted: bool,
+    /// Fetches tried: (instance, version, when), so a failing one waits DIGEST_RETRY.
+    digest_tries: Vec<(u64, u32, Instant)>,
 }
 
 /// A `peer = HOST[:PORT]` line: announced to and accepted from by unicast.
@@ -183,6 +197,15 @@ pub(crate) struct DiscoveryStats {
     /// Claims a check proved false: a GOODBYE in the name of a peer that still answers, a
     /// new instance at an address where the known peer still answers.
     pub claims_refuted: u64,
+    /// Datagrams sent (every copy) and their bytes.
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    /// Lookups decided without a QUERY (every digest said no), INTENTs sent.
+    pub lookups_unasked: u64,
+    pub intents_sent: u64,
+    /// Peers' digests fetched and refused (a body that failed validation).
+    pub digests_fetched: u64,
+    pub digests_refused: u64,
 }
 
 fn random_u64() -> u64 {
@@ -291,6 +314,16 @@ impl Discovery {
             lookup_round: 0,
             excluded: id.exclude_interfaces,
             deferred: Vec::new(),
+            digests: std::env::var_os("FLOCON_NO_DIGEST").is_none_or(|v| v != "1"),
+            published: Published::new(
+                std::env::var("FLOCON_DIGEST_GAP_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map_or(digest::DIGEST_GAP, Duration::from_millis),
+            ),
+            intents: Intents::default(),
+            digest_wanted: false,
+            digest_tries: Vec::new(),
         };
         d.peers
             .set_expiry(id.announce_interval * crate::peers::EXPIRY_INTERVALS);
@@ -628,10 +661,14 @@ impl Discovery {
         for sp in &self.statics {
             for a in &sp.addrs {
                 let sock = if a.is_ipv4() { &self.u4 } else { &self.u6 };
-                if let Some(s) = sock
-                    && s.send_to(&self.buf, *a).is_err()
-                {
-                    self.stats.send_errors += 1;
+                if let Some(s) = sock {
+                    match s.send_to(&self.buf, *a) {
+                        Ok(_) => {
+                            self.stats.datagrams_out += 1;
+                            self.stats.bytes_out += self.buf.len() as u64;
+                        }
+                        Err(_) => self.stats.send_errors += 1,
+                    }
                 }
             }
         }
@@ -664,8 +701,12 @@ impl Discovery {
                     None => continue,
                 },
             };
-            if let Err(e) = r {
-                debug!("multicast on {} ({:?}): {e}", m.ifname, m.family);
+            match r {
+                Ok(_) => {
+                    self.stats.datagrams_out += 1;
+                    self.stats.bytes_out += self.buf.len() as u64;
+                }
+                Err(e) => debug!("multicast on {} ({:?}): {e}", m.ifname, m.family),
             }
         }
     }
@@ -694,6 +735,9 @@ impl Discovery {
         }
         let msg = self.announce_message();
         self.multicast(&msg);
+        if self.digests && self.published.version() != 0 {
+            self.multicast(&Message::Digest(self.published.version()));
+        }
         let r = self.rng.next();
         self.announce_timer.sent(now, r);
         true
@@ -735,6 +779,8 @@ impl Discovery {
             debug!("send to {to}: {e}");
             return false;
         }
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += self.buf.len() as u64;
         true
     }
 
@@ -944,6 +990,32 @@ impl Discovery {
                 }
             }
             Message::Query(q) => self.answer_query(src, h.instance, &q, body.len(), has_file, now),
+            Message::Digest(version) => {
+                let from_peer = self.peers.by_addr(&src).map(|p| p.instance) == Some(h.instance);
+                if self.digests
+                    && from_peer
+                    && version != 0
+                    && let Some(d) = self.peers.digest_mut(h.instance)
+                    && d.announced(version)
+                {
+                    self.digest_wanted = true;
+                }
+            }
+            Message::Intent(q) => {
+                // from a peer's own address only (its unicast socket): never answered
+                if !self.digests
+                    || self.leaving
+                    || self.peers.by_addr(&src).map(|p| p.instance) != Some(h.instance)
+                {
+                    return;
+                }
+                self.intents.note(&q.name, h.instance, now);
+                // a lookup of ours for it in flight: the other host looks too (front.rs
+                // settles which one fetches, as for a QUERY: docs/PROTOCOL.md §8.6)
+                if self.lookups.values().any(|l| l.name() == q.name) {
+                    let _ = has_file(&q.name, h.instance);
+                }
+            }
             Message::Answer(a) => {
                 if let Some(outcome) = self.checks.on_answer(src, a.id, h.instance) {
                     return self.on_check(outcome, now, events);
@@ -958,7 +1030,7 @@ impl Discovery {
                 self.answer_delay.answered(a.id, now);
                 if let Some(l) = self.lookups.get_mut(&a.id) {
                     let counted = l.is_pending(peer);
-                    let done = l.on_answer(peer, &a);
+                    let done = l.on_answer(peer, &a) && l.is_done(now);
                     if counted {
                         self.peers.credit_answer(peer, a.have);
                     }
@@ -974,6 +1046,7 @@ impl Discovery {
                 }
                 if let Some(l) = self.lookups.get_mut(&a.id)
                     && l.on_arriving(h.instance, &a)
+                    && l.is_done(now)
                 {
                     self.finish_lookup(a.id, events, now);
                 }
@@ -1203,31 +1276,150 @@ impl Discovery {
         self.answer_delay.started(id, now);
         self.next_lookup = self.next_lookup.wrapping_add(1).max(1);
         self.lookup_round = self.lookup_round.wrapping_add(1);
-        let targets: Vec<(u64, SocketAddr)> = self
-            .peers
-            .lookup_targets(self.lookup_round, MAX_FANOUT + MAX_FANOUT, now)
+        let ranked = self.peers.ranked(self.lookup_round, now);
+        let ranked = ranked
             .into_iter()
-            .filter(|(i, _)| !self.is_banned(*i, now))
-            .take(MAX_FANOUT)
-            .collect();
+            .filter(|p| !self.is_banned(p.instance, now));
+        // With digests: the peers we cannot judge, and a few whose digest may hold it or
+        // that said they fetch it (digest.rs `select`). Without: everyone, as before.
+        let (targets, intent): (Vec<(u64, SocketAddr)>, bool) = if self.digests {
+            let intenders = self.intents.intenders(name, now);
+            let mut speaks = false;
+            let cand = ranked.map(|p| {
+                speaks |= p.digest != digest::PeerDigest::Unknown;
+                (
+                    (p.instance, p.addr),
+                    &p.digest,
+                    intenders.contains(&p.instance),
+                )
+            });
+            let mut t = digest::select(name, cand);
+            t.truncate(MAX_FANOUT);
+            (t, speaks)
+        } else {
+            (
+                ranked
+                    .take(MAX_FANOUT)
+                    .map(|p| (p.instance, p.addr))
+                    .collect(),
+                false,
+            )
+        };
         let asked = targets.iter().map(|(i, _)| *i).collect();
-        self.lookups.insert(
-            id,
-            Lookup::new(id, name.to_string(), expected, asked, now + budget),
-        );
-        let q = Message::Query(Query {
+        let mut lookup = Lookup::new(id, name.to_string(), expected, asked, now + budget);
+        let query = Query {
             id,
             name: name.to_string(),
             size: expected.map(|e| e.0),
             sha256: expected.and_then(|e| e.1),
-        });
+        };
+        // the peers that publish digests hear that we look for it (docs/PROTOCOL.md §14.4)
+        if intent {
+            lookup.set_not_before(now + digest::MISS_WAIT);
+            self.multicast(&Message::Intent(query.clone()));
+            self.stats.intents_sent += 1;
+        }
+        self.lookups.insert(id, lookup);
+        let q = Message::Query(query);
         for (_, addr) in &targets {
             self.send_unicast(*addr, &q, Via::Query);
         }
         if targets.is_empty() {
-            self.finish_lookup(id, events, now);
+            self.stats.lookups_unasked += 1;
+            if !intent {
+                self.finish_lookup(id, events, now);
+            }
         }
         Some(id)
+    }
+
+    /// When a lookup may decide a miss at the earliest (its INTENT's wait), if it has one.
+    pub(crate) fn not_before(&self, id: u32) -> Option<Instant> {
+        self.lookups.get(&id).and_then(Lookup::not_before)
+    }
+
+    /// The membership sockets: INTENTs arrive there (read before a lookup is decided).
+    pub(crate) fn membership_tokens(&self) -> Vec<Token> {
+        self.memberships.iter().map(|m| m.token).collect()
+    }
+
+    /// Rebuilds our digest from `names` if it is due (digest.rs `Published`); a new version
+    /// is announced at once.
+    pub(crate) fn publish(
+        &mut self,
+        names: &[String],
+        stamp: Vec<Option<std::time::SystemTime>>,
+        now: Instant,
+    ) {
+        if let Some(v) = self.published.rebuild(names, stamp, now) {
+            debug!("cache digest version {v}: {} names", names.len());
+            if !self.leaving {
+                self.multicast(&Message::Digest(v));
+            }
+        }
+    }
+
+    /// Peers whose announced digest we do not hold and should fetch now, at most `max`, not
+    /// those in `busy` (being fetched): (instance, file server, version).
+    pub(crate) fn digests_to_fetch(
+        &mut self,
+        busy: &[u64],
+        max: usize,
+        now: Instant,
+    ) -> Vec<(u64, SocketAddr, u32)> {
+        if !std::mem::take(&mut self.digest_wanted) && busy.is_empty() && max == 0 {
+            return Vec::new();
+        }
+        self.digest_tries
+            .retain(|(_, _, t)| now.saturating_duration_since(*t) < DIGEST_RETRY);
+        let mut out = Vec::new();
+        let mut left = false;
+        for p in self.peers.iter() {
+            let Some(v) = p.digest.wanted() else { continue };
+            if busy.contains(&p.instance)
+                || self
+                    .digest_tries
+                    .iter()
+                    .any(|t| t.0 == p.instance && t.1 == v)
+            {
+                continue;
+            }
+            if out.len() >= max {
+                left = true;
+                break;
+            }
+            out.push((p.instance, p.tcp_addr(), v));
+        }
+        self.digest_wanted = left;
+        for (i, _, v) in &out {
+            self.digest_tries.push((*i, *v, now));
+        }
+        out
+    }
+
+    /// Whether a digest fetch should be started soon (one is wanted).
+    pub(crate) fn wants_digests(&self) -> bool {
+        self.digest_wanted
+    }
+
+    /// A fetch of `instance`'s digest brought `body` (None: it failed).
+    pub(crate) fn digest_fetched(&mut self, instance: u64, body: Option<&[u8]>) {
+        let Some(body) = body else {
+            return;
+        };
+        match Digest::decode(body) {
+            Ok(d) => {
+                self.stats.digests_fetched += 1;
+                if let Some(pd) = self.peers.digest_mut(instance) {
+                    debug!("digest of {}: {d:?}", short_id(instance));
+                    pd.fetched(d);
+                }
+            }
+            Err(e) => {
+                self.stats.digests_refused += 1;
+                debug!("digest of {} refused: {e:?}", short_id(instance));
+            }
+        }
     }
 
     fn finish_lookup(&mut self, id: u32, events: &mut Vec<DiscoveryEvent>, now: Instant) {
@@ -1264,6 +1456,7 @@ impl Discovery {
     }
 
     fn forget_in_lookups(&mut self, instance: u64, events: &mut Vec<DiscoveryEvent>, now: Instant) {
+        self.intents.forget(instance);
         let ids: Vec<u32> = self
             .lookups
             .iter_mut()

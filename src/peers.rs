@@ -2,6 +2,7 @@
 //! schedule, per-source rate limiting, peer bans and one "who has this file?" lookup round.
 //! Every function takes `now`, so the event loop (discovery.rs) owns time and tests move it.
 
+use crate::digest::PeerDigest;
 use crate::protocol::{Announce, Answer, Arriving, Header, InFlight, Query, VERSION};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
@@ -184,6 +185,8 @@ pub(crate) struct Peer {
     pub last_seq: u32,
     /// What it did for us: evictions and lookups rank peers by it.
     pub credit: Credit,
+    /// Its cache digest as far as we know it (digest.rs).
+    pub digest: PeerDigest,
 }
 
 /// A peer's record of usefulness. Only `served` cannot be faked by a LAN host (the bytes
@@ -429,6 +432,7 @@ impl PeerTable {
             uploads: a.uploads,
             last_seq: h.seq,
             credit: Credit::default(),
+            digest: PeerDigest::default(),
         });
         PeerEvent::New { dropped }
     }
@@ -486,6 +490,14 @@ impl PeerTable {
         max: usize,
         now: Instant,
     ) -> Vec<(u64, SocketAddr)> {
+        (self.ranked(round, now).into_iter())
+            .take(max)
+            .map(|p| (p.instance, p.addr))
+            .collect()
+    }
+
+    /// The peers a lookup may ask, best ranked first (see `lookup_targets`).
+    pub(crate) fn ranked(&self, round: u32, now: Instant) -> Vec<&Peer> {
         let mut v: Vec<&Peer> = self
             .peers
             .iter()
@@ -493,10 +505,14 @@ impl PeerTable {
             .collect();
         // stable: equal ranks keep arrival order
         v.sort_by_key(|p| std::cmp::Reverse(p.credit.rank()));
-        v.into_iter()
-            .take(max)
-            .map(|p| (p.instance, p.addr))
-            .collect()
+        v
+    }
+
+    /// A peer's digest record, to update.
+    pub(crate) fn digest_mut(&mut self, instance: u64) -> Option<&mut PeerDigest> {
+        (self.peers.iter_mut())
+            .find(|p| p.instance == instance)
+            .map(|p| &mut p.digest)
     }
 
     /// Removes and returns the peers silent for PEER_EXPIRY or longer.
@@ -1090,6 +1106,8 @@ pub(crate) struct Lookup {
     /// ARRIVING answers, in arrival order.
     arriving: Vec<(u64, Arriving)>,
     deadline: Instant,
+    /// Without a candidate, no decision before this (the INTENT's wait, digest.rs MISS_WAIT).
+    not_before: Option<Instant>,
 }
 
 impl Lookup {
@@ -1114,7 +1132,17 @@ impl Lookup {
             answers: Vec::new(),
             arriving: Vec::new(),
             deadline,
+            not_before: None,
         }
+    }
+
+    /// Without a candidate, the lookup does not decide before `at`.
+    pub(crate) fn set_not_before(&mut self, at: Instant) {
+        self.not_before = Some(at);
+    }
+
+    pub(crate) fn not_before(&self) -> Option<Instant> {
+        self.not_before
     }
 
     /// The QUERY to send to every asked peer.
@@ -1198,9 +1226,13 @@ impl Lookup {
         self.asked.iter().all(|(_, answered)| *answered)
     }
 
-    /// Every asked peer answered, or the deadline passed.
+    /// Every asked peer answered (and, when nobody has the file, the INTENT's wait is
+    /// over), or the deadline passed.
     pub(crate) fn is_done(&self, now: Instant) -> bool {
-        self.all_answered() || now >= self.deadline
+        now >= self.deadline
+            || (self.all_answered()
+                && (self.not_before.is_none_or(|t| now >= t)
+                    || self.answers.iter().any(|(_, a)| self.matches(a))))
     }
 
     /// `is_done`, or the best possible candidate is already known: an idle peer (0 uploads)
