@@ -989,7 +989,9 @@ impl Discovery {
                     self.start_check(src, inst, CheckReason::Goodbye, now, events);
                 }
             }
-            Message::Query(q) => self.answer_query(src, h.instance, &q, body.len(), has_file, now),
+            Message::Query(q) => {
+                self.answer_query(src, h.instance, &q, body.len(), has_file, now, false)
+            }
             Message::Digest(version) => {
                 let from_peer = self.peers.by_addr(&src).map(|p| p.instance) == Some(h.instance);
                 if self.digests
@@ -1010,11 +1012,11 @@ impl Discovery {
                     return;
                 }
                 self.intents.note(&q.name, h.instance, now);
-                // a lookup of ours for it in flight: the other host looks too (front.rs
-                // settles which one fetches, as for a QUERY: docs/PROTOCOL.md §8.6)
-                if self.lookups.values().any(|l| l.name() == q.name) {
-                    let _ = has_file(&q.name, h.instance);
-                }
+                // answered like a QUERY, but only with what the asker cannot know: a file
+                // here that our digest does not hold yet, a copy on its way here, our own
+                // lookup for it in flight (LOOKING; front.rs then settles which host
+                // fetches, docs/PROTOCOL.md §8.6); never DON'T HAVE
+                self.answer_query(src, h.instance, &q, body.len(), has_file, now, true);
             }
             Message::Answer(a) => {
                 if let Some(outcome) = self.checks.on_answer(src, a.id, h.instance) {
@@ -1035,7 +1037,7 @@ impl Discovery {
                         self.peers.credit_answer(peer, a.have);
                     }
                     if done {
-                        self.finish_lookup(a.id, events, now);
+                        self.decide(a.id, events, now);
                     }
                 }
             }
@@ -1048,7 +1050,7 @@ impl Discovery {
                     && l.on_arriving(h.instance, &a)
                     && l.is_done(now)
                 {
-                    self.finish_lookup(a.id, events, now);
+                    self.decide(a.id, events, now);
                 }
             }
         }
@@ -1197,6 +1199,7 @@ impl Discovery {
         query_len: usize,
         has_file: &mut HasFile,
         now: Instant,
+        intent: bool,
     ) {
         if self.leaving {
             return;
@@ -1215,6 +1218,14 @@ impl Discovery {
         } else {
             has_file(&q.name, asker)
         };
+        if intent {
+            let in_digest = (self.published.digest()).is_some_and(|d| d.may_hold(&q.name));
+            match found {
+                None => return,
+                Some((_, _, None)) if in_digest => return,
+                Some(_) => {}
+            }
+        }
         let h = Header {
             instance: self.instance,
             seq: self.seq.wrapping_add(1),
@@ -1422,6 +1433,36 @@ impl Discovery {
         }
     }
 
+    /// A lookup that is done decides, unless it found nobody and hosts it has not asked said
+    /// meanwhile that they look for the file too (their INTENT came after ours left, or
+    /// before it was read): those are asked first, within the same budget. Each then answers
+    /// LOOKING or ARRIVING, and the rule of docs/PROTOCOL.md §8.6 picks the one host that
+    /// fetches, as when lookups meet by QUERYs.
+    fn decide(&mut self, id: u32, events: &mut Vec<DiscoveryEvent>, now: Instant) {
+        let Some(l) = self.lookups.get(&id) else {
+            return;
+        };
+        if l.not_before().is_some() && now < l.deadline() && l.candidates().is_empty() {
+            let late: Vec<(u64, SocketAddr)> = (self.intents.intenders(l.name(), now).into_iter())
+                .filter(|i| !l.was_asked(*i) && !self.is_banned(*i, now))
+                .filter_map(|i| self.peers.get(i).map(|p| (i, p.addr)))
+                .collect();
+            if !late.is_empty() {
+                let q = Message::Query(l.query());
+                if let Some(l) = self.lookups.get_mut(&id) {
+                    for (i, _) in &late {
+                        l.ask(*i);
+                    }
+                }
+                for (_, addr) in late {
+                    self.send_unicast(addr, &q, Via::Query);
+                }
+                return;
+            }
+        }
+        self.finish_lookup(id, events, now);
+    }
+
     fn finish_lookup(&mut self, id: u32, events: &mut Vec<DiscoveryEvent>, now: Instant) {
         if let Some(l) = self.lookups.remove(&id) {
             for i in l.pending() {
@@ -1451,7 +1492,7 @@ impl Discovery {
     ) {
         events.append(&mut self.deferred);
         if self.lookups.get(&id).is_some_and(|l| l.is_done(now)) {
-            self.finish_lookup(id, events, now);
+            self.decide(id, events, now);
         }
     }
 
@@ -1463,7 +1504,7 @@ impl Discovery {
             .filter_map(|(id, l)| (l.forget(instance) && l.is_done(now)).then_some(*id))
             .collect();
         for id in ids {
-            self.finish_lookup(id, events, now);
+            self.decide(id, events, now);
         }
     }
 

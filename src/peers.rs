@@ -1192,10 +1192,29 @@ impl Lookup {
         self.all_answered()
     }
 
-    /// Marks `instance`'s answer in: whether it was asked and had not answered yet.
+    /// Marks `instance`'s answer in: whether it was asked and had not answered yet. After an
+    /// INTENT (`not_before` set) every peer was asked: one not asked by QUERY counts once.
     fn mark_answered(&mut self, instance: u64) -> bool {
-        let slot = (self.asked.iter_mut()).find(|(i, answered)| *i == instance && !answered);
-        slot.map(|s| s.1 = true).is_some()
+        if let Some(slot) = self.asked.iter_mut().find(|(i, _)| *i == instance) {
+            return !std::mem::replace(&mut slot.1, true);
+        }
+        if self.not_before.is_some() && self.asked.len() < MAX_PEERS {
+            self.asked.push((instance, true));
+            return true;
+        }
+        false
+    }
+
+    /// Whether `instance` was asked (or answered an INTENT).
+    pub(crate) fn was_asked(&self, instance: u64) -> bool {
+        self.asked.iter().any(|(i, _)| *i == instance)
+    }
+
+    /// Asks `instance` too (a late QUERY within the same budget).
+    pub(crate) fn ask(&mut self, instance: u64) {
+        if !self.was_asked(instance) && self.asked.len() < MAX_PEERS {
+            self.asked.push((instance, false));
+        }
     }
 
     /// Whether `instance` was asked and has not answered yet.
