@@ -39,10 +39,12 @@ pub(crate) const DIGEST_FANOUT: usize = 6;
 /// than an INTENT takes to reach the other hosts of the segment, so that two hosts asking
 /// for one file at once each hear the other's before deciding (docs/DESIGN.md).
 pub(crate) const MISS_WAIT: Duration = Duration::from_micros(500);
-/// A new digest version at most this often: every peer fetches each new version, and
-/// during an upgrade every cache changes all the time. Files that came in meanwhile through
-/// flocon are found by the INTENTs (`Intents`).
+/// New digest versions: at most DIGEST_BURST within DIGEST_BURST × DIGEST_GAP (one per 30 s
+/// on average). Every peer fetches each new version, and during an upgrade every cache
+/// changes all the time; a file added now and then is published within a rescan (2 s).
+/// Files that came in meanwhile through flocon are found by the INTENTs (`Intents`).
 pub(crate) const DIGEST_GAP: Duration = Duration::from_secs(30);
+pub(crate) const DIGEST_BURST: usize = 4;
 /// How long an INTENT is remembered: longer than a copy of a large package takes.
 pub(crate) const INTENT_TTL: Duration = Duration::from_secs(600);
 /// INTENTs remembered at once (the oldest go first).
@@ -341,7 +343,8 @@ pub(crate) struct Published {
     digest: Option<Digest>,
     body: Vec<u8>,
     stamp: Vec<Option<SystemTime>>,
-    built_at: Option<Instant>,
+    /// When the last versions were built (at most DIGEST_BURST, within the window).
+    built: VecDeque<Instant>,
     gap: Duration,
 }
 
@@ -351,18 +354,23 @@ impl Published {
             digest: None,
             body: Vec::new(),
             stamp: Vec::new(),
-            built_at: None,
+            built: VecDeque::new(),
             gap,
         }
     }
 
-    /// Whether to list the cache dirs again: their `stamp` changed (or nothing was built
-    /// yet) and the last build is `gap` old.
+    /// Whether to list the cache dirs again: nothing was built yet, or their `stamp`
+    /// changed and fewer than DIGEST_BURST versions were built in the last
+    /// DIGEST_BURST × `gap`.
     pub(crate) fn is_due(&self, stamp: &[Option<SystemTime>], now: Instant) -> bool {
-        match self.built_at {
-            None => true,
-            Some(t) => stamp != self.stamp && now.saturating_duration_since(t) >= self.gap,
+        if self.digest.is_none() {
+            return true;
         }
+        let window = self.gap * DIGEST_BURST as u32;
+        let recent = (self.built.iter())
+            .filter(|t| now.saturating_duration_since(**t) < window)
+            .count();
+        stamp != self.stamp && recent < DIGEST_BURST
     }
 
     /// Builds from `names`; returns the new version when it differs from the last one.
@@ -373,7 +381,6 @@ impl Published {
         now: Instant,
     ) -> Option<u32> {
         self.stamp = stamp;
-        self.built_at = Some(now);
         let next = self.version().wrapping_add(1).max(1);
         let d = Digest::build(next, names.iter().map(String::as_str));
         if let Some(old) = &self.digest
@@ -384,6 +391,10 @@ impl Published {
         }
         self.body = d.encode();
         self.digest = Some(d);
+        if self.built.len() >= DIGEST_BURST {
+            self.built.pop_front();
+        }
+        self.built.push_back(now);
         Some(next)
     }
 
@@ -661,27 +672,33 @@ mod tests {
     }
 
     #[test]
-    fn own_digest_is_rebuilt_when_the_cache_changes_at_most_once_per_gap() {
+    fn own_digest_is_rebuilt_when_the_cache_changes_a_few_times_per_window() {
         let t0 = Instant::now();
         let gap = Duration::from_secs(30);
         let mut p = Published::new(gap);
         assert_eq!(p.version(), 0);
         assert!(p.body().is_empty());
-        let s1 = vec![Some(SystemTime::UNIX_EPOCH)];
-        let s2 = vec![Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1))];
-        assert!(p.is_due(&s1, t0));
-        let names = vec!["a-1-1-any.pkg.tar.zst".to_string()];
-        assert_eq!(p.rebuild(&names, s1.clone(), t0), Some(1));
+        let stamp = |i: u64| vec![Some(SystemTime::UNIX_EPOCH + Duration::from_secs(i))];
+        assert!(p.is_due(&stamp(0), t0));
+        let mut names = vec!["a-1-1-any.pkg.tar.zst".to_string()];
+        assert_eq!(p.rebuild(&names, stamp(0), t0), Some(1));
         assert_eq!(Digest::decode(p.body()).unwrap().version(), 1);
-        assert!(!p.is_due(&s1, t0 + gap), "unchanged dirs");
-        assert!(!p.is_due(&s2, t0 + gap / 2), "changed, but within the gap");
-        assert!(p.is_due(&s2, t0 + gap));
-        // same names: rebuilt, no new version
-        assert_eq!(p.rebuild(&names, s2.clone(), t0 + gap), None);
+        assert!(!p.is_due(&stamp(0), t0 + gap * 10), "unchanged dirs");
+        // same names: rebuilt, no new version, and it does not count
+        assert!(p.is_due(&stamp(1), t0));
+        assert_eq!(p.rebuild(&names, stamp(1), t0), None);
         assert_eq!(p.version(), 1);
-        let more = vec![names[0].clone(), "b-1-1-any.pkg.tar.zst".to_string()];
-        assert_eq!(p.rebuild(&more, s1, t0 + gap * 2), Some(2));
-        assert!(p.digest().unwrap().may_hold("b-1-1-any.pkg.tar.zst"));
+        // changes now and then: published at once, DIGEST_BURST versions in a window
+        for i in 2..=DIGEST_BURST as u64 {
+            assert!(p.is_due(&stamp(i), t0 + Duration::from_secs(i)));
+            names.push(format!("n{i}-1-1-any.pkg.tar.zst"));
+            let v = p.rebuild(&names, stamp(i), t0 + Duration::from_secs(i));
+            assert_eq!(v, Some(i as u32));
+        }
+        let later = t0 + Duration::from_secs(10);
+        assert!(!p.is_due(&stamp(99), later), "the burst is spent");
+        assert!(p.is_due(&stamp(99), t0 + gap * DIGEST_BURST as u32));
+        assert!(p.digest().unwrap().may_hold("n2-1-1-any.pkg.tar.zst"));
     }
 
     #[test]

@@ -990,7 +990,7 @@ impl Discovery {
                 }
             }
             Message::Query(q) => {
-                self.answer_query(src, h.instance, &q, body.len(), has_file, now, false)
+                self.answer_query((src, h.instance), &q, body.len(), has_file, now, false)
             }
             Message::Digest(version) => {
                 let from_peer = self.peers.by_addr(&src).map(|p| p.instance) == Some(h.instance);
@@ -1016,7 +1016,7 @@ impl Discovery {
                 // here that our digest does not hold yet, a copy on its way here, our own
                 // lookup for it in flight (LOOKING; front.rs then settles which host
                 // fetches, docs/PROTOCOL.md §8.6); never DON'T HAVE
-                self.answer_query(src, h.instance, &q, body.len(), has_file, now, true);
+                self.answer_query((src, h.instance), &q, body.len(), has_file, now, true);
             }
             Message::Answer(a) => {
                 if let Some(outcome) = self.checks.on_answer(src, a.id, h.instance) {
@@ -1193,8 +1193,7 @@ impl Discovery {
 
     fn answer_query(
         &mut self,
-        src: SocketAddr,
-        asker: u64,
+        (src, asker): (SocketAddr, u64),
         q: &Query,
         query_len: usize,
         has_file: &mut HasFile,
@@ -1326,7 +1325,11 @@ impl Discovery {
         };
         // the peers that publish digests hear that we look for it (docs/PROTOCOL.md §14.4)
         if intent {
-            lookup.set_not_before(now + digest::MISS_WAIT);
+            // longer while answers come late (as the budget stretches: peers.rs AnswerDelay)
+            let wait = (self.answer_delay.mark() * 2)
+                .max(digest::MISS_WAIT)
+                .min(budget.max(digest::MISS_WAIT));
+            lookup.set_not_before(now + wait);
             self.multicast(&Message::Intent(query.clone()));
             self.stats.intents_sent += 1;
         }
