@@ -179,10 +179,9 @@ impl Daemon {
             if let Some(deadline) = self.stopping {
                 let busy = conns::busy(&self.slots);
                 if busy == 0 || self.now >= deadline {
-                    if busy == 0 {
-                        info!("stopped");
-                    } else {
-                        info!("stopped with {busy} transfers cut short");
+                    match busy {
+                        0 => info!("stopped"),
+                        n => info!("stopped with {n} transfers cut short"),
                     }
                     (self.front.metrics).save_at_exit(&self.cfg.state_dir, self.now);
                     return 0;
@@ -391,15 +390,14 @@ impl Daemon {
                 let at = self.now + discovery::RESCAN_INTERVAL;
                 self.timers.always(at, Timer::Rescan);
             }
-            Timer::Announce => {
-                if self.stopping.is_none() {
-                    self.discovery.uploads = conns::uploads_in_flight(&self.slots);
-                    if self.discovery.announce_if_due(self.now) {
-                        let at = self.discovery.announce_deadline();
-                        self.timers.always(at, Timer::Announce);
-                    }
+            Timer::Announce if self.stopping.is_none() => {
+                self.discovery.uploads = conns::uploads_in_flight(&self.slots);
+                if self.discovery.announce_if_due(self.now) {
+                    let at = self.discovery.announce_deadline();
+                    self.timers.always(at, Timer::Announce);
                 }
             }
+            Timer::Announce => {}
             Timer::Accept => self.resume_accepting(),
             Timer::Lookup(id) => {
                 let mut events = Vec::new();
@@ -424,33 +422,24 @@ impl Daemon {
     fn on_signals(&mut self) {
         loop {
             match sys::read_signal(&self.signals) {
-                Ok(Some(sig)) => self.on_signal(sig),
+                Ok(Some(libc::SIGTERM | libc::SIGINT)) => self.begin_stop(),
+                Ok(Some(libc::SIGHUP)) => self.reload(),
+                Ok(Some(libc::SIGUSR1)) => {
+                    let counters = self.conns.counters(self.started, &self.slots);
+                    let (front, env) = self.parts();
+                    for line in Snapshot::of_loop(&env, front, &counters).text().lines() {
+                        info!("{line}");
+                    }
+                }
+                Ok(Some(libc::SIGUSR2)) => {
+                    info!("SIGUSR2: rejoining multicast groups");
+                    self.discovery.rejoin(self.poll.registry(), self.now);
+                    self.announce_soon();
+                }
+                Ok(Some(_)) => {}
                 Ok(None) => return,
-                Err(e) => {
-                    warn!("signalfd: {e}");
-                    return;
-                }
+                Err(e) => return warn!("signalfd: {e}"),
             }
-        }
-    }
-
-    fn on_signal(&mut self, sig: i32) {
-        match sig {
-            libc::SIGTERM | libc::SIGINT => self.begin_stop(),
-            libc::SIGHUP => self.reload(),
-            libc::SIGUSR1 => {
-                let counters = self.conns.counters(self.started, &self.slots);
-                let (front, env) = self.parts();
-                for line in Snapshot::of_loop(&env, front, &counters).text().lines() {
-                    info!("{line}");
-                }
-            }
-            libc::SIGUSR2 => {
-                info!("SIGUSR2: rejoining multicast groups");
-                self.discovery.rejoin(self.poll.registry(), self.now);
-                self.announce_soon();
-            }
-            _ => {}
         }
     }
 

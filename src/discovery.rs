@@ -1020,6 +1020,9 @@ impl Discovery {
             }
             Message::Answer(a) => {
                 if let Some(outcome) = self.checks.on_answer(src, a.id, h.instance) {
+                    if let CheckOutcome::Confirmed(c) = &outcome {
+                        (self.answer_delay).observe(now.saturating_duration_since(c.sent));
+                    }
                     return self.on_check(outcome, now, events);
                 }
                 let Some(peer) = self.peers.by_addr(&src).map(|p| p.instance) else {

@@ -15,7 +15,7 @@ use crate::eventloop::TimerId;
 use crate::fetch;
 use crate::guard;
 use crate::http::{self, FileKind, Method, RangeOutcome, Request};
-use crate::metrics::{Metrics, human_bytes};
+use crate::metrics::{Metrics, fixed, human_bytes};
 use crate::names;
 use crate::peers::Candidate;
 use crate::policy::{self, Action, Conduct, Pace};
@@ -919,7 +919,7 @@ impl Front {
             .filter(|(_, r)| matches!(&r.wait, Wait::Copy { file: f, .. } if f == file))
             .map(|(t, _)| *t)
             .collect();
-        v.sort();
+        v.sort_unstable();
         v
     }
 
@@ -1121,7 +1121,7 @@ impl Front {
             .copied()
             .filter(|t| self.is_tee(*t))
             .collect();
-        v.sort();
+        v.sort_unstable();
         v
     }
 
@@ -1261,7 +1261,7 @@ impl Front {
             .filter(|(_, r)| matches!(r.wait, Wait::Db { .. }))
             .map(|(t, _)| *t)
             .collect();
-        waiting.sort();
+        waiting.sort_unstable();
         for t in waiting {
             if let Some((mut r, _)) = self.take(env, t) {
                 r.db_waited = true;
@@ -1756,8 +1756,8 @@ impl Front {
             Pace::TooSlow => Conduct::TooSlow,
         };
         let why = format!(
-            "{file}: {got} bytes in {:.1} s ({conduct:?})",
-            over.as_secs_f64()
+            "{file}: {got} bytes in {} s ({conduct:?})",
+            fixed(over.as_millis(), 1000, 1)
         );
         info!(
             "{why}; {} of {} bytes staged",
@@ -1803,19 +1803,19 @@ impl Front {
         match verdict {
             Verdict::Verified if contributors == [MIRROR] => {
                 info!(
-                    "{file}: {size} bytes from the mirror verified and kept for the LAN ({:.2} s)",
-                    elapsed.as_secs_f64()
+                    "{file}: {size} bytes from the mirror verified and kept for the LAN ({} s)",
+                    fixed(elapsed.as_millis(), 1000, 2)
                 );
                 self.hand_out(env, file);
             }
             Verdict::Verified => {
                 // "<file>: <bytes> bytes from peer <addr>" is what tests/demo.sh looks for
                 info!(
-                    "{file}: {size} bytes from peer {} ({}) verified in {:.2} s ({:.1} MB/s)",
+                    "{file}: {size} bytes from peer {} ({}) verified in {} s ({} MB/s)",
                     source.map(|s| s.1.to_string()).unwrap_or_default(),
                     source.map(|s| env.peer_name(s.0)).unwrap_or_default(),
-                    elapsed.as_secs_f64(),
-                    size as f64 / elapsed.as_secs_f64().max(0.001) / 1e6
+                    fixed(elapsed.as_millis(), 1000, 2),
+                    fixed(size.into(), elapsed.as_micros().max(1000), 1)
                 );
                 if !contributors.contains(&MIRROR) {
                     self.stats.lan_hits += 1;
@@ -1870,7 +1870,7 @@ impl Front {
             })
             .map(|(t, _)| *t)
             .collect();
-        v.sort();
+        v.sort_unstable();
         v
     }
 
@@ -1971,9 +1971,9 @@ impl Front {
 
     /// One info line per file relayed from a mirror (or a peer's `.sig`), and its counters.
     fn upstream_done(&mut self, env: &impl Env, p: &Proxy, result: &str) {
-        let secs = env.now().duration_since(p.started).as_secs_f64();
+        let secs = fixed(env.now().duration_since(p.started).as_millis(), 1000, 2);
         info!(
-            "{}: {} from {} in {secs:.2} s (HTTP {}, {result})",
+            "{}: {} from {} in {secs} s (HTTP {}, {result})",
             p.label,
             human_bytes(p.bytes),
             p.host_header,

@@ -471,18 +471,28 @@ pub(crate) fn human_bytes(n: u64) -> String {
     if n < 1024 {
         return format!("{n} B");
     }
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
+    let mut u = 1;
+    while u < UNITS.len() - 1 && n >> (10 * u) >= 1024 {
         u += 1;
     }
     // 1023.96 KiB would print as "1024.0 KiB": say "1.0 MiB" instead
-    if v >= 1023.95 && u < UNITS.len() - 1 {
-        v /= 1024.0;
+    if u < UNITS.len() - 1 && fixed(n.into(), 1 << (10 * u), 1) == "1024.0" {
         u += 1;
     }
-    format!("{v:.1} {}", UNITS[u])
+    format!("{} {}", fixed(n.into(), 1 << (10 * u), 1), UNITS[u])
+}
+
+/// `n / unit` with `places` decimals, rounded half up, in integers: "2.35" for (2349, 1000,
+/// 2). Log lines and status pages print fractions this way: formatting an `f64` would link
+/// std's float printing (~15 KB; docs/DESIGN.md, "Binary size and memory").
+pub(crate) fn fixed(n: u128, unit: u128, places: u32) -> String {
+    let scale = 10u128.pow(places);
+    let unit = unit.max(1);
+    let v = n.saturating_mul(scale).saturating_add(unit / 2) / unit;
+    match places {
+        0 => v.to_string(),
+        _ => format!("{}.{:0w$}", v / scale, v % scale, w = places as usize),
+    }
 }
 
 /// A Unix time as a UTC date, YYYY-MM-DD (days to civil date, after Howard Hinnant).
@@ -721,6 +731,12 @@ mod tests {
         assert_eq!(date(T), "2025-12-01");
         assert_eq!(date(951_782_400), "2000-02-29");
         assert_eq!(date(4_102_444_799), "2099-12-31");
+        assert_eq!(fixed(2349, 1000, 2), "2.35");
+        assert_eq!(fixed(2344, 1000, 2), "2.34");
+        assert_eq!(fixed(999_950, 1_000_000, 1), "1.0");
+        assert_eq!(fixed(5, 1, 0), "5");
+        assert_eq!(fixed(7, 0, 1), "7.0");
+        assert_eq!(fixed(40, 1000, 3), "0.040");
         assert_eq!(seconds(2_500), "0.0025");
         assert_eq!(seconds(1_000_000), "1");
         assert_eq!(seconds(60_040_700), "60.0407");

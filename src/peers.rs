@@ -77,7 +77,13 @@ impl AnswerDelay {
         let Some(&(_, at)) = self.recent.iter().rev().find(|(i, _)| *i == id) else {
             return;
         };
-        let d = now.saturating_duration_since(at);
+        self.observe(now.saturating_duration_since(at));
+    }
+
+    /// A peer answered `d` after it was asked: a lookup's question, or an admission check's.
+    /// The check is the first delay seen from a peer, before any lookup asks it: a peer
+    /// that is slow to answer from the start stretches the first lookup's budget too.
+    pub(crate) fn observe(&mut self, d: Duration) {
         self.mark = if d >= self.mark {
             d
         } else {
@@ -621,6 +627,8 @@ pub(crate) struct Check {
     pub instance: u64,
     pub reason: CheckReason,
     pub tries: u8,
+    /// When the latest try was sent.
+    pub sent: Instant,
     pub next_at: Instant,
 }
 
@@ -709,6 +717,7 @@ impl Checks {
             instance,
             reason,
             tries: 1,
+            sent: now,
             next_at: now + CHECK_TIMEOUT,
         });
         self.checks.last()
@@ -764,6 +773,7 @@ impl Checks {
                 i += 1;
             } else if c.tries < CHECK_TRIES {
                 c.tries += 1;
+                c.sent = now;
                 c.next_at = now + CHECK_TIMEOUT;
                 again.push(c.clone());
                 i += 1;
@@ -1677,6 +1687,10 @@ mod tests {
             LOOKUP_BUDGET,
             "fast answers change nothing"
         );
+        // an admission check answered late stretches the budget as a lookup's answer would
+        let mut checked = AnswerDelay::default();
+        checked.observe(ms(70));
+        assert_eq!(checked.budget(LOOKUP_BUDGET), ms(140));
         // an answer after its lookup's deadline (a loaded peer) stretches the next budget
         d.started(2, t0 + ms(10));
         d.answered(2, t0 + ms(130));
@@ -1737,6 +1751,11 @@ mod tests {
             let (again, silent) = c.due(t0 + CHECK_TIMEOUT * k);
             assert_eq!((again.len(), silent.len()), (1, 0));
             assert_eq!(again[0].cookie, 79);
+            assert_eq!(
+                again[0].sent,
+                t0 + CHECK_TIMEOUT * k,
+                "a retry's delay counts from it"
+            );
         }
         let (again, silent) = c.due(t0 + CHECK_TIMEOUT * CHECK_TRIES as u32);
         assert_eq!(again.len(), 0);

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::env::Loop;
 use crate::front::Front;
-use crate::metrics::{date, human_bytes};
+use crate::metrics::{date, fixed, human_bytes};
 use crate::peers::BanKey;
 use crate::syncdb::SyncIndex;
 use crate::sys;
@@ -206,13 +206,13 @@ impl Snapshot {
         for p in &self.peers {
             let _ = writeln!(
                 s,
-                "  {:<20} {:<40} {:<8} {:<16} v{}, {:.1} s ago ({:016x}, tcp {})",
+                "  {:<20} {:<40} {:<8} {:<16} v{}, {} s ago ({:016x}, tcp {})",
                 p.name,
                 p.addr,
                 p.distro,
                 p.archs.join(","),
                 p.version,
-                p.last_seen_ms as f64 / 1000.0,
+                fixed(p.last_seen_ms, 1000, 1),
                 p.instance,
                 p.tcp_port
             );
@@ -221,12 +221,12 @@ impl Snapshot {
         for t in &self.transfers {
             let _ = writeln!(
                 s,
-                "  {} from {} {} of {} {:.1} MB/s {}",
+                "  {} from {} {} of {} {} MB/s {}",
                 t.file,
                 if t.source.is_empty() { "-" } else { &t.source },
                 human_bytes(t.bytes),
                 human_bytes(t.size),
-                t.rate / 1e6,
+                fixed(t.rate as u128, 1_000_000, 1),
                 t.phase
             );
         }
@@ -305,12 +305,12 @@ impl Snapshot {
             .iter()
             .map(|t| {
                 format!(
-                    "{{\"file\":{},\"source\":{},\"bytes\":{},\"size\":{},\"rate\":{:.0},\"phase\":{}}}",
+                    "{{\"file\":{},\"source\":{},\"bytes\":{},\"size\":{},\"rate\":{},\"phase\":{}}}",
                     json_str(&t.file),
                     json_str(&t.source),
                     t.bytes,
                     t.size,
-                    t.rate,
+                    t.rate.round() as u64,
                     json_str(&t.phase)
                 )
             })
