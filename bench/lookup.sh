@@ -94,7 +94,7 @@ PY
     done
     # everyone must list everyone else, and in digest mode the asker must hold every
     # peer's digest (the steady state the targets are about)
-    local t0=$SECONDS seen ok limit=$((30 + n / 2))
+    local t0=$SECONDS seen ok limit=$((40 + n))
     while :; do
       ok=1
       for i in $(seq 2 "$last"); do

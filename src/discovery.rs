@@ -1125,6 +1125,15 @@ impl Discovery {
                             if let Some(old) = dropped {
                                 self.dropped(&old, events, now);
                             }
+                            // its digest, if it publishes one: fetched now rather than at
+                            // its next announcement (its DIGEST datagram came before it
+                            // was admitted)
+                            if self.digests
+                                && let Some(d) = self.peers.digest_mut(h.instance)
+                            {
+                                d.joined();
+                                self.digest_wanted = true;
+                            }
                             self.hurry_announce(now);
                             events.push(DiscoveryEvent::PeerUp);
                         }
@@ -1422,6 +1431,10 @@ impl Discovery {
     /// A fetch of `instance`'s digest brought `body` (None: it failed).
     pub(crate) fn digest_fetched(&mut self, instance: u64, body: Option<&[u8]>) {
         let Some(body) = body else {
+            // a newcomer that publishes none (an older daemon): asked as before
+            if let Some(d) = self.peers.digest_mut(instance) {
+                d.not_published();
+            }
             return;
         };
         match Digest::decode(body) {
