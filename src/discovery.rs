@@ -1337,11 +1337,9 @@ impl Discovery {
         };
         // the peers that publish digests hear that we look for it (docs/PROTOCOL.md §14.4)
         if intent {
-            // longer while answers come late (as the budget stretches: peers.rs AnswerDelay)
-            let wait = (self.answer_delay.mark() * 2)
-                .max(digest::MISS_WAIT)
-                .min(budget.max(digest::MISS_WAIT));
-            lookup.set_not_before(now + wait);
+            // not stretched with late answers: what it waits for is the INTENTs of others
+            // reaching our sockets (the kernel's work), read before deciding
+            lookup.set_not_before(now + digest::MISS_WAIT);
             self.multicast(&Message::Intent(query.clone()));
             self.stats.intents_sent += 1;
         }

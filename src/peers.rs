@@ -58,11 +58,6 @@ pub(crate) struct AnswerDelay {
 }
 
 impl AnswerDelay {
-    /// The decaying high-water mark of answer delays.
-    pub(crate) fn mark(&self) -> Duration {
-        self.mark
-    }
-
     /// Lookup `id` started at `now`.
     pub(crate) fn started(&mut self, id: u32, now: Instant) {
         if self.recent.len() >= RECENT_LOOKUPS {
