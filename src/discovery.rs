@@ -105,9 +105,8 @@ pub(crate) struct Discovery {
     seq: u32,
     port: u16,
     only_interfaces: Vec<String>,
-    name: String,
-    distro: String,
-    archs: Vec<String>,
+    /// Ours, checked when built (`Announce::new`); `uploads` is filled in at each send.
+    announce: Announce,
     u4: Option<UdpSocket>,
     u6: Option<UdpSocket>,
     /// Lookups' QUERYs leave from these (ephemeral port) and their ANSWERs arrive here: a
@@ -241,9 +240,8 @@ pub(crate) struct Identity {
     pub port: u16,
     pub peer_addr: Option<IpAddr>,
     pub interfaces: Vec<String>,
-    pub name: String,
-    pub distro: String,
-    pub archs: Vec<String>,
+    /// What we announce, built by the validating `Announce::new`.
+    pub announce: Announce,
     pub exclude_interfaces: Vec<String>,
     pub keys: Keys,
     /// `peer = HOST[:PORT]` values.
@@ -278,9 +276,7 @@ impl Discovery {
             seq: 0,
             port: id.port,
             only_interfaces: id.interfaces,
-            name: id.name,
-            distro: id.distro,
-            archs: id.archs,
+            announce: id.announce,
             u4: u4.map(UdpSocket::from_std),
             u6: u6.map(UdpSocket::from_std),
             q4: q4.map(UdpSocket::from_std),
@@ -393,7 +389,7 @@ impl Discovery {
                 )?;
                 s.set_reuse_address(true)?;
                 let _ = s.set_multicast_all_v4(false);
-                s.set_multicast_ttl_v4(1)?;
+                s.set_multicast_ttl_v4(protocol::MULTICAST_HOPS)?;
                 s.set_multicast_loop_v4(true)?;
                 let addr = SocketAddr::new(IpAddr::V4(a), port);
                 s.bind(&addr.into()).map_err(|e| bind_err(addr, e))?;
@@ -411,7 +407,7 @@ impl Discovery {
                 s.set_reuse_address(true)?;
                 s.set_only_v6(true)?;
                 let _ = s.set_multicast_all_v6(false);
-                s.set_multicast_hops_v6(1)?;
+                s.set_multicast_hops_v6(protocol::MULTICAST_HOPS)?;
                 s.set_multicast_loop_v6(true)?;
                 let addr = SocketAddr::new(IpAddr::V6(a), port);
                 match s.bind(&addr.into()) {
@@ -645,11 +641,8 @@ impl Discovery {
 
     fn announce_message(&self) -> Message {
         Message::Announce(Announce {
-            tcp_port: self.port,
             uploads: self.uploads,
-            name: self.name.clone(),
-            distro: self.distro.clone(),
-            archs: self.archs.clone(),
+            ..self.announce.clone()
         })
     }
 
@@ -883,7 +876,7 @@ impl Discovery {
         events: &mut Vec<DiscoveryEvent>,
     ) {
         events.append(&mut self.deferred);
-        let mut buf = [0u8; protocol::MAX_DATAGRAM + 1];
+        let mut buf = [0u8; protocol::RECV_BUFFER];
         loop {
             let recv = {
                 let sock = match token {

@@ -160,7 +160,9 @@ impl Env for Loop<'_> {
         let addr = req.addr;
         // under a group key, a request to a peer's file server carries Flocon-Auth
         if self.discovery.peers.iter().any(|p| p.tcp_addr() == addr) {
-            let auth = self.discovery.auth_header(req.method.as_str(), &req.path);
+            let auth = self
+                .discovery
+                .auth_header(req.method.as_str(), req.url.path());
             req.headers.extend(auth);
         }
         let f = Fetch::connect(req, self.now)
@@ -282,7 +284,7 @@ impl Env for Loop<'_> {
 
     fn upstreams(&self, repo: &str, arch: &str) -> Vec<String> {
         let r = self.cfg.repos.iter().find(|r| r.name == repo);
-        r.map(|r| r.upstreams(arch, self.cfg.front_port()))
+        r.map(|r| crate::upstream::upstreams(r, arch, self.cfg.front_port()))
             .unwrap_or_default()
     }
 

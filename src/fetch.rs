@@ -1,8 +1,8 @@
 //! flocon's outbound HTTP/1.1 client: one request on one connection, to a LAN peer or an
 //! `http://` mirror (docs/DESIGN.md, "Upstreams"), driven by the daemon's single-threaded mio loop. It owns the
-//! connection's state machine (connect, send, response head, body framing), the three time
-//! bounds that keep a dead server from stalling pacman, and `http://` URL splitting. Parsing
-//! lives in http.rs; this file only moves bytes and decides when a response is complete.
+//! connection's state machine (connect, send, response head, body framing) and the three time
+//! bounds that keep a dead server from stalling pacman. Parsing lives in http/, URLs in url.rs;
+//! this file only moves bytes and decides when a response is complete.
 //!
 //! Contract with the loop: register `stream` for READABLE | WRITABLE, call `drive` on every
 //! event for it, after `pause(false)`, and again while `wants_drive()` (the per-call read
@@ -13,8 +13,9 @@
 
 use crate::chunk::{CHUNK_SIZE, Chunk};
 use crate::http::{self, BodyFraming, ChunkedDecoder, Method, ResponseInfo};
+use crate::url::HttpUrl;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// A LAN peer or a mirror that has not completed the TCP handshake in 5 s is dead or
@@ -39,10 +40,8 @@ const READ_CHUNK: usize = CHUNK_SIZE;
 pub(crate) struct Request {
     pub method: Method,
     pub addr: SocketAddr,
-    /// Value of the `Host` header, `host_header()` builds it from a URL's parts.
-    pub host_header: String,
-    /// Already percent-encoded path (and query), as in the URL.
-    pub path: String,
+    /// What is asked for: the request target and the `Host` header (`addr` is where).
+    pub url: HttpUrl,
     /// Extra request headers, e.g. `Range`, `If-Modified-Since`.
     pub headers: Vec<(String, String)>,
 }
@@ -162,7 +161,7 @@ impl<S: Read + Write> Fetch<S> {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        http::build_request(&mut out, req.method, &req.host_header, &req.path, &extra);
+        http::build_request(&mut out, req.method, &req.url, &extra);
         Fetch {
             stream,
             state: State::Sending,
@@ -464,65 +463,6 @@ impl<S: Read + Write> Fetch<S> {
     }
 }
 
-/// Splits `http://host[:port]/path` into (host, port, path). An IPv6 literal keeps its
-/// brackets (`[::1]`), as the `Host` header and the resolver expect. Userinfo is refused
-/// (it would be sent to nobody and hides the real host from a reader); the fragment is
-/// dropped; an empty path becomes `/`. Host names are lowercased.
-pub(crate) fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
-    const SCHEME: &str = "http://";
-    let scheme = url.get(..SCHEME.len())?;
-    if !scheme.eq_ignore_ascii_case(SCHEME) {
-        return None;
-    }
-    let rest = &url[SCHEME.len()..];
-    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    if authority.contains('@') {
-        return None;
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (addr, after) = v6.split_once(']')?;
-        addr.parse::<Ipv6Addr>().ok()?;
-        (format!("[{}]", addr.to_ascii_lowercase()), after)
-    } else {
-        let (h, p) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
-        let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_';
-        if h.is_empty() || !h.bytes().all(ok) {
-            return None;
-        }
-        (h.to_ascii_lowercase(), p)
-    };
-    let port = match port.strip_prefix(':') {
-        None if port.is_empty() => 80,
-        None => return None,
-        Some("") => 80,
-        Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
-            p.parse::<u16>().ok().filter(|&p| p != 0)?
-        }
-        Some(_) => return None,
-    };
-    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return None;
-    }
-    let path = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{path}")
-    };
-    Some((host, port, path))
-}
-
-/// The `Host` header for a host as `parse_http_url` returns it: the port only when it is not
-/// the default (RFC 9110 §7.2).
-pub(crate) fn host_header(host: &str, port: u16) -> String {
-    if port == 80 {
-        host.to_string()
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,8 +478,7 @@ mod tests {
         Request {
             method,
             addr,
-            host_header: host_header("127.0.0.1", addr.port()),
-            path: path.to_string(),
+            url: HttpUrl::parse(&format!("http://127.0.0.1:{}{path}", addr.port())).unwrap(),
             headers: Vec::new(),
         }
     }
@@ -763,7 +702,7 @@ mod tests {
         let (addr, got) = server(vec![w(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabcde",
         )]);
-        let mut req = request(addr, Method::Get, "/core/os/x86_64/a b.pkg.tar.zst");
+        let mut req = request(addr, Method::Get, "/core/os/x86_64/a%20b.pkg.tar.zst");
         req.headers.push(("Range".into(), "bytes=3-".into()));
         req.headers.push((
             "If-Modified-Since".into(),
@@ -1199,67 +1138,5 @@ mod tests {
             }
             assert_eq!(fetch.bytes_received(), body_of(&events).len() as u64);
         }
-    }
-
-    // ---- URLs -------------------------------------------------------------------------------
-
-    #[test]
-    fn http_urls() {
-        let ok = |u: &str, h: &str, p: u16, path: &str| {
-            assert_eq!(
-                parse_http_url(u),
-                Some((h.to_string(), p, path.to_string())),
-                "{u}"
-            );
-        };
-        ok(
-            "http://mirror.example.org/archlinux/core/os/x86_64",
-            "mirror.example.org",
-            80,
-            "/archlinux/core/os/x86_64",
-        );
-        ok(
-            "HTTP://Mirror.Example.ORG:8080/a?b=c#frag",
-            "mirror.example.org",
-            8080,
-            "/a?b=c",
-        );
-        ok("http://host", "host", 80, "/");
-        ok("http://host:", "host", 80, "/");
-        ok("http://host?q", "host", 80, "/?q");
-        ok(
-            "http://10.0.0.1:19432/f.pkg.tar.zst",
-            "10.0.0.1",
-            19432,
-            "/f.pkg.tar.zst",
-        );
-        ok("http://[::1]/x", "[::1]", 80, "/x");
-        ok("http://[FE80::1]:81/x", "[fe80::1]", 81, "/x");
-        for bad in [
-            "https://host/",
-            "ftp://host/",
-            "http://",
-            "http:///x",
-            "http://user:pw@host/",
-            "http://@host/",
-            "http://host:0/",
-            "http://host:65536/",
-            "http://host:+80/",
-            "http://host:8o/",
-            "http://host:123456/",
-            "http://[::1/",
-            "http://[not-v6]/",
-            "http://[::1]x/",
-            "http://ho st/",
-            "http://host/a b",
-            "http://host/a\r\nX: y",
-            "http://h%41st/",
-            "htt",
-            "",
-        ] {
-            assert_eq!(parse_http_url(bad), None, "{bad}");
-        }
-        assert_eq!(host_header("[::1]", 80), "[::1]");
-        assert_eq!(host_header("m.example", 8080), "m.example:8080");
     }
 }

@@ -13,10 +13,9 @@
 
 use crate::eventloop::TimerId;
 use crate::fetch;
-use crate::guard;
-use crate::http::{self, FileKind, Method, RangeOutcome, Request};
+use crate::http::{self, Method, RangeOutcome, Request};
 use crate::metrics::{Metrics, fixed, human_bytes};
-use crate::names;
+use crate::names::{self, FileKind};
 use crate::peers::Candidate;
 use crate::policy::{self, Action, Conduct, Pace};
 use crate::protocol::InFlight;
@@ -25,6 +24,7 @@ use crate::stager::{Growth, Report, StageHandle};
 use crate::status::json_str;
 use crate::syncdb::PkgInfo;
 use crate::transfer::{self, Phase, Transfer, Verdict};
+use crate::url::{self, HttpUrl, Scheme};
 use mio::Token;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -55,7 +55,7 @@ pub const READY_LINGER: Duration = Duration::from_secs(10);
 const PACE_CHECK: Duration = Duration::from_millis(500);
 /// The time a copy has before pacman runs out of self-redirects: its first wait plus every
 /// redirect round. A copy that cannot finish within it hands its remainder to the mirror.
-const COPY_BUDGET: Duration = Duration::from_secs(
+pub(crate) const COPY_BUDGET: Duration = Duration::from_secs(
     transfer::REDIRECT_AFTER.as_secs() * (transfer::MAX_REDIRECT_ROUNDS as u64 + 1),
 );
 /// A copy in flight that has less than 1/JOIN_EARLY of the file is joined whatever its rate.
@@ -65,7 +65,7 @@ const JOIN_EARLY: u64 = 8;
 const JOIN_GRACE: Duration = Duration::from_secs(10);
 /// A copy in flight elsewhere is joined only if, at its announced rate, the rest arrives
 /// within this share of COPY_BUDGET (the joiner's pacman is sent round meanwhile).
-const JOIN_SHARE: f64 = 0.75;
+pub(crate) const JOIN_SHARE: f64 = 0.75;
 /// The "instance" recorded for bytes a copy took from the mirror (no peer is ever 0: ids are
 /// random, and a contributor 0 is never judged).
 const MIRROR: u64 = 0;
@@ -75,7 +75,7 @@ const MIRROR: u64 = 0;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// An upstream mirror URL (http:// proxied, https:// redirected).
-    Url(String),
+    Url(HttpUrl),
 }
 
 /// A front request being answered from a list of sources.
@@ -91,10 +91,8 @@ pub struct Proxy {
     /// Status of the last source that answered with an error, passed on if none succeeds.
     last_status: Option<u16>,
     label: String,
-    /// The URL now being fetched (for relative redirects), its Host header and path.
-    current: String,
-    host_header: String,
-    path: String,
+    /// The URL now being fetched (for relative redirects, the request and the log).
+    current: Option<HttpUrl>,
     /// Addresses of `current` not tried yet: each is tried before the next source.
     addrs: VecDeque<SocketAddr>,
     /// The copy (file, serial) this answer also feeds, for the LAN (docs/DESIGN.md, "One
@@ -106,6 +104,15 @@ pub struct Proxy {
     started: Instant,
     status: u16,
     bytes: u64,
+}
+
+impl Proxy {
+    /// The URL being fetched, for messages.
+    fn at(&self) -> String {
+        self.current
+            .as_ref()
+            .map_or_else(String::new, HttpUrl::to_string)
+    }
 }
 
 /// What a front request waits for. Each wait with a deadline of its own names it; the
@@ -469,7 +476,7 @@ impl Front {
             Ok(x) => x,
             Err(e) => return answer(env, t, Reply::Error(e.status())),
         };
-        let kind = http::classify(&file);
+        let kind = names::classify(&file);
         debug!(
             "{} /{repo}/os/{arch}/{file} ({kind:?})",
             r.request.method.as_str()
@@ -738,11 +745,13 @@ impl Front {
         else {
             return answer(env, t, Reply::Error(400));
         };
+        let Ok(url) = HttpUrl::peer(addr).join_file(&file) else {
+            return answer(env, t, Reply::Error(400));
+        };
         let req = fetch::Request {
             method: Method::Get,
             addr,
-            host_header: addr.to_string(),
-            path: format!("/{}", guard::encode_segment(&file)),
+            url,
             headers: Vec::new(),
         };
         match env.start_fetch(req) {
@@ -874,11 +883,13 @@ impl Front {
             if resume > 0 {
                 headers.push(("Range".to_string(), format!("bytes={resume}-")));
             }
+            let Ok(url) = HttpUrl::peer(addr).join_file(file) else {
+                continue;
+            };
             let req = fetch::Request {
                 method: Method::Get,
                 addr,
-                host_header: addr.to_string(),
-                path: format!("/{}", guard::encode_segment(file)),
+                url,
                 headers,
             };
             if let Some(tok) = env.start_fetch(req) {
@@ -993,8 +1004,8 @@ impl Front {
             debug!("{file}: {kept} bytes kept for the LAN already; this one is not kept");
             return false;
         }
-        let first = env.upstreams(&repo, &arch).into_iter().next();
-        if !first.is_some_and(|u| u.starts_with("http://")) {
+        let first = upstream_urls(env, &repo, &arch, file).into_iter().next();
+        if !first.is_some_and(|u| u.scheme() == Scheme::Http) {
             return false;
         }
         let whole = |r: &FrontRequest| {
@@ -1301,14 +1312,11 @@ impl Front {
         tee: Option<(String, u64)>,
     ) {
         let mut sources: VecDeque<Source> = first.into();
-        for url in env.upstreams(repo, arch) {
-            // the name as validated: decoded once by the front, encoded once here
-            sources.push_back(Source::Url(format!(
-                "{}/{}",
-                url.trim_end_matches('/'),
-                guard::encode_segment(file)
-            )));
-        }
+        sources.extend(
+            upstream_urls(env, repo, arch, file)
+                .into_iter()
+                .map(Source::Url),
+        );
         if sources.is_empty() {
             return answer(env, t, Reply::Error(404));
         }
@@ -1321,9 +1329,7 @@ impl Front {
             answered: false,
             last_status: None,
             label: file.to_string(),
-            current: String::new(),
-            host_header: String::new(),
-            path: String::new(),
+            current: None,
             addrs: VecDeque::new(),
             tee,
             repo: repo.to_string(),
@@ -1343,7 +1349,8 @@ impl Front {
                     // an upstream (or its redirect) naming this daemon would loop
                     warn!(
                         "{}: {} is this daemon's own front; not asking it",
-                        p.label, p.current
+                        p.label,
+                        p.at()
                     );
                     p.last_status = Some(502);
                     continue;
@@ -1355,11 +1362,13 @@ impl Front {
                 if let Some(ims) = &p.if_modified_since {
                     headers.push(("If-Modified-Since".to_string(), ims.clone()));
                 }
+                let Some(url) = p.current.clone() else {
+                    continue;
+                };
                 let req = fetch::Request {
                     method: p.method,
                     addr,
-                    host_header: p.host_header.clone(),
-                    path: p.path.clone(),
+                    url,
                     headers,
                 };
                 match env.start_fetch(req) {
@@ -1380,23 +1389,19 @@ impl Front {
                 return self.tee_check(env, &p.tee);
             };
             match src {
-                Source::Url(url) if url.starts_with("https://") => {
+                Source::Url(url) if url.scheme() == Scheme::Https => {
                     if p.answered {
                         continue;
                     }
                     debug!("{}: redirecting pacman to {url}", p.label);
-                    let h = [("Location", url.as_str())];
+                    let location = url.to_string();
+                    let h = [("Location", location.as_str())];
                     env.reply(t, Reply::Bytes(307, &h, b""));
                     return self.tee_check(env, &p.tee);
                 }
                 Source::Url(url) => {
-                    let Some((host, port, path)) = fetch::parse_http_url(&url) else {
-                        warn!("unusable upstream URL {url}");
-                        continue;
-                    };
-                    p.current = url;
-                    p.host_header = fetch::host_header(&host, port);
-                    p.path = path;
+                    let (host, port) = (url.host().to_string(), url.port());
+                    p.current = Some(url);
                     if let Some(addrs) = env.resolve_now(&host, port) {
                         p.addrs = addrs.into();
                         continue;
@@ -1600,22 +1605,14 @@ impl Front {
             return;
         };
         let tr = &mut c.transfer;
-        let url = env
-            .upstreams(&tr.repo, &tr.arch)
+        let url = upstream_urls(env, &tr.repo, &tr.arch, file)
             .into_iter()
-            .find(|u| u.starts_with("http://"))
-            .map(|u| {
-                format!(
-                    "{}/{}",
-                    u.trim_end_matches('/'),
-                    guard::encode_segment(file)
-                )
-            });
-        let Some((host, port, path)) = url.as_deref().and_then(fetch::parse_http_url) else {
+            .find(|u| u.scheme() == Scheme::Http);
+        let Some(url) = url else {
             return self.copy_failed(env, file);
         };
         let addr = env
-            .resolve_now(&host, port)
+            .resolve_now(url.host(), url.port())
             .and_then(|a| a.into_iter().find(|a| !env.is_own_front(*a)));
         let Some(addr) = addr else {
             return self.copy_failed(env, file);
@@ -1623,11 +1620,11 @@ impl Front {
         let now = env.now();
         let resume = tr.received;
         tr.begin_source(MIRROR, addr, now);
+        let host = url.host().to_string();
         let req = fetch::Request {
             method: Method::Get,
             addr,
-            host_header: fetch::host_header(&host, port),
-            path,
+            url,
             headers: vec![("Range".to_string(), format!("bytes={resume}-"))],
         };
         let Some(tok) = env.start_fetch(req) else {
@@ -1890,16 +1887,22 @@ impl Front {
                     self.end_fetch(env, tok);
                     proxy.redirects += 1;
                     proxy.addrs.clear();
+                    let next = proxy.current.as_ref().map(|u| u.join(loc));
                     if proxy.redirects > MAX_UPSTREAM_REDIRECTS {
                         proxy.last_status = Some(502);
-                    } else {
-                        let url = absolute_location(&proxy.current, loc);
+                    } else if let Some(Ok(url)) = next {
                         proxy.sources.push_front(Source::Url(url));
+                    } else if let Some(Err(e)) = next {
+                        warn!(
+                            "{}: unusable redirect from {}: {e}",
+                            proxy.label,
+                            proxy.at()
+                        );
                     }
                     return self.next_source(env, client, r, proxy);
                 }
                 if !matches!(h.status, 200 | 206 | 304 | 416) {
-                    debug!("{}: {} answered {}", proxy.label, proxy.current, h.status);
+                    debug!("{}: {} answered {}", proxy.label, proxy.at(), h.status);
                     self.end_fetch(env, tok);
                     proxy.addrs.clear();
                     proxy.last_status = Some(h.status);
@@ -1976,7 +1979,9 @@ impl Front {
             "{}: {} from {} in {secs} s (HTTP {}, {result})",
             p.label,
             human_bytes(p.bytes),
-            p.host_header,
+            p.current
+                .as_ref()
+                .map_or_else(String::new, HttpUrl::host_header),
             p.status
         );
         self.metrics.upstream_file(&p.repo, p.bytes);
@@ -2135,25 +2140,22 @@ fn relayed_head(h: &http::ResponseInfo) -> (Vec<(String, String)>, Option<u64>) 
     (headers, length)
 }
 
-/// A Location header made absolute against the URL that answered with it.
-fn absolute_location(base: &str, loc: &str) -> String {
-    if loc.starts_with("http://") || loc.starts_with("https://") {
-        return loc.to_string();
-    }
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let authority_end = base[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(base.len());
-    if loc.starts_with('/') {
-        return format!("{}{}", &base[..authority_end], loc);
-    }
-    let dir_end = base
-        .rfind('/')
-        .filter(|i| *i >= authority_end)
-        .map(|i| i + 1)
-        .unwrap_or(base.len());
-    format!("{}{}", &base[..dir_end], loc)
+/// Where `file` is upstream, in the configured order: each mirror URL with `$arch` the
+/// request's component and the file name appended, each encoded once as the front decoded it
+/// once (so the mirror decodes the very names the front checked). Unusable URLs are skipped.
+fn upstream_urls(env: &impl Env, repo: &str, arch: &str, file: &str) -> Vec<HttpUrl> {
+    let arch = url::encode_segment(arch);
+    (env.upstreams(repo, &arch).iter())
+        .filter_map(
+            |base| match HttpUrl::parse(base).and_then(|u| u.join_file(file)) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    warn!("unusable upstream URL {base}: {e}");
+                    None
+                }
+            },
+        )
+        .collect()
 }
 
 /// Bytes a copy has staged (for messages).
@@ -2361,8 +2363,10 @@ mod tests {
         fn dbs_loading(&mut self) -> bool {
             self.loading
         }
-        fn upstreams(&self, _repo: &str, _arch: &str) -> Vec<String> {
-            self.upstreams.clone()
+        fn upstreams(&self, repo: &str, arch: &str) -> Vec<String> {
+            (self.upstreams.iter())
+                .map(|u| u.replace("$repo", repo).replace("$arch", arch))
+                .collect()
         }
         fn stage(&self) -> StageHandle {
             self.stager.handle()
@@ -2515,7 +2519,7 @@ mod tests {
         );
         decide(&mut f, &mut env, 1, vec![cand(PEER1, 5000)]);
         let tok = env.fetch_to("10.0.0.1:19432").expect("a fetch to the peer");
-        assert_eq!(env.fetches[&tok].path, format!("/{PKG}"));
+        assert_eq!(env.fetches[&tok].url.path(), format!("/{PKG}"));
         deliver(&mut f, &mut env, tok, &data);
         assert_eq!(env.last(c), "file 200 5000");
         assert_eq!(env.files[&c], data);
@@ -2532,7 +2536,10 @@ mod tests {
         ask(&mut f, &mut env, c, PKG);
         decide(&mut f, &mut env, 1, vec![]);
         let tok = env.fetch_to("10.0.0.100:80").expect("the mirror");
-        assert_eq!(env.fetches[&tok].path, format!("/core/os/x86_64/{PKG}"));
+        assert_eq!(
+            env.fetches[&tok].url.path(),
+            format!("/core/os/x86_64/{PKG}")
+        );
         event(&mut f, &mut env, tok, head(200, 3));
         event(&mut f, &mut env, tok, body(&[1, 2, 3]));
         event(&mut f, &mut env, tok, fetch::Event::Done);
@@ -2949,7 +2956,7 @@ mod tests {
             vec![cand(PEER1, REAL_SIG.len() as u64)],
         );
         let t = env.fetch_to("10.0.0.1:19432").expect("asked of the peer");
-        assert_eq!(env.fetches[&t].path, format!("/{sig}"));
+        assert_eq!(env.fetches[&t].url.path(), format!("/{sig}"));
         deliver_sig(&mut f, &mut env, t, REAL_SIG);
         assert!(
             env.last(Token(2)).starts_with("bytes 200"),
@@ -3072,7 +3079,7 @@ mod tests {
             fetch::Event::Failed("read: reset".into()),
         );
         let m = env.fetch_to("10.0.0.100:80").expect("the mirror");
-        assert_eq!(env.fetches[&m].path, format!("/core/os/x86_64/{PKG}"));
+        assert_eq!(env.fetches[&m].url.path(), format!("/core/os/x86_64/{PKG}"));
         assert_eq!(
             env.fetches[&m].headers,
             vec![("Range".to_string(), "bytes=3000-".to_string())]
@@ -3093,7 +3100,7 @@ mod tests {
         assert!(env.fetch_to("127.0.0.1:19433").is_none(), "called itself");
         let m = env.fetch_to("10.0.0.100:80").unwrap();
         assert_eq!(
-            env.fetches[&m].path,
+            env.fetches[&m].url.path(),
             "/core/os/x86_64/a%3Fb-1-1-any.pkg.tar.zst"
         );
         // a redirect to the front: 502, not a loop
@@ -3103,6 +3110,75 @@ mod tests {
         h.location = Some("http://127.0.0.1:19433/core/os/x86_64/x".into());
         event(&mut f, &mut env, m, fetch::Event::Head(h));
         assert_eq!(env.last(Token(1)), "error 502");
+    }
+
+    #[test]
+    fn the_mirror_is_asked_for_the_names_pacman_asked_for_decoded_once() {
+        // pacman asked for arch `x%41` and file `a%25b...` (sent escaped, as `%25`): the mirror
+        // must be asked for exactly those, not `xA` and `a%b...` (decoded a second time)
+        let target = "/core/os/x%2541/a%2525b-1-1-any.pkg.tar.zst";
+        let (mut f, mut env) = (Front::new(), Fake::new("once"));
+        env.upstreams = vec!["http://10.0.0.100/$repo/os/$arch/".into()];
+        f.on_request(&mut env, Token(1), 1, request(target));
+        f.check(&env);
+        let m = env.fetch_to("10.0.0.100:80").expect("the mirror");
+        assert_eq!(env.fetches[&m].url.path(), target);
+        let decoded: Vec<String> = (target.split('/').skip(1))
+            .map(|s| crate::http::request::percent_decode(s).unwrap())
+            .collect();
+        assert_eq!(decoded, ["core", "os", "x%41", "a%25b-1-1-any.pkg.tar.zst"]);
+        // an https mirror: pacman is sent to the same names
+        env.upstreams = vec!["https://M.example:443/$repo/os/$arch".into()];
+        f.on_request(&mut env, Token(2), 1, request(target));
+        f.check(&env);
+        assert_eq!(
+            env.last(Token(2)),
+            format!("bytes 307 https://m.example{target}")
+        );
+    }
+
+    #[test]
+    fn a_mirror_s_redirects_are_joined_to_the_url_that_answered() {
+        let (mut f, mut env) = (Front::new(), Fake::new("redir"));
+        env.upstreams = vec![MIRROR.into()];
+        let redirect = |f: &mut Front, env: &mut Fake, m: Token, loc: &str| {
+            let fetch::Event::Head(mut h) = head(302, 0) else {
+                unreachable!()
+            };
+            h.location = Some(loc.into());
+            event(f, env, m, fetch::Event::Head(h));
+        };
+        ask(&mut f, &mut env, Token(1), "core.db");
+        let m = env.fetch_to("10.0.0.100:80").unwrap();
+        assert_eq!(env.fetches[&m].url.path(), "/core/os/x86_64/core.db");
+        redirect(&mut f, &mut env, m, "../../pool/./core.db?sig=1#x");
+        let m2 = env.fetch_to("10.0.0.100:80").unwrap();
+        assert_ne!(m2, m);
+        assert_eq!(env.fetches[&m2].url.path(), "/core/pool/core.db?sig=1");
+        assert_eq!(env.fetches[&m2].url.host_header(), "10.0.0.100");
+        // to another host by a network-path reference: its port goes in Host
+        redirect(&mut f, &mut env, m2, "//10.0.0.101:8080/c/core.db");
+        let m3 = env.fetch_to("10.0.0.101:8080").unwrap();
+        assert_eq!(env.fetches[&m3].url.host_header(), "10.0.0.101:8080");
+        assert_eq!(env.fetches[&m3].url.path(), "/c/core.db");
+        // to https: pacman goes there itself
+        redirect(&mut f, &mut env, m3, "HTTPS://Cdn.example/c/core.db");
+        assert_eq!(
+            env.last(Token(1)),
+            "bytes 307 https://cdn.example/c/core.db"
+        );
+        assert!(env.fetches.is_empty());
+        // another scheme, or userinfo, is no source at all
+        for (t, loc) in [
+            (Token(2), "ftp://10.0.0.100/core.db"),
+            (Token(3), "http://u@h/x"),
+        ] {
+            ask(&mut f, &mut env, t, "core.db");
+            let m = env.fetch_to("10.0.0.100:80").unwrap();
+            redirect(&mut f, &mut env, m, loc);
+            assert!(env.fetches.is_empty(), "{loc}");
+            assert_eq!(env.last(t), "error 502", "{loc}");
+        }
     }
 
     #[test]
@@ -3210,7 +3286,7 @@ mod tests {
         f.on_resolved(&mut env, id2, Ok(a.clone()));
         f.check(&env);
         let t8 = env.fetch_to("10.0.0.8:80").expect("second address");
-        assert_eq!(env.fetches[&t8].host_header, "two.example");
+        assert_eq!(env.fetches[&t8].url.host_header(), "two.example");
         event(&mut f, &mut env, t8, fetch::Event::Failed("refused".into()));
         let t9 = env.fetch_to("10.0.0.9:80").expect("third address");
         event(&mut f, &mut env, t9, head(200, 0));

@@ -1,8 +1,8 @@
 //! The rules that keep hostile input from reaching or looping through flocon, as pure
 //! functions for the listeners and the upstream client to call: which `Host` a front request
 //! may name, how many connections one address may hold on the peer port, which connection
-//! gives way when a listener is full, which upstream addresses are flocon's own front, and
-//! the one encoding of a file name into an upstream URL. See docs/DESIGN.md, "Faults and bans".
+//! gives way when a listener is full, and which upstream addresses are flocon's own front. See
+//! docs/DESIGN.md, "Faults and bans".
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -146,26 +146,6 @@ pub(crate) fn is_own_front(addr: SocketAddr, front: SocketAddr) -> bool {
         || (ip.is_unspecified() && fip.is_loopback())
 }
 
-/// A validated file name as one path segment of an upstream URL: every byte that is not
-/// allowed as itself in a segment (RFC 3986 `pchar`) percent-encoded, `%` included, so the
-/// mirror decodes exactly the name flocon checked (decoded once by the front, encoded once
-/// here).
-pub(crate) fn encode_segment(name: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(name.len());
-    for &b in name.as_bytes() {
-        let plain = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b);
-        if plain {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,32 +250,5 @@ mod tests {
         assert!(is_own_front(sa("127.0.0.7:19433"), any));
         assert!(!is_own_front(sa("10.0.0.1:19433"), sa("[::1]:19433")));
         assert!(is_own_front(sa("[::1]:19433"), sa("[::1]:19433")));
-    }
-
-    #[test]
-    fn names_are_encoded_once() {
-        let table = [
-            (
-                "core-1.0-1-x86_64.pkg.tar.zst",
-                "core-1.0-1-x86_64.pkg.tar.zst",
-            ),
-            // epochs and pluses stay readable
-            (
-                "gtk2+-1:2.0-1-any.pkg.tar.zst",
-                "gtk2+-1:2.0-1-any.pkg.tar.zst",
-            ),
-            // what the front decoded from %252e%252e%252f, %3F, %2500, %250d%250a
-            ("%2e%2e%2f", "%252e%252e%252f"),
-            ("a?b", "a%3Fb"),
-            ("%00", "%2500"),
-            ("%0d%0a", "%250d%250a"),
-            ("a#b c", "a%23b%20c"),
-            ("é", "%C3%A9"),
-        ];
-        for (name, want) in table {
-            assert_eq!(encode_segment(name), want, "{name}");
-            // and the mirror decodes exactly the name
-            assert_eq!(crate::http::percent_decode(want).unwrap(), name);
-        }
     }
 }

@@ -12,6 +12,7 @@ pub mod log;
 
 pub mod auth;
 pub(crate) mod chunk;
+pub mod cli;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod conns;
@@ -21,7 +22,7 @@ pub(crate) mod dbload;
 pub(crate) mod digest;
 // Files other branches are rewriting now keep their dead items until those land (then
 // delete them and these allows): discovery.rs `static_peers`; front.rs `Wait::Dns::port`,
-// `Front::waiting`; peers.rs (only their tests use `ANNOUNCE_JITTER`, `LOOKUP_BUDGET`,
+// `Front::waiting`; peers.rs (only their tests use
 // `next_announce_delay`, `next_expiry`, `len`s, `records`, `query`, `deadline`,
 // `can_decide`; nothing uses `own_instance`, two `is_empty`s, `id`, `name`); server.rs
 // `CacheDirs::missing`.
@@ -41,6 +42,7 @@ pub(crate) mod metrics;
 pub(crate) mod names;
 pub(crate) mod notify;
 pub(crate) mod outbuf;
+pub mod pacman_conf;
 #[allow(dead_code)]
 pub(crate) mod peers;
 pub(crate) mod policy;
@@ -56,4 +58,6 @@ pub(crate) mod syncdb;
 #[allow(unsafe_code)]
 pub(crate) mod sys;
 pub(crate) mod transfer;
+pub(crate) mod upstream;
+pub(crate) mod url;
 pub mod xorshift;

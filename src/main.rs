@@ -1,7 +1,7 @@
 //! flocon: share pacman package caches across a LAN. This file only dispatches the command
 //! line: the daemon (daemon.rs) or `flocon status`, which asks the running daemon.
 
-use flocon::{config, daemon, error, log};
+use flocon::{cli, config, daemon, error, log};
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     if args.next().is_some_and(|a| a == "genkey") {
         return genkey(args.collect());
     }
-    let cmd = match config::parse_args(std::env::args_os().skip(1)) {
+    let cmd = match cli::parse_args(std::env::args_os().skip(1)) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -28,11 +28,11 @@ fn main() -> ExitCode {
         }
     };
     match cmd {
-        config::Command::Help => {
-            print!("{}", config::usage());
+        cli::Command::Help => {
+            print!("{}", cli::usage());
             ExitCode::SUCCESS
         }
-        config::Command::Version => {
+        cli::Command::Version => {
             println!(
                 "flocon {} ({})",
                 env!("CARGO_PKG_VERSION"),
@@ -40,8 +40,8 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        config::Command::Status { config, json } => status(&config, json),
-        config::Command::Daemon(config) => {
+        cli::Command::Status { config, json } => status(&config, json),
+        cli::Command::Daemon(config) => {
             log::set_debug(config.debug);
             match daemon::Daemon::new(config) {
                 Ok(mut d) => ExitCode::from(d.run() as u8),

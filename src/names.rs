@@ -2,7 +2,9 @@
 //! component of printable ASCII. The front (names from pacman's requests), the peer server
 //! (names from peers' requests), the discovery codec (names in QUERY datagrams) and the
 //! sync-db index (`%FILENAME%`) all call `is_file_name`, so a name one layer accepts is never
-//! refused, or read differently, by another. Pure; see docs/DESIGN.md, "File names".
+//! refused, or read differently, by another. `classify` says which kind of file a name is
+//! (package, signature, database), which decides where the front and the peer server may take
+//! it from. Pure; see docs/DESIGN.md, "File names".
 
 /// Longest name: a file name's limit on Linux (NAME_MAX), and a QUERY's length byte.
 pub(crate) const MAX_FILE_NAME: usize = 255;
@@ -21,9 +23,112 @@ pub(crate) fn is_file_name(name: &[u8]) -> bool {
         && !(name.len() >= 5 && name[name.len() - 5..].eq_ignore_ascii_case(b".part"))
 }
 
+/// Compressor suffixes makepkg can give a package (`PKGEXT`) and repo-add a database.
+const COMPRESSORS: &[&str] = &["gz", "xz", "zst", "bz2", "lz4", "lrz", "lzo", "Z", "lz"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    /// `<stem>.pkg.tar` or `<stem>.pkg.tar.<compressor>`.
+    Package,
+    PackageSig,
+    /// `<repo>.db`, `<repo>.files`, or those + `.tar` [+ `.<compressor>`].
+    Database,
+    DatabaseSig,
+    Other,
+}
+
+pub(crate) fn classify(name: &str) -> FileKind {
+    match name.strip_suffix(".sig") {
+        Some(base) => match classify_unsigned(base) {
+            FileKind::Package => FileKind::PackageSig,
+            FileKind::Database => FileKind::DatabaseSig,
+            _ => FileKind::Other,
+        },
+        None => classify_unsigned(name),
+    }
+}
+
+fn classify_unsigned(name: &str) -> FileKind {
+    let uncompressed = strip_compressor(name);
+    if has_stem(uncompressed, ".pkg.tar") {
+        return FileKind::Package;
+    }
+    // Databases are `x.db` (a symlink repo-add makes) or `x.db.tar[.comp]`; `x.db.gz` is not.
+    let db = match uncompressed.strip_suffix(".tar") {
+        Some(db) => db,
+        None if uncompressed.len() == name.len() => name,
+        None => return FileKind::Other,
+    };
+    if has_stem(db, ".db") || has_stem(db, ".files") {
+        FileKind::Database
+    } else {
+        FileKind::Other
+    }
+}
+
+fn strip_compressor(name: &str) -> &str {
+    COMPRESSORS
+        .iter()
+        .find_map(|c| name.strip_suffix(c).and_then(|rest| rest.strip_suffix('.')))
+        .unwrap_or(name)
+}
+
+fn has_stem(name: &str, suffix: &str) -> bool {
+    name.strip_suffix(suffix)
+        .is_some_and(|stem| !stem.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classify_table() {
+        use FileKind::*;
+        let cases: &[(&str, FileKind)] = &[
+            ("a-1-1-x86_64.pkg.tar.zst", Package),
+            ("a-1-1-x86_64.pkg.tar.xz", Package),
+            ("a-1-1-any.pkg.tar.gz", Package),
+            ("a-1-1-any.pkg.tar.bz2", Package),
+            ("a-1-1-any.pkg.tar.lz4", Package),
+            ("a-1-1-any.pkg.tar.lrz", Package),
+            ("a-1-1-any.pkg.tar.lzo", Package),
+            ("a-1-1-any.pkg.tar.Z", Package),
+            ("a-1-1-any.pkg.tar.lz", Package),
+            ("a-1-1-any.pkg.tar", Package),
+            ("a-1-1-any.pkg.tar.zst.sig", PackageSig),
+            ("a-1-1-any.pkg.tar.sig", PackageSig),
+            ("a.pkg.tar.rar", Other),
+            ("a.pkg.tar.z", Other),
+            ("a.pkg.tar.zst.gz", Other),
+            ("a.pkg.tar.zst.sig.sig", Other),
+            (".pkg.tar.zst", Other),
+            ("pkg.tar.zst", Other),
+            ("a.pkg.tar.", Other),
+            ("a.pkg.tar.zst.part", Other),
+            ("core.db", Database),
+            ("core.files", Database),
+            ("core.db.tar.gz", Database),
+            ("core.files.tar.gz", Database),
+            ("core.db.tar.zst", Database),
+            ("core.db.tar", Database),
+            ("core.db.sig", DatabaseSig),
+            ("core.files.sig", DatabaseSig),
+            ("core.db.tar.gz.sig", DatabaseSig),
+            ("core.db.gz", Other),
+            ("core.db.tar.rar", Other),
+            (".db", Other),
+            ("db", Other),
+            ("core.db.old", Other),
+            ("core.sig", Other),
+            ("index.html", Other),
+            ("", Other),
+            (".sig", Other),
+        ];
+        for (name, kind) in cases {
+            assert_eq!(classify(name), *kind, "{name:?}");
+        }
+    }
 
     #[test]
     fn real_names_pass() {

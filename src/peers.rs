@@ -16,9 +16,10 @@ pub(crate) const MAX_PEERS: usize = 256;
 pub(crate) const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
 /// ±25 % of the interval, uniform: hosts booted together (power cut) drift apart instead of
 /// announcing in lockstep.
-pub(crate) const ANNOUNCE_JITTER: Duration = Duration::from_millis(7_500);
+pub(crate) const ANNOUNCE_JITTER: Duration = ANNOUNCE_INTERVAL.checked_div(4).unwrap();
 /// Longest gap between two periodic announcements of a live peer.
-pub(crate) const ANNOUNCE_INTERVAL_MAX: Duration = Duration::from_millis(37_500);
+pub(crate) const ANNOUNCE_INTERVAL_MAX: Duration =
+    ANNOUNCE_INTERVAL.saturating_add(ANNOUNCE_JITTER);
 /// Three missed announcements at the longest interval (112.5 s) plus slack for a busy loop.
 pub(crate) const PEER_EXPIRY: Duration = Duration::from_secs(120);
 /// Announcements sent 1 s apart at start (the first may go out before every join has
@@ -34,8 +35,9 @@ pub(crate) const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 /// recorded one has been silent this long: dual-stack hosts announce on both families and
 /// must not flap between them, but a host whose address changed must move.
 pub(crate) const ADDR_FAILOVER: Duration = ANNOUNCE_INTERVAL_MAX;
-/// Default lookup budget (issue 3: ≤ 50 ms); a lookup normally ends much sooner, when
-/// every asked peer has answered.
+/// Default lookup budget (`--lookup-ms`): how long a request waits for peers before going
+/// upstream. A LAN round trip is well under a millisecond, a busy Raspberry Pi on Wi-Fi a few
+/// tens; a lookup normally ends much sooner, when every asked peer has answered.
 pub(crate) const LOOKUP_BUDGET: Duration = Duration::from_millis(50);
 
 /// The most a lookup's budget is stretched for late answers (see `AnswerDelay`).
@@ -926,8 +928,6 @@ pub(crate) const BAN_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// Records kept; bans come from our own failed verifications (a whole transfer each), so
 /// this is never reached in practice, but the table must still be bounded.
 pub(crate) const MAX_BANS: usize = 1024;
-/// Reasons are shown in logs and `flocon status`; one line is enough.
-pub(crate) const MAX_REASON_LEN: usize = 200;
 
 /// What a ban is attached to: a daemon incarnation, or a host address (a peer that restarts
 /// gets a new instance id but usually keeps its address).
@@ -989,7 +989,7 @@ impl Bans {
     /// bad state of that peer, not a repeat.
     pub(crate) fn ban(&mut self, key: impl Into<BanKey>, now: Instant, reason: &str) -> Duration {
         let key = key.into();
-        let reason = truncate(reason, MAX_REASON_LEN);
+        let reason = crate::policy::one_line(reason);
         if let Some((_, b)) = self.records.iter_mut().find(|(k, _)| *k == key) {
             if b.is_active(now) {
                 b.reason = reason;
@@ -1082,14 +1082,6 @@ fn ban_length(strikes: u32) -> Duration {
     // 2^8 × 10 min already exceeds a day; the cap keeps the shift and product small.
     let doublings = strikes.saturating_sub(1).min(8);
     (BAN_FIRST * (1u32 << doublings)).min(BAN_MAX)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].chars().filter(|c| !c.is_control()).collect()
 }
 
 /// A peer able to serve the file, as returned by `Lookup::candidates`.
@@ -2049,7 +2041,7 @@ mod tests {
         ));
         assert!(
             b.records()
-                .all(|(_, ban)| ban.reason.len() <= MAX_REASON_LEN)
+                .all(|(_, ban)| ban.reason.len() <= crate::policy::MAX_REASON_LEN)
         );
     }
 

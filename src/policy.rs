@@ -112,8 +112,8 @@ pub(crate) const BENCH_MAX: Duration = Duration::from_secs(60 * 60);
 /// Records kept. Strikes come from our own requests (one per failed fetch at most), so a
 /// LAN never reaches this; the table must still be bounded.
 pub(crate) const MAX_STRIKE_RECORDS: usize = 1024;
-/// Reasons are shown in logs and status; one line is enough.
-const MAX_REASON_LEN: usize = 200;
+/// Reasons (of strikes and bans) are shown in logs and `flocon status`; one line is enough.
+pub(crate) const MAX_REASON_LEN: usize = 200;
 
 /// One source's strikes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,7 +227,8 @@ fn bench_length(count: u32) -> Duration {
     (BENCH_FIRST * (1u32 << doublings)).min(BENCH_MAX)
 }
 
-fn one_line(s: &str) -> String {
+/// A reason as logged and shown: at most MAX_REASON_LEN bytes, control characters dropped.
+pub(crate) fn one_line(s: &str) -> String {
     let mut end = s.len().min(MAX_REASON_LEN);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -1,6 +1,8 @@
 //! The discovery wire format: encoding and strict, bounded decoding of the four UDP datagrams
-//! (ANNOUNCE, GOODBYE, QUERY, ANSWER), plus the well-known groups and port. No sockets here.
-//! docs/PROTOCOL.md is the normative description; this file and that one change together.
+//! (ANNOUNCE, GOODBYE, QUERY, ANSWER), the checking constructor of our own ANNOUNCE, and the
+//! well-known groups and port. No sockets here. docs/PROTOCOL.md is the normative
+//! description; this file and that one change together (a unit test holds its §12 table to
+//! the constants here).
 
 use crate::names;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -9,7 +11,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub const MAGIC: [u8; 4] = *b"FLCN";
 /// Protocol version; a receiver drops every other value (no negotiation, see PROTOCOL.md).
 pub const VERSION: u8 = 1;
-/// UDP port for discovery; the same number as the peer TCP port (README, "Ports").
+/// The default `--port`: discovery's UDP port and the peer server's TCP port, one number
+/// (README, "Ports").
 pub const PORT: u16 = 19432;
 /// Administratively scoped (RFC 2365); "194.32" recalls the port 19432.
 pub const GROUP_V4: Ipv4Addr = Ipv4Addr::new(239, 255, 194, 32);
@@ -197,58 +200,88 @@ impl Answer {
     }
 }
 
+/// Why our own announcement cannot be sent: the field, its value and the rule every receiver
+/// applies to it (§5), so the operator reads one line naming both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceError {
+    /// "name", "distro", "architecture" or "architectures" (the list as a whole).
+    pub field: &'static str,
+    pub value: String,
+    pub rule: String,
+}
+
+impl std::fmt::Display for AnnounceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = self.value.escape_debug();
+        write!(f, "{} '{value}': {}", self.field, self.rule)
+    }
+}
+
+impl std::error::Error for AnnounceError {}
+
 impl Announce {
-    /// Builds an announcement that always passes validation from raw host facts (hostname,
-    /// os-release ID, pacman arches), which are local configuration and may be odd: control
-    /// characters are dropped, strings cut to their limits, invalid arches skipped.
-    pub fn from_host(
+    /// Our own announcement: the one way the daemon builds it. Every field is checked against
+    /// the rules decoders apply, so a value that every receiver would drop (an uppercase
+    /// `Architecture`, a name too long) is an error naming it, never an announcement sent
+    /// and silently ignored.
+    pub fn new(
         tcp_port: u16,
         uploads: u16,
         name: &str,
         distro: &str,
-        archs: &[&str],
-    ) -> Announce {
-        let mut clean_name = String::new();
-        for c in name.chars().filter(|c| !c.is_control()) {
-            if clean_name.len() + c.len_utf8() > MAX_NAME_LEN {
-                break;
+        archs: &[String],
+    ) -> Result<Announce, AnnounceError> {
+        let refuse = |field, value: &str, rule: String| AnnounceError {
+            field,
+            value: value.to_string(),
+            rule,
+        };
+        if tcp_port == 0 {
+            return Err(refuse("tcp port", "0", "must be 1-65535".into()));
+        }
+        if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+            let rule =
+                format!("must be 1-{MAX_NAME_LEN} bytes of UTF-8 without control characters");
+            return Err(refuse("name", name, rule));
+        }
+        check_distro(distro)?;
+        if archs.len() > MAX_ARCHS {
+            let rule = format!("an announcement carries at most {MAX_ARCHS} architectures");
+            return Err(refuse("architectures", &archs.join(" "), rule));
+        }
+        for (i, arch) in archs.iter().enumerate() {
+            if !valid_arch(arch.as_bytes()) {
+                let rule = format!("must be 1-{MAX_ARCH_LEN} bytes of a-z, 0-9, '_' and '-'");
+                return Err(refuse("architecture", arch, rule));
             }
-            clean_name.push(c);
-        }
-        if clean_name.is_empty() {
-            clean_name.push_str("flocon");
-        }
-        let mut clean_distro: String = distro
-            .chars()
-            .map(|c| c.to_ascii_lowercase())
-            .filter(|&c| c.is_ascii() && valid_distro_byte(c as u8))
-            .take(MAX_DISTRO_LEN)
-            .collect();
-        if clean_distro.is_empty() {
-            // os-release(5): ID defaults to "linux" when absent.
-            clean_distro.push_str("linux");
-        }
-        let mut clean_archs: Vec<String> = Vec::new();
-        for a in archs {
-            if clean_archs.len() == MAX_ARCHS {
-                break;
-            }
-            if valid_arch(a.as_bytes()) && !clean_archs.iter().any(|x| x == a) {
-                clean_archs.push((*a).to_string());
+            if archs[..i].contains(arch) {
+                return Err(refuse("architecture", arch, "listed twice".into()));
             }
         }
-        Announce {
-            tcp_port: tcp_port.max(1),
+        Ok(Announce {
+            tcp_port,
             uploads,
-            name: clean_name,
-            distro: clean_distro,
-            archs: clean_archs,
-        }
+            name: name.to_string(),
+            distro: distro.to_string(),
+            archs: archs.to_vec(),
+        })
     }
 }
 
 fn valid_distro_byte(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+}
+
+/// The distro rule: os-release(5)'s `ID` charset, within the wire bound.
+pub fn check_distro(distro: &str) -> Result<(), AnnounceError> {
+    if valid_distro(distro.as_bytes()) {
+        return Ok(());
+    }
+    Err(AnnounceError {
+        field: "distro",
+        value: distro.to_string(),
+        rule: format!("must be 1-{MAX_DISTRO_LEN} bytes of a-z, 0-9, '.', '_' and '-'"),
+    })
 }
 
 fn valid_distro(s: &[u8]) -> bool {
@@ -1068,34 +1101,154 @@ mod tests {
         assert_eq!(decode(&b), Err(DecodeError::BadField("arch count")));
     }
 
+    /// The constructor accepts what receivers accept and refuses the rest, naming the field,
+    /// the value and the rule.
     #[test]
-    fn from_host_always_valid() {
-        let weird = [
-            ("", "", vec![]),
+    fn announce_new_checks_every_field() {
+        let archs = |list: &[&str]| -> Vec<String> { list.iter().map(|a| a.to_string()).collect() };
+        let a = Announce::new(19432, 3, "pi", "archarm", &archs(&["armv7h"])).unwrap();
+        assert_eq!(
+            a,
+            Announce {
+                tcp_port: 19432,
+                uploads: 3,
+                name: "pi".into(),
+                distro: "archarm".into(),
+                archs: archs(&["armv7h"]),
+            }
+        );
+        let longest = archs(&[&long('a', 16), &long('b', 16), "x86_64_v3", "i-6_8"]);
+        let a = Announce::new(1, 0, &long('é', 32), &long('a', 32), &longest).unwrap();
+        assert_eq!(check(&hdr(), &Message::Announce(a)), Ok(()));
+        assert!(Announce::new(1, 0, "h", "arch", &[]).is_ok());
+
+        let refused = |port, name: &str, distro: &str, list: &[&str]| {
+            Announce::new(port, 0, name, distro, &archs(list))
+                .unwrap_err()
+                .to_string()
+        };
+        let arch_rule = "must be 1-16 bytes of a-z, 0-9, '_' and '-'";
+        let cases: &[(u16, &str, &str, &[&str], String)] = &[
+            (0, "h", "arch", &[], "tcp port '0': must be 1-65535".into()),
             (
-                "host\nname\u{1b}[31m",
-                "Arch Linux!",
-                vec!["x86_64", "x86_64", "BAD"],
+                1,
+                "",
+                "arch",
+                &[],
+                "name '': must be 1-64 bytes of UTF-8 without control characters".into(),
             ),
             (
-                &*long('é', 100),
-                &*long('a', 100),
-                vec!["a", "b", "c", "d", "e", "f"],
+                1,
+                &long('x', 65),
+                "arch",
+                &[],
+                format!("name '{}': must be 1-64", long('x', 65)),
+            ),
+            (1, "a\nb", "arch", &[], "name 'a\\nb': must be".into()),
+            (
+                1,
+                "h",
+                "Arch Linux!",
+                &[],
+                "distro 'Arch Linux!': must be 1-32 bytes of a-z, 0-9, '.', '_' and '-'".into(),
+            ),
+            (1, "h", &long('a', 33), &[], "distro 'aaaa".into()),
+            (1, "h", "", &[], "distro '': must be".into()),
+            (
+                1,
+                "h",
+                "arch",
+                &["X86_64"],
+                format!("architecture 'X86_64': {arch_rule}"),
+            ),
+            (
+                1,
+                "h",
+                "arch",
+                &["x86_64", ""],
+                format!("architecture '': {arch_rule}"),
+            ),
+            (
+                1,
+                "h",
+                "arch",
+                &[&long('a', 17)],
+                format!("architecture '{}': {arch_rule}", long('a', 17)),
+            ),
+            (
+                1,
+                "h",
+                "arch",
+                &["x86_64", "x86_64"],
+                "architecture 'x86_64': listed twice".into(),
+            ),
+            (
+                1,
+                "h",
+                "arch",
+                &["a", "b", "c", "d", "e"],
+                "architectures 'a b c d e': an announcement carries at most 4 architectures".into(),
             ),
         ];
-        for (name, distro, archs) in weird {
-            let a = Announce::from_host(0, 1, name, distro, &archs);
-            assert_eq!(
-                check(&hdr(), &Message::Announce(a.clone())),
-                Ok(()),
-                "{a:?}"
+        for (port, name, distro, list, message) in cases {
+            let got = refused(*port, name, distro, list);
+            assert!(
+                got.starts_with(message.as_str()),
+                "{got:?} does not start with {message:?}"
             );
         }
-        let a = Announce::from_host(19432, 0, "pi", "archarm", &["armv7h"]);
-        assert_eq!((a.name.as_str(), a.distro.as_str()), ("pi", "archarm"));
-        assert_eq!(a.archs, ["armv7h"]);
-        let a = Announce::from_host(1, 0, "h", "Arch Linux!", &["x86_64", "x86_64", "BAD"]);
-        assert_eq!((a.distro.as_str(), a.archs.len()), ("archlinux", 1));
+    }
+
+    /// Mini-fuzz: `Announce::new` accepts exactly the announcements that survive an encode and
+    /// decode unchanged, so nothing it builds is dropped by a receiver and nothing a receiver
+    /// takes is refused.
+    #[test]
+    fn announce_new_agrees_with_the_decoder() {
+        let alphabet = [
+            "a", "z", "0", "9", "_", "-", ".", "A", "Z", " ", "é", "\n", "\u{7f}", "/",
+        ];
+        let mut rng = crate::xorshift::XorShift::new(0x0a11_0c4e);
+        // Mostly the first seven (every field's rule admits most of them), now and then all.
+        let text = |rng: &mut crate::xorshift::XorShift, max: usize| -> String {
+            let letters = if rng.below(4) == 0 { alphabet.len() } else { 7 };
+            (0..rng.below(max))
+                .map(|_| alphabet[rng.below(letters)])
+                .collect()
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..20_000 {
+            // Long fields now and then, near each bound.
+            let max = if round % 8 == 0 { 70 } else { 20 };
+            let name = text(&mut rng, max);
+            let distro = text(&mut rng, max);
+            let list: Vec<String> = (0..rng.below(MAX_ARCHS + 2))
+                .map(|_| text(&mut rng, max))
+                .collect();
+            let port = rng.below(3) as u16;
+            let raw = Announce {
+                tcp_port: port,
+                uploads: 7,
+                name: name.clone(),
+                distro: distro.clone(),
+                archs: list.clone(),
+            };
+            let wire = check(&hdr(), &Message::Announce(raw.clone())).is_ok();
+            match Announce::new(port, 7, &name, &distro, &list) {
+                Ok(a) => {
+                    assert!(wire, "{a:?} built but dropped by a receiver");
+                    assert_eq!(a, raw);
+                    accepted += 1;
+                }
+                Err(e) => {
+                    assert!(!wire, "{raw:?} refused ({e}) but a receiver takes it");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(
+            accepted > 100 && refused > 100,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 
     /// QUERY names follow the one file-name rule (names.rs): what it refuses is a bad field.
@@ -1178,5 +1331,162 @@ mod tests {
         // Mutations that stay valid (ids, counters) must exist, or the body decoders were
         // never reached past their first check.
         assert!(accepted > 100, "{accepted}");
+    }
+
+    /// A duration as docs/PROTOCOL.md §12 writes it, in `unit` (ms, s, min or h).
+    fn in_unit(d: std::time::Duration, unit: &str) -> String {
+        let per: u128 = match unit {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "min" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => panic!("unit {unit}"),
+        };
+        let n = d.as_nanos();
+        if n.is_multiple_of(per) {
+            format!("{} {unit}", n / per)
+        } else {
+            format!("{} {unit}", n as f64 / per as f64)
+        }
+    }
+
+    /// The code's value of a constant named in §12, written as the table writes it; `None`
+    /// for a name the code does not have.
+    fn code_value(name: &str) -> Option<String> {
+        use crate::{auth, discovery, front, peers};
+        use std::time::Duration;
+        let d = in_unit;
+        Some(match name {
+            "MAGIC" => format!("\"{}\"", std::str::from_utf8(&MAGIC).unwrap()),
+            "VERSION" => VERSION.to_string(),
+            "PORT" => PORT.to_string(),
+            "GROUP_V4" => GROUP_V4.to_string(),
+            "GROUP_V6" => GROUP_V6.to_string(),
+            "MULTICAST_HOPS" => MULTICAST_HOPS.to_string(),
+            "HEADER_LEN" => HEADER_LEN.to_string(),
+            "MAX_NAME_LEN" => MAX_NAME_LEN.to_string(),
+            "MAX_DISTRO_LEN" => MAX_DISTRO_LEN.to_string(),
+            "MAX_ARCHS" => MAX_ARCHS.to_string(),
+            "MAX_ARCH_LEN" => MAX_ARCH_LEN.to_string(),
+            "MAX_FILE_NAME_LEN" => MAX_FILE_NAME_LEN.to_string(),
+            "ANSWER_LEN" => ANSWER_LEN.to_string(),
+            "MIN_QUERY_LEN" => MIN_QUERY_LEN.to_string(),
+            "ARRIVING_LEN" => ARRIVING_LEN.to_string(),
+            "MAX_ANNOUNCE_LEN" => MAX_ANNOUNCE_LEN.to_string(),
+            "MAX_QUERY_LEN" => MAX_QUERY_LEN.to_string(),
+            "MAX_DATAGRAM" => MAX_DATAGRAM.to_string(),
+            "RECV_BUFFER" => RECV_BUFFER.to_string(),
+            "FLAG_AUTH" => format!("0x{FLAG_AUTH:04x}"),
+            "JOIN_SHARE" => format!(
+                "{} of the copy budget ({})",
+                front::JOIN_SHARE,
+                d(front::COPY_BUDGET, "s")
+            ),
+            "ANNOUNCE_INTERVAL" => d(peers::ANNOUNCE_INTERVAL, "s"),
+            "ANNOUNCE_JITTER" => d(peers::ANNOUNCE_JITTER, "s"),
+            "ANNOUNCE_INTERVAL_MAX" => d(peers::ANNOUNCE_INTERVAL_MAX, "s"),
+            "STARTUP_ANNOUNCES" => peers::STARTUP_ANNOUNCES.to_string(),
+            "STARTUP_GAP" => d(peers::STARTUP_GAP, "s"),
+            "HURRY_DELAY_MAX" => d(peers::HURRY_DELAY_MAX, "ms"),
+            "MIN_ANNOUNCE_GAP" => d(peers::MIN_ANNOUNCE_GAP, "s"),
+            "PEER_EXPIRY" => d(peers::PEER_EXPIRY, "s"),
+            "ADDR_FAILOVER" => d(peers::ADDR_FAILOVER, "s"),
+            "MAX_PEERS" => peers::MAX_PEERS.to_string(),
+            "LOOKUP_BUDGET" => d(peers::LOOKUP_BUDGET, "ms"),
+            "MAX_LOOKUP_STRETCH" => d(peers::MAX_LOOKUP_STRETCH, "ms"),
+            "RATE_PER_SEC" => format!("{}/s", peers::RATE_PER_SEC),
+            "RATE_BURST" => peers::RATE_BURST.to_string(),
+            "RATE_SOURCES" => peers::RATE_SOURCES.to_string(),
+            "BAN_FIRST" => d(peers::BAN_FIRST, "min"),
+            "BAN_MAX" => d(peers::BAN_MAX, "h"),
+            "BAN_MEMORY" => d(peers::BAN_MEMORY, "h"),
+            "MAX_BANS" => peers::MAX_BANS.to_string(),
+            "MAX_CHECKS" => peers::MAX_CHECKS.to_string(),
+            "CHECK_RATE" => format!("{}/s", peers::CHECK_RATE),
+            "CHECK_TIMEOUT" => d(peers::CHECK_TIMEOUT, "ms"),
+            "CHECK_TRIES" => peers::CHECK_TRIES.to_string(),
+            "CHECK_NAME" => format!("`{}`", peers::CHECK_NAME),
+            "SILENT_AFTER" => peers::SILENT_AFTER.to_string(),
+            "SILENT_FOR" => d(peers::SILENT_FOR, "s"),
+            "SILENT_RETRY" => peers::SILENT_RETRY.to_string(),
+            "CHECK_BACKOFF" => d(peers::CHECK_BACKOFF, "s"),
+            "MAX_FAILED_CHECKS" => peers::MAX_FAILED_CHECKS.to_string(),
+            "MAX_LATE_CHECKS" => peers::MAX_LATE_CHECKS.to_string(),
+            "STRANGER_ANSWERS" => format!("{}/s", discovery::STRANGER_ANSWERS),
+            "MAX_FANOUT" => discovery::MAX_FANOUT.to_string(),
+            "MAX_STATIC_PEERS" => discovery::MAX_STATIC_PEERS.to_string(),
+            "TRAILER_LEN" => auth::TRAILER_LEN.to_string(),
+            "MAC_LEN" => auth::MAC_LEN.to_string(),
+            "STAMP_WINDOW_US" => d(Duration::from_micros(auth::STAMP_WINDOW_US), "s"),
+            "REORDER_US" => d(Duration::from_micros(auth::REORDER_US), "ms"),
+            "HTTP_WINDOW_SECS" => d(Duration::from_secs(auth::HTTP_WINDOW_SECS), "s"),
+            _ => return None,
+        })
+    }
+
+    /// docs/PROTOCOL.md §12 cannot drift from the code: every name it lists is defined in the
+    /// file it names, with exactly the value it gives, and every public constant of this
+    /// file (the wire format) is listed.
+    #[test]
+    fn protocol_md_constants_match_the_code() {
+        let doc = include_str!("../docs/PROTOCOL.md");
+        let sources = [
+            ("protocol.rs", include_str!("protocol.rs")),
+            ("peers.rs", include_str!("peers.rs")),
+            ("front.rs", include_str!("front.rs")),
+            ("discovery.rs", include_str!("discovery.rs")),
+            ("auth.rs", include_str!("auth.rs")),
+        ];
+        let start = doc
+            .find("\n## 12. Constants (as in the code)\n")
+            .expect("PROTOCOL.md has §12");
+        let section = &doc[start + 1..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
+        let mut listed: Vec<String> = Vec::new();
+        for row in &rows {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            let [names, values, file] = cells[..] else {
+                panic!("§12 row {row:?}: expected | names | values | file |");
+            };
+            let names: Vec<&str> = names.split('`').skip(1).step_by(2).collect();
+            let mut values: Vec<&str> = values
+                .split(", ")
+                .flat_map(|v| v.split(" / "))
+                .flat_map(|v| v.split(" ± "))
+                .collect();
+            // `A` = `B` | v: both have the value.
+            if values.len() == 1 && row.contains("` = `") {
+                values = vec![values[0]; names.len()];
+            }
+            assert_eq!(
+                names.len(),
+                values.len(),
+                "§12 row {row:?}: names and values"
+            );
+            let (_, source) = sources
+                .iter()
+                .find(|(f, _)| *f == file)
+                .unwrap_or_else(|| panic!("§12 row {row:?}: unknown file {file}"));
+            for (name, value) in names.iter().zip(values) {
+                let code = code_value(name)
+                    .unwrap_or_else(|| panic!("§12 lists {name}, which the code does not have"));
+                assert_eq!(value, code, "§12: {name}");
+                assert!(
+                    source.contains(&format!("const {name}:")),
+                    "§12: {name} is not defined in {file}"
+                );
+                listed.push(name.to_string());
+            }
+        }
+        assert!(rows.len() > 20, "{} rows in §12", rows.len());
+        let public = sources[0]
+            .1
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split(':').next());
+        for name in public {
+            assert!(listed.iter().any(|l| l == name), "§12 does not list {name}");
+        }
     }
 }

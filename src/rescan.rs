@@ -16,8 +16,9 @@ use crate::syncdb::SyncIndex;
 use crate::transfer;
 use std::time::Instant;
 
-/// At start, what peers know this daemon by: the configuration and its group keys (the
-/// warnings of both logged).
+/// At start, what peers know this daemon by: the configuration, its announcement (built by
+/// the validating constructor: config.rs refused what it cannot carry already) and its group
+/// keys (the warnings of both logged).
 pub(crate) fn identity(cfg: &Config) -> Result<Identity, String> {
     for w in &cfg.warnings {
         warn!("{w}");
@@ -31,9 +32,7 @@ pub(crate) fn identity(cfg: &Config) -> Result<Identity, String> {
         port: cfg.port,
         peer_addr: cfg.peer_addr,
         interfaces: cfg.interfaces.clone(),
-        name: cfg.name.clone(),
-        distro: cfg.distro.clone(),
-        archs: cfg.architectures.clone(),
+        announce: crate::config::announcement(cfg).map_err(|e| e.to_string())?,
         exclude_interfaces: cfg.exclude_interfaces.clone(),
         keys,
         static_peers: cfg.static_peers.clone(),
@@ -84,7 +83,7 @@ pub(crate) fn install_loaded(cfg: &Config, index: &mut SyncIndex, dbload: &mut D
 /// an edit): re-read the configuration as SIGHUP does; the sync dbs follow their own
 /// stamps. One log line. Whether a new configuration was applied.
 pub(crate) fn follow_pacman_conf(cfg: &mut Config, cache: &mut CacheDirs) -> bool {
-    let Some(path) = crate::config::changed_file(&cfg.pacman_files) else {
+    let Some(path) = crate::pacman_conf::changed_file(&cfg.pacman_files) else {
         return false;
     };
     let why = format!("{} changed", path.display());
@@ -107,7 +106,7 @@ pub(crate) fn apply_config(running: &mut Config, cache: &mut CacheDirs, why: &st
         Ok(cfg) => cfg,
         Err(e) => {
             warn!("{why}: keeping the old configuration: {e}");
-            running.pacman_files = crate::config::pacman_conf_stamps(&running.pacman_conf);
+            running.pacman_files = crate::pacman_conf::pacman_conf_stamps(&running.pacman_conf);
             return false;
         }
     };

@@ -5,8 +5,8 @@
 
 use crate::auth::Keys;
 use crate::conn::Conn;
-use crate::http::{self, FileKind, HttpError, RangeOutcome, Request};
-use crate::names;
+use crate::http::{self, HttpError, RangeOutcome, Request};
+use crate::names::{self, FileKind};
 use crate::stager::Growth;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -53,7 +53,7 @@ impl CacheDirs {
     pub(crate) fn open(&self, name: &str) -> Option<(File, std::fs::Metadata)> {
         if !names::is_file_name(name.as_bytes())
             || !matches!(
-                http::classify(name),
+                names::classify(name),
                 FileKind::Package | FileKind::PackageSig
             )
         {
@@ -152,7 +152,7 @@ pub(crate) fn answer_with<S: Read + Write + AsRawFd>(
         Err(e) => return c.answer_error(e.status()),
     };
     let Some((file, meta)) = dirs.open(&name) else {
-        if http::classify(&name) == FileKind::Package
+        if names::classify(&name) == FileKind::Package
             && let Some((len, growth)) = arriving(&name)
         {
             return answer_growing(c, req, len, growth);

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use flocon::config::{PacmanConf, ServerKind, parse_pacman_conf};
+use flocon::pacman_conf::{PacmanConf, ServerKind, parse_pacman_conf};
 
 /// One case: files written into a fresh directory (`@D@` in their text is that directory),
 /// `pacman.conf` among them; what flocon must say (None: refuse; Some: accept with these
@@ -432,7 +432,7 @@ fn from_pacman_conf(text: &str, with_cache_servers: bool) -> Seen {
 }
 
 fn from_flocon(conf: &PacmanConf, with_cache_servers: bool) -> Seen {
-    let urls = |r: &flocon::config::Repo, kind: ServerKind| -> Vec<String> {
+    let urls = |r: &flocon::pacman_conf::Repo, kind: ServerKind| -> Vec<String> {
         r.servers
             .iter()
             .filter(|s| s.kind == kind)

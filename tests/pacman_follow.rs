@@ -1,8 +1,9 @@
 //! flocon follows pacman's configuration: a rewritten mirrorlist (as reflector or a merged
 //! .pacnew leaves it) is re-read on its own, with one log line, and the next package comes
 //! from the new mirror; a broken one keeps the running configuration, said once; and a FIFO
-//! named by an `Include` never blocks the start or a SIGHUP. Real binary, real sockets, in a
-//! private network namespace.
+//! named by an `Include` never blocks the start or a SIGHUP; an `Architecture` no
+//! announcement can carry stops the start (exit 2) and is kept out on a reload. Real binary,
+//! real sockets, in a private network namespace.
 
 mod common;
 
@@ -130,4 +131,75 @@ fn follows_a_rewritten_mirrorlist_and_never_blocks_on_a_fifo() {
     let (r, _) = get(d.front, &path, &[]);
     assert_eq!(r.status, 200);
     assert_eq!((from(&m1), from(&m2)), (2, 2));
+}
+
+/// An `Architecture` that an announcement cannot carry (every peer would drop our
+/// announcements, silently): at start, exit status 2 and one line naming the value and the
+/// rule; on a reload, the running value stays, with one warning line per re-read, and the
+/// daemon keeps serving.
+#[test]
+fn an_architecture_the_protocol_cannot_carry_is_refused() {
+    netns!("an_architecture_the_protocol_cannot_carry_is_refused");
+    let t = TempDir::new("arch");
+    let cache = t.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let conf = t.join("pacman.conf");
+    let flocon_conf = t.join("flocon.conf");
+    std::fs::write(&flocon_conf, "").unwrap();
+    let rule = "must be 1-16 bytes of a-z, 0-9, '_' and '-' \
+                (peers drop an announcement carrying anything else)";
+    let refused = format!("{}: Architecture 'X86_64': {rule}", conf.display());
+
+    // at start: refused before any socket is opened
+    std::fs::write(&conf, "[options]\nArchitecture = X86_64\n").unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&flocon_conf)
+        .arg("--pacman-conf")
+        .arg(&conf)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--state-dir")
+        .arg(t.join("state"))
+        .args(["--interface", "lo"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(exited, "still running after 10 s");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("X86_64")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].ends_with(&refused), "{stderr}");
+
+    // on a reload: the old value stays, said once per re-read, and the daemon serves on
+    std::fs::write(&conf, "[options]\nArchitecture = x86_64\n").unwrap();
+    let mut o = DaemonOpts::new(t.path(), &cache);
+    o.pacman_conf = Some(&conf);
+    let d = Daemon::start(o);
+    assert!(d.status_json().contains("\"archs\":[\"x86_64\"]"));
+    replace(&conf, "[options]\nArchitecture = X86_64\n");
+    d.signal("HUP");
+    let reread = "SIGHUP: configuration and sync dbs re-read";
+    assert!(
+        wait_until(Duration::from_secs(10), || d.log_text().contains(reread)),
+        "{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    let kept = format!("{refused}; keeping the old value (x86_64)");
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("X86_64")).collect();
+    // the SIGHUP's re-read, and perhaps the rescan's that noticed the file first
+    assert!((1..=2).contains(&warnings.len()), "{log}");
+    assert!(warnings.iter().all(|l| l.ends_with(&kept)), "{log}");
+    let status = d.status_json();
+    assert!(status.contains("\"archs\":[\"x86_64\"]"), "{status}");
 }

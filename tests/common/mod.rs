@@ -315,8 +315,20 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // a failed test shows what each of its daemons said (they run with --debug)
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(LOG_TAIL_LINES).collect();
+            eprintln!("--- last lines of {}", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }
+
+/// Lines of a daemon's log shown when its test fails.
+const LOG_TAIL_LINES: usize = 150;
 
 /// A response: status line + headers (lowercased names) and the body.
 pub struct Resp {
