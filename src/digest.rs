@@ -7,8 +7,7 @@
 //! that publishes none, one whose new digest is still being fetched). When that set is empty
 //! no peer holds the file as far as anyone published: a miss decided without a datagram.
 
-use crate::http::{self, FileKind};
-use crate::names;
+use crate::names::{self, FileKind};
 use sha2::{Digest as _, Sha256};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -335,7 +334,7 @@ pub(crate) fn cache_names(dirs: &[PathBuf]) -> Vec<String> {
             };
             if names::is_file_name(name.as_bytes())
                 && matches!(
-                    http::classify(&name),
+                    names::classify(&name),
                     FileKind::Package | FileKind::PackageSig
                 )
                 && e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink())

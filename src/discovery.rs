@@ -56,7 +56,7 @@ pub(crate) const STRANGER_ANSWERS: u32 = 50;
 /// Peers asked by one lookup at most, best ranked first (peers.rs `lookup_targets`).
 pub(crate) const MAX_FANOUT: usize = crate::peers::MAX_PEERS;
 /// A failed fetch of a peer's digest version is not tried again before this.
-const DIGEST_RETRY: Duration = Duration::from_secs(10);
+pub(crate) const DIGEST_RETRY: Duration = Duration::from_secs(10);
 /// Static peers (`peer = HOST[:PORT]`) configured at most.
 pub(crate) const MAX_STATIC_PEERS: usize = 64;
 /// Static peer names are resolved again this often (their address may change).

@@ -46,11 +46,13 @@ impl DigestFetch {
         headers: Vec<(String, String)>,
         now: Instant,
     ) -> std::io::Result<DigestFetch> {
+        let url = crate::url::HttpUrl::peer(addr)
+            .join(DIGEST_PATH)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let req = fetch::Request {
             method: crate::http::Method::Get,
             addr,
-            host_header: fetch::host_header(&addr.ip().to_string(), addr.port()),
-            path: DIGEST_PATH.to_string(),
+            url,
             headers,
         };
         Ok(DigestFetch {

@@ -1336,6 +1336,7 @@ mod tests {
     /// A duration as docs/PROTOCOL.md §12 writes it, in `unit` (ms, s, min or h).
     fn in_unit(d: std::time::Duration, unit: &str) -> String {
         let per: u128 = match unit {
+            "µs" => 1_000,
             "ms" => 1_000_000,
             "s" => 1_000_000_000,
             "min" => 60_000_000_000,
@@ -1353,7 +1354,7 @@ mod tests {
     /// The code's value of a constant named in §12, written as the table writes it; `None`
     /// for a name the code does not have.
     fn code_value(name: &str) -> Option<String> {
-        use crate::{auth, discovery, front, peers};
+        use crate::{auth, digest, discovery, env, front, peers};
         use std::time::Duration;
         let d = in_unit;
         Some(match name {
@@ -1377,6 +1378,21 @@ mod tests {
             "MAX_DATAGRAM" => MAX_DATAGRAM.to_string(),
             "RECV_BUFFER" => RECV_BUFFER.to_string(),
             "FLAG_AUTH" => format!("0x{FLAG_AUTH:04x}"),
+            "DIGEST_DATAGRAM_LEN" => DIGEST_DATAGRAM_LEN.to_string(),
+            "MIN_LOG2_BITS" => digest::MIN_LOG2_BITS.to_string(),
+            "MAX_LOG2_BITS" => digest::MAX_LOG2_BITS.to_string(),
+            "BITS_PER_NAME" => digest::BITS_PER_NAME.to_string(),
+            "HASHES" => digest::HASHES.to_string(),
+            "MAX_DIGEST_LEN" => digest::MAX_DIGEST_LEN.to_string(),
+            "DIGEST_FANOUT" => digest::DIGEST_FANOUT.to_string(),
+            "MISS_WAIT" => d(digest::MISS_WAIT, "µs"),
+            "DIGEST_GAP" => d(digest::DIGEST_GAP, "s"),
+            "DIGEST_BURST" => digest::DIGEST_BURST.to_string(),
+            "INTENT_TTL" => d(digest::INTENT_TTL, "s"),
+            "MAX_INTENTS" => digest::MAX_INTENTS.to_string(),
+            "INTENDERS_PER_NAME" => digest::INTENDERS_PER_NAME.to_string(),
+            "MAX_DIGEST_FETCHES" => env::MAX_DIGEST_FETCHES.to_string(),
+            "DIGEST_RETRY" => d(discovery::DIGEST_RETRY, "s"),
             "JOIN_SHARE" => format!(
                 "{} of the copy budget ({})",
                 front::JOIN_SHARE,
@@ -1436,6 +1452,8 @@ mod tests {
             ("front.rs", include_str!("front.rs")),
             ("discovery.rs", include_str!("discovery.rs")),
             ("auth.rs", include_str!("auth.rs")),
+            ("digest.rs", include_str!("digest.rs")),
+            ("env.rs", include_str!("env.rs")),
         ];
         let start = doc
             .find("\n## 12. Constants (as in the code)\n")
