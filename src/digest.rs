@@ -245,24 +245,12 @@ impl PeerDigest {
     }
 
     /// A fetch brought `d`. It becomes the peer's digest only if it is the announced version
-    /// (a body that is older than the announcement leaves the peer stale: asked as before),
-    /// or any version when none was announced yet (`joined`).
+    /// (a body that is older than the announcement leaves the peer stale: asked as before).
     pub(crate) fn fetched(&mut self, d: Digest) {
         if let PeerDigest::Stale { announced, .. } = self
             && (*announced == d.version() || *announced == 0)
         {
             *self = PeerDigest::Fresh(Box::new(d));
-        }
-    }
-
-    /// The peer was just admitted: its digest, if it publishes one, is fetched at once
-    /// (version 0: whatever it serves), without waiting for its next DIGEST datagram.
-    pub(crate) fn joined(&mut self) {
-        if *self == PeerDigest::Unknown {
-            *self = PeerDigest::Stale {
-                announced: 0,
-                held: None,
-            };
         }
     }
 
@@ -636,22 +624,6 @@ mod tests {
         assert!(matches!(&p, PeerDigest::Stale { held: Some(d), .. } if d.version() == 5));
         p.fetched(Digest::build(6, ["y"]));
         assert_eq!(p.may_hold("y"), Some(true));
-    }
-
-    #[test]
-    fn a_newcomer_is_fetched_before_it_announces() {
-        let mut p = PeerDigest::default();
-        p.joined();
-        assert_eq!(p.wanted(), Some(0));
-        assert_eq!(p.may_hold("x"), None);
-        p.not_published();
-        assert_eq!(p, PeerDigest::Unknown, "an older daemon: 404");
-        p.joined();
-        p.fetched(Digest::build(9, ["x"]));
-        assert!(p.is_fresh());
-        assert!(!p.announced(9));
-        p.joined();
-        assert!(p.is_fresh(), "joined changes nothing once known");
     }
 
     #[test]

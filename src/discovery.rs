@@ -165,6 +165,8 @@ pub(crate) struct Discovery {
     digest_wanted: bool,
     /// Fetches tried: (instance, version, when), so a failing one waits DIGEST_RETRY.
     digest_tries: Vec<(u64, u32, Instant)>,
+    /// DIGEST datagrams of instances whose admission check is in flight: (instance, version).
+    early_digests: Vec<(u64, u32)>,
 }
 
 /// A `peer = HOST[:PORT]` line: announced to and accepted from by unicast.
@@ -320,6 +322,7 @@ impl Discovery {
             intents: Intents::default(),
             digest_wanted: false,
             digest_tries: Vec::new(),
+            early_digests: Vec::new(),
         };
         d.peers
             .set_expiry(id.announce_interval * crate::peers::EXPIRY_INTERVALS);
@@ -987,6 +990,19 @@ impl Discovery {
             }
             Message::Digest(version) => {
                 let from_peer = self.peers.by_addr(&src).map(|p| p.instance) == Some(h.instance);
+                // a newcomer being checked: kept for its admission (bounded like the checks)
+                if self.digests
+                    && version != 0
+                    && !from_peer
+                    && self.peers.get(h.instance).is_none()
+                    && self.checks.pending_for(h.instance)
+                {
+                    self.early_digests.retain(|e| e.0 != h.instance);
+                    if self.early_digests.len() >= crate::peers::MAX_CHECKS {
+                        self.early_digests.remove(0);
+                    }
+                    self.early_digests.push((h.instance, version));
+                }
                 if self.digests
                     && from_peer
                     && version != 0
@@ -1118,13 +1134,14 @@ impl Discovery {
                             if let Some(old) = dropped {
                                 self.dropped(&old, events, now);
                             }
-                            // its digest, if it publishes one: fetched now rather than at
-                            // its next announcement (its DIGEST datagram came before it
-                            // was admitted)
-                            if self.digests
+                            // the DIGEST datagram that came with the announcement, while the
+                            // check was in flight: its digest is fetched now rather than at
+                            // its next announcement
+                            let early = self.early_digests.iter().position(|e| e.0 == h.instance);
+                            if let Some(v) = early.map(|j| self.early_digests.swap_remove(j).1)
                                 && let Some(d) = self.peers.digest_mut(h.instance)
+                                && d.announced(v)
                             {
-                                d.joined();
                                 self.digest_wanted = true;
                             }
                             self.hurry_announce(now);
