@@ -104,7 +104,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if std::env::var_os("FLOCON_KEEP_TMP").is_some() {
+        // a failed test keeps its files: its daemons' logs (printed by their drop, which
+        // runs after this one when a test holds the directory first) and what they served
+        if std::env::var_os("FLOCON_KEEP_TMP").is_some() || std::thread::panicking() {
             eprintln!("kept {}", self.0.display());
             return;
         }
