@@ -9,7 +9,7 @@ use crate::auth::{Keys, ReplayGuard, Stamper};
 use crate::digest::{self, Digest, Intents, Published};
 use crate::peers::{
     AnnounceTimer, AnswerDelay, Bans, Bucket, Candidate, CheckOutcome, CheckReason, Checks,
-    IgnoreReason, Lookup, PeerEvent, PeerTable, RateLimiter,
+    IgnoreReason, Lookup, Peer, PeerEvent, PeerTable, RateLimiter,
 };
 use crate::protocol::{self, Announce, Answer, Arriving, Header, Message, Query};
 use crate::sys::{self, IfAddr};
@@ -1291,14 +1291,15 @@ impl Discovery {
         self.send_unicast(src, &answer, Via::Unicast);
     }
 
-    /// Starts "who has `name`?" among the live, unbanned peers. Returns its id, or None when
-    /// too many lookups are in flight. With no peer to ask it completes at once.
+    /// Starts "who has `name`?" among the live peers that are neither banned nor `benched`
+    /// (the caller's strikes, policy.rs). Returns its id, or None when too many lookups are
+    /// in flight. With no peer to ask it completes at once.
     pub(crate) fn start_lookup(
         &mut self,
         name: &str,
         expected: Option<(u64, Option<[u8; 32]>)>,
         budget: Duration,
-        now: Instant,
+        (now, benched): (Instant, impl Fn(&Peer) -> bool),
         events: &mut Vec<DiscoveryEvent>,
     ) -> Option<u32> {
         if self.lookups.len() >= MAX_LOOKUPS {
@@ -1308,37 +1309,24 @@ impl Discovery {
         self.answer_delay.started(id, now);
         self.next_lookup = self.next_lookup.wrapping_add(1).max(1);
         self.lookup_round = self.lookup_round.wrapping_add(1);
-        let ranked = self.peers.ranked(self.lookup_round, now);
-        let ranked = ranked
-            .into_iter()
-            .filter(|p| !self.is_banned(p.instance, now));
-        // With digests: the peers we cannot judge, and a few whose digest may hold it or
-        // that said they fetch it (digest.rs `select`). Without: everyone, as before.
-        let (targets, intent): (Vec<(u64, SocketAddr)>, bool) = if self.digests {
-            let intenders = self.intents.intenders(name, now);
-            let mut speaks = false;
-            let cand = ranked.map(|p| {
-                speaks |= p.digest != digest::PeerDigest::Unknown;
-                (
-                    (p.instance, p.addr),
-                    &p.digest,
-                    intenders.contains(&p.instance),
-                )
-            });
-            let mut t = digest::select(name, cand);
-            t.truncate(MAX_FANOUT);
-            (t, speaks)
-        } else {
-            (
-                ranked
-                    .take(MAX_FANOUT)
-                    .map(|p| (p.instance, p.addr))
-                    .collect(),
-                false,
-            )
-        };
+        // one rule with digests and without (peers.rs `lookup_targets`): with digests, the
+        // peers we cannot judge and a few whose digest may hold it or that said they fetch
+        // it (digest.rs `select`); without, everyone, as before
+        let excluded: Vec<u64> = (self.peers.iter())
+            .filter(|p| self.is_banned(p.instance, now) || benched(p))
+            .map(|p| p.instance)
+            .collect();
+        let intenders = self.digests.then(|| self.intents.intenders(name, now));
+        let (targets, intent) = self.peers.lookup_targets(
+            name,
+            (self.lookup_round, now),
+            MAX_FANOUT,
+            intenders.as_deref(),
+            |p| excluded.contains(&p.instance),
+        );
         let asked = targets.iter().map(|(i, _)| *i).collect();
         let mut lookup = Lookup::new(id, name.to_string(), expected, asked, now + budget);
+        lookup.set_excluded(excluded);
         let query = Query {
             id,
             name: name.to_string(),
@@ -1471,7 +1459,7 @@ impl Discovery {
         };
         if l.not_before().is_some() && now < l.deadline() && l.candidates().is_empty() {
             let late: Vec<(u64, SocketAddr)> = (self.intents.intenders(l.name(), now).into_iter())
-                .filter(|i| !l.was_asked(*i) && !self.is_banned(*i, now))
+                .filter(|i| !l.was_asked(*i) && !l.is_excluded(*i) && !self.is_banned(*i, now))
                 .filter_map(|i| self.peers.get(i).map(|p| (i, p.addr)))
                 .collect();
             if !late.is_empty() {

@@ -213,9 +213,15 @@ impl Env for Loop<'_> {
         expected: Option<(u64, Option<[u8; 32]>)>,
     ) -> Option<u32> {
         let budget = self.discovery.lookup_budget(self.cfg.lookup_budget);
-        let id =
-            self.discovery
-                .start_lookup(name, expected, budget, self.now, &mut *self.decided)?;
+        let strikes = &self.strikes;
+        let benched = |p: &crate::peers::Peer| strikes.is_benched(p.addr.ip(), self.now);
+        let id = self.discovery.start_lookup(
+            name,
+            expected,
+            budget,
+            (self.now, benched),
+            &mut *self.decided,
+        )?;
         // lookups are bounded by discovery (MAX_LOOKUPS); their deadline is never dropped
         self.timers.always(self.now + budget, Timer::Lookup(id));
         if let Some(at) = self.discovery.not_before(id) {

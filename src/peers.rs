@@ -488,28 +488,55 @@ impl PeerTable {
         }
     }
 
-    /// The peers a lookup asks, best first: those that served or had files, then the rest;
-    /// a silent peer (`Credit::is_silent`) is asked only one lookup in SILENT_RETRY
-    /// (`round` is the lookup's number), so a dead or flooded address costs nothing while
-    /// its expiry runs. At most `max` peers.
+    /// Whom a lookup for `name` asks, and whether it also multicasts an INTENT (some peer
+    /// speaks digests): the one rule of both choices, so that they skip the same peers.
+    /// Never a peer `excluded` says is sanctioned (banned, benched: the caller's records); a
+    /// silent one only one lookup in SILENT_RETRY (`ranked`). With `digests` (the hosts that
+    /// sent an INTENT for `name`): the peers whose digest we cannot judge, then a few that
+    /// sent an INTENT or whose digest may hold it (digest.rs `select`); without: every
+    /// peer, best first, as before digests. At most `max`.
     pub(crate) fn lookup_targets(
         &self,
-        round: u32,
+        name: &str,
+        (round, now): (u32, Instant),
         max: usize,
-        now: Instant,
-    ) -> Vec<(u64, SocketAddr)> {
-        (self.ranked(round, now).into_iter())
-            .take(max)
-            .map(|p| (p.instance, p.addr))
-            .collect()
+        digests: Option<&[u64]>,
+        excluded: impl Fn(&Peer) -> bool,
+    ) -> (Vec<(u64, SocketAddr)>, bool) {
+        let ranked = self.ranked(round, now, excluded);
+        let (mut targets, intent) = match digests {
+            Some(intenders) => {
+                let speaks = ranked.iter().any(|p| p.digest != PeerDigest::Unknown);
+                let cand = (ranked.into_iter()).map(|p| {
+                    (
+                        (p.instance, p.addr),
+                        &p.digest,
+                        intenders.contains(&p.instance),
+                    )
+                });
+                (crate::digest::select(name, cand), speaks)
+            }
+            None => (ranked.iter().map(|p| (p.instance, p.addr)).collect(), false),
+        };
+        targets.truncate(max);
+        (targets, intent)
     }
 
-    /// The peers a lookup may ask, best ranked first (see `lookup_targets`).
-    pub(crate) fn ranked(&self, round: u32, now: Instant) -> Vec<&Peer> {
+    /// The peers a lookup may ask, best ranked first: those that served or had files, then
+    /// the rest; never one `excluded` says is sanctioned; a silent peer
+    /// (`Credit::is_silent`) only one lookup in SILENT_RETRY (`round` is the lookup's
+    /// number), so a dead or flooded address costs nothing while its expiry runs.
+    pub(crate) fn ranked(
+        &self,
+        round: u32,
+        now: Instant,
+        excluded: impl Fn(&Peer) -> bool,
+    ) -> Vec<&Peer> {
         let mut v: Vec<&Peer> = self
             .peers
             .iter()
             .filter(|p| !p.credit.is_silent(now) || round.is_multiple_of(SILENT_RETRY))
+            .filter(|p| !excluded(p))
             .collect();
         // stable: equal ranks keep arrival order
         v.sort_by_key(|p| std::cmp::Reverse(p.credit.rank()));
@@ -1110,6 +1137,8 @@ pub(crate) struct Lookup {
     deadline: Instant,
     /// Without a candidate, no decision before this (the INTENT's wait, digest.rs MISS_WAIT).
     not_before: Option<Instant>,
+    /// Peers sanctioned when it started (banned, benched): not asked, not even late.
+    excluded: Vec<u64>,
 }
 
 impl Lookup {
@@ -1135,7 +1164,17 @@ impl Lookup {
             arriving: Vec::new(),
             deadline,
             not_before: None,
+            excluded: Vec::new(),
         }
+    }
+
+    /// The peers sanctioned when it started: never asked by it, not even late.
+    pub(crate) fn set_excluded(&mut self, excluded: Vec<u64>) {
+        self.excluded = excluded;
+    }
+
+    pub(crate) fn is_excluded(&self, instance: u64) -> bool {
+        self.excluded.contains(&instance)
     }
 
     /// Without a candidate, the lookup does not decide before `at`.
@@ -1862,23 +1901,79 @@ mod tests {
         for _ in 0..SILENT_AFTER {
             t.note_unanswered(2, t0);
         }
-        let order = |t: &PeerTable, round| -> Vec<u64> {
-            t.lookup_targets(round, 10, t0 + SILENT_FOR)
+        let targets = |t: &PeerTable, round, max, now| {
+            (t.lookup_targets("f", (round, now), max, None, |_| false).0)
                 .iter()
                 .map(|x| x.0)
-                .collect()
+                .collect::<Vec<u64>>()
         };
+        let order = |t: &PeerTable, round| targets(t, round, 10, t0 + SILENT_FOR);
         // a burst of unanswered queries is not silence yet
-        assert_eq!(t.lookup_targets(1, 10, t0 + secs(1)).len(), 5);
+        assert_eq!(targets(&t, 1, 10, t0 + secs(1)).len(), 5);
         assert_eq!(order(&t, 1), [5, 4, 1, 3]);
         assert_eq!(order(&t, SILENT_RETRY), [5, 4, 1, 3, 2]);
-        assert_eq!(t.lookup_targets(1, 2, t0).len(), 2);
+        assert_eq!(targets(&t, 1, 2, t0).len(), 2);
         t.credit_answer(2, false);
         assert_eq!(order(&t, 1), [5, 4, 1, 2, 3]);
         assert_eq!(t.by_ip(v4(3).ip()).map(|p| p.instance), Some(3));
         let mut b = Bucket::new(10, 2);
         assert!(b.allow(t0) && b.allow(t0) && !b.allow(t0));
         assert!(b.allow(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_sanctioned_peer_is_asked_by_neither_choice_even_when_its_digest_holds_the_file() {
+        use crate::digest::{DIGEST_FANOUT, Digest};
+        let t0 = Instant::now();
+        let file = "f-1-1-any.pkg.tar.zst";
+        let mut t = PeerTable::new(OWN);
+        // DIGEST_FANOUT + 2 peers whose digest holds the file, one whose digest does not, and
+        // one without a digest; the first DIGEST_FANOUT served us (they rank first) and are
+        // benched (one stalled, say)
+        let holders = DIGEST_FANOUT as u64 + 2;
+        for i in 1..=holders + 2 {
+            verified(&mut t, v4(i as u8), &h(i, 1), &ann("p"), t0);
+            if i <= holders + 1 {
+                let d = t.digest_mut(i).unwrap();
+                assert!(d.announced(1));
+                let held = if i <= holders {
+                    file
+                } else {
+                    "other-1-1-any.pkg.tar.zst"
+                };
+                d.fetched(Digest::build(1, [held]));
+            }
+            if i <= DIGEST_FANOUT as u64 {
+                t.credit_served(i);
+            }
+        }
+        let benched = |p: &Peer| p.instance <= DIGEST_FANOUT as u64;
+        let ask = |digests: Option<&[u64]>, excluded: &dyn Fn(&Peer) -> bool| -> Vec<u64> {
+            let (v, _) = t.lookup_targets(file, (1, t0), 256, digests, excluded);
+            v.iter().map(|x| x.0).collect()
+        };
+        let (h1, h2, none) = (holders - 1, holders, holders + 2);
+        // with digests: the unjudgeable peer and the holders that are not benched, which
+        // the benched ones, ranked first, would otherwise crowd out of the fan-out
+        assert_eq!(ask(Some(&[]), &benched), [none, h1, h2]);
+        // without: every peer that is not benched, as the fan-out always did
+        assert_eq!(ask(None, &benched), [h1, h2, holders + 1, none]);
+        // an INTENT does not bring a benched peer back
+        assert_eq!(ask(Some(&[1, h2]), &benched), [none, h2, h1]);
+        // unsanctioned, the best ranked holders fill the fan-out
+        let all = ask(Some(&[]), &|_| false);
+        assert_eq!(all.len(), 1 + DIGEST_FANOUT);
+        assert!(all.contains(&1) && !all.contains(&h2));
+        // a silent peer is spared the same way by both (ranked's rule)
+        for _ in 0..SILENT_AFTER {
+            t.note_unanswered(h1, t0);
+        }
+        let later = |digests: Option<&[u64]>| -> Vec<u64> {
+            let (v, _) = t.lookup_targets(file, (1, t0 + SILENT_FOR), 256, digests, benched);
+            v.iter().map(|x| x.0).collect()
+        };
+        assert_eq!(later(Some(&[])), [none, h2]);
+        assert_eq!(later(None), [h2, holders + 1, none]);
     }
 
     #[test]
