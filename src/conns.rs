@@ -187,6 +187,10 @@ impl Conns {
                 let _ = reg.deregister(&mut f.stream);
                 Some(Closed::Fetch)
             }
+            Slot::Digest(mut d) => {
+                let _ = reg.deregister(&mut d.fetch.stream);
+                Some(Closed::Fetch)
+            }
         }
     }
 
@@ -199,6 +203,7 @@ impl Conns {
         cache: &CacheDirs,
         keys: &Keys,
         arriving: &server::Arriving<'_>,
+        digest: &[u8],
     ) -> (conn::Progress, u64) {
         let before = c.body_bytes;
         let p = c.drive(now);
@@ -207,7 +212,7 @@ impl Conns {
         if p == conn::Progress::Request
             && let Some(req) = c.take_request()
         {
-            server::answer_with(c, &req, cache, keys, arriving);
+            server::answer_with(c, &req, cache, keys, arriving, digest);
         }
         (p, sent)
     }
@@ -263,6 +268,7 @@ pub(crate) fn timed_out(slots: &Slots<Slot>, t: Token, now: Instant) -> Option<&
     match slots.get(t)? {
         Slot::Peer(c) | Slot::Front(c) => c.timed_out(now).then_some(""),
         Slot::Fetch(f) => f.timed_out(now),
+        Slot::Digest(d) => d.fetch.timed_out(now),
     }
 }
 
@@ -288,7 +294,7 @@ pub(crate) fn offer(
 pub(crate) fn busy(slots: &Slots<Slot>) -> usize {
     let busy = |s: &&Slot| match s {
         Slot::Peer(c) | Slot::Front(c) => c.state() != conn::State::WaitingForHead,
-        Slot::Fetch(_) => false,
+        Slot::Fetch(_) | Slot::Digest(_) => false,
     };
     slots.values().filter(busy).count()
 }

@@ -10,8 +10,9 @@
 use crate::config::Config;
 use crate::conns::{self, Admit, Closed, Conns};
 use crate::dbload::DbLoader;
+use crate::digest;
 use crate::discovery::{self, Discovery, DiscoveryEvent};
-use crate::env::{Loop, Slot, Timer, check_dbs};
+use crate::env::{DigestFetch, Loop, MAX_DIGEST_FETCHES, Slot, Timer, check_dbs};
 use crate::eventloop::{Ready, Slots, Timers};
 use crate::fetch;
 use crate::front::{self, Front};
@@ -39,6 +40,8 @@ use std::time::{Duration, Instant};
 
 const SIGNAL: Token = Token(0);
 const WAKER: Token = Token(2);
+/// The timerfd that wakes the loop for deadlines closer than a millisecond.
+const PRECISE: Token = Token(3);
 /// After SIGTERM, in-flight transfers get this long to finish before the daemon exits.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How often idle and stalled connections are looked for.
@@ -66,6 +69,9 @@ pub struct Daemon {
     now: Instant,
     started: Instant,
     signals: OwnedFd,
+    /// epoll's timeout counts whole milliseconds (mio rounds up): a deadline closer than that
+    /// (a lookup's INTENT wait, digest.rs MISS_WAIT) arms this timerfd instead.
+    precise: OwnedFd,
     _waker: Arc<Waker>,
     listeners: Listeners,
     /// Where the front listens: an upstream there would be flocon calling itself.
@@ -111,6 +117,11 @@ impl Daemon {
         (poll.registry())
             .register(&mut SourceFd(&fd), SIGNAL, Interest::READABLE)
             .map_err(err("epoll"))?;
+        let precise = sys::timerfd().map_err(err("timerfd"))?;
+        let fd = precise.as_raw_fd();
+        (poll.registry())
+            .register(&mut SourceFd(&fd), PRECISE, Interest::READABLE)
+            .map_err(err("epoll"))?;
         // (a cache dir that cannot be listed is among cfg.warnings, which identity() logs)
         let cache = CacheDirs::new(&cfg.cache_dirs);
         let identity = rescan::identity(&cfg).map_err(StartError)?;
@@ -129,6 +140,7 @@ impl Daemon {
             now,
             started: now,
             signals,
+            precise,
             _waker: waker,
             front_addrs: listeners.front_addrs(),
             listeners,
@@ -175,11 +187,18 @@ impl Daemon {
                     return 0;
                 }
             }
-            let timeout = if self.ready.is_empty() {
+            let mut timeout = if self.ready.is_empty() {
                 self.timers.poll_timeout(self.now)
             } else {
                 Duration::ZERO
             };
+            if !timeout.is_zero()
+                && timeout < Duration::from_millis(1)
+                && sys::timerfd_arm(&self.precise, timeout).is_ok()
+            {
+                // the timerfd wakes us on time; epoll's own timeout is a whole millisecond
+                timeout = Duration::from_millis(1);
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -226,6 +245,7 @@ impl Daemon {
         match token {
             SIGNAL => self.on_signals(),
             WAKER => self.on_wake(),
+            PRECISE => sys::timerfd_drain(&self.precise),
             Token(t) if t < crate::eventloop::FIXED_TOKENS => self.on_datagrams(token),
             t => self.ready.schedule(t),
         }
@@ -244,6 +264,10 @@ impl Daemon {
             if matches!(t, Timer::Lookup(_)) && !read {
                 read = true;
                 for t in discovery::ANSWER_SOCKETS {
+                    self.on_datagrams(t);
+                }
+                // INTENTs of other hosts looking for the same file (docs/PROTOCOL.md §14.4)
+                for t in self.discovery.membership_tokens() {
                     self.on_datagrams(t);
                 }
             }
@@ -277,6 +301,54 @@ impl Daemon {
         self.discovery
             .on_readable(token, self.now, &mut has_file, &mut events);
         self.on_discovery_events(events);
+        if self.discovery.wants_digests() {
+            self.fetch_digests();
+        }
+    }
+
+    /// Our digest, rebuilt when a cache dir changed (at most once per DIGEST_GAP).
+    fn publish_digest(&mut self) {
+        if !self.discovery.digests || self.stopping.is_some() {
+            return;
+        }
+        let stamp = digest::cache_stamp(&self.cfg.cache_dirs);
+        if self.discovery.published.is_due(&stamp, self.now) {
+            let names = digest::cache_names(&self.cfg.cache_dirs);
+            self.discovery.publish(&names, stamp, self.now);
+        }
+    }
+
+    /// Starts fetches of the peers' digests we lack, MAX_DIGEST_FETCHES at once.
+    fn fetch_digests(&mut self) {
+        let busy: Vec<u64> = (self.slots.values())
+            .filter_map(|s| match s {
+                Slot::Digest(d) => Some(d.instance),
+                _ => None,
+            })
+            .collect();
+        let room = MAX_DIGEST_FETCHES.saturating_sub(busy.len());
+        for (instance, addr, version) in self.discovery.digests_to_fetch(&busy, room, self.now) {
+            let auth = self.discovery.auth_header("GET", crate::env::DIGEST_PATH);
+            let f = match DigestFetch::start(instance, addr, auth.into_iter().collect(), self.now) {
+                Ok(f) => f,
+                Err(e) => {
+                    debug!("digest v{version} from {addr}: {e}");
+                    continue;
+                }
+            };
+            let Some(tok) = self.slots.insert_with(|_| Slot::Digest(Box::new(f))) else {
+                return;
+            };
+            let rw = Interest::READABLE | Interest::WRITABLE;
+            if let Some(Slot::Digest(d)) = self.slots.get_mut(tok)
+                && let Err(e) = self.poll.registry().register(&mut d.fetch.stream, tok, rw)
+            {
+                debug!("digest from {addr}: {e}");
+                self.slots.remove(tok);
+                continue;
+            }
+            self.ready.schedule(tok);
+        }
     }
 
     fn on_discovery_events(&mut self, events: Vec<DiscoveryEvent>) {
@@ -313,6 +385,8 @@ impl Daemon {
                 self.check_joined |= rescan::follow_pacman_conf(&mut self.cfg, &mut self.cache);
                 let (d, r) = (&mut self.discovery, &mut self.resolver);
                 rescan::check(&self.cfg, &mut self.index, &mut self.dbload, d, r, self.now);
+                self.publish_digest();
+                self.fetch_digests();
                 let at = self.now + discovery::RESCAN_INTERVAL;
                 self.timers.always(at, Timer::Rescan);
             }
@@ -478,7 +552,9 @@ impl Daemon {
             Some(Slot::Peer(c)) => {
                 let (keys, front) = (self.discovery.keys(), &self.front);
                 let arriving = |name: &str| front.growing(name);
-                let (p, sent) = (self.conns).drive_peer(c, now, &self.cache, keys, &arriving);
+                let digest = self.discovery.published.body();
+                let (p, sent) =
+                    (self.conns).drive_peer(c, now, &self.cache, keys, &arriving, digest);
                 self.front.metrics.served(sent);
                 p
             }
@@ -498,6 +574,19 @@ impl Daemon {
                     self.close(t);
                 }
                 self.on_discovery_events(Vec::new());
+                return;
+            }
+            Some(Slot::Digest(d)) => {
+                let instance = d.instance;
+                match d.drive(now) {
+                    Some(body) => {
+                        self.discovery.digest_fetched(instance, body.as_deref());
+                        self.close(t);
+                        self.fetch_digests();
+                    }
+                    None if d.fetch.wants_drive() => self.ready.schedule(t),
+                    None => {}
+                }
                 return;
             }
             None => return,

@@ -6,9 +6,10 @@
 //! interfaces and addresses come and go under a running daemon.
 
 use crate::auth::{Keys, ReplayGuard, Stamper};
+use crate::digest::{self, Digest, Intents, Published};
 use crate::peers::{
     AnnounceTimer, AnswerDelay, Bans, Bucket, Candidate, CheckOutcome, CheckReason, Checks,
-    IgnoreReason, Lookup, PeerEvent, PeerTable, RateLimiter, Wake,
+    IgnoreReason, Lookup, Peer, PeerEvent, PeerTable, RateLimiter, Wake,
 };
 use crate::protocol::{self, Announce, Answer, Arriving, Header, Message, Query};
 use crate::sys::{self, IfAddr};
@@ -54,6 +55,8 @@ pub(crate) const MAX_LOOKUPS: usize = 1024;
 pub(crate) const STRANGER_ANSWERS: u32 = 50;
 /// Peers asked by one lookup at most, best ranked first (peers.rs `lookup_targets`).
 pub(crate) const MAX_FANOUT: usize = crate::peers::MAX_PEERS;
+/// A failed fetch of a peer's digest version is not tried again before this.
+pub(crate) const DIGEST_RETRY: Duration = Duration::from_secs(10);
 /// Static peers (`peer = HOST[:PORT]`) configured at most.
 pub(crate) const MAX_STATIC_PEERS: usize = 64;
 /// Static peer names are resolved again this often (their address may change).
@@ -153,6 +156,19 @@ pub(crate) struct Discovery {
     excluded: Vec<String>,
     /// Events produced where the loop passed no list (`on_announce_timer`).
     deferred: Vec<DiscoveryEvent>,
+    /// Cache digests (docs/PROTOCOL.md §14): published, fetched and used to choose whom a
+    /// lookup asks; off with `FLOCON_NO_DIGEST=1` (the benchmarks' reference: every peer
+    /// asked, as before digests).
+    pub digests: bool,
+    /// Ours.
+    pub published: Published,
+    intents: Intents,
+    /// A peer announced a digest version we do not hold.
+    digest_wanted: bool,
+    /// Fetches tried: (instance, version, when), so a failing one waits DIGEST_RETRY.
+    digest_tries: Vec<(u64, u32, Instant)>,
+    /// DIGEST datagrams of instances whose admission check is in flight: (instance, version).
+    early_digests: Vec<(u64, u32)>,
 }
 
 /// A `peer = HOST[:PORT]` line: announced to and accepted from by unicast.
@@ -184,6 +200,15 @@ pub(crate) struct DiscoveryStats {
     /// Claims a check proved false: a GOODBYE in the name of a peer that still answers, a
     /// new instance at an address where the known peer still answers.
     pub claims_refuted: u64,
+    /// Datagrams sent (every copy) and their bytes.
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    /// Lookups decided without a QUERY (every digest said no), INTENTs sent.
+    pub lookups_unasked: u64,
+    pub intents_sent: u64,
+    /// Peers' digests fetched and refused (a body that failed validation).
+    pub digests_fetched: u64,
+    pub digests_refused: u64,
 }
 
 fn random_u64() -> u64 {
@@ -290,6 +315,17 @@ impl Discovery {
             lookup_round: 0,
             excluded: id.exclude_interfaces,
             deferred: Vec::new(),
+            digests: std::env::var_os("FLOCON_NO_DIGEST").is_none_or(|v| v != "1"),
+            published: Published::new(
+                std::env::var("FLOCON_DIGEST_GAP_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map_or(digest::DIGEST_GAP, Duration::from_millis),
+            ),
+            intents: Intents::default(),
+            digest_wanted: false,
+            digest_tries: Vec::new(),
+            early_digests: Vec::new(),
         };
         d.peers
             .set_expiry(id.announce_interval * crate::peers::EXPIRY_INTERVALS);
@@ -624,10 +660,14 @@ impl Discovery {
         for sp in &self.statics {
             for a in &sp.addrs {
                 let sock = if a.is_ipv4() { &self.u4 } else { &self.u6 };
-                if let Some(s) = sock
-                    && s.send_to(&self.buf, *a).is_err()
-                {
-                    self.stats.send_errors += 1;
+                if let Some(s) = sock {
+                    match s.send_to(&self.buf, *a) {
+                        Ok(_) => {
+                            self.stats.datagrams_out += 1;
+                            self.stats.bytes_out += self.buf.len() as u64;
+                        }
+                        Err(_) => self.stats.send_errors += 1,
+                    }
                 }
             }
         }
@@ -660,8 +700,12 @@ impl Discovery {
                     None => continue,
                 },
             };
-            if let Err(e) = r {
-                debug!("multicast on {} ({:?}): {e}", m.ifname, m.family);
+            match r {
+                Ok(_) => {
+                    self.stats.datagrams_out += 1;
+                    self.stats.bytes_out += self.buf.len() as u64;
+                }
+                Err(e) => debug!("multicast on {} ({:?}): {e}", m.ifname, m.family),
             }
         }
     }
@@ -704,6 +748,9 @@ impl Discovery {
         }
         let msg = self.announce_message();
         self.multicast(&msg);
+        if self.digests && self.published.version() != 0 {
+            self.multicast(&Message::Digest(self.published.version()));
+        }
         let r = self.rng.next();
         self.announce_timer.sent(now, r);
     }
@@ -744,6 +791,8 @@ impl Discovery {
             debug!("send to {to}: {e}");
             return false;
         }
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += self.buf.len() as u64;
         true
     }
 
@@ -952,7 +1001,48 @@ impl Discovery {
                     self.start_check(src, inst, CheckReason::Goodbye, now, events);
                 }
             }
-            Message::Query(q) => self.answer_query(src, h.instance, &q, body.len(), has_file, now),
+            Message::Query(q) => {
+                self.answer_query((src, h.instance), &q, body.len(), has_file, now, false)
+            }
+            Message::Digest(version) => {
+                let from_peer = self.peers.by_addr(&src).map(|p| p.instance) == Some(h.instance);
+                // a newcomer being checked: kept for its admission (bounded like the checks)
+                if self.digests
+                    && version != 0
+                    && !from_peer
+                    && self.peers.get(h.instance).is_none()
+                    && self.checks.pending_for(h.instance)
+                {
+                    self.early_digests.retain(|e| e.0 != h.instance);
+                    if self.early_digests.len() >= crate::peers::MAX_CHECKS {
+                        self.early_digests.remove(0);
+                    }
+                    self.early_digests.push((h.instance, version));
+                }
+                if self.digests
+                    && from_peer
+                    && version != 0
+                    && let Some(d) = self.peers.digest_mut(h.instance)
+                    && d.announced(version)
+                {
+                    self.digest_wanted = true;
+                }
+            }
+            Message::Intent(q) => {
+                // from a peer's own address only (its unicast socket): never answered
+                if !self.digests
+                    || self.leaving
+                    || self.peers.by_addr(&src).map(|p| p.instance) != Some(h.instance)
+                {
+                    return;
+                }
+                self.intents.note(&q.name, h.instance, now);
+                // answered like a QUERY, but only with what the asker cannot know: a file
+                // here that our digest does not hold yet, a copy on its way here, our own
+                // lookup for it in flight (LOOKING; front.rs then settles which host
+                // fetches, docs/PROTOCOL.md §8.6); never DON'T HAVE
+                self.answer_query((src, h.instance), &q, body.len(), has_file, now, true);
+            }
             Message::Answer(a) => {
                 if let Some(outcome) = self.checks.on_answer(src, a.id, h.instance) {
                     if let CheckOutcome::Confirmed(c) = &outcome {
@@ -970,12 +1060,12 @@ impl Discovery {
                 self.answer_delay.answered(a.id, now);
                 if let Some(l) = self.lookups.get_mut(&a.id) {
                     let counted = l.is_pending(peer);
-                    let done = l.on_answer(peer, &a);
+                    let done = l.on_answer(peer, &a) && l.is_done(now);
                     if counted {
                         self.peers.credit_answer(peer, a.have);
                     }
                     if done {
-                        self.finish_lookup(a.id, events, now);
+                        self.decide(a.id, events, now);
                     }
                 }
             }
@@ -986,8 +1076,9 @@ impl Discovery {
                 }
                 if let Some(l) = self.lookups.get_mut(&a.id)
                     && l.on_arriving(h.instance, &a)
+                    && l.is_done(now)
                 {
-                    self.finish_lookup(a.id, events, now);
+                    self.decide(a.id, events, now);
                 }
             }
         }
@@ -1058,6 +1149,16 @@ impl Discovery {
                             );
                             if let Some(old) = dropped {
                                 self.dropped(&old, events, now);
+                            }
+                            // the DIGEST datagram that came with the announcement, while the
+                            // check was in flight: its digest is fetched now rather than at
+                            // its next announcement
+                            let early = self.early_digests.iter().position(|e| e.0 == h.instance);
+                            if let Some(v) = early.map(|j| self.early_digests.swap_remove(j).1)
+                                && let Some(d) = self.peers.digest_mut(h.instance)
+                                && d.announced(v)
+                            {
+                                self.digest_wanted = true;
                             }
                             self.hurry_announce(now);
                             events.push(DiscoveryEvent::PeerUp);
@@ -1130,12 +1231,12 @@ impl Discovery {
 
     fn answer_query(
         &mut self,
-        src: SocketAddr,
-        asker: u64,
+        (src, asker): (SocketAddr, u64),
         q: &Query,
         query_len: usize,
         has_file: &mut HasFile,
         now: Instant,
+        intent: bool,
     ) {
         if self.leaving {
             return;
@@ -1154,6 +1255,14 @@ impl Discovery {
         } else {
             has_file(&q.name, asker)
         };
+        if intent {
+            let in_digest = (self.published.digest()).is_some_and(|d| d.may_hold(&q.name));
+            match found {
+                None => return,
+                Some((_, _, None)) if in_digest => return,
+                Some(_) => {}
+            }
+        }
         let h = Header {
             instance: self.instance,
             seq: self.seq.wrapping_add(1),
@@ -1198,14 +1307,15 @@ impl Discovery {
         self.send_unicast(src, &answer, Via::Unicast);
     }
 
-    /// Starts "who has `name`?" among the live, unbanned peers. Returns its id, or None when
-    /// too many lookups are in flight. With no peer to ask it completes at once.
+    /// Starts "who has `name`?" among the live peers that are neither banned nor `benched`
+    /// (the caller's strikes, policy.rs). Returns its id, or None when too many lookups are
+    /// in flight. With no peer to ask it completes at once.
     pub(crate) fn start_lookup(
         &mut self,
         name: &str,
         expected: Option<(u64, Option<[u8; 32]>)>,
         budget: Duration,
-        now: Instant,
+        (now, benched): (Instant, impl Fn(&Peer) -> bool),
         events: &mut Vec<DiscoveryEvent>,
     ) -> Option<u32> {
         if self.lookups.len() >= MAX_LOOKUPS {
@@ -1215,31 +1325,173 @@ impl Discovery {
         self.answer_delay.started(id, now);
         self.next_lookup = self.next_lookup.wrapping_add(1).max(1);
         self.lookup_round = self.lookup_round.wrapping_add(1);
-        let targets: Vec<(u64, SocketAddr)> = self
-            .peers
-            .lookup_targets(self.lookup_round, MAX_FANOUT + MAX_FANOUT, now)
-            .into_iter()
-            .filter(|(i, _)| !self.is_banned(*i, now))
-            .take(MAX_FANOUT)
+        // one rule with digests and without (peers.rs `lookup_targets`): with digests, the
+        // peers we cannot judge and a few whose digest may hold it or that said they fetch
+        // it (digest.rs `select`); without, everyone, as before
+        let excluded: Vec<u64> = (self.peers.iter())
+            .filter(|p| self.is_banned(p.instance, now) || benched(p))
+            .map(|p| p.instance)
             .collect();
-        let asked = targets.iter().map(|(i, _)| *i).collect();
-        self.lookups.insert(
-            id,
-            Lookup::new(id, name.to_string(), expected, asked, now + budget),
+        let intenders = self.digests.then(|| self.intents.intenders(name, now));
+        let (targets, intent) = self.peers.lookup_targets(
+            name,
+            (self.lookup_round, now),
+            MAX_FANOUT,
+            intenders.as_deref(),
+            |p| excluded.contains(&p.instance),
         );
-        let q = Message::Query(Query {
+        let asked = targets.iter().map(|(i, _)| *i).collect();
+        let mut lookup = Lookup::new(id, name.to_string(), expected, asked, now + budget);
+        lookup.set_excluded(excluded);
+        let query = Query {
             id,
             name: name.to_string(),
             size: expected.map(|e| e.0),
             sha256: expected.and_then(|e| e.1),
-        });
+        };
+        // the peers that publish digests hear that we look for it (docs/PROTOCOL.md §14.4)
+        if intent {
+            // not stretched with late answers: what it waits for is the INTENTs of others
+            // reaching our sockets (the kernel's work), read before deciding
+            lookup.set_not_before(now + digest::MISS_WAIT);
+            self.multicast(&Message::Intent(query.clone()));
+            self.stats.intents_sent += 1;
+        }
+        self.lookups.insert(id, lookup);
+        let q = Message::Query(query);
         for (_, addr) in &targets {
             self.send_unicast(*addr, &q, Via::Query);
         }
         if targets.is_empty() {
-            self.finish_lookup(id, events, now);
+            self.stats.lookups_unasked += 1;
+            if !intent {
+                self.finish_lookup(id, events, now);
+            }
         }
         Some(id)
+    }
+
+    /// When a lookup may decide a miss at the earliest (its INTENT's wait), if it has one.
+    pub(crate) fn not_before(&self, id: u32) -> Option<Instant> {
+        self.lookups.get(&id).and_then(Lookup::not_before)
+    }
+
+    /// The membership sockets: INTENTs arrive there (read before a lookup is decided).
+    pub(crate) fn membership_tokens(&self) -> Vec<Token> {
+        self.memberships.iter().map(|m| m.token).collect()
+    }
+
+    /// Rebuilds our digest from `names` if it is due (digest.rs `Published`); a new version
+    /// is announced at once.
+    pub(crate) fn publish(
+        &mut self,
+        names: &[String],
+        stamp: Vec<Option<std::time::SystemTime>>,
+        now: Instant,
+    ) {
+        if let Some(v) = self.published.rebuild(names, stamp, now) {
+            debug!("cache digest version {v}: {} names", names.len());
+            if !self.leaving {
+                self.multicast(&Message::Digest(v));
+            }
+        }
+    }
+
+    /// Peers whose announced digest we do not hold and should fetch now, at most `max`, not
+    /// those in `busy` (being fetched): (instance, file server, version).
+    pub(crate) fn digests_to_fetch(
+        &mut self,
+        busy: &[u64],
+        max: usize,
+        now: Instant,
+    ) -> Vec<(u64, SocketAddr, u32)> {
+        if !std::mem::take(&mut self.digest_wanted) && busy.is_empty() && max == 0 {
+            return Vec::new();
+        }
+        self.digest_tries
+            .retain(|(_, _, t)| now.saturating_duration_since(*t) < DIGEST_RETRY);
+        let mut out = Vec::new();
+        let mut left = false;
+        for p in self.peers.iter() {
+            let Some(v) = p.digest.wanted() else { continue };
+            if busy.contains(&p.instance)
+                || self
+                    .digest_tries
+                    .iter()
+                    .any(|t| t.0 == p.instance && t.1 == v)
+            {
+                continue;
+            }
+            if out.len() >= max {
+                left = true;
+                break;
+            }
+            out.push((p.instance, p.tcp_addr(), v));
+        }
+        self.digest_wanted = left;
+        for (i, _, v) in &out {
+            self.digest_tries.push((*i, *v, now));
+        }
+        out
+    }
+
+    /// Whether a digest fetch should be started soon (one is wanted).
+    pub(crate) fn wants_digests(&self) -> bool {
+        self.digest_wanted
+    }
+
+    /// A fetch of `instance`'s digest brought `body` (None: it failed).
+    pub(crate) fn digest_fetched(&mut self, instance: u64, body: Option<&[u8]>) {
+        let Some(body) = body else {
+            // a newcomer that publishes none (an older daemon): asked as before
+            if let Some(d) = self.peers.digest_mut(instance) {
+                d.not_published();
+            }
+            return;
+        };
+        match Digest::decode(body) {
+            Ok(d) => {
+                self.stats.digests_fetched += 1;
+                if let Some(pd) = self.peers.digest_mut(instance) {
+                    debug!("digest of {}: {d:?}", short_id(instance));
+                    pd.fetched(d);
+                }
+            }
+            Err(e) => {
+                self.stats.digests_refused += 1;
+                debug!("digest of {} refused: {e:?}", short_id(instance));
+            }
+        }
+    }
+
+    /// A lookup that is done decides, unless it found nobody and hosts it has not asked said
+    /// meanwhile that they look for the file too (their INTENT came after ours left, or
+    /// before it was read): those are asked first, within the same budget. Each then answers
+    /// LOOKING or ARRIVING, and the rule of docs/PROTOCOL.md §8.6 picks the one host that
+    /// fetches, as when lookups meet by QUERYs.
+    fn decide(&mut self, id: u32, events: &mut Vec<DiscoveryEvent>, now: Instant) {
+        let Some(l) = self.lookups.get(&id) else {
+            return;
+        };
+        if l.not_before().is_some() && now < l.deadline() && l.candidates().is_empty() {
+            let late: Vec<(u64, SocketAddr)> = (self.intents.intenders(l.name(), now).into_iter())
+                .filter(|i| !l.was_asked(*i) && !l.is_excluded(*i) && !self.is_banned(*i, now))
+                .filter_map(|i| self.peers.get(i).map(|p| (i, p.addr)))
+                .collect();
+            if !late.is_empty() {
+                let q = Message::Query(l.query());
+                if let Some(l) = self.lookups.get_mut(&id) {
+                    for (i, _) in &late {
+                        l.ask(*i);
+                    }
+                }
+                for (_, addr) in late {
+                    self.send_unicast(addr, &q, Via::Query);
+                }
+                return;
+            }
+        }
+        self.finish_lookup(id, events, now);
     }
 
     fn finish_lookup(&mut self, id: u32, events: &mut Vec<DiscoveryEvent>, now: Instant) {
@@ -1271,18 +1523,19 @@ impl Discovery {
     ) {
         events.append(&mut self.deferred);
         if self.lookups.get(&id).is_some_and(|l| l.is_done(now)) {
-            self.finish_lookup(id, events, now);
+            self.decide(id, events, now);
         }
     }
 
     fn forget_in_lookups(&mut self, instance: u64, events: &mut Vec<DiscoveryEvent>, now: Instant) {
+        self.intents.forget(instance);
         let ids: Vec<u32> = self
             .lookups
             .iter_mut()
             .filter_map(|(id, l)| (l.forget(instance) && l.is_done(now)).then_some(*id))
             .collect();
         for id in ids {
-            self.finish_lookup(id, events, now);
+            self.decide(id, events, now);
         }
     }
 

@@ -23,7 +23,69 @@ pub(crate) enum Slot {
     Peer(Conn<TcpStream>),
     Front(Conn<TcpStream>),
     Fetch(Box<Fetch>),
+    /// `GET /.flocon/digest` from a peer (docs/PROTOCOL.md §14.3).
+    Digest(Box<DigestFetch>),
 }
+
+/// Fetches of peers' digests in flight at once.
+pub(crate) const MAX_DIGEST_FETCHES: usize = 4;
+
+/// One fetch of a peer's digest: the body is kept in memory, at most MAX_DIGEST_LEN.
+pub(crate) struct DigestFetch {
+    pub(crate) fetch: Fetch,
+    pub(crate) instance: u64,
+    body: Vec<u8>,
+}
+
+impl DigestFetch {
+    /// Starts `GET /.flocon/digest` to `addr` (the peer's file server), with `headers`
+    /// (Flocon-Auth under a key).
+    pub(crate) fn start(
+        instance: u64,
+        addr: SocketAddr,
+        headers: Vec<(String, String)>,
+        now: Instant,
+    ) -> std::io::Result<DigestFetch> {
+        let url = crate::url::HttpUrl::peer(addr)
+            .join(DIGEST_PATH)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        let req = fetch::Request {
+            method: crate::http::Method::Get,
+            addr,
+            url,
+            headers,
+        };
+        Ok(DigestFetch {
+            fetch: Fetch::connect(req, now)?,
+            instance,
+            body: Vec::new(),
+        })
+    }
+
+    /// One turn: None while it goes on, then Some(the body) once, or Some(None) when it
+    /// failed (not 200, too long, cut).
+    pub(crate) fn drive(&mut self, now: Instant) -> Option<Option<Vec<u8>>> {
+        let mut events = Vec::new();
+        self.fetch.drive(now, &mut events);
+        for e in events {
+            match e {
+                fetch::Event::Head(info) if info.status == 200 => {}
+                fetch::Event::Head(_) | fetch::Event::Failed(_) => return Some(None),
+                fetch::Event::Body(chunk) => {
+                    if self.body.len() + chunk.len() > crate::digest::MAX_DIGEST_LEN {
+                        return Some(None);
+                    }
+                    self.body.extend_from_slice(&chunk);
+                }
+                fetch::Event::Done => return Some(Some(std::mem::take(&mut self.body))),
+            }
+        }
+        None
+    }
+}
+
+/// Where a peer's file server serves its digest.
+pub(crate) const DIGEST_PATH: &str = "/.flocon/digest";
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Timer {
@@ -151,11 +213,20 @@ impl Env for Loop<'_> {
         expected: Option<(u64, Option<[u8; 32]>)>,
     ) -> Option<u32> {
         let budget = self.discovery.lookup_budget(self.cfg.lookup_budget);
-        let id =
-            self.discovery
-                .start_lookup(name, expected, budget, self.now, &mut *self.decided)?;
+        let strikes = &self.strikes;
+        let benched = |p: &crate::peers::Peer| strikes.is_benched(p.addr.ip(), self.now);
+        let id = self.discovery.start_lookup(
+            name,
+            expected,
+            budget,
+            (self.now, benched),
+            &mut *self.decided,
+        )?;
         // lookups are bounded by discovery (MAX_LOOKUPS); their deadline is never dropped
         self.timers.always(self.now + budget, Timer::Lookup(id));
+        if let Some(at) = self.discovery.not_before(id) {
+            self.timers.always(at, Timer::Lookup(id));
+        }
         Some(id)
     }
 

@@ -2,6 +2,7 @@
 //! schedule, per-source rate limiting, peer bans and one "who has this file?" lookup round.
 //! Every function takes `now`, so the event loop (discovery.rs) owns time and tests move it.
 
+use crate::digest::PeerDigest;
 use crate::protocol::{Announce, Answer, Arriving, Header, InFlight, Query, VERSION};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
@@ -224,6 +225,8 @@ pub(crate) struct Peer {
     pub last_seq: u32,
     /// What it did for us: evictions and lookups rank peers by it.
     pub credit: Credit,
+    /// Its cache digest as far as we know it (digest.rs).
+    pub digest: PeerDigest,
 }
 
 /// A peer's record of usefulness. Only `served` cannot be faked by a LAN host (the bytes
@@ -469,6 +472,7 @@ impl PeerTable {
             uploads: a.uploads,
             last_seq: h.seq,
             credit: Credit::default(),
+            digest: PeerDigest::default(),
         });
         PeerEvent::New { dropped }
     }
@@ -516,27 +520,66 @@ impl PeerTable {
         }
     }
 
-    /// The peers a lookup asks, best first: those that served or had files, then the rest;
-    /// a silent peer (`Credit::is_silent`) is asked only one lookup in SILENT_RETRY
-    /// (`round` is the lookup's number), so a dead or flooded address costs nothing while
-    /// its expiry runs. At most `max` peers.
+    /// Whom a lookup for `name` asks, and whether it also multicasts an INTENT (some peer
+    /// speaks digests): the one rule of both choices, so that they skip the same peers.
+    /// Never a peer `excluded` says is sanctioned (banned, benched: the caller's records); a
+    /// silent one only one lookup in SILENT_RETRY (`ranked`). With `digests` (the hosts that
+    /// sent an INTENT for `name`): the peers whose digest we cannot judge, then a few that
+    /// sent an INTENT or whose digest may hold it (digest.rs `select`); without: every
+    /// peer, best first, as before digests. At most `max`.
     pub(crate) fn lookup_targets(
         &self,
-        round: u32,
+        name: &str,
+        (round, now): (u32, Instant),
         max: usize,
+        digests: Option<&[u64]>,
+        excluded: impl Fn(&Peer) -> bool,
+    ) -> (Vec<(u64, SocketAddr)>, bool) {
+        let ranked = self.ranked(round, now, excluded);
+        let (mut targets, intent) = match digests {
+            Some(intenders) => {
+                let speaks = ranked.iter().any(|p| p.digest != PeerDigest::Unknown);
+                let cand = (ranked.into_iter()).map(|p| {
+                    (
+                        (p.instance, p.addr),
+                        &p.digest,
+                        intenders.contains(&p.instance),
+                    )
+                });
+                (crate::digest::select(name, cand), speaks)
+            }
+            None => (ranked.iter().map(|p| (p.instance, p.addr)).collect(), false),
+        };
+        targets.truncate(max);
+        (targets, intent)
+    }
+
+    /// The peers a lookup may ask, best ranked first: those that served or had files, then
+    /// the rest; never one `excluded` says is sanctioned; a silent peer
+    /// (`Credit::is_silent`) only one lookup in SILENT_RETRY (`round` is the lookup's
+    /// number), so a dead or flooded address costs nothing while its expiry runs.
+    pub(crate) fn ranked(
+        &self,
+        round: u32,
         now: Instant,
-    ) -> Vec<(u64, SocketAddr)> {
+        excluded: impl Fn(&Peer) -> bool,
+    ) -> Vec<&Peer> {
         let mut v: Vec<&Peer> = self
             .peers
             .iter()
             .filter(|p| !p.credit.is_silent(now) || round.is_multiple_of(SILENT_RETRY))
+            .filter(|p| !excluded(p))
             .collect();
         // stable: equal ranks keep arrival order
         v.sort_by_key(|p| std::cmp::Reverse(p.credit.rank()));
-        v.into_iter()
-            .take(max)
-            .map(|p| (p.instance, p.addr))
-            .collect()
+        v
+    }
+
+    /// A peer's digest record, to update.
+    pub(crate) fn digest_mut(&mut self, instance: u64) -> Option<&mut PeerDigest> {
+        (self.peers.iter_mut())
+            .find(|p| p.instance == instance)
+            .map(|p| &mut p.digest)
     }
 
     /// Removes and returns the peers silent for PEER_EXPIRY or longer.
@@ -1124,6 +1167,10 @@ pub(crate) struct Lookup {
     /// ARRIVING answers, in arrival order.
     arriving: Vec<(u64, Arriving)>,
     deadline: Instant,
+    /// Without a candidate, no decision before this (the INTENT's wait, digest.rs MISS_WAIT).
+    not_before: Option<Instant>,
+    /// Peers sanctioned when it started (banned, benched): not asked, not even late.
+    excluded: Vec<u64>,
 }
 
 impl Lookup {
@@ -1148,7 +1195,27 @@ impl Lookup {
             answers: Vec::new(),
             arriving: Vec::new(),
             deadline,
+            not_before: None,
+            excluded: Vec::new(),
         }
+    }
+
+    /// The peers sanctioned when it started: never asked by it, not even late.
+    pub(crate) fn set_excluded(&mut self, excluded: Vec<u64>) {
+        self.excluded = excluded;
+    }
+
+    pub(crate) fn is_excluded(&self, instance: u64) -> bool {
+        self.excluded.contains(&instance)
+    }
+
+    /// Without a candidate, the lookup does not decide before `at`.
+    pub(crate) fn set_not_before(&mut self, at: Instant) {
+        self.not_before = Some(at);
+    }
+
+    pub(crate) fn not_before(&self) -> Option<Instant> {
+        self.not_before
     }
 
     /// The QUERY to send to every asked peer.
@@ -1198,10 +1265,29 @@ impl Lookup {
         self.all_answered()
     }
 
-    /// Marks `instance`'s answer in: whether it was asked and had not answered yet.
+    /// Marks `instance`'s answer in: whether it was asked and had not answered yet. After an
+    /// INTENT (`not_before` set) every peer was asked: one not asked by QUERY counts once.
     fn mark_answered(&mut self, instance: u64) -> bool {
-        let slot = (self.asked.iter_mut()).find(|(i, answered)| *i == instance && !answered);
-        slot.map(|s| s.1 = true).is_some()
+        if let Some(slot) = self.asked.iter_mut().find(|(i, _)| *i == instance) {
+            return !std::mem::replace(&mut slot.1, true);
+        }
+        if self.not_before.is_some() && self.asked.len() < MAX_PEERS {
+            self.asked.push((instance, true));
+            return true;
+        }
+        false
+    }
+
+    /// Whether `instance` was asked (or answered an INTENT).
+    pub(crate) fn was_asked(&self, instance: u64) -> bool {
+        self.asked.iter().any(|(i, _)| *i == instance)
+    }
+
+    /// Asks `instance` too (a late QUERY within the same budget).
+    pub(crate) fn ask(&mut self, instance: u64) {
+        if !self.was_asked(instance) && self.asked.len() < MAX_PEERS {
+            self.asked.push((instance, false));
+        }
     }
 
     /// Whether `instance` was asked and has not answered yet.
@@ -1232,9 +1318,13 @@ impl Lookup {
         self.asked.iter().all(|(_, answered)| *answered)
     }
 
-    /// Every asked peer answered, or the deadline passed.
+    /// Every asked peer answered (and, when nobody has the file, the INTENT's wait is
+    /// over), or the deadline passed.
     pub(crate) fn is_done(&self, now: Instant) -> bool {
-        self.all_answered() || now >= self.deadline
+        now >= self.deadline
+            || (self.all_answered()
+                && (self.not_before.is_none_or(|t| now >= t)
+                    || self.answers.iter().any(|(_, a)| self.matches(a))))
     }
 
     /// `is_done`, or the best possible candidate is already known: an idle peer (0 uploads)
@@ -1843,17 +1933,18 @@ mod tests {
         for _ in 0..SILENT_AFTER {
             t.note_unanswered(2, t0);
         }
-        let order = |t: &PeerTable, round| -> Vec<u64> {
-            t.lookup_targets(round, 10, t0 + SILENT_FOR)
+        let targets = |t: &PeerTable, round, max, now| {
+            (t.lookup_targets("f", (round, now), max, None, |_| false).0)
                 .iter()
                 .map(|x| x.0)
-                .collect()
+                .collect::<Vec<u64>>()
         };
+        let order = |t: &PeerTable, round| targets(t, round, 10, t0 + SILENT_FOR);
         // a burst of unanswered queries is not silence yet
-        assert_eq!(t.lookup_targets(1, 10, t0 + secs(1)).len(), 5);
+        assert_eq!(targets(&t, 1, 10, t0 + secs(1)).len(), 5);
         assert_eq!(order(&t, 1), [5, 4, 1, 3]);
         assert_eq!(order(&t, SILENT_RETRY), [5, 4, 1, 3, 2]);
-        assert_eq!(t.lookup_targets(1, 2, t0).len(), 2);
+        assert_eq!(targets(&t, 1, 2, t0).len(), 2);
         t.credit_answer(2, false);
         assert_eq!(order(&t, 1), [5, 4, 1, 2, 3]);
         assert_eq!(t.by_ip(v4(3).ip()).map(|p| p.instance), Some(3));
@@ -1935,6 +2026,61 @@ mod tests {
         assert_eq!(w.arm(t0 + secs(7)), Some(t0 + secs(7)));
         w.fired(t0 + secs(5));
         assert_eq!(w.arm(t0 + secs(7)), None);
+    }
+
+    #[test]
+    fn a_sanctioned_peer_is_asked_by_neither_choice_even_when_its_digest_holds_the_file() {
+        use crate::digest::{DIGEST_FANOUT, Digest};
+        let t0 = Instant::now();
+        let file = "f-1-1-any.pkg.tar.zst";
+        let mut t = PeerTable::new(OWN);
+        // DIGEST_FANOUT + 2 peers whose digest holds the file, one whose digest does not, and
+        // one without a digest; the first DIGEST_FANOUT served us (they rank first) and are
+        // benched (one stalled, say)
+        let holders = DIGEST_FANOUT as u64 + 2;
+        for i in 1..=holders + 2 {
+            verified(&mut t, v4(i as u8), &h(i, 1), &ann("p"), t0);
+            if i <= holders + 1 {
+                let d = t.digest_mut(i).unwrap();
+                assert!(d.announced(1));
+                let held = if i <= holders {
+                    file
+                } else {
+                    "other-1-1-any.pkg.tar.zst"
+                };
+                d.fetched(Digest::build(1, [held]));
+            }
+            if i <= DIGEST_FANOUT as u64 {
+                t.credit_served(i);
+            }
+        }
+        let benched = |p: &Peer| p.instance <= DIGEST_FANOUT as u64;
+        let ask = |digests: Option<&[u64]>, excluded: &dyn Fn(&Peer) -> bool| -> Vec<u64> {
+            let (v, _) = t.lookup_targets(file, (1, t0), 256, digests, excluded);
+            v.iter().map(|x| x.0).collect()
+        };
+        let (h1, h2, none) = (holders - 1, holders, holders + 2);
+        // with digests: the unjudgeable peer and the holders that are not benched, which
+        // the benched ones, ranked first, would otherwise crowd out of the fan-out
+        assert_eq!(ask(Some(&[]), &benched), [none, h1, h2]);
+        // without: every peer that is not benched, as the fan-out always did
+        assert_eq!(ask(None, &benched), [h1, h2, holders + 1, none]);
+        // an INTENT does not bring a benched peer back
+        assert_eq!(ask(Some(&[1, h2]), &benched), [none, h2, h1]);
+        // unsanctioned, the best ranked holders fill the fan-out
+        let all = ask(Some(&[]), &|_| false);
+        assert_eq!(all.len(), 1 + DIGEST_FANOUT);
+        assert!(all.contains(&1) && !all.contains(&h2));
+        // a silent peer is spared the same way by both (ranked's rule)
+        for _ in 0..SILENT_AFTER {
+            t.note_unanswered(h1, t0);
+        }
+        let later = |digests: Option<&[u64]>| -> Vec<u64> {
+            let (v, _) = t.lookup_targets(file, (1, t0 + SILENT_FOR), 256, digests, benched);
+            v.iter().map(|x| x.0).collect()
+        };
+        assert_eq!(later(Some(&[])), [none, h2]);
+        assert_eq!(later(None), [h2, holders + 1, none]);
     }
 
     #[test]

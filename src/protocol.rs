@@ -62,11 +62,18 @@ const TYPE_ANNOUNCE: u8 = 1;
 const TYPE_GOODBYE: u8 = 2;
 const TYPE_QUERY: u8 = 3;
 const TYPE_ANSWER: u8 = 4;
+/// Added within version 1 (docs/PROTOCOL.md §14): older decoders drop it (BadType).
+const TYPE_DIGEST: u8 = 5;
+/// A DIGEST datagram: the header and the digest version.
+pub const DIGEST_DATAGRAM_LEN: usize = HEADER_LEN + 4;
 
 /// Header flag bit reserved for the optional group key (a MAC trailer); never set in v1.
 pub const FLAG_AUTH: u16 = 0x0001;
 const QUERY_HAS_SIZE: u8 = 0x01;
 const QUERY_HAS_SHA: u8 = 0x02;
+/// An INTENT (docs/PROTOCOL.md §14.4): a QUERY to the groups, never answered; older decoders
+/// drop it (an unknown flag bit).
+const QUERY_INTENT: u8 = 0x04;
 const ANSWER_HAS_SHA: u8 = 0x01;
 const STATUS_DONT_HAVE: u8 = 0;
 const STATUS_HAVE: u8 = 1;
@@ -93,6 +100,11 @@ pub enum Message {
     Answer(Answer),
     /// An ANSWER with status ARRIVING.
     Arriving(Arriving),
+    /// The version of the sender's cache digest (docs/PROTOCOL.md §14.1).
+    Digest(u32),
+    /// "I am about to fetch this": a QUERY with the INTENT flag, sent to the groups when a
+    /// lookup found nobody; never answered (docs/PROTOCOL.md §14.4).
+    Intent(Query),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,8 +303,9 @@ pub fn encode(h: &Header, m: &Message, out: &mut Vec<u8>) {
     let ty = match m {
         Message::Announce(_) => TYPE_ANNOUNCE,
         Message::Goodbye => TYPE_GOODBYE,
-        Message::Query(_) => TYPE_QUERY,
+        Message::Query(_) | Message::Intent(_) => TYPE_QUERY,
         Message::Answer(_) | Message::Arriving(_) => TYPE_ANSWER,
+        Message::Digest(_) => TYPE_DIGEST,
     };
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -313,9 +326,14 @@ pub fn encode(h: &Header, m: &Message, out: &mut Vec<u8>) {
             }
         }
         Message::Goodbye => {}
-        Message::Query(q) => {
+        Message::Digest(version) => out.extend_from_slice(&version.to_be_bytes()),
+        Message::Query(q) | Message::Intent(q) => {
             out.extend_from_slice(&q.id.to_be_bytes());
-            let mut flags = 0;
+            let mut flags = if matches!(m, Message::Intent(_)) {
+                QUERY_INTENT
+            } else {
+                0
+            };
             if q.size.is_some() {
                 flags |= QUERY_HAS_SIZE;
             }
@@ -467,7 +485,7 @@ pub fn decode_with_flags(buf: &[u8], flags: u16) -> Result<(Header, Message), De
         return Err(DecodeError::BadVersion(version));
     }
     let ty = r.u8()?;
-    if !(TYPE_ANNOUNCE..=TYPE_ANSWER).contains(&ty) {
+    if !(TYPE_ANNOUNCE..=TYPE_DIGEST).contains(&ty) {
         return Err(DecodeError::BadType(ty));
     }
     // FLAG_AUTH changes the layout (MAC trailer), so an open receiver cannot interpret a
@@ -484,7 +502,8 @@ pub fn decode_with_flags(buf: &[u8], flags: u16) -> Result<(Header, Message), De
     let msg = match ty {
         TYPE_ANNOUNCE => Message::Announce(decode_announce(&mut r)?),
         TYPE_GOODBYE => Message::Goodbye,
-        TYPE_QUERY => Message::Query(decode_query(&mut r)?),
+        TYPE_QUERY => decode_query(&mut r)?,
+        TYPE_DIGEST => Message::Digest(r.u32()?),
         _ => decode_answer(&mut r)?,
     };
     if r.remaining() != 0 {
@@ -532,10 +551,10 @@ fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeError> {
     })
 }
 
-fn decode_query(r: &mut Reader<'_>) -> Result<Query, DecodeError> {
+fn decode_query(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
     let id = r.u32()?;
     let flags = r.u8()?;
-    if flags & !(QUERY_HAS_SIZE | QUERY_HAS_SHA) != 0 {
+    if flags & !(QUERY_HAS_SIZE | QUERY_HAS_SHA | QUERY_INTENT) != 0 {
         return Err(DecodeError::BadField("query flags"));
     }
     let size = r.u64()?;
@@ -557,12 +576,17 @@ fn decode_query(r: &mut Reader<'_>) -> Result<Query, DecodeError> {
     if r.bytes(pad)?.iter().any(|&b| b != 0) {
         return Err(DecodeError::BadField("padding"));
     }
-    Ok(Query {
+    let q = Query {
         id,
         // names::is_file_name admits ASCII only.
         name: String::from_utf8_lossy(name).into_owned(),
         size: (flags & QUERY_HAS_SIZE != 0).then_some(size),
         sha256: (flags & QUERY_HAS_SHA != 0).then_some(sha),
+    };
+    Ok(if flags & QUERY_INTENT != 0 {
+        Message::Intent(q)
+    } else {
+        Message::Query(q)
     })
 }
 
@@ -722,7 +746,51 @@ mod tests {
                 rate: 0,
                 looking: true,
             }),
+            Message::Digest(0),
+            Message::Digest(u32::MAX),
+            Message::Intent(Query {
+                id: 9,
+                name: "linux-6.9.1.arch1-1-x86_64.pkg.tar.zst".into(),
+                size: Some(140_000_000),
+                sha256: Some([0xcd; 32]),
+            }),
+            Message::Intent(Query {
+                id: 10,
+                name: "a".into(),
+                size: None,
+                sha256: None,
+            }),
         ]
+    }
+
+    /// The two additions of §14 in bytes: a decoder that predates them refuses both (type 5
+    /// is outside 1..=4; qflags bit 2 is not HAS_SIZE or HAS_SHA).
+    #[test]
+    fn digest_and_intent_layouts() {
+        let d = enc(&hdr(), &Message::Digest(0x0102_0304));
+        assert_eq!(d.len(), DIGEST_DATAGRAM_LEN);
+        assert_eq!(&d[4..8], &[1, 5, 0, 0]);
+        assert_eq!(&d[20..], &[1, 2, 3, 4]);
+        assert_eq!(decode(&d[..23]), Err(DecodeError::TooShort));
+        let mut long = d.clone();
+        long.push(0);
+        assert_eq!(decode(&long), Err(DecodeError::Trailing));
+        let q = Query {
+            id: 3,
+            name: "zstd-1.5.6-1-x86_64.pkg.tar.zst".into(),
+            size: Some(7),
+            sha256: None,
+        };
+        let i = enc(&hdr(), &Message::Intent(q.clone()));
+        let plain = enc(&hdr(), &Message::Query(q));
+        assert_eq!(i.len(), plain.len());
+        assert_eq!(i[24], 0x05, "HAS_SIZE | INTENT");
+        assert_eq!(plain[24], 0x01);
+        assert_eq!(i[..24], plain[..24]);
+        assert_eq!(i[25..], plain[25..]);
+        let mut b = i.clone();
+        b[24] = 0x0d;
+        assert_eq!(decode(&b), Err(DecodeError::BadField("query flags")));
     }
 
     fn enc(h: &Header, m: &Message) -> Vec<u8> {
@@ -908,7 +976,7 @@ mod tests {
         let mut b = good.clone();
         b[4] = 2;
         assert_eq!(decode(&b), Err(DecodeError::BadVersion(2)));
-        for ty in [0u8, 5, 255] {
+        for ty in [0u8, 6, 255] {
             let mut b = good.clone();
             b[5] = ty;
             assert_eq!(decode(&b), Err(DecodeError::BadType(ty)));
@@ -990,7 +1058,7 @@ mod tests {
             }),
         );
         let mut b = q.clone();
-        b[24] = 0x04; // unknown query flag
+        b[24] = 0x08; // unknown query flag (0x04 is INTENT)
         assert_eq!(decode(&b), Err(DecodeError::BadField("query flags")));
         let mut b = q.clone();
         b[32] = 1; // size present though flagged absent
@@ -1268,6 +1336,7 @@ mod tests {
     /// A duration as docs/PROTOCOL.md §12 writes it, in `unit` (ms, s, min or h).
     fn in_unit(d: std::time::Duration, unit: &str) -> String {
         let per: u128 = match unit {
+            "µs" => 1_000,
             "ms" => 1_000_000,
             "s" => 1_000_000_000,
             "min" => 60_000_000_000,
@@ -1285,7 +1354,7 @@ mod tests {
     /// The code's value of a constant named in §12, written as the table writes it; `None`
     /// for a name the code does not have.
     fn code_value(name: &str) -> Option<String> {
-        use crate::{auth, discovery, front, peers};
+        use crate::{auth, digest, discovery, env, front, peers};
         use std::time::Duration;
         let d = in_unit;
         Some(match name {
@@ -1309,6 +1378,21 @@ mod tests {
             "MAX_DATAGRAM" => MAX_DATAGRAM.to_string(),
             "RECV_BUFFER" => RECV_BUFFER.to_string(),
             "FLAG_AUTH" => format!("0x{FLAG_AUTH:04x}"),
+            "DIGEST_DATAGRAM_LEN" => DIGEST_DATAGRAM_LEN.to_string(),
+            "MIN_LOG2_BITS" => digest::MIN_LOG2_BITS.to_string(),
+            "MAX_LOG2_BITS" => digest::MAX_LOG2_BITS.to_string(),
+            "BITS_PER_NAME" => digest::BITS_PER_NAME.to_string(),
+            "HASHES" => digest::HASHES.to_string(),
+            "MAX_DIGEST_LEN" => digest::MAX_DIGEST_LEN.to_string(),
+            "DIGEST_FANOUT" => digest::DIGEST_FANOUT.to_string(),
+            "MISS_WAIT" => d(digest::MISS_WAIT, "µs"),
+            "DIGEST_GAP" => d(digest::DIGEST_GAP, "s"),
+            "DIGEST_BURST" => digest::DIGEST_BURST.to_string(),
+            "INTENT_TTL" => d(digest::INTENT_TTL, "s"),
+            "MAX_INTENTS" => digest::MAX_INTENTS.to_string(),
+            "INTENDERS_PER_NAME" => digest::INTENDERS_PER_NAME.to_string(),
+            "MAX_DIGEST_FETCHES" => env::MAX_DIGEST_FETCHES.to_string(),
+            "DIGEST_RETRY" => d(discovery::DIGEST_RETRY, "s"),
             "JOIN_SHARE" => format!(
                 "{} of the copy budget ({})",
                 front::JOIN_SHARE,
@@ -1368,6 +1452,8 @@ mod tests {
             ("front.rs", include_str!("front.rs")),
             ("discovery.rs", include_str!("discovery.rs")),
             ("auth.rs", include_str!("auth.rs")),
+            ("digest.rs", include_str!("digest.rs")),
+            ("env.rs", include_str!("env.rs")),
         ];
         let start = doc
             .find("\n## 12. Constants (as in the code)\n")

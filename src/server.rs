@@ -108,7 +108,7 @@ pub(crate) fn answer<S: Read + Write + AsRawFd>(
     dirs: &CacheDirs,
     keys: &Keys,
 ) {
-    answer_with(c, req, dirs, keys, &|_| None)
+    answer_with(c, req, dirs, keys, &|_| None, &[])
 }
 
 /// A package this host is receiving (front.rs: a copy in flight or just verified): its
@@ -119,12 +119,15 @@ pub(crate) type Arriving<'a> = dyn Fn(&str) -> Option<(u64, Arc<Growth>)> + 'a;
 /// `Content-Length` of the whole (or of the range), the bytes written so far, then the rest
 /// as it comes; the connection is cut if the copy fails (docs/DESIGN.md, "One download per
 /// LAN"). The requester verifies the whole file against its own db, as always.
+/// `/.flocon/digest` gets `digest`, this host's cache digest (docs/PROTOCOL.md §14.3), or
+/// 404 when it has none.
 pub(crate) fn answer_with<S: Read + Write + AsRawFd>(
     c: &mut Conn<S>,
     req: &Request,
     dirs: &CacheDirs,
     keys: &Keys,
     arriving: &Arriving<'_>,
+    digest: &[u8],
 ) {
     // under a group key, nothing is served (not even a 404) without a valid Flocon-Auth
     if !keys.is_empty()
@@ -136,6 +139,13 @@ pub(crate) fn answer_with<S: Read + Write + AsRawFd>(
         )
     {
         return c.answer_error(403);
+    }
+    if req.target == crate::env::DIGEST_PATH {
+        if digest.is_empty() {
+            return c.answer_error(HttpError::NotFound.status());
+        }
+        let headers = [("Content-Type", "application/octet-stream")];
+        return c.answer_bytes(200, &headers, digest);
     }
     let name = match http::peer_file_name(&req.target) {
         Ok(n) => n,
@@ -279,7 +289,7 @@ mod tests {
                 Progress::Close => break,
                 Progress::Request => {
                     let req = conn.take_request().unwrap();
-                    answer_with(&mut conn, &req, dirs, keys, arriving);
+                    answer_with(&mut conn, &req, dirs, keys, arriving, &[]);
                 }
                 _ => std::thread::sleep(Duration::from_millis(1)),
             }

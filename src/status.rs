@@ -93,6 +93,8 @@ pub(crate) struct Snapshot {
     pub saved_lan_hits: u64,
     pub saved_served_bytes: u64,
     pub saved_since: u64,
+    /// Cache digests and lookups' datagrams (docs/PROTOCOL.md §14), one JSON object.
+    pub digest_json: String,
 }
 
 impl Snapshot {
@@ -174,6 +176,7 @@ impl Snapshot {
             saved_lan_hits: saved.lan_hits,
             saved_served_bytes: saved.served_bytes,
             saved_since: saved.since,
+            digest_json: digest_json(discovery),
         }
     }
 
@@ -326,7 +329,7 @@ impl Snapshot {
             })
             .collect();
         format!(
-            "{{\"version\":{},\"name\":{},\"distro\":{},\"archs\":[{}],\"instance\":\"{:016x}\",\"uptime_s\":{},\"rss_kib\":{},\"multicast\":[{}],\"indexed_packages\":{},\"peers\":[{}],\"transfers\":[{}],\"bans\":[{}],\"lan_hits\":{},\"lan_bytes\":{},\"upstream_bytes\":{},\"rejected_copies\":{},\"peer_bytes_sent\":{},\"refused_busy\":{},\"datagrams_in\":{},\"datagrams_rejected\":{},\"auth_rejected\":{},\"rate_limited\":{},\"strangers_refused\":{},\"checks_sent\":{},\"checks_pending\":{},\"checks_failed\":{},\"claims_refuted\":{},\"send_errors\":{},\"connections\":{},\"saved_lan_bytes\":{},\"saved_lan_hits\":{},\"saved_served_bytes\":{},\"saved_since\":{}}}\n",
+            "{{\"version\":{},\"name\":{},\"distro\":{},\"archs\":[{}],\"instance\":\"{:016x}\",\"uptime_s\":{},\"rss_kib\":{},\"multicast\":[{}],\"indexed_packages\":{},\"peers\":[{}],\"transfers\":[{}],\"bans\":[{}],\"lan_hits\":{},\"lan_bytes\":{},\"upstream_bytes\":{},\"rejected_copies\":{},\"peer_bytes_sent\":{},\"refused_busy\":{},\"datagrams_in\":{},\"datagrams_rejected\":{},\"auth_rejected\":{},\"rate_limited\":{},\"strangers_refused\":{},\"checks_sent\":{},\"checks_pending\":{},\"checks_failed\":{},\"claims_refuted\":{},\"send_errors\":{},\"digest\":{},\"connections\":{},\"saved_lan_bytes\":{},\"saved_lan_hits\":{},\"saved_served_bytes\":{},\"saved_since\":{}}}\n",
             json_str(self.version),
             json_str(&self.name),
             json_str(&self.distro),
@@ -355,6 +358,7 @@ impl Snapshot {
             self.defence.checks_failed,
             self.defence.claims_refuted,
             self.defence.send_errors,
+            self.digest_json,
             self.connections,
             self.saved_lan_bytes,
             self.saved_lan_hits,
@@ -421,6 +425,32 @@ pub(crate) fn page(
     }
 }
 
+/// Our digest, what we hold of the peers', and what lookups sent.
+fn digest_json(d: &Discovery) -> String {
+    let (mut fresh, mut stale, mut unknown) = (0, 0, 0);
+    for p in d.peers.iter() {
+        match p.digest {
+            crate::digest::PeerDigest::Fresh(_) => fresh += 1,
+            crate::digest::PeerDigest::Stale { .. } => stale += 1,
+            crate::digest::PeerDigest::Unknown => unknown += 1,
+        }
+    }
+    let s = &d.stats;
+    format!(
+        "{{\"on\":{},\"version\":{},\"names\":{},\"bytes\":{},\"peers_fresh\":{fresh},\"peers_stale\":{stale},\"peers_unknown\":{unknown},\"fetched\":{},\"refused\":{},\"datagrams_out\":{},\"bytes_out\":{},\"lookups_unasked\":{},\"intents_sent\":{}}}",
+        d.digests,
+        d.published.version(),
+        d.published.digest().map_or(0, |x| x.names()),
+        d.published.body().len(),
+        s.digests_fetched,
+        s.digests_refused,
+        s.datagrams_out,
+        s.bytes_out,
+        s.lookups_unasked,
+        s.intents_sent,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +513,7 @@ mod tests {
             saved_lan_hits: 110,
             saved_served_bytes: 111,
             saved_since: 1_764_547_200,
+            digest_json: "{}".into(),
         }
     }
 

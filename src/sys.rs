@@ -68,6 +68,51 @@ pub(crate) fn signalfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A non-blocking monotonic timerfd: the loop's wake-up for a deadline closer than the
+/// millisecond that epoll's timeout can express (a lookup's INTENT wait, 500 µs).
+pub(crate) fn timerfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain constants; returns a new fd or -1.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: timerfd_create returned a fresh fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Arms `fd` to expire once, `after` from now (at least 1 ns: zero would disarm it).
+pub(crate) fn timerfd_arm(fd: &OwnedFd, after: std::time::Duration) -> io::Result<()> {
+    let after = after.max(std::time::Duration::from_nanos(1));
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: after.as_secs() as libc::time_t,
+            tv_nsec: after.subsec_nanos() as libc::c_long,
+        },
+    };
+    // SAFETY: `spec` is a valid itimerspec; the old value is not requested.
+    if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads a timerfd's expiry count (so the next expiry wakes the loop again).
+pub(crate) fn timerfd_drain(fd: &OwnedFd) {
+    let mut n = [0u8; 8];
+    // SAFETY: we read at most 8 bytes into `n`, which is exactly that large; a non-blocking
+    // read of an unexpired timerfd fails with EAGAIN, which is fine here.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), n.as_mut_ptr().cast(), n.len()) };
+}
+
 /// Reads one pending signal number from a signalfd, or None when none is pending.
 pub(crate) fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
     // SAFETY: signalfd_siginfo is plain old data; all-zero is a valid value.

@@ -87,9 +87,21 @@ fn three_daemons_find_each_other_and_notice_departures() {
 fn lookups_hit_one_two_or_none_and_check_the_size() {
     netns!("lookups_hit_one_two_or_none_and_check_the_size");
     let t = TempDir::new("lookup");
-    let h1 = start(&t, 1, &[]);
-    let h2 = start(&t, 2, &[]);
-    let h3 = start(&t, 3, &[]);
+    // the QUERY to every peer (daemons without digests): files appear in the caches after
+    // start and are found at once; with digests see digests_ask_only_who_may_hold_…
+    let old = |i: u8| {
+        let cache = t.join(&format!("cache{i}"));
+        std::fs::create_dir_all(&cache).unwrap();
+        let (name, ip) = (format!("h{i}"), format!("127.0.0.{}", i + 1));
+        let mut o = DaemonOpts::new(t.path(), &cache);
+        o.peer_ip = &ip;
+        o.name = &name;
+        o.env = vec![("FLOCON_NO_DIGEST".into(), "1".into())];
+        Daemon::start(o)
+    };
+    let h1 = old(1);
+    let h2 = old(2);
+    let h3 = old(3);
     assert!(wait_until(Duration::from_secs(3), || h1.peer_names().len() == 2));
     std::fs::write(t.join("cache2/one-1-1-any.pkg.tar.zst"), pattern(1000, 1)).unwrap();
     std::fs::write(t.join("cache2/two-1-1-any.pkg.tar.zst"), pattern(2000, 2)).unwrap();
@@ -195,5 +207,118 @@ fn hostile_datagrams_change_nothing_and_are_not_amplified() {
     assert!(protocol::decode(&buf[..n]).is_ok());
     // nothing changed: h2 is still a peer (the spoofed goodbye came from elsewhere)
     assert_eq!(h1.peer_names(), ["h2"]);
-    assert_eq!(h1.lookup("nothing-1-1-any.pkg.tar.zst", None).1, 1);
+    // and lookups still work: whoever is asked answers (h2's digest may spare it the QUERY)
+    let (asked, answered, have, _) = h1.lookup("nothing-1-1-any.pkg.tar.zst", None);
+    assert_eq!((asked, answered, have.len()), (answered, asked, 0));
+}
+
+/// A number in `json` at `"key":` (the first one).
+fn json_num(json: &str, key: &str) -> i64 {
+    json.split(&format!("\"{key}\":"))
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit() && c != '-').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-1)
+}
+
+#[test]
+fn digests_ask_only_who_may_hold_and_old_peers_are_still_asked() {
+    netns!("digests_ask_only_who_may_hold_and_old_peers_are_still_asked");
+    let t = TempDir::new("digests");
+    let start_env = |i: u8, env: &[(&str, &str)]| {
+        let cache = t.join(&format!("cache{i}"));
+        std::fs::create_dir_all(&cache).unwrap();
+        let (name, ip) = (format!("h{i}"), format!("127.0.0.{}", i + 1));
+        let mut o = DaemonOpts::new(t.path(), &cache);
+        o.peer_ip = &ip;
+        o.name = &name;
+        o.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Daemon::start(o)
+    };
+    // a new digest version as soon as a cache changes (the default waits 30 s between two)
+    let quick = [("FLOCON_DIGEST_GAP_MS", "0")];
+    for (i, f) in [(2, "held"), (3, "old")] {
+        std::fs::create_dir_all(t.join(&format!("cache{i}"))).unwrap();
+        std::fs::write(
+            t.join(&format!("cache{i}/{f}-1-1-any.pkg.tar.zst")),
+            pattern(100, i),
+        )
+        .unwrap();
+    }
+    let h1 = start_env(1, &quick);
+    let h2 = start_env(2, &quick);
+    // h3 speaks the protocol without §14: no digest, no INTENTs
+    let mut h3 = start_env(3, &[("FLOCON_NO_DIGEST", "1")]);
+    let h4 = start_env(4, &quick);
+    let ready = wait_until(Duration::from_secs(10), || {
+        let s = h1.status_json();
+        h1.peer_names().len() == 3
+            && json_num(&s, "peers_fresh") == 2
+            && json_num(&s, "peers_unknown") == 1
+    });
+    assert!(
+        ready,
+        "h1 does not hold h2's and h4's digests: {}",
+        h1.status_json()
+    );
+
+    // a hit: the holder (its digest) and the old peer (no digest) are asked, h4 is not
+    let (asked, answered, have, _) = h1.lookup("held-1-1-any.pkg.tar.zst", Some(100));
+    assert_eq!((asked, answered, have), (2, 2, vec!["h2".to_string()]));
+    // the old peer is asked for everything, and found
+    let (asked, _, have, _) = h1.lookup("old-1-1-any.pkg.tar.zst", None);
+    assert_eq!((asked, have), (1, vec!["h3".to_string()]));
+    // a miss: only the old peer asked
+    let (asked, answered, have, _) = h1.lookup("none-1-1-any.pkg.tar.zst", None);
+    assert_eq!((asked, answered, have.len()), (1, 1, 0));
+
+    // a file cached after start: found once its owner's new digest is fetched, by it
+    let fetched = json_num(&h1.status_json(), "fetched");
+    std::fs::write(t.join("cache4/late-1-1-any.pkg.tar.zst"), pattern(10, 4)).unwrap();
+    let bumped = wait_until(Duration::from_secs(10), || {
+        let s = h1.status_json();
+        json_num(&s, "fetched") > fetched && json_num(&s, "peers_fresh") == 2
+    });
+    assert!(bumped, "h4's new digest not fetched: {}", h1.status_json());
+    let (asked, _, have, _) = h1.lookup("late-1-1-any.pkg.tar.zst", None);
+    assert_eq!(
+        (asked, have),
+        (2, vec!["h4".to_string()]),
+        "h3 (old) and h4 (digest)"
+    );
+
+    // without the old peer, a miss asks nobody: one INTENT to the group, decided at once
+    h3.signal("TERM");
+    h3.wait_exit(Duration::from_secs(5)).expect("h3 exits");
+    assert!(wait_until(Duration::from_secs(3), || h1.peer_names().len() == 2));
+    let before = h1.status_json();
+    let t0 = Instant::now();
+    let (asked, answered, have, micros) = h1.lookup("nowhere-1-1-any.pkg.tar.zst", None);
+    let wall = t0.elapsed();
+    let after = h1.status_json();
+    assert_eq!((asked, answered, have.len()), (0, 0, 0));
+    assert_eq!(
+        json_num(&after, "lookups_unasked") - json_num(&before, "lookups_unasked"),
+        1
+    );
+    assert_eq!(
+        json_num(&after, "intents_sent") - json_num(&before, "intents_sent"),
+        1
+    );
+    // one INTENT on lo (IPv4: IPv6 multicast does not work on lo); an announcement may fall
+    // in between
+    let sent = json_num(&after, "datagrams_out") - json_num(&before, "datagrams_out");
+    assert!((1..=3).contains(&sent), "{sent} datagrams for a miss");
+    assert!(
+        micros < 50_000,
+        "a miss without a QUERY waits no budget ({micros} µs, {wall:?})"
+    );
+    eprintln!("miss without a query decided in {micros} µs");
+
+    // and the peers that publish digests still find what the holder has
+    assert_eq!(h4.lookup("held-1-1-any.pkg.tar.zst", Some(100)).2, ["h2"]);
+    drop(h2);
 }

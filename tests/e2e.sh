@@ -545,6 +545,7 @@ wait_for "$EXPIRE_WAIT" peers_are 4 "host3" || ko "host 4 does not see host 3 ag
 BADP=$FIXTURE_CORRUPT_PKG
 scenario 4 "host 3 holds a corrupt $BADP (right name, right size): host 4 never receives it"
 cp "$FIXTURE_DIR/corrupt/$FIXTURE_CORRUPT_FILE" "$FIXTURE_DIR/corrupt/$FIXTURE_CORRUPT_FILE.sig" "$W/h3/cache/"
+sleep 3   # host 3's cache digest follows its cache dir within a rescan (2 s): host 4 then asks it
 [[ $(stat -c %s "$W/h3/cache/$FIXTURE_CORRUPT_FILE") == "${SIZE[$BADP]}" ]] || echo "    (corrupt copy has another size?)"
 m=$(mark)
 pm 4 -S "$BADP"

@@ -658,19 +658,18 @@ fn a_stalling_peer_costs_one_wait_not_one_per_file() {
             assert!(g.took < Duration::from_secs(60), "{mode}");
             took.push(g.took.as_secs_f64());
         }
-        let asked = lan.peers[i]
-            .http
-            .events()
-            .iter()
+        let paths: Vec<Option<String>> = (lan.peers[i].http.events().iter())
             .filter(|e| e.ev() == "req")
-            .count();
+            .map(|e| e.str("path"))
+            .collect();
+        let asked = paths.len();
         eprintln!(
             "FAULT stalling peer {mode}: seconds per file {took:.2?}, peer asked {asked} times, sanctions {:?}",
             sanctions(&lan)
         );
         assert_eq!(
             asked, 1,
-            "{mode}: the staller was asked again for later files"
+            "{mode}: the staller was asked again for later files: {paths:?}"
         );
     }
 }

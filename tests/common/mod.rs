@@ -131,6 +131,8 @@ pub struct DaemonOpts<'a> {
     pub db_path: Option<&'a Path>,
     pub extra: Vec<String>,
     pub name: &'a str,
+    /// Extra environment (e.g. FLOCON_NO_DIGEST=1).
+    pub env: Vec<(String, String)>,
 }
 
 impl<'a> DaemonOpts<'a> {
@@ -144,6 +146,7 @@ impl<'a> DaemonOpts<'a> {
             db_path: None,
             extra: vec![],
             name: "t",
+            env: vec![],
         }
     }
 }
@@ -189,6 +192,7 @@ impl Daemon {
             "--debug",
         ]);
         cmd.args(&o.extra);
+        cmd.envs(o.env.iter().map(|(k, v)| (k, v)));
         cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().expect("start flocon");
