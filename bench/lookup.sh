@@ -7,7 +7,7 @@
 # each other; the last peer holds one package in its cache.
 #   - digest: as shipped. The asker waits until it holds every peer's digest; a lookup then
 #     asks only the peers whose digest may hold the file, and a miss sends one INTENT to the
-#     group and decides after digest.rs MISS_WAIT.
+#     group and decides after the miss wait (digest.rs MISS_WAIT, or more while answers come late).
 #   - fanout: every daemon with FLOCON_NO_DIGEST=1: no digest published, one QUERY per peer
 #     (flocon before digests; also what a LAN of daemons without digests gets).
 # Then, on one keep-alive connection to the asker's front, BENCH_LOOKUPS lookups (after a

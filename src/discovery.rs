@@ -1351,9 +1351,11 @@ impl Discovery {
         };
         // the peers that publish digests hear that we look for it (docs/PROTOCOL.md §14.4)
         if intent {
-            // not stretched with late answers: what it waits for is the INTENTs of others
-            // reaching our sockets (the kernel's work), read before deciding
-            lookup.set_not_before(now + digest::MISS_WAIT);
+            // what it waits for: other hosts' INTENTs reaching our sockets, and the answers
+            // of hosts that hold the file outside their digest; those take as long as any
+            // answer, so the wait follows the answer delays seen (at least MISS_WAIT)
+            let wait = self.answer_delay.miss_wait(digest::MISS_WAIT, budget);
+            lookup.set_not_before(now + wait);
             self.multicast(&Message::Intent(query.clone()));
             self.stats.intents_sent += 1;
         }

@@ -92,6 +92,15 @@ impl AnswerDelay {
     pub(crate) fn budget(&self, configured: Duration) -> Duration {
         configured.max((self.mark * 2).min(MAX_LOOKUP_STRETCH))
     }
+
+    /// How long a lookup that found nobody waits after its INTENT for what it may draw (a
+    /// file not yet in a digest, a copy on its way, another host's lookup of the file):
+    /// `floor` while peers answer well within it (a wired LAN), else twice the mark (Wi-Fi,
+    /// a loaded peer), at most `cap`, the lookup's budget. A fixed wait lost those answers
+    /// whenever they took longer than it, and the file went upstream.
+    pub(crate) fn miss_wait(&self, floor: Duration, cap: Duration) -> Duration {
+        floor.max((self.mark * 2).min(cap))
+    }
 }
 
 /// Delay until the next periodic announcement, uniform in interval ± jitter; `random` is any
@@ -1777,6 +1786,36 @@ mod tests {
         // a remembered one does, however late
         d.answered(79, t0 + ms(9000));
         assert_eq!(d.budget(LOOKUP_BUDGET), MAX_LOOKUP_STRETCH);
+    }
+
+    #[test]
+    fn a_miss_waits_the_floor_on_a_fast_lan_and_longer_while_answers_come_late() {
+        let us = Duration::from_micros;
+        let ms = Duration::from_millis;
+        let mut d = AnswerDelay::default();
+        assert_eq!(
+            d.miss_wait(us(500), ms(50)),
+            us(500),
+            "nothing seen yet: the floor"
+        );
+        d.observe(us(150));
+        assert_eq!(
+            d.miss_wait(us(500), ms(50)),
+            us(500),
+            "a wired LAN: the floor"
+        );
+        // a peer on Wi-Fi or a loaded one answered in 4 ms: its answer to an INTENT comes
+        // as late, and the miss waits for it
+        d.observe(ms(4));
+        assert_eq!(d.miss_wait(us(500), ms(50)), ms(8));
+        // never past the lookup's budget
+        d.observe(ms(300));
+        assert_eq!(d.miss_wait(us(500), ms(50)), ms(50));
+        // and back down as answers come fast again
+        for _ in 0..200 {
+            d.observe(us(100));
+        }
+        assert_eq!(d.miss_wait(us(500), ms(50)), us(500));
     }
 
     #[test]
