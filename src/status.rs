@@ -30,6 +30,9 @@ pub(crate) struct PeerRow {
     pub archs: Vec<String>,
     pub version: u8,
     pub last_seen_ms: u128,
+    /// The version of its digest we hold and may use (0: none, or an older one than it
+    /// announced): a file it published is found once this reaches that version.
+    pub digest: u32,
 }
 
 pub(crate) struct CopyRow {
@@ -116,6 +119,10 @@ impl Snapshot {
             archs: p.archs.clone(),
             version: p.version,
             last_seen_ms: now.duration_since(p.last_seen).as_millis(),
+            digest: match &p.digest {
+                crate::digest::PeerDigest::Fresh(d) => d.version(),
+                _ => 0,
+            },
         });
         let transfers = front.copies(now).into_iter().map(|c| CopyRow {
             file: c.file,
@@ -288,7 +295,7 @@ impl Snapshot {
             .iter()
             .map(|p| {
                 format!(
-                    "{{\"instance\":\"{:016x}\",\"name\":{},\"addr\":{},\"tcp_port\":{},\"distro\":{},\"archs\":[{}],\"version\":{},\"last_seen_ms\":{}}}",
+                    "{{\"instance\":\"{:016x}\",\"name\":{},\"addr\":{},\"tcp_port\":{},\"distro\":{},\"archs\":[{}],\"version\":{},\"last_seen_ms\":{},\"digest\":{}}}",
                     p.instance,
                     json_str(&p.name),
                     json_str(&p.addr),
@@ -296,7 +303,8 @@ impl Snapshot {
                     json_str(&p.distro),
                     list(&p.archs),
                     p.version,
-                    p.last_seen_ms
+                    p.last_seen_ms,
+                    p.digest
                 )
             })
             .collect();
@@ -475,6 +483,7 @@ mod tests {
                 archs: vec!["any".into(), "x86_64".into()],
                 version: 1,
                 last_seen_ms: 1500,
+                digest: 3,
             }],
             transfers: vec![CopyRow {
                 file: "x.pkg.tar.zst".into(),

@@ -117,6 +117,8 @@ impl Drop for TempDir {
 /// A running daemon; killed on drop. Its stderr goes to `log`.
 pub struct Daemon {
     pub child: Option<Child>,
+    /// Its `--name`: how its peers list it.
+    pub name: String,
     pub log: PathBuf,
     pub front: SocketAddr,
     pub peer: SocketAddr,
@@ -198,6 +200,7 @@ impl Daemon {
         let child = cmd.spawn().expect("start flocon");
         let d = Daemon {
             child: Some(child),
+            name: o.name.to_string(),
             log,
             front,
             peer: format!("{}:19432", o.peer_ip).parse().unwrap(),
@@ -222,6 +225,45 @@ impl Daemon {
             .skip(1)
             .filter_map(|s| s.split('"').next().map(str::to_string))
             .collect()
+    }
+
+    /// The version of the cache digest this daemon publishes (0: none yet, or digests off).
+    pub fn digest_version(&self) -> u32 {
+        let json = self.status_json();
+        json_u32(json.split("\"digest\":{").nth(1).unwrap_or(""), "version")
+    }
+
+    /// The version of `peer`'s digest this daemon holds and uses (0: none).
+    pub fn held_digest(&self, peer: &str) -> u32 {
+        let json = self.status_json();
+        let peers = json.split("\"peers\":[").nth(1).unwrap_or("");
+        let peers = peers.split("],\"transfers\"").next().unwrap_or("");
+        peers
+            .split("{\"instance\"")
+            .find(|p| p.contains(&format!("\"name\":\"{peer}\"")))
+            .map_or(0, |p| json_u32(p, "digest"))
+    }
+
+    /// Waits until this daemon publishes a digest newer than `since` (its `digest_version`
+    /// before a file was put in its cache behind flocon's back) and every one of `askers`
+    /// holds it. Until then such a file is found only if this daemon answers the asker's
+    /// INTENT within its miss wait (docs/PROTOCOL.md §14.5): the tests that need the file
+    /// found wait for what the protocol promises instead. No-op with digests off.
+    pub fn wait_published(&self, since: u32, askers: &[&Daemon]) {
+        if self.status_json().contains("\"digest\":{\"on\":false") {
+            return;
+        }
+        let mut v = 0;
+        let ok = wait_until(Duration::from_secs(45), || {
+            v = self.digest_version();
+            v > since && askers.iter().all(|a| a.held_digest(&self.name) >= v)
+        });
+        assert!(
+            ok,
+            "{}'s digest v{v} (after v{since}) not published to {:?} within 45 s",
+            self.name,
+            askers.iter().map(|a| &a.name).collect::<Vec<_>>()
+        );
     }
 
     /// This daemon's instance id (hex) from its status.
@@ -421,6 +463,19 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+/// The unsigned number after `"key":` in `json` (0 if absent).
+pub fn json_u32(json: &str, key: &str) -> u32 {
+    json.split(&format!("\"{key}\":"))
+        .nth(1)
+        .map(|s| {
+            s.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
