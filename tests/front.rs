@@ -113,6 +113,17 @@ fn lan_full(
 }
 
 impl Lan {
+    /// Puts `bytes` in A's cache behind flocon's back, then waits until B holds A's digest
+    /// listing it: a file that reaches a cache outside flocon is offered to the LAN by the
+    /// holder's next digest (docs/PROTOCOL.md §14.5); before that B finds it only if A
+    /// answers B's INTENT within the miss wait, which a loaded machine does not promise.
+    fn put_in_a(&self, file: &str, bytes: &[u8]) {
+        let a = self.a.as_ref().expect("A runs");
+        let since = a.digest_version();
+        std::fs::write(self.t.join("a/cache").join(file), bytes).unwrap();
+        a.wait_published(since, &[&self.b]);
+    }
+
     fn get(&self, file: &str, headers: &[(&str, &str)]) -> (Resp, Vec<u8>) {
         get(self.b.front, &format!("{REPO}/{file}"), headers)
     }
@@ -251,7 +262,7 @@ fn a_corrupt_copy_is_never_handed_out_and_its_peer_is_banned() {
     let mut bad = p.bytes.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0xff;
-    std::fs::write(lan.t.join("a/cache").join(&p.file), &bad).unwrap();
+    lan.put_in_a(&p.file, &bad);
     let (r, body) = lan.get(&p.file, &[]);
     assert_eq!(r.status, 200);
     assert!(body == p.bytes, "the corrupt copy reached the client");
@@ -290,11 +301,7 @@ fn a_corrupt_copy_is_never_handed_out_and_its_peer_is_banned() {
     );
     // a different build (same name, other size) is not even fetched
     let q = &lan.pkgs[3];
-    std::fs::write(
-        lan.t.join("a/cache").join(&q.file),
-        pattern(q.bytes.len() + 7, 5),
-    )
-    .unwrap();
+    lan.put_in_a(&q.file, &pattern(q.bytes.len() + 7, 5));
     let (r, body) = lan.get(&q.file, &[]);
     assert_eq!(r.status, 200);
     assert!(body == q.bytes);
@@ -413,7 +420,7 @@ fn a_package_asked_right_after_the_db_is_replaced_still_comes_from_the_lan() {
     let lan = lan("newdb", &[0], false, &[]);
     // a new package enters the repo (repo-add updates the db); A has it in its cache
     let new = make_repo(lan.t.path(), &[("fresh", 2_000_000, "any")]).remove(0);
-    std::fs::write(lan.t.join("a/cache").join(&new.file), &new.bytes).unwrap();
+    lan.put_in_a(&new.file, &new.bytes);
     // pacman -Sy renames the new db into place, then asks for the package at once
     let tmp = lan.t.join("b/db/sync/flocontest.db.part");
     std::fs::copy(lan.t.join("repo/flocontest.db.tar.gz"), &tmp).unwrap();
@@ -482,7 +489,7 @@ fn a_peer_whose_db_names_another_build_of_the_same_size_is_skipped_not_banned() 
     assert!(good != other);
     std::fs::copy(&our_db, lan.t.join("b/db/sync/flocontest.db")).unwrap();
     std::fs::copy(&their_db, lan.t.join("a/db/sync/flocontest.db")).unwrap();
-    std::fs::write(lan.t.join("a/cache").join(&file), &other).unwrap();
+    lan.put_in_a(&file, &other);
     std::fs::copy(ours.join(&file), lan.t.join("repo").join(&file)).unwrap();
     for d in [&lan.b, lan.a.as_ref().unwrap()] {
         assert!(wait_until(Duration::from_secs(5), || d

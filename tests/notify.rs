@@ -55,6 +55,7 @@ fn start(t: &TempDir, notify: &str, journal: bool) -> Daemon {
     }
     Daemon {
         child: Some(cmd.spawn().expect("start flocon")),
+        name: "a".into(),
         log,
         front: "127.0.0.1:19433".parse().unwrap(),
         peer: "127.0.0.1:19432".parse().unwrap(),
