@@ -10,10 +10,9 @@
 use crate::config::Config;
 use crate::conns::{self, Admit, Closed, Conns};
 use crate::dbload::DbLoader;
-use crate::digest;
 use crate::discovery::{self, Discovery, DiscoveryEvent};
-use crate::env::{DigestFetch, Loop, MAX_DIGEST_FETCHES, Slot, Timer, check_dbs};
-use crate::eventloop::{Ready, Slots, Timers};
+use crate::env::{Loop, Slot, Timer, check_dbs};
+use crate::eventloop::{PreciseWake, Ready, Slots, Timers};
 use crate::fetch;
 use crate::front::{self, Front};
 use crate::front_loop;
@@ -69,9 +68,7 @@ pub struct Daemon {
     now: Instant,
     started: Instant,
     signals: OwnedFd,
-    /// epoll's timeout counts whole milliseconds (mio rounds up): a deadline closer than that
-    /// (a lookup's INTENT wait, digest.rs MISS_WAIT) arms this timerfd instead.
-    precise: OwnedFd,
+    precise: PreciseWake,
     _waker: Arc<Waker>,
     listeners: Listeners,
     /// Where the front listens: an upstream there would be flocon calling itself.
@@ -117,11 +114,7 @@ impl Daemon {
         (poll.registry())
             .register(&mut SourceFd(&fd), SIGNAL, Interest::READABLE)
             .map_err(err("epoll"))?;
-        let precise = sys::timerfd().map_err(err("timerfd"))?;
-        let fd = precise.as_raw_fd();
-        (poll.registry())
-            .register(&mut SourceFd(&fd), PRECISE, Interest::READABLE)
-            .map_err(err("epoll"))?;
+        let precise = PreciseWake::new(poll.registry(), PRECISE).map_err(err("timerfd"))?;
         // (a cache dir that cannot be listed is among cfg.warnings, which identity() logs)
         let cache = CacheDirs::new(&cfg.cache_dirs);
         let identity = rescan::identity(&cfg).map_err(StartError)?;
@@ -187,18 +180,12 @@ impl Daemon {
                     return 0;
                 }
             }
-            let mut timeout = if self.ready.is_empty() {
-                self.timers.poll_timeout(self.now)
+            let timeout = if self.ready.is_empty() {
+                self.precise
+                    .poll_timeout(self.timers.poll_timeout(self.now))
             } else {
                 Duration::ZERO
             };
-            if !timeout.is_zero()
-                && timeout < Duration::from_millis(1)
-                && sys::timerfd_arm(&self.precise, timeout).is_ok()
-            {
-                // the timerfd wakes us on time; epoll's own timeout is a whole millisecond
-                timeout = Duration::from_millis(1);
-            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -222,6 +209,7 @@ impl Daemon {
         let env = Loop {
             now: self.now,
             cfg: &self.cfg,
+            cache: &self.cache,
             registry: self.poll.registry(),
             slots: &mut self.slots,
             timers: &mut self.timers,
@@ -244,17 +232,19 @@ impl Daemon {
         }
         match token {
             SIGNAL => self.on_signals(),
-            WAKER => self.on_wake(),
-            PRECISE => sys::timerfd_drain(&self.precise),
+            WAKER => {
+                let (front, mut env) = self.parts();
+                front_loop::on_wake(front, &mut env);
+            }
+            PRECISE => self.precise.drain(),
             Token(t) if t < crate::eventloop::FIXED_TOKENS => self.on_datagrams(token),
             t => self.ready.schedule(t),
         }
     }
 
     /// Due timers, in order. A lookup is decided only after the datagrams waiting in the
-    /// sockets are read: its answers may have arrived while the loop was busy. (Answers to
-    /// lookups come to the query sockets their QUERYs left from, or to the unicast ones
-    /// when a family has no query socket.)
+    /// sockets are read: its answers, or other hosts' INTENTs for the same file, may have
+    /// arrived while the loop was busy.
     fn run_timers(&mut self) {
         let mut read = false;
         for _ in 0..TIMERS_PER_PASS {
@@ -263,11 +253,7 @@ impl Daemon {
             };
             if matches!(t, Timer::Lookup(_)) && !read {
                 read = true;
-                for t in discovery::ANSWER_SOCKETS {
-                    self.on_datagrams(t);
-                }
-                // INTENTs of other hosts looking for the same file (docs/PROTOCOL.md §14.4)
-                for t in self.discovery.membership_tokens() {
+                for t in self.discovery.read_before_deciding() {
                     self.on_datagrams(t);
                 }
             }
@@ -289,66 +275,8 @@ impl Daemon {
     }
 
     fn on_datagrams(&mut self, token: Token) {
-        let mut events = Vec::new();
-        self.discovery.uploads = conns::uploads_in_flight(&self.slots);
-        let me = self.discovery.instance();
-        let (cache, index, front, now) = (&self.cache, &self.index, &mut self.front, self.now);
-        // not in the cache: a copy here, verified or on its way (front.rs)
-        let mut has_file = |name: &str, asker: u64| match conns::offer(cache, index, name) {
-            Some((size, sha)) => Some((size, sha, None)),
-            None => front.in_flight(name, now, (asker < me).then_some(asker)),
-        };
-        self.discovery
-            .on_readable(token, self.now, &mut has_file, &mut events);
-        self.on_discovery_events(events);
-        if self.discovery.wants_digests() {
-            self.fetch_digests();
-        }
-    }
-
-    /// Our digest, rebuilt when a cache dir changed (at most once per DIGEST_GAP).
-    fn publish_digest(&mut self) {
-        if !self.discovery.digests || self.stopping.is_some() {
-            return;
-        }
-        let stamp = digest::cache_stamp(&self.cfg.cache_dirs);
-        if self.discovery.published.is_due(&stamp, self.now) {
-            let names = digest::cache_names(&self.cfg.cache_dirs);
-            self.discovery.publish(&names, stamp, self.now);
-        }
-    }
-
-    /// Starts fetches of the peers' digests we lack, MAX_DIGEST_FETCHES at once.
-    fn fetch_digests(&mut self) {
-        let busy: Vec<u64> = (self.slots.values())
-            .filter_map(|s| match s {
-                Slot::Digest(d) => Some(d.instance),
-                _ => None,
-            })
-            .collect();
-        let room = MAX_DIGEST_FETCHES.saturating_sub(busy.len());
-        for (instance, addr, version) in self.discovery.digests_to_fetch(&busy, room, self.now) {
-            let auth = self.discovery.auth_header("GET", crate::env::DIGEST_PATH);
-            let f = match DigestFetch::start(instance, addr, auth.into_iter().collect(), self.now) {
-                Ok(f) => f,
-                Err(e) => {
-                    debug!("digest v{version} from {addr}: {e}");
-                    continue;
-                }
-            };
-            let Some(tok) = self.slots.insert_with(|_| Slot::Digest(Box::new(f))) else {
-                return;
-            };
-            let rw = Interest::READABLE | Interest::WRITABLE;
-            if let Some(Slot::Digest(d)) = self.slots.get_mut(tok)
-                && let Err(e) = self.poll.registry().register(&mut d.fetch.stream, tok, rw)
-            {
-                debug!("digest from {addr}: {e}");
-                self.slots.remove(tok);
-                continue;
-            }
-            self.ready.schedule(tok);
-        }
+        let (front, mut env) = self.parts();
+        front_loop::on_datagrams(front, &mut env, token);
     }
 
     fn on_discovery_events(&mut self, events: Vec<DiscoveryEvent>) {
@@ -356,24 +284,12 @@ impl Daemon {
         front_loop::on_discovery_events(front, &mut env, events);
     }
 
-    fn on_wake(&mut self) {
-        let (front, mut env) = self.parts();
-        front_loop::on_wake(front, &mut env);
-    }
-
     fn on_timer(&mut self, t: Timer) {
         match t {
             Timer::Sweep => {
                 self.sweep();
-                let status = (self.front.metrics).systemd_status(self.discovery.peers.len());
-                self.notifier.status(&status, self.now);
-                (self.front.metrics).save_when_due(&self.cfg.state_dir, self.now);
-                let mut events = Vec::new();
-                self.discovery.expire(self.now, &mut events);
-                self.on_discovery_events(events);
                 self.timers.always(self.now + SWEEP_INTERVAL, Timer::Sweep);
             }
-            Timer::StopDeadline => {}
             Timer::Rescan => {
                 if self.stopping.is_none() && self.discovery.rescan(self.poll.registry(), self.now)
                 {
@@ -383,12 +299,9 @@ impl Daemon {
                     rescan::warn_if_no_multicast(&self.cfg, &self.discovery);
                 }
                 self.check_joined |= rescan::follow_pacman_conf(&mut self.cfg, &mut self.cache);
-                let (d, r) = (&mut self.discovery, &mut self.resolver);
-                rescan::check(&self.cfg, &mut self.index, &mut self.dbload, d, r, self.now);
-                self.publish_digest();
-                self.fetch_digests();
-                let at = self.now + discovery::RESCAN_INTERVAL;
-                self.timers.always(at, Timer::Rescan);
+                rescan::check(self.stopping.is_none(), &mut self.parts().1);
+                self.timers
+                    .always(self.now + discovery::RESCAN_INTERVAL, Timer::Rescan);
             }
             Timer::Announce if self.stopping.is_none() => {
                 self.discovery.uploads = conns::uploads_in_flight(&self.slots);
@@ -396,25 +309,22 @@ impl Daemon {
                     self.timers.always(at, Timer::Announce);
                 }
             }
-            Timer::Announce => {}
+            Timer::Announce | Timer::StopDeadline => {}
             Timer::Accept => self.resume_accepting(),
             Timer::Lookup(id) => {
-                let mut events = Vec::new();
-                self.discovery.lookup_deadline(id, self.now, &mut events);
-                self.on_discovery_events(events);
+                let (front, mut env) = self.parts();
+                front_loop::on_lookup_deadline(front, &mut env, id);
             }
             Timer::Front(d) => {
                 let (front, mut env) = self.parts();
-                front.on_deadline(&mut env, d);
-                self.on_discovery_events(Vec::new());
+                front_loop::on_deadline(front, &mut env, d);
             }
         }
     }
 
     /// A new membership or a new peer: announce within a fraction of a second.
     fn announce_soon(&mut self) {
-        self.discovery.hurry_announce(self.now);
-        if let Some(at) = self.discovery.wake_at() {
+        if let Some(at) = self.discovery.hurry_announce(self.now) {
             self.timers.always(at, Timer::Announce);
         }
     }
@@ -475,7 +385,12 @@ impl Daemon {
         }
     }
 
+    /// Once a second: timed-out connections closed, silent peers dropped, systemd's status
+    /// and the saved counters kept current.
     fn sweep(&mut self) {
+        let status = (self.front.metrics).systemd_status(self.discovery.peers.len());
+        self.notifier.status(&status, self.now);
+        (self.front.metrics).save_when_due(&self.cfg.state_dir, self.now);
         for t in self.slots.tokens() {
             let Some(why) = conns::timed_out(&self.slots, t, self.now) else {
                 continue;
@@ -488,7 +403,9 @@ impl Daemon {
             }
             self.close(t);
         }
-        self.on_discovery_events(Vec::new());
+        let mut events = Vec::new();
+        self.discovery.expire(self.now, &mut events);
+        self.on_discovery_events(events);
     }
 
     /// Accepts the pending connections on one listener (edge-triggered: until WouldBlock, or
@@ -576,16 +493,10 @@ impl Daemon {
                 self.on_discovery_events(Vec::new());
                 return;
             }
-            Some(Slot::Digest(d)) => {
-                let instance = d.instance;
-                match d.drive(now) {
-                    Some(body) => {
-                        self.discovery.digest_fetched(instance, body.as_deref());
-                        self.close(t);
-                        self.fetch_digests();
-                    }
-                    None if d.fetch.wants_drive() => self.ready.schedule(t),
-                    None => {}
+            Some(Slot::Digest(_)) => {
+                if self.parts().1.drive_digest(t) {
+                    self.close(t);
+                    self.on_discovery_events(Vec::new());
                 }
                 return;
             }

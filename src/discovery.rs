@@ -29,7 +29,7 @@ pub(crate) const QUERY_V4: Token = Token(34);
 pub(crate) const QUERY_V6: Token = Token(35);
 /// Where answers to lookups arrive (the query sockets; the unicast ones when a family has
 /// none): read before a lookup's deadline decides it.
-pub(crate) const ANSWER_SOCKETS: [Token; 4] = [QUERY_V4, QUERY_V6, UNICAST_V4, UNICAST_V6];
+const ANSWER_SOCKETS: [Token; 4] = [QUERY_V4, QUERY_V6, UNICAST_V4, UNICAST_V6];
 /// Checks (peers.rs `Checks`) leave from these and their ANSWERs arrive here.
 pub(crate) const CHECK_V4: Token = Token(36);
 pub(crate) const CHECK_V6: Token = Token(37);
@@ -757,9 +757,11 @@ impl Discovery {
 
     /// Someone new should hear from us soon (by multicast: never a unicast reply to an
     /// announcement, which a spoofed source could turn into amplification).
-    pub(crate) fn hurry_announce(&mut self, now: Instant) {
+    /// Returns when the announce timer should fire next (`wake_at`).
+    pub(crate) fn hurry_announce(&mut self, now: Instant) -> Option<Instant> {
         let r = self.rng.next();
         self.announce_timer.hurry(now, r);
+        self.wake_at()
     }
 
     /// Says goodbye and stops answering queries: peers that check whether we really left
@@ -1378,9 +1380,12 @@ impl Discovery {
         self.lookups.get(&id).and_then(Lookup::not_before)
     }
 
-    /// The membership sockets: INTENTs arrive there (read before a lookup is decided).
-    pub(crate) fn membership_tokens(&self) -> Vec<Token> {
-        self.memberships.iter().map(|m| m.token).collect()
+    /// The sockets a lookup's decision reads first: answers to QUERYs come to the query
+    /// sockets they left from (or the unicast ones when a family has none), other hosts'
+    /// INTENTs to the membership sockets (docs/PROTOCOL.md §14.4).
+    pub(crate) fn read_before_deciding(&self) -> Vec<Token> {
+        let memberships = self.memberships.iter().map(|m| m.token);
+        ANSWER_SOCKETS.into_iter().chain(memberships).collect()
     }
 
     /// Rebuilds our digest from `names` if it is due (digest.rs `Published`); a new version

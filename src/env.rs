@@ -1,6 +1,7 @@
 //! The loop as the front sees it: what a slot holds (`Slot`), what a timer means (`Timer`),
 //! and `Loop`, the daemon's sockets, timers, discovery, index and resolver borrowed for one
-//! call into the front, implementing `front::Env`.
+//! call into the front, implementing `front::Env`. The cache digests' loop work goes through
+//! the same view: ours rebuilt at rescans, the peers' fetched (`DigestFetch` slots).
 
 use crate::config::Config;
 use crate::conn::{self, Conn};
@@ -11,6 +12,7 @@ use crate::fetch::{self, Fetch};
 use crate::front::{Deadline, Env, Reply};
 use crate::policy::Strikes;
 use crate::resolver::Resolver;
+use crate::server::CacheDirs;
 use crate::stager::{StageHandle, Stager};
 use crate::syncdb::{PkgInfo, SyncIndex};
 use mio::net::TcpStream;
@@ -115,6 +117,8 @@ pub(crate) fn check_dbs(cfg: &Config, index: &mut SyncIndex, dbload: &mut DbLoad
 pub(crate) struct Loop<'a> {
     pub(crate) now: Instant,
     pub(crate) cfg: &'a Config,
+    /// The cache dirs: what we offer peers.
+    pub(crate) cache: &'a CacheDirs,
     pub(crate) registry: &'a Registry,
     pub(crate) slots: &'a mut Slots<Slot>,
     pub(crate) timers: &'a mut Timers<Timer>,
@@ -127,6 +131,74 @@ pub(crate) struct Loop<'a> {
     pub(crate) decided: &'a mut Vec<DiscoveryEvent>,
     pub(crate) strikes: &'a mut Strikes<IpAddr>,
     pub(crate) front_addrs: &'a [SocketAddr],
+}
+
+/// The cache digests (docs/PROTOCOL.md §14) in the loop.
+impl Loop<'_> {
+    /// Our digest, rebuilt when a cache dir changed (at most once per DIGEST_GAP).
+    pub(crate) fn publish_digest(&mut self) {
+        if !self.discovery.digests {
+            return;
+        }
+        let stamp = crate::digest::cache_stamp(&self.cfg.cache_dirs);
+        if self.discovery.published.is_due(&stamp, self.now) {
+            let names = crate::digest::cache_names(&self.cfg.cache_dirs);
+            self.discovery.publish(&names, stamp, self.now);
+        }
+    }
+
+    /// Starts fetches of the peers' digests we lack, MAX_DIGEST_FETCHES at once.
+    pub(crate) fn fetch_digests(&mut self) {
+        let busy: Vec<u64> = (self.slots.values())
+            .filter_map(|s| match s {
+                Slot::Digest(d) => Some(d.instance),
+                _ => None,
+            })
+            .collect();
+        let room = MAX_DIGEST_FETCHES.saturating_sub(busy.len());
+        for (instance, addr, version) in self.discovery.digests_to_fetch(&busy, room, self.now) {
+            let auth = self.discovery.auth_header("GET", DIGEST_PATH);
+            let f = match DigestFetch::start(instance, addr, auth.into_iter().collect(), self.now) {
+                Ok(f) => f,
+                Err(e) => {
+                    debug!("digest v{version} from {addr}: {e}");
+                    continue;
+                }
+            };
+            let Some(tok) = self.slots.insert_with(|_| Slot::Digest(Box::new(f))) else {
+                return;
+            };
+            let rw = Interest::READABLE | Interest::WRITABLE;
+            if let Some(Slot::Digest(d)) = self.slots.get_mut(tok)
+                && let Err(e) = self.registry.register(&mut d.fetch.stream, tok, rw)
+            {
+                debug!("digest from {addr}: {e}");
+                self.slots.remove(tok);
+                continue;
+            }
+            self.ready.schedule(tok);
+        }
+    }
+
+    /// One turn of the digest fetch in slot `t`. Returns whether it ended (what it brought,
+    /// if anything, is with discovery): the caller closes it and starts the next.
+    pub(crate) fn drive_digest(&mut self, t: Token) -> bool {
+        let Some(Slot::Digest(d)) = self.slots.get_mut(t) else {
+            return false;
+        };
+        match d.drive(self.now) {
+            Some(body) => {
+                self.discovery.digest_fetched(d.instance, body.as_deref());
+                true
+            }
+            None => {
+                if d.fetch.wants_drive() {
+                    self.ready.schedule(t);
+                }
+                false
+            }
+        }
+    }
 }
 
 impl Env for Loop<'_> {

@@ -1,10 +1,14 @@
 //! The parts of the single-threaded event loop that are not sockets: the slot table that maps
 //! mio tokens to connections (with generations, so an event for a closed and reused slot is
 //! recognised as stale), the ready queue of what has work this pass, and the timers that
-//! feed poll's timeout.
+//! feed poll's timeout (with a timerfd for the deadlines closer than a millisecond).
 
-use mio::Token;
+use crate::sys;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// Tokens below this are fixed (listeners, UDP sockets, signalfd, waker); slots start here.
@@ -237,6 +241,34 @@ impl<K> Timers<K> {
             Some(at) => at.saturating_duration_since(now).min(MAX_POLL_WAIT),
             None => MAX_POLL_WAIT,
         }
+    }
+}
+
+/// epoll's timeout counts whole milliseconds (mio rounds up): a deadline closer than that
+/// (a lookup's INTENT wait, digest.rs MISS_WAIT) is met by this timerfd, registered with the
+/// poll under its own token.
+pub(crate) struct PreciseWake(OwnedFd);
+
+impl PreciseWake {
+    pub(crate) fn new(registry: &Registry, token: Token) -> io::Result<PreciseWake> {
+        let fd = sys::timerfd()?;
+        (registry).register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
+        Ok(PreciseWake(fd))
+    }
+
+    /// What to give epoll for `timeout`: under a millisecond, the timerfd is armed for it
+    /// and wakes the loop on time, and epoll's own timeout is a whole millisecond.
+    pub(crate) fn poll_timeout(&self, timeout: Duration) -> Duration {
+        let ms = Duration::from_millis(1);
+        if !timeout.is_zero() && timeout < ms && sys::timerfd_arm(&self.0, timeout).is_ok() {
+            return ms;
+        }
+        timeout
+    }
+
+    /// The timerfd fired: its count is read so that the next expiry wakes the loop again.
+    pub(crate) fn drain(&self) {
+        sys::timerfd_drain(&self.0)
     }
 }
 

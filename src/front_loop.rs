@@ -1,14 +1,16 @@
 //! What the loop hands the front: a front connection's turn (pacman's request routed: the
 //! status pages, 421 for a Host that is not the loopback, 503 while stopping, else the front;
 //! room freed in a streaming answer lets its fetch read again), an outbound fetch's turn (it
-//! reads what its consumer has room for; its events go to the front), and discovery's events
-//! (lookups decided). The daemon calls these from its dispatch with the front and the loop's
-//! narrow view (env.rs).
+//! reads what its consumer has room for; its events go to the front), the datagrams discovery
+//! reads (a peer asking for a file is answered from the cache or a copy here), and
+//! discovery's events (lookups decided; then the peers' digests wanted are fetched). The daemon calls these from
+//! its dispatch with the front and the loop's narrow view (env.rs).
 
 use crate::conn;
+use crate::conns;
 use crate::discovery::{self, DiscoveryEvent};
 use crate::env::{Loop, Slot, Timer};
-use crate::front::{Env, Front, Reply};
+use crate::front::{Deadline, Env, Front, Reply};
 use crate::guard;
 use crate::http::Request;
 use crate::rescan;
@@ -111,6 +113,34 @@ pub(crate) fn on_wake(front: &mut Front, env: &mut Loop) {
 
 /// Discovery's events, and the lookups decided outside them (nobody to ask), until none is
 /// left: a decided lookup's request may start another.
+/// Discovery reads the datagrams waiting on `token`. A peer's QUERY or INTENT for a file is
+/// answered from the cache dirs, else from a copy here, verified or on its way (front.rs).
+pub(crate) fn on_datagrams(front: &mut Front, env: &mut Loop, token: Token) {
+    let mut events = Vec::new();
+    env.discovery.uploads = conns::uploads_in_flight(env.slots);
+    let (me, cache, index, now) = (env.discovery.instance(), env.cache, &*env.index, env.now);
+    let mut has_file = |name: &str, asker: u64| match conns::offer(cache, index, name) {
+        Some((size, sha)) => Some((size, sha, None)),
+        None => front.in_flight(name, now, (asker < me).then_some(asker)),
+    };
+    env.discovery
+        .on_readable(token, now, &mut has_file, &mut events);
+    on_discovery_events(front, env, events);
+}
+
+/// A deadline of the front's (front.rs `Deadline`).
+pub(crate) fn on_deadline(front: &mut Front, env: &mut Loop, d: Deadline) {
+    front.on_deadline(env, d);
+    on_discovery_events(front, env, Vec::new());
+}
+
+/// A lookup's deadline (or the end of its INTENT's wait): it may be decided now.
+pub(crate) fn on_lookup_deadline(front: &mut Front, env: &mut Loop, id: u32) {
+    let mut events = Vec::new();
+    env.discovery.lookup_deadline(id, env.now, &mut events);
+    on_discovery_events(front, env, events);
+}
+
 pub(crate) fn on_discovery_events(
     front: &mut Front,
     env: &mut Loop,
@@ -119,6 +149,10 @@ pub(crate) fn on_discovery_events(
     loop {
         events.append(env.decided);
         if events.is_empty() {
+            // peers announced digests we lack, or a fetch ended with more waiting
+            if env.discovery.wants_digests() {
+                env.fetch_digests();
+            }
             return;
         }
         for ev in events.drain(..) {

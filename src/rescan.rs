@@ -2,19 +2,17 @@
 //! SIGHUP and waker to call: pacman.conf and the files it includes followed, the
 //! configuration re-read and applied (except the settings bound to sockets and identity,
 //! which wait for a restart), the sync dbs checked and the loaded ones installed in the
-//! index, static peers' names resolved again, and the warning when no multicast group is
-//! joined. It owns no state: the daemon passes what each step changes.
+//! index, static peers' names resolved again, our cache digest rebuilt and the peers'
+//! fetched, and the warning when no multicast group is joined. It owns no state: the daemon passes what each step changes.
 
 use crate::auth::Keys;
 use crate::config::Config;
 use crate::dbload::DbLoader;
 use crate::discovery::{self, Discovery, Identity};
-use crate::env::check_dbs;
-use crate::resolver::Resolver;
+use crate::env::{Loop, check_dbs};
 use crate::server::CacheDirs;
 use crate::syncdb::SyncIndex;
 use crate::transfer;
-use std::time::Instant;
 
 /// At start, what peers know this daemon by: the configuration, its announcement (built by
 /// the validating constructor: config.rs refused what it cannot carry already) and its group
@@ -40,19 +38,18 @@ pub(crate) fn identity(cfg: &Config) -> Result<Identity, String> {
 }
 
 /// The sync dbs whose file changed go to the helper thread; static peers whose name is due
-/// are resolved again.
-pub(crate) fn check(
-    cfg: &Config,
-    index: &mut SyncIndex,
-    dbload: &mut DbLoader,
-    discovery: &mut Discovery,
-    resolver: &mut Resolver,
-    now: Instant,
-) {
-    check_dbs(cfg, index, dbload);
-    for (i, host, port) in discovery.static_resolutions_due(now) {
-        resolver.resolve(discovery::static_resolve_id(i), host, port);
+/// are resolved again; our cache digest is rebuilt if the cache changed (not while
+/// stopping: `publish` false), and the peers' digests we lack are fetched.
+pub(crate) fn check(publish: bool, env: &mut Loop) {
+    check_dbs(env.cfg, env.index, env.dbload);
+    for (i, host, port) in env.discovery.static_resolutions_due(env.now) {
+        env.resolver
+            .resolve(discovery::static_resolve_id(i), host, port);
     }
+    if publish {
+        env.publish_digest();
+    }
+    env.fetch_digests();
 }
 
 /// Installs the sync dbs the helper thread loaded (a failed one keeps its previous index).
