@@ -207,9 +207,14 @@ fn hostile_datagrams_change_nothing_and_are_not_amplified() {
     assert!(protocol::decode(&buf[..n]).is_ok());
     // nothing changed: h2 is still a peer (the spoofed goodbye came from elsewhere)
     assert_eq!(h1.peer_names(), ["h2"]);
-    // and lookups still work: whoever is asked answers (h2's digest may spare it the QUERY)
-    let (asked, answered, have, _) = h1.lookup("nothing-1-1-any.pkg.tar.zst", None);
-    assert_eq!((asked, answered, have.len()), (answered, asked, 0));
+    // and lookups still work: a file h2 publishes is found there, and only there
+    let since = h2.digest_version();
+    std::fs::write(t.join("cache2/after-1-1-any.pkg.tar.zst"), pattern(100, 7)).unwrap();
+    h2.wait_published(since, &[&h1]);
+    let (asked, answered, have, _) = h1.lookup("after-1-1-any.pkg.tar.zst", Some(100));
+    assert_eq!((asked, answered, have), (1, 1, vec!["h2".to_string()]));
+    let (_, _, have, _) = h1.lookup("nothing-1-1-any.pkg.tar.zst", None);
+    assert!(have.is_empty());
 }
 
 /// A number in `json` at `"key":` (the first one).
