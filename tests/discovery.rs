@@ -210,7 +210,7 @@ fn hostile_datagrams_change_nothing_and_are_not_amplified() {
     // and lookups still work: a file h2 publishes is found there, and only there
     let since = h2.digest_version();
     std::fs::write(t.join("cache2/after-1-1-any.pkg.tar.zst"), pattern(100, 7)).unwrap();
-    h2.wait_published(since, &[&h1]);
+    h2.wait_published(since, "after-1-1-any.pkg.tar.zst", &[&h1]);
     let (asked, answered, have, _) = h1.lookup("after-1-1-any.pkg.tar.zst", Some(100));
     assert_eq!((asked, answered, have), (1, 1, vec!["h2".to_string()]));
     let (_, _, have, _) = h1.lookup("nothing-1-1-any.pkg.tar.zst", None);
@@ -283,7 +283,7 @@ fn digests_ask_only_who_may_hold_and_old_peers_are_still_asked() {
     // a file cached after start: found once its owner's new digest is fetched, by it
     let since = h4.digest_version();
     std::fs::write(t.join("cache4/late-1-1-any.pkg.tar.zst"), pattern(10, 4)).unwrap();
-    h4.wait_published(since, &[&h1]);
+    h4.wait_published(since, "late-1-1-any.pkg.tar.zst", &[&h1]);
     let (asked, _, have, _) = h1.lookup("late-1-1-any.pkg.tar.zst", None);
     assert_eq!(
         (asked, have),

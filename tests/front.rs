@@ -121,7 +121,7 @@ impl Lan {
         let a = self.a.as_ref().expect("A runs");
         let since = a.digest_version();
         std::fs::write(self.t.join("a/cache").join(file), bytes).unwrap();
-        a.wait_published(since, &[&self.b]);
+        a.wait_published(since, file, &[&self.b]);
     }
 
     fn get(&self, file: &str, headers: &[(&str, &str)]) -> (Resp, Vec<u8>) {

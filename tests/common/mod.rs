@@ -244,23 +244,46 @@ impl Daemon {
             .map_or(0, |p| json_u32(p, "digest"))
     }
 
+    /// The version of the digest this daemon serves at `/.flocon/digest` if that digest
+    /// may hold `file` (docs/PROTOCOL.md §14.2: k bits of SHA-256(file)), else None.
+    pub fn serves_digest_with(&self, file: &str) -> Option<u32> {
+        use sha2::{Digest as _, Sha256};
+        let (r, b) = get(self.peer, "/.flocon/digest", &[]);
+        if r.status != 200 || b.len() < 16 || &b[..5] != b"FLDG\x01" {
+            return None;
+        }
+        let (k, m) = (u64::from(b[5]), 1u64 << b[6]);
+        if b.len() as u64 != 16 + m / 8 {
+            return None;
+        }
+        let h = Sha256::digest(file.as_bytes());
+        let h1 = u64::from_be_bytes(h[0..8].try_into().unwrap());
+        let h2 = u64::from_be_bytes(h[8..16].try_into().unwrap()) | 1;
+        let holds = (0..k).all(|i| {
+            let p = h1.wrapping_add(i.wrapping_mul(h2)) & (m - 1);
+            b[16 + (p / 8) as usize] >> (p % 8) & 1 == 1
+        });
+        holds.then(|| u32::from_be_bytes(b[8..12].try_into().unwrap()))
+    }
+
     /// Waits until this daemon publishes a digest newer than `since` (its `digest_version`
-    /// before a file was put in its cache behind flocon's back) and every one of `askers`
-    /// holds it. Until then such a file is found only if this daemon answers the asker's
-    /// INTENT within its miss wait (docs/PROTOCOL.md §14.5): the tests that need the file
-    /// found wait for what the protocol promises instead. No-op with digests off.
-    pub fn wait_published(&self, since: u32, askers: &[&Daemon]) {
+    /// before `file` was put in its cache behind flocon's back) that holds `file`, and every
+    /// one of `askers` holds that digest. Until then such a file is found only if this
+    /// daemon answers the asker's INTENT within its miss wait (docs/PROTOCOL.md §14.5): the
+    /// tests that need the file found wait for what the protocol promises instead. No-op
+    /// with digests off.
+    pub fn wait_published(&self, since: u32, file: &str, askers: &[&Daemon]) {
         if self.status_json().contains("\"digest\":{\"on\":false") {
             return;
         }
-        let mut v = 0;
+        let mut v = None;
         let ok = wait_until(Duration::from_secs(45), || {
-            v = self.digest_version();
-            v > since && askers.iter().all(|a| a.held_digest(&self.name) >= v)
+            v = self.serves_digest_with(file).filter(|&v| v > since);
+            v.is_some_and(|v| askers.iter().all(|a| a.held_digest(&self.name) >= v))
         });
         assert!(
             ok,
-            "{}'s digest v{v} (after v{since}) not published to {:?} within 45 s",
+            "{}'s digest holding {file} (after v{since}: {v:?}) not held by {:?} within 45 s",
             self.name,
             askers.iter().map(|a| &a.name).collect::<Vec<_>>()
         );
