@@ -562,7 +562,9 @@ check_pm 4 "pacman -S $BADP"
 check "installed: the genuine $BADP" installed 4 "$BADP"
 h3=$(stq 4 '[p["instance"] for p in s["peers"] if p["name"] == "host3"][0]')
 bans=$(stq 4 '" | ".join("%s: %s" % (b["peer"], b["reason"]) for b in s["bans"])')
-check "host 3 (instance $h3) is banned on host 4 ($bans)" bash -c "[[ -n '$h3' && '$bans' == *'$h3'*'$FIXTURE_CORRUPT_FILE'* ]]"
+# (the values as arguments: a reason holds quotes, "the sync db's", and a '|')
+check "host 3 (instance $h3) is banned on host 4 ($bans)" \
+  bash -c '[[ -n $1 && $2 == *"$1"*"$3"* ]]' _ "$h3" "$bans" "$FIXTURE_CORRUPT_FILE"
 check "host 4 rejected the copy ($(stq 4 's["rejected_copies"]') rejected)" [ "$(stq 4 's["rejected_copies"]')" -ge 1 ]
 r=$(pkg_req_names "$m" "$(addr 4)")
 check "host 4 fell back to the mirror (served: $r)" [ -n "$r" ]
