@@ -359,7 +359,8 @@ installed() {
     "${IN_TREE[@]}" pacman --config "$W/h$i/pacman.conf" -Q "$n" >/dev/null 2>&1 || { bad+=" $n(not in local db)"; continue; }
     [[ $(cat "$r/VARIANT" 2>/dev/null) == "$n main" ]] || { bad+=" $n(VARIANT '$(cat "$r/VARIANT" 2>/dev/null)')"; continue; }
     [[ $(sha256sum < "$r/blob" | cut -d' ' -f1) == "${BLOB[$n]}" ]] || { bad+=" $n(blob differs)"; continue; }
-    [[ $(sha256sum < "$c" 2>/dev/null | cut -d' ' -f1) == "${SHA[$n]}" ]] || bad+=" $n(cached package differs)"
+    [[ $(sha256sum < "$c" 2>/dev/null | cut -d' ' -f1) == "${SHA[$n]}" ]] ||
+      bad+=" $n(cached package differs: $(stat -c '%s bytes' "$c" 2>/dev/null || echo missing), sha256 $(sha256sum < "$c" 2>/dev/null | cut -c1-16))"
   done
   [[ -z $bad ]] || { echo "    installed on host $i: bad:$bad"; return 1; }
 }
