@@ -105,6 +105,10 @@ for i in $(seq $N); do
   echo $! > "$W/h$i/pid"
 done
 st() { "$LAN" exec "$1" "$BIN" status --json 2>/dev/null; }
+# digest_version, wait_published: a file copied into a running daemon's cache is found by
+# its peers once they hold the digest that lists it
+# shellcheck source=tests/digest.sh
+source "$here/digest.sh"
 q() { st "$1" | python3 -c 'import json, sys; s = json.load(sys.stdin); print(eval(sys.argv[1]))' "$2" 2>/dev/null; }
 
 echo
@@ -147,8 +151,11 @@ get 3 "$BIG"
 
 echo
 echo "integrity: host3 now holds a TAMPERED $TOOL (same name, same size, one byte changed)"
+v3=$(digest_version 3)
 cp "$R/$TOOL" "$W/h3/cache/$TOOL"
 printf 'X' | dd of="$W/h3/cache/$TOOL" bs=1 seek=4096 conv=notrunc status=none
+# host1 asks host3 for it once host1 holds the digest of host3 that lists it
+wait_published 3 "$v3" "$TOOL" 1 || die "host1 does not hold a digest of host3 listing $TOOL"
 get 1 "$TOOL"
 printf '  host1 rejected %s bad copy; bans: %s\n' "$(q 1 's["rejected_copies"]')" \
   "$(q 1 '"; ".join("%s for %d s (%s)" % (([p["name"] for p in s["peers"] if p["instance"] in b["peer"]] or [b["peer"]])[0], b["seconds_left"], b["reason"]) for b in s["bans"]) or "none"')"

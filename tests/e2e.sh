@@ -298,6 +298,10 @@ stop() { # stop I [SIGNAL]
   kill "-${2:-TERM}" "$p" 2>/dev/null; wait "$p" 2>/dev/null; rm -f "$W/h$1/flocon.pid"
 }
 st() { "$LAN" exec "$1" "$BIN" status --json; }
+# digest_version, wait_published: a file copied into a running daemon's cache is found by
+# its peers once they hold the digest that lists it
+# shellcheck source=tests/digest.sh
+source "$here/digest.sh"
 # stq I PYEXPR: evaluate PYEXPR on host I's status (as `s`), print the result
 stq() { st "$1" 2>/dev/null | python3 -c 'import json, sys; s = json.load(sys.stdin); print(eval(sys.argv[1]))' "$2" 2>/dev/null; }
 peers() { stq "$1" '" ".join(sorted(p["name"] for p in s["peers"]))'; }
@@ -355,7 +359,8 @@ installed() {
     "${IN_TREE[@]}" pacman --config "$W/h$i/pacman.conf" -Q "$n" >/dev/null 2>&1 || { bad+=" $n(not in local db)"; continue; }
     [[ $(cat "$r/VARIANT" 2>/dev/null) == "$n main" ]] || { bad+=" $n(VARIANT '$(cat "$r/VARIANT" 2>/dev/null)')"; continue; }
     [[ $(sha256sum < "$r/blob" | cut -d' ' -f1) == "${BLOB[$n]}" ]] || { bad+=" $n(blob differs)"; continue; }
-    [[ $(sha256sum < "$c" 2>/dev/null | cut -d' ' -f1) == "${SHA[$n]}" ]] || bad+=" $n(cached package differs)"
+    [[ $(sha256sum < "$c" 2>/dev/null | cut -d' ' -f1) == "${SHA[$n]}" ]] ||
+      bad+=" $n(cached package differs: $(stat -c '%s bytes' "$c" 2>/dev/null || echo missing), sha256 $(sha256sum < "$c" 2>/dev/null | cut -c1-16))"
   done
   [[ -z $bad ]] || { echo "    installed on host $i: bad:$bad"; return 1; }
 }
@@ -514,6 +519,7 @@ start 1
 stop 1; stop 2
 SCEN=5
 ALT=$FIXTURE_ALT_PKG
+v3=$(digest_version 3)
 cp "$FIXTURE_DIR/alt/$FIXTURE_ALT_FILE" "$FIXTURE_DIR/alt/$FIXTURE_ALT_FILE.sig" "$W/h3/cache/"
 for i in 3 4; do sync "$i"; done
 # host 3 plays an Arch ARM host: its own sync db names its build of $ALT (repo-add replaces
@@ -524,6 +530,8 @@ repo-add -q "$W/arm.db.tar.gz" "$W/h3/cache/$FIXTURE_ALT_FILE" >/dev/null 2>&1
 cp "$W/arm.db.tar.gz" "$W/h3/db/sync/flocontest.db.new" && mv "$W/h3/db/sync/flocontest.db.new" "$W/h3/db/sync/flocontest.db"
 sleep 3   # flocon looks at its sync dbs every 2 s
 check "host 4 sees host 3 only (hosts 1 and 2 are stopped)" wait_for "$EXPIRE_WAIT" peers_are 4 "host3"
+# host 4 asks host 3, and so sees its other build, once it holds the digest that lists it
+wait_published 3 "$v3" "$FIXTURE_ALT_FILE" 4 || ko "host 4 does not hold a digest of host 3 listing $FIXTURE_ALT_FILE"
 scenario 5 "host 3 holds another build of the 'any' package $ALT under the same name: host 4 gets its db's build"
 m=$(mark)
 pm 4 -S "$ALT"
@@ -544,8 +552,10 @@ wait_for "$EXPIRE_WAIT" peers_are 4 "host3" || ko "host 4 does not see host 3 ag
 # ------------------------------------------------------------------------------ 4
 BADP=$FIXTURE_CORRUPT_PKG
 scenario 4 "host 3 holds a corrupt $BADP (right name, right size): host 4 never receives it"
+v3=$(digest_version 3)
 cp "$FIXTURE_DIR/corrupt/$FIXTURE_CORRUPT_FILE" "$FIXTURE_DIR/corrupt/$FIXTURE_CORRUPT_FILE.sig" "$W/h3/cache/"
-sleep 3   # host 3's cache digest follows its cache dir within a rescan (2 s): host 4 then asks it
+# host 4 asks host 3 for it once host 4 holds the digest of host 3 that lists it
+wait_published 3 "$v3" "$FIXTURE_CORRUPT_FILE" 4 || ko "host 4 does not hold a digest of host 3 listing $FIXTURE_CORRUPT_FILE"
 [[ $(stat -c %s "$W/h3/cache/$FIXTURE_CORRUPT_FILE") == "${SIZE[$BADP]}" ]] || echo "    (corrupt copy has another size?)"
 m=$(mark)
 pm 4 -S "$BADP"
@@ -553,7 +563,9 @@ check_pm 4 "pacman -S $BADP"
 check "installed: the genuine $BADP" installed 4 "$BADP"
 h3=$(stq 4 '[p["instance"] for p in s["peers"] if p["name"] == "host3"][0]')
 bans=$(stq 4 '" | ".join("%s: %s" % (b["peer"], b["reason"]) for b in s["bans"])')
-check "host 3 (instance $h3) is banned on host 4 ($bans)" bash -c "[[ -n '$h3' && '$bans' == *'$h3'*'$FIXTURE_CORRUPT_FILE'* ]]"
+# (the values as arguments: a reason holds quotes, "the sync db's", and a '|')
+check "host 3 (instance $h3) is banned on host 4 ($bans)" \
+  bash -c '[[ -n $1 && $2 == *"$1"*"$3"* ]]' _ "$h3" "$bans" "$FIXTURE_CORRUPT_FILE"
 check "host 4 rejected the copy ($(stq 4 's["rejected_copies"]') rejected)" [ "$(stq 4 's["rejected_copies"]')" -ge 1 ]
 r=$(pkg_req_names "$m" "$(addr 4)")
 check "host 4 fell back to the mirror (served: $r)" [ -n "$r" ]

@@ -40,6 +40,10 @@ peers() { # peers I: the peer names host I lists, sorted, space separated
   "$LAN" exec "$1" "$BIN" status --json 2>/dev/null | grep -o '"name":"host[0-9]*"' | sed 's/.*"\(host[0-9]*\)"/\1/' | grep -v "^host$1\$" | sort | tr '\n' ' ' | sed 's/ $//'
 }
 addrs() { "$LAN" exec "$1" "$BIN" status --json 2>/dev/null | grep -o '"addr":"[^"]*"' | tr '\n' ' '; }
+# digest_version, wait_published: a file copied into a running daemon's cache is found by
+# its peers once they hold the digest that lists it
+# shellcheck source=tests/digest.sh
+source "$here/digest.sh"
 wait_peers() { # wait_peers I "WANT" SECONDS
   local i=$1 want=$2 t=$3 n
   for ((n = 0; n < t * 10; n++)); do [[ $(peers "$i") == "$want" ]] && return 0; sleep 0.1; done
@@ -114,7 +118,9 @@ if wait_peers 1 "host2 host3" 5 && wait_peers 3 "host1 host2" 5; then
   [[ $a == *fe80::* && $a != *10.77.* ]] && ok "IPv6-only LAN: found over link-local ($a)" || ko "IPv6-only: unexpected addresses $a"
 else ko "IPv6-only discovery: h1 [$(peers 1)] h3 [$(peers 3)]"; fi
 # a verified transfer over link-local IPv6 (the peer's scope id must survive)
+v2=$(digest_version 2)
 cp "$W/repo/$PKG" "$W/h2/cache/"
+wait_published 2 "$v2" "$PKG" 1 || ko "IPv6-only LAN: host 1 does not hold a digest of host 2 listing $PKG"
 "$LAN" exec 1 curl -sS -o "$W/got" "http://127.0.0.1:19433/flocontest/os/any/$PKG"
 if cmp -s "$W/got" "$W/repo/$PKG" && "$LAN" exec 1 "$BIN" status --json | grep -q '"lan_hits":1'; then
   ok "IPv6-only LAN: a package crossed from host 2 to host 1, verified"

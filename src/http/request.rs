@@ -89,24 +89,10 @@ pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
             keep |= k;
         } else if name.eq_ignore_ascii_case("range") {
             // Two ranges would leave us guessing which one the client meant.
-            if range.is_some() {
-                return Err(HttpError::BadRequest);
-            }
-            range = Some(
-                header_text(h.value)
-                    .ok_or(HttpError::BadRequest)?
-                    .to_string(),
-            );
+            only_once(&mut range, h.value)?;
         } else if name.eq_ignore_ascii_case("host") {
             // RFC 9112 §3.2: more than one Host is a 400.
-            if host.is_some() {
-                return Err(HttpError::BadRequest);
-            }
-            host = Some(
-                header_text(h.value)
-                    .ok_or(HttpError::BadRequest)?
-                    .to_string(),
-            );
+            only_once(&mut host, h.value)?;
         } else if name.eq_ignore_ascii_case("content-length") {
             // We take no bodies: a non-zero length would desynchronise keep-alive framing.
             match header_text(h.value).and_then(parse_decimal) {
@@ -137,6 +123,16 @@ pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         flocon_auth,
         head_len,
     }))
+}
+
+/// A header that may appear once: its text into `slot`; a second one, or a value that is not
+/// text, is a 400.
+fn only_once(slot: &mut Option<String>, value: &[u8]) -> Result<(), HttpError> {
+    if slot.is_some() {
+        return Err(HttpError::BadRequest);
+    }
+    *slot = Some(header_text(value).ok_or(HttpError::BadRequest)?.to_string());
+    Ok(())
 }
 
 /// True when the request line ends in `HTTP/<digit>...` that httparse refused: a version we
