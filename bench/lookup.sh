@@ -40,6 +40,9 @@ LOOKUPS=${BENCH_LOOKUPS:-500}
 LOOKUPS_BIG=${BENCH_LOOKUPS_BIG:-200}
 RATE=${BENCH_RATE:-50}
 FLOCON_BIN=${FLOCON_BIN:-$ROOT/target/release/flocon}
+SCHED=${BENCH_SCHED:-nice}
+DEBUG=${BENCH_DEBUG:-0}
+MODES=${BENCH_MODES:-digest fanout}
 HIT_NAME=hit-1.0-1-any.pkg.tar.zst
 HIT_SIZE=12345
 PHASE_MAX_S=60   # no measured phase takes more than ~10 s: the client gives up after this
@@ -52,12 +55,20 @@ log() { echo "bench: $*" >&2; }
 if [[ ${1:-} == --inside ]]; then
   W=$2
   pids=()
+  # how the peers and the asker share the CPUs (see the header)
+  case $SCHED in
+    nice) PEER_RUN="nice -n 19" ASKER_RUN="" HOLDER_RUN="" ;;
+    niceall) PEER_RUN="nice -n 19" ASKER_RUN="" HOLDER_RUN="nice -n 19" ;;
+    pin) PEER_RUN="taskset -c 0" ASKER_RUN="taskset -c 1" HOLDER_RUN="taskset -c 0" ;;
+    none) PEER_RUN="" ASKER_RUN="" HOLDER_RUN="" ;;
+    *) die "BENCH_SCHED=$SCHED: nice, pin, nicepin or none" ;;
+  esac
   stop_all() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
   trap stop_all EXIT
   ip addr add $UDP_ADDR/32 dev lo 2>/dev/null || true   # 127/8 is on lo anyway; harmless
 
   # the UDP echo reference, in its own process so the client does not share its GIL
-  python3 - "$UDP_ADDR" > "$W/echo.log" 2>&1 <<'PY' &
+  $PEER_RUN python3 - "$UDP_ADDR" > "$W/echo.log" 2>&1 <<'PY' &
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], 9999))
@@ -86,7 +97,11 @@ PY
       rm -rf "$W/h$i"; mkdir -p "$W/h$i/cache" "$W/h$i/state" "$W/h$i/db/sync"
       (( i == last )) && head -c $HIT_SIZE /dev/urandom > "$W/h$i/cache/$HIT_NAME"
       : > "$W/empty.conf"
-      env "${envs[@]}" "$FLOCON_BIN" --config "$W/empty.conf" --pacman-conf "$W/empty.conf" \
+      run=$PEER_RUN dbg=()
+      (( i == 2 )) && run=$ASKER_RUN
+      (( i == last )) && run=$HOLDER_RUN
+      (( i == 2 && DEBUG )) && dbg=(--debug)
+      $run env "${envs[@]}" "$FLOCON_BIN" "${dbg[@]}" --config "$W/empty.conf" --pacman-conf "$W/empty.conf" \
         --cache-dir "$W/h$i/cache" --db-path "$W/h$i/db" --state-dir "$W/h$i/state" \
         --listen "$ip:19433" --peer-addr "$ip" --interface lo --name "h$i" > "$W/h$i.log" 2>&1 &
       lan_pids+=($!)
@@ -112,6 +127,17 @@ PY
     done
     log "$n peers, $mode: all $((n + 1)) daemons list each other after $((SECONDS - t0)) s; RSS $(ps -o rss= -p "$(echo "${lan_pids[@]}" | tr ' ' ',')" | awk '{ s += $1 } END { printf "%.0f MiB", s / 1024 }') in all"
   }
+  # schedstats: "cpu_ns wait_ns" of the asker, the holder, the other peers summed
+  schedstats() {
+    local i a=(0 0) h=(0 0) o=(0 0) x
+    for i in "${!lan_pids[@]}"; do
+      read -r -a x < "/proc/${lan_pids[$i]}/schedstat" || continue
+      if (( i == 0 )); then a=("${x[0]}" "${x[1]}")
+      elif (( i == ${#lan_pids[@]} - 1 )); then h=("${x[0]}" "${x[1]}")
+      else o=($((o[0] + x[0])) $((o[1] + x[1]))); fi
+    done
+    echo "${a[*]} ${h[*]} ${o[*]}"
+  }
   stop_lan() {
     kill "${lan_pids[@]}" 2>/dev/null || true
     wait "${lan_pids[@]}" 2>/dev/null || true
@@ -119,7 +145,7 @@ PY
 
   # lookups N MODE COUNT RATE: one line per lookup, "daemon_us client_us asked have"
   lookups() {
-    python3 - "$1" "$2" "$3" "$4" "$HIT_NAME" "$HIT_SIZE" "$PHASE_MAX_S" <<'PY'
+    $ASKER_RUN python3 - "$1" "$2" "$3" "$4" "$HIT_NAME" "$HIT_SIZE" "$PHASE_MAX_S" <<'PY'
 import http.client, json, sys, time
 n, mode, count, rate = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 hit, hit_size, phase_max = sys.argv[5], int(sys.argv[6]), float(sys.argv[7])
@@ -155,7 +181,7 @@ PY
   # udp_rtts COUNT RATE: microseconds of each round trip to the echo server, paced like the
   # lookups (a paced round trip pays the same wake-ups from idle as a paced lookup)
   udp_rtts() {
-    python3 - "$UDP_ADDR" "$1" "$2" <<'PY'
+    $ASKER_RUN python3 - "$UDP_ADDR" "$1" "$2" <<'PY'
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(2)
@@ -197,11 +223,22 @@ PY
   for n in $PEERS; do
     count=$LOOKUPS
     (( n >= 100 )) && count=$LOOKUPS_BIG
-    for mode in digest fanout; do
+    for mode in $MODES; do
       start_lan "$n" "$mode"
+      if (( DEBUG )); then
+        s0=$(schedstats); sleep 2
+        log "$n $mode idle: µs per second, cpu/runq-wait: $(python3 -c '
+import sys
+a, b = [list(map(int, x.split())) for x in sys.argv[1:3]]
+print(" ".join("%s %.0f/%.0f" % (w, (b[i] - a[i]) / 2e3, (b[i + 1] - a[i + 1]) / 2e3)
+               for w, i in (("asker", 0), ("holder", 2), ("others", 4))))' "$s0" "$(schedstats)")"
+      fi
       for kind in hit miss; do
         lookups "$n" "$kind" 20 "$RATE" > /dev/null     # warm-up: connection, page cache
         read -r d0 b0 <<<"$(sent)"
+        l0=$(wc -l < "$W/h2.log")
+        s0=$(schedstats)
+        u0=$(awk '{ print $14 + 0, $15 + 0 }' "/proc/${lan_pids[0]}/stat")
         lookups "$n" "$kind" "$count" "$RATE" > "$W/$mode-$kind-$n.txt"
         read -r d1 b1 <<<"$(sent)"
         f=$W/$mode-$kind-$n.txt
@@ -211,6 +248,19 @@ PY
         asked=$(awk '{ a += $3 } END { printf "%.1f", a / NR }' "$f")
         dg=$(awk -v a="$d0" -v b="$d1" -v c="$count" 'BEGIN { printf "%.2f", (b - a) / c }')
         by=$(awk -v a="$b0" -v b="$b1" -v c="$count" 'BEGIN { printf "%.0f", (b - a) / c }')
+        if (( DEBUG )); then
+          read -r ut st <<<"$(awk '{ print $14 + 0, $15 + 0 }' "/proc/${lan_pids[0]}/stat")"
+          read -r ut0 st0 <<<"$u0"
+          log "$n $mode $kind: asker user/system µs per lookup $(( (ut - ut0) * 10000 / count ))/$(( (st - st0) * 10000 / count ))"
+          # CPU time and run-queue wait per lookup (/proc/PID/schedstat): asker; holder; others
+          log "$n $mode $kind: µs per lookup, cpu/runq-wait: $(python3 -c '
+import sys
+a, b, c = [list(map(int, x.split())) for x in sys.argv[1:4]]
+print(" ".join("%s %.0f/%.0f" % (w, (b[i] - a[i]) / 1e3 / c[0], (b[i + 1] - a[i + 1]) / 1e3 / c[0])
+               for w, i in (("asker", 0), ("holder", 2), ("others", 4))))' "$s0" "$(schedstats)" "$count")"
+          # the miss waits the asker chose during this phase (its --debug log)
+          log "$n $mode $kind: miss waits $(tail -n +$((l0 + 1)) "$W/h2.log" | grep -o 'miss wait [0-9.]*[µm]*s' | sort | uniq -c | sort -rn | head -5 | tr -s ' \n' ' ')"
+        fi
         rows+=("$n $mode $kind $d_med $d_p99 $c_med $c_p99 $found $count $asked $dg $by")
       done
       stop_lan
