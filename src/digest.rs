@@ -120,15 +120,14 @@ impl Digest {
         d
     }
 
-    fn positions(&self, name: &str) -> impl Iterator<Item = usize> + '_ {
-        let (h1, h2) = hash_pair(name.as_bytes());
+    fn positions(&self, (h1, h2): (u64, u64)) -> impl Iterator<Item = usize> + '_ {
         let mask = (1u64 << self.log2_bits) - 1;
         (0..u64::from(self.hashes))
             .map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) & mask) as usize)
     }
 
     fn insert(&mut self, name: &str) {
-        let pos: Vec<usize> = self.positions(name).collect();
+        let pos: Vec<usize> = self.positions(hash_pair(name.as_bytes())).collect();
         for p in pos {
             self.bits[p / 64] |= 1 << (p % 64);
         }
@@ -136,7 +135,12 @@ impl Digest {
 
     /// Whether `name` may be in the set: false means certainly not.
     pub(crate) fn may_hold(&self, name: &str) -> bool {
-        self.positions(name)
+        self.may_hold_hashed(hash_pair(name.as_bytes()))
+    }
+
+    /// `may_hold` of the name whose `hash_pair` this is (one hash for all the peers).
+    fn may_hold_hashed(&self, hash: (u64, u64)) -> bool {
+        self.positions(hash)
             .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
     }
 
@@ -266,8 +270,12 @@ impl PeerDigest {
     /// hold it. `Some(false)`: certainly not there; `Some(true)`: its digest says maybe;
     /// `None`: we cannot tell (asked regardless of the fan-out bound).
     pub(crate) fn may_hold(&self, name: &str) -> Option<bool> {
+        self.may_hold_hashed(hash_pair(name.as_bytes()))
+    }
+
+    fn may_hold_hashed(&self, hash: (u64, u64)) -> Option<bool> {
         match self {
-            PeerDigest::Fresh(d) => Some(d.may_hold(name)),
+            PeerDigest::Fresh(d) => Some(d.may_hold_hashed(hash)),
             _ => None,
         }
     }
@@ -295,8 +303,10 @@ pub(crate) fn select<'a, T: Copy>(
 ) -> Vec<T> {
     let mut out = Vec::new();
     let (mut intenders, mut maybes) = (Vec::new(), Vec::new());
+    // the name is hashed once, not once per peer (a SHA-256 each, with 250 peers)
+    let hash = hash_pair(name.as_bytes());
     for (id, d, intent) in peers {
-        match (d.may_hold(name), intent) {
+        match (d.may_hold_hashed(hash), intent) {
             (None, _) => out.push(id),
             (Some(_), true) => intenders.push(id),
             (Some(true), false) => maybes.push(id),

@@ -1048,7 +1048,7 @@ impl Discovery {
             Message::Answer(a) => {
                 if let Some(outcome) = self.checks.on_answer(src, a.id, h.instance) {
                     if let CheckOutcome::Confirmed(c) = &outcome {
-                        (self.answer_delay).observe(now.saturating_duration_since(c.sent));
+                        (self.answer_delay).observe(now.saturating_duration_since(c.sent), now);
                     }
                     return self.on_check(outcome, now, events);
                 }
@@ -1351,24 +1351,33 @@ impl Discovery {
             size: expected.map(|e| e.0),
             sha256: expected.and_then(|e| e.1),
         };
-        // the peers that publish digests hear that we look for it (docs/PROTOCOL.md §14.4)
         if intent {
             // what it waits for: other hosts' INTENTs reaching our sockets, and the answers
             // of hosts that hold the file outside their digest; those take as long as any
             // answer, so the wait follows the answer delays seen (at least MISS_WAIT)
             let wait = self.answer_delay.miss_wait(digest::MISS_WAIT, budget);
+            debug!(
+                "lookup {id}: {} asked, INTENT, miss wait {wait:?}",
+                targets.len()
+            );
             lookup.set_not_before(now + wait);
-            self.multicast(&Message::Intent(query.clone()));
-            self.stats.intents_sent += 1;
         }
         self.lookups.insert(id, lookup);
+        // the QUERYs first: a hit waits for their answers, not for the INTENT's (which
+        // reaches every host of the segment)
+        let intent = intent.then(|| Message::Intent(query.clone()));
         let q = Message::Query(query);
         for (_, addr) in &targets {
             self.send_unicast(*addr, &q, Via::Query);
         }
+        // the peers that publish digests hear that we look for it (docs/PROTOCOL.md §14.4)
+        if let Some(i) = &intent {
+            self.multicast(i);
+            self.stats.intents_sent += 1;
+        }
         if targets.is_empty() {
             self.stats.lookups_unasked += 1;
-            if !intent {
+            if intent.is_none() {
                 self.finish_lookup(id, events, now);
             }
         }

@@ -44,6 +44,9 @@ pub(crate) const LOOKUP_BUDGET: Duration = Duration::from_millis(50);
 pub(crate) const MAX_LOOKUP_STRETCH: Duration = Duration::from_millis(500);
 /// Lookups whose start is remembered, so that an answer after the deadline is measured too.
 const RECENT_LOOKUPS: usize = 64;
+/// The answer-delay mark halves every this long since it last rose: a spike, once past, does
+/// not keep every later miss waiting (misses draw no answers that would bring it down).
+pub(crate) const MARK_HALF_LIFE: Duration = Duration::from_secs(10);
 
 /// How late peers' answers come. On an idle LAN every asked peer answers within a few
 /// milliseconds and a lookup ends when the last one has; on a loaded one (a busy CPU, a
@@ -52,16 +55,22 @@ const RECENT_LOOKUPS: usize = 64;
 /// holds. This keeps a decaying high-water mark of the answer delays it sees, answers that
 /// came after their lookup's deadline included, and stretches the budget to twice that mark,
 /// at most MAX_LOOKUP_STRETCH. Stretching costs nothing while peers answer (the lookup ends
-/// at the last answer); it costs a wait only for a peer that never does. Time passed in.
+/// at the last answer); it costs a wait only for a peer that never does. The mark also
+/// halves every MARK_HALF_LIFE since it last rose: a run of misses (digests said no, nobody
+/// was asked) brings no answer, and a single late one must not keep every later miss waiting
+/// twice its delay. Time passed in.
 #[derive(Debug, Default)]
 pub(crate) struct AnswerDelay {
     recent: VecDeque<(u32, Instant)>,
     mark: Duration,
+    /// Since when the mark has not been halved (None: nothing seen yet).
+    decayed_at: Option<Instant>,
 }
 
 impl AnswerDelay {
     /// Lookup `id` started at `now`.
     pub(crate) fn started(&mut self, id: u32, now: Instant) {
+        self.decay(now);
         if self.recent.len() >= RECENT_LOOKUPS {
             self.recent.pop_front();
         }
@@ -74,18 +83,33 @@ impl AnswerDelay {
         let Some(&(_, at)) = self.recent.iter().rev().find(|(i, _)| *i == id) else {
             return;
         };
-        self.observe(now.saturating_duration_since(at));
+        self.observe(now.saturating_duration_since(at), now);
     }
 
     /// A peer answered `d` after it was asked: a lookup's question, or an admission check's.
     /// The check is the first delay seen from a peer, before any lookup asks it: a peer
     /// that is slow to answer from the start stretches the first lookup's budget too.
-    pub(crate) fn observe(&mut self, d: Duration) {
+    pub(crate) fn observe(&mut self, d: Duration, now: Instant) {
+        self.decay(now);
         self.mark = if d >= self.mark {
+            self.decayed_at = Some(now);
             d
         } else {
             self.mark - (self.mark - d) / 8
         };
+    }
+
+    /// Halves the mark for each whole MARK_HALF_LIFE since it last rose or was halved.
+    fn decay(&mut self, now: Instant) {
+        let at = *self.decayed_at.get_or_insert(now);
+        let halves = now.saturating_duration_since(at).as_nanos() / MARK_HALF_LIFE.as_nanos();
+        if halves >= 32 {
+            self.mark = Duration::ZERO;
+            self.decayed_at = Some(now);
+        } else if halves > 0 {
+            self.mark /= 1 << halves;
+            self.decayed_at = Some(at + MARK_HALF_LIFE * halves as u32);
+        }
     }
 
     /// The budget for the next lookup: the configured one, or more while answers come late.
@@ -1756,7 +1780,7 @@ mod tests {
         );
         // an admission check answered late stretches the budget as a lookup's answer would
         let mut checked = AnswerDelay::default();
-        checked.observe(ms(70));
+        checked.observe(ms(70), t0);
         assert_eq!(checked.budget(LOOKUP_BUDGET), ms(140));
         // an answer after its lookup's deadline (a loaded peer) stretches the next budget
         d.started(2, t0 + ms(10));
@@ -1792,13 +1816,14 @@ mod tests {
     fn a_miss_waits_the_floor_on_a_fast_lan_and_longer_while_answers_come_late() {
         let us = Duration::from_micros;
         let ms = Duration::from_millis;
+        let t0 = Instant::now();
         let mut d = AnswerDelay::default();
         assert_eq!(
             d.miss_wait(us(500), ms(50)),
             us(500),
             "nothing seen yet: the floor"
         );
-        d.observe(us(150));
+        d.observe(us(150), t0);
         assert_eq!(
             d.miss_wait(us(500), ms(50)),
             us(500),
@@ -1806,16 +1831,67 @@ mod tests {
         );
         // a peer on Wi-Fi or a loaded one answered in 4 ms: its answer to an INTENT comes
         // as late, and the miss waits for it
-        d.observe(ms(4));
+        d.observe(ms(4), t0);
         assert_eq!(d.miss_wait(us(500), ms(50)), ms(8));
         // never past the lookup's budget
-        d.observe(ms(300));
+        d.observe(ms(300), t0);
         assert_eq!(d.miss_wait(us(500), ms(50)), ms(50));
         // and back down as answers come fast again
         for _ in 0..200 {
-            d.observe(us(100));
+            d.observe(us(100), t0);
         }
         assert_eq!(d.miss_wait(us(500), ms(50)), us(500));
+    }
+
+    #[test]
+    fn a_late_answer_stops_governing_misses_once_past() {
+        let us = Duration::from_micros;
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut d = AnswerDelay::default();
+        d.started(1, t0);
+        d.answered(1, t0 + us(150));
+        // one answer came 20 ms late (a peer busy for a moment), then only misses: digests
+        // said no, nobody was asked, no answer came to bring the mark down
+        d.started(2, at(1) - ms(20));
+        d.answered(2, at(1));
+        d.started(3, at(1));
+        assert_eq!(
+            d.miss_wait(us(500), ms(50)),
+            ms(40),
+            "at once: twice the spike"
+        );
+        d.started(4, at(10));
+        assert_eq!(
+            d.miss_wait(us(500), ms(50)),
+            ms(40),
+            "within a half-life: kept"
+        );
+        d.started(5, at(11));
+        assert_eq!(
+            d.miss_wait(us(500), ms(50)),
+            ms(20),
+            "one half-life: halved"
+        );
+        d.started(6, at(41));
+        assert_eq!(
+            d.miss_wait(us(500), ms(50)),
+            ms(2) + us(500),
+            "four: a sixteenth"
+        );
+        d.started(7, at(71));
+        assert_eq!(d.miss_wait(us(500), ms(50)), us(500), "then the floor");
+        // a new late answer counts in full at once, and its half-life starts from it
+        d.answered(7, at(71) + ms(4));
+        d.started(8, at(80));
+        assert_eq!(d.miss_wait(us(500), ms(50)), ms(8));
+        d.started(9, at(82));
+        assert_eq!(d.miss_wait(us(500), ms(50)), ms(4));
+        // a gap far longer than any half-life leaves nothing
+        d.started(10, at(100_000));
+        assert_eq!(d.miss_wait(us(500), ms(50)), us(500));
+        assert_eq!(d.budget(LOOKUP_BUDGET), LOOKUP_BUDGET);
     }
 
     #[test]
