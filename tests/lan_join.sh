@@ -210,7 +210,13 @@ if [[ $MODE == join && $RUN == "$N" ]]; then
   for n in $SET; do
     c=$(pkg_lines "$m" "${FILE[$n]}" | wc -l)
     if (( c == 1 )); then ok "$n: the mirror was asked once in all"
-    else ko "$n: the mirror was asked $c times:"; pkg_lines "$m" "${FILE[$n]}" | sed 's/^/    | /'; fi
+    else
+      ko "$n: the mirror was asked $c times:"; pkg_lines "$m" "${FILE[$n]}" | sed 's/^/    | /'
+      # what each daemon decided for that file, and why (they run with --debug)
+      for i in $(seq "$RUN"); do
+        grep -F "${FILE[$n]}" "$W/h$i/flocon.log" | grep -v "\.sig" | tail -12 | sed "s/^/    host$i| /"
+      done
+    fi
   done
   check "mirror bytes = 1.0x the set ($bytes of $SET_BYTES)" [ "$bytes" == "$SET_BYTES" ]
   joined=$(cat "$W"/h*/flocon.log | grep -c "joining its copy in flight")
