@@ -1410,6 +1410,7 @@ mod tests {
             "MAX_PEERS" => peers::MAX_PEERS.to_string(),
             "LOOKUP_BUDGET" => d(peers::LOOKUP_BUDGET, "ms"),
             "MAX_LOOKUP_STRETCH" => d(peers::MAX_LOOKUP_STRETCH, "ms"),
+            "MARK_HALF_LIFE" => d(peers::MARK_HALF_LIFE, "s"),
             "RATE_PER_SEC" => format!("{}/s", peers::RATE_PER_SEC),
             "RATE_BURST" => peers::RATE_BURST.to_string(),
             "RATE_SOURCES" => peers::RATE_SOURCES.to_string(),
