@@ -133,7 +133,8 @@ pub(crate) struct Loop<'a> {
     pub(crate) front_addrs: &'a [SocketAddr],
 }
 
-/// The cache digests (docs/PROTOCOL.md §14) in the loop.
+/// The cache digests (docs/PROTOCOL.md §14) in the loop, and the outbound connections they
+/// share with the front's fetches.
 impl Loop<'_> {
     /// Our digest, rebuilt when a cache dir changed (at most once per DIGEST_GAP).
     pub(crate) fn publish_digest(&mut self) {
@@ -165,19 +166,30 @@ impl Loop<'_> {
                     continue;
                 }
             };
-            let Some(tok) = self.slots.insert_with(|_| Slot::Digest(Box::new(f))) else {
-                return;
-            };
-            let rw = Interest::READABLE | Interest::WRITABLE;
-            if let Some(Slot::Digest(d)) = self.slots.get_mut(tok)
-                && let Err(e) = self.registry.register(&mut d.fetch.stream, tok, rw)
-            {
-                debug!("digest from {addr}: {e}");
-                self.slots.remove(tok);
-                continue;
-            }
-            self.ready.schedule(tok);
+            self.insert_outbound(Slot::Digest(Box::new(f)), addr);
         }
+    }
+
+    /// A new outbound connection (a fetch, a digest fetch) put in a slot, registered, and
+    /// driven on its turn. None when no slot is left or epoll refuses it (logged).
+    fn insert_outbound(&mut self, slot: Slot, addr: SocketAddr) -> Option<Token> {
+        let Some(tok) = self.slots.insert_with(|_| slot) else {
+            debug!("connect {addr}: no slot left");
+            return None;
+        };
+        let rw = Interest::READABLE | Interest::WRITABLE;
+        let registered = match self.slots.get_mut(tok) {
+            Some(Slot::Fetch(f)) => self.registry.register(&mut f.stream, tok, rw),
+            Some(Slot::Digest(d)) => self.registry.register(&mut d.fetch.stream, tok, rw),
+            _ => Ok(()),
+        };
+        if let Err(e) = registered {
+            debug!("connect {addr}: {e}");
+            self.slots.remove(tok);
+            return None;
+        }
+        self.ready.schedule(tok);
+        Some(tok)
     }
 
     /// One turn of the digest fetch in slot `t`. Returns whether it ended (what it brought,
@@ -242,21 +254,8 @@ impl Env for Loop<'_> {
         let f = Fetch::connect(req, self.now)
             .map_err(|e| debug!("connect {addr}: {e}"))
             .ok()?;
-        let Some(tok) = self.slots.insert_with(|_| Slot::Fetch(Box::new(f))) else {
-            debug!("connect {addr}: no slot left");
-            return None;
-        };
-        let rw = Interest::READABLE | Interest::WRITABLE;
-        if let Some(Slot::Fetch(f)) = self.slots.get_mut(tok)
-            && let Err(e) = self.registry.register(&mut f.stream, tok, rw)
-        {
-            debug!("connect {addr}: {e}");
-            self.slots.remove(tok);
-            return None;
-        }
         // driven on its turn: the caller records what it is for first
-        self.ready.schedule(tok);
-        Some(tok)
+        self.insert_outbound(Slot::Fetch(Box::new(f)), addr)
     }
 
     fn stop_fetch(&mut self, fetch: Token) {
