@@ -3,8 +3,8 @@
 //! room freed in a streaming answer lets its fetch read again), an outbound fetch's turn (it
 //! reads what its consumer has room for; its events go to the front), the datagrams discovery
 //! reads (a peer asking for a file is answered from the cache or a copy here), and
-//! discovery's events (lookups decided; then the peers' digests wanted are fetched). The daemon calls these from
-//! its dispatch with the front and the loop's narrow view (env.rs).
+//! discovery's events (lookups decided; then the peers' digests wanted are fetched). The
+//! daemon calls these from its dispatch with the front and the loop's narrow view (env.rs).
 
 use crate::conn;
 use crate::conns;
@@ -111,8 +111,6 @@ pub(crate) fn on_wake(front: &mut Front, env: &mut Loop) {
     on_discovery_events(front, env, Vec::new());
 }
 
-/// Discovery's events, and the lookups decided outside them (nobody to ask), until none is
-/// left: a decided lookup's request may start another.
 /// Discovery reads the datagrams waiting on `token`. A peer's QUERY or INTENT for a file is
 /// answered from the cache dirs, else from a copy here, verified or on its way (front.rs).
 pub(crate) fn on_datagrams(front: &mut Front, env: &mut Loop, token: Token) {
@@ -141,6 +139,8 @@ pub(crate) fn on_lookup_deadline(front: &mut Front, env: &mut Loop, id: u32) {
     on_discovery_events(front, env, events);
 }
 
+/// Discovery's events, and the lookups decided outside them (nobody to ask), until none is
+/// left: a decided lookup's request may start another.
 pub(crate) fn on_discovery_events(
     front: &mut Front,
     env: &mut Loop,

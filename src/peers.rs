@@ -1856,32 +1856,17 @@ mod tests {
         // said no, nobody was asked, no answer came to bring the mark down
         d.started(2, at(1) - ms(20));
         d.answered(2, at(1));
-        d.started(3, at(1));
-        assert_eq!(
-            d.miss_wait(us(500), ms(50)),
-            ms(40),
-            "at once: twice the spike"
-        );
-        d.started(4, at(10));
-        assert_eq!(
-            d.miss_wait(us(500), ms(50)),
-            ms(40),
-            "within a half-life: kept"
-        );
-        d.started(5, at(11));
-        assert_eq!(
-            d.miss_wait(us(500), ms(50)),
-            ms(20),
-            "one half-life: halved"
-        );
-        d.started(6, at(41));
-        assert_eq!(
-            d.miss_wait(us(500), ms(50)),
-            ms(2) + us(500),
-            "four: a sixteenth"
-        );
-        d.started(7, at(71));
-        assert_eq!(d.miss_wait(us(500), ms(50)), us(500), "then the floor");
+        // (lookup id, when it starts, the miss wait it gets)
+        for (id, s, want, why) in [
+            (3, 1, ms(40), "at once: twice the spike"),
+            (4, 10, ms(40), "within a half-life: kept"),
+            (5, 11, ms(20), "one half-life: halved"),
+            (6, 41, ms(2) + us(500), "four: a sixteenth"),
+            (7, 71, us(500), "then the floor"),
+        ] {
+            d.started(id, at(s));
+            assert_eq!(d.miss_wait(us(500), ms(50)), want, "{why}");
+        }
         // a new late answer counts in full at once, and its half-life starts from it
         d.answered(7, at(71) + ms(4));
         d.started(8, at(80));

@@ -217,15 +217,6 @@ fn hostile_datagrams_change_nothing_and_are_not_amplified() {
     assert!(have.is_empty());
 }
 
-/// A number in `json` at `"key":` (the first one).
-fn json_num(json: &str, key: &str) -> i64 {
-    json.split(&format!("\"{key}\":"))
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit() && c != '-').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(-1)
-}
-
 #[test]
 fn digests_ask_only_who_may_hold_and_old_peers_are_still_asked() {
     netns!("digests_ask_only_who_may_hold_and_old_peers_are_still_asked");

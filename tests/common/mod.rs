@@ -230,7 +230,8 @@ impl Daemon {
     /// The version of the cache digest this daemon publishes (0: none yet, or digests off).
     pub fn digest_version(&self) -> u32 {
         let json = self.status_json();
-        json_u32(json.split("\"digest\":{").nth(1).unwrap_or(""), "version")
+        let ours = json.split("\"digest\":{").nth(1).unwrap_or("");
+        u32::try_from(json_num(ours, "version")).unwrap_or(0)
     }
 
     /// The version of `peer`'s digest this daemon holds and uses (0: none).
@@ -241,7 +242,7 @@ impl Daemon {
         peers
             .split("{\"instance\"")
             .find(|p| p.contains(&format!("\"name\":\"{peer}\"")))
-            .map_or(0, |p| json_u32(p, "digest"))
+            .map_or(0, |p| u32::try_from(json_num(p, "digest")).unwrap_or(0))
     }
 
     /// The version of the digest this daemon serves at `/.flocon/digest` if that digest
@@ -488,17 +489,13 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-/// The unsigned number after `"key":` in `json` (0 if absent).
-pub fn json_u32(json: &str, key: &str) -> u32 {
+/// The number after the first `"key":` in `json` (-1 if absent).
+pub fn json_num(json: &str, key: &str) -> i64 {
     json.split(&format!("\"{key}\":"))
         .nth(1)
-        .map(|s| {
-            s.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        })
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit() && c != '-').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-1)
 }
 
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
