@@ -299,7 +299,8 @@ fn a_corrupt_copy_is_never_handed_out_and_its_peer_is_banned() {
         1,
         "the banned host was used again after a restart"
     );
-    // a different build (same name, other size) is not even fetched
+    // nor for another file it publishes afterwards (here another build, of another size,
+    // which B would refuse anyway: its size check has its own test in discovery.rs)
     let q = &lan.pkgs[3];
     lan.put_in_a(&q.file, &pattern(q.bytes.len() + 7, 5));
     let (r, body) = lan.get(&q.file, &[]);
